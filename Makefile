@@ -1,0 +1,42 @@
+# Entry points. `make demo` and `make test` are the two commands a newcomer runs; both install
+# what they need first (scripts/setup.sh).
+CARGO ?= cargo
+NODE := target/debug/compute-node
+export PATH := $(CURDIR)/target/debug:$(PATH)
+
+.PHONY: setup build demo test test-rust test-pallet zombienet lint fmt clean
+
+setup:
+	@scripts/setup.sh
+
+build: setup
+	$(CARGO) build -p compute-node
+
+## The main job: a dev chain producing and finalizing blocks.
+demo: build
+	@scripts/demo.sh
+
+## Every test: unit, property, runtime, node end to end, and the 4-validator zombienet smoke test.
+test: build
+	$(CARGO) test --workspace
+	@scripts/zombienet.sh
+
+test-rust: build
+	$(CARGO) test --workspace
+
+## The fast loop while working on the pallet (no wasm, no node).
+test-pallet:
+	SKIP_WASM_BUILD=1 $(CARGO) test -p pallet-compute -p compute-primitives
+
+zombienet: build
+	@scripts/zombienet.sh
+
+lint:
+	$(CARGO) fmt --all -- --check
+	SKIP_WASM_BUILD=1 $(CARGO) clippy --workspace --all-targets -- -D warnings
+
+fmt:
+	$(CARGO) fmt --all
+
+clean:
+	$(CARGO) clean

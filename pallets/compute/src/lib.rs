@@ -1,0 +1,593 @@
+//! # Compute marketplace pallet
+//!
+//! Providers bond and register AI services; users hold funds in escrow per provider; providers
+//! settle batches of user-signed cumulative vouchers; users get unspent funds back after a lock
+//! window and can dispute an over-claim with a provider-signed receipt, which slashes the bond.
+//! The rules are specified in `shared/design/protocol.md`; this file declares the pallet and the
+//! call logic lives in [`dispatchable_impls`].
+
+#![cfg_attr(not(feature = "std"), no_std)]
+
+extern crate alloc;
+
+pub use pallet::*;
+
+mod dispatchable_impls;
+pub mod runtime_api;
+pub mod types;
+pub mod weights;
+
+#[cfg(feature = "runtime-benchmarks")]
+mod benchmarking;
+#[cfg(test)]
+mod mock;
+#[cfg(test)]
+mod tests;
+
+pub use types::*;
+pub use weights::WeightInfo;
+
+#[polkadot_sdk::frame_support::pallet]
+pub mod pallet {
+    use super::*;
+    use polkadot_sdk::{
+        frame_support::{
+            pallet_prelude::*,
+            traits::fungible::{Inspect, InspectHold, Mutate, MutateHold},
+        },
+        frame_system::pallet_prelude::*,
+        sp_core::H256,
+        sp_runtime::{AccountId32, Perbill},
+    };
+
+    /// The in-code storage version.
+    const STORAGE_VERSION: StorageVersion = StorageVersion::new(1);
+
+    #[pallet::pallet]
+    #[pallet::storage_version(STORAGE_VERSION)]
+    pub struct Pallet<T>(_);
+
+    #[pallet::config]
+    pub trait Config:
+        polkadot_sdk::frame_system::Config<
+        AccountId = AccountId32,
+        Hash = H256,
+        RuntimeEvent: From<Event<Self>>,
+    >
+    {
+        /// The currency escrows and bonds are held in.
+        type Currency: Inspect<Self::AccountId, Balance = Balance>
+            + Mutate<Self::AccountId>
+            + InspectHold<Self::AccountId, Reason = Self::RuntimeHoldReason>
+            + MutateHold<Self::AccountId>;
+
+        /// The overarching hold reason.
+        type RuntimeHoldReason: From<HoldReason>;
+
+        /// Bond held from a provider when it registers its first service.
+        #[pallet::constant]
+        type ProviderBond: Get<Balance>;
+
+        /// Least bond with which a provider can settle and accept new escrows.
+        #[pallet::constant]
+        type MinBond: Get<Balance>;
+
+        /// Smallest deposit into an escrow.
+        #[pallet::constant]
+        type MinDeposit: Get<Balance>;
+
+        /// Most claims in one `settle` call.
+        #[pallet::constant]
+        type MaxBatch: Get<u32>;
+
+        /// Most services one provider may register.
+        #[pallet::constant]
+        type MaxServicesPerProvider: Get<u32>;
+
+        /// Refund lock at genesis, in blocks.
+        #[pallet::constant]
+        type DefaultRefundLock: Get<BlockNumberFor<Self>>;
+
+        /// Bounds within which root may set the refund lock.
+        #[pallet::constant]
+        type MinRefundLock: Get<BlockNumberFor<Self>>;
+        #[pallet::constant]
+        type MaxRefundLock: Get<BlockNumberFor<Self>>;
+
+        /// Dispute window at genesis, in blocks.
+        #[pallet::constant]
+        type DefaultDisputeWindow: Get<BlockNumberFor<Self>>;
+
+        /// Bounds within which root may set the dispute window.
+        #[pallet::constant]
+        type MinDisputeWindow: Get<BlockNumberFor<Self>>;
+        #[pallet::constant]
+        type MaxDisputeWindow: Get<BlockNumberFor<Self>>;
+
+        /// Share of the remaining bond slashed to the user when a dispute is won.
+        #[pallet::constant]
+        type DisputePenalty: Get<Perbill>;
+
+        /// Weights of this pallet's calls.
+        type WeightInfo: WeightInfo;
+    }
+
+    /// Why this pallet holds funds.
+    #[pallet::composite_enum]
+    pub enum HoldReason {
+        /// A user's escrow with a provider.
+        Escrow,
+        /// A provider's bond.
+        ProviderBond,
+    }
+
+    /// Registered services, keyed by (provider, service id).
+    #[pallet::storage]
+    pub type Services<T: Config> =
+        StorageDoubleMap<_, Blake2_128Concat, T::AccountId, Twox64Concat, ServiceId, Service>;
+
+    /// Provider bonds and statistics. A record stays after the bond is withdrawn.
+    #[pallet::storage]
+    pub type Providers<T: Config> =
+        StorageMap<_, Blake2_128Concat, T::AccountId, ProviderInfo<BlockNumberFor<T>>>;
+
+    /// Escrows, keyed by (user, provider). An emptied escrow keeps its record so that no
+    /// voucher can be replayed.
+    #[pallet::storage]
+    pub type Escrows<T: Config> = StorageDoubleMap<
+        _,
+        Blake2_128Concat,
+        T::AccountId,
+        Blake2_128Concat,
+        T::AccountId,
+        Escrow<BlockNumberFor<T>>,
+    >;
+
+    /// Blocks between a refund request and its withdrawal.
+    #[pallet::storage]
+    pub type RefundLock<T: Config> =
+        StorageValue<_, BlockNumberFor<T>, ValueQuery, T::DefaultRefundLock>;
+
+    /// Blocks after a settlement during which it can be disputed.
+    #[pallet::storage]
+    pub type DisputeWindow<T: Config> =
+        StorageValue<_, BlockNumberFor<T>, ValueQuery, T::DefaultDisputeWindow>;
+
+    #[pallet::genesis_config]
+    #[derive(polkadot_sdk::frame_support::DefaultNoBound)]
+    pub struct GenesisConfig<T: Config> {
+        /// Refund lock in blocks; `None` keeps `DefaultRefundLock`.
+        pub refund_lock: Option<BlockNumberFor<T>>,
+        /// Dispute window in blocks; `None` keeps `DefaultDisputeWindow`.
+        pub dispute_window: Option<BlockNumberFor<T>>,
+    }
+
+    #[pallet::genesis_build]
+    impl<T: Config> BuildGenesisConfig for GenesisConfig<T> {
+        fn build(&self) {
+            if let Some(lock) = self.refund_lock {
+                assert!(
+                    lock >= T::MinRefundLock::get() && lock <= T::MaxRefundLock::get(),
+                    "genesis refund_lock outside [MinRefundLock, MaxRefundLock]"
+                );
+                RefundLock::<T>::put(lock);
+            }
+            if let Some(window) = self.dispute_window {
+                assert!(
+                    window >= T::MinDisputeWindow::get() && window <= T::MaxDisputeWindow::get(),
+                    "genesis dispute_window outside [MinDisputeWindow, MaxDisputeWindow]"
+                );
+                DisputeWindow::<T>::put(window);
+            }
+        }
+    }
+
+    #[pallet::event]
+    #[pallet::generate_deposit(pub(super) fn deposit_event)]
+    pub enum Event<T: Config> {
+        /// A provider registered a service.
+        ServiceRegistered {
+            /// The provider.
+            provider: T::AccountId,
+            /// The new service's id.
+            service_id: ServiceId,
+            /// Amount newly held to bring the bond to `ProviderBond`.
+            bond_added: Balance,
+        },
+        /// A provider changed a service's terms.
+        ServiceUpdated {
+            /// The provider.
+            provider: T::AccountId,
+            /// The service changed.
+            service_id: ServiceId,
+            /// The new price version vouchers must name.
+            price_version: u32,
+        },
+        /// A provider removed a service.
+        ServiceRemoved {
+            /// The provider.
+            provider: T::AccountId,
+            /// The service removed.
+            service_id: ServiceId,
+            /// Whether this was the last service, which starts unbonding.
+            unbonding: bool,
+        },
+        /// An unbonded provider got its bond back.
+        BondWithdrawn {
+            /// The provider.
+            provider: T::AccountId,
+            /// Amount released.
+            amount: Balance,
+        },
+        /// A user funded an escrow.
+        Deposited {
+            /// The user.
+            user: T::AccountId,
+            /// The provider the escrow is with.
+            provider: T::AccountId,
+            /// Amount added.
+            amount: Balance,
+            /// Escrow balance afterwards.
+            balance: Balance,
+        },
+        /// A user asked for part of an escrow back.
+        RefundRequested {
+            /// The user.
+            user: T::AccountId,
+            /// The provider the escrow is with.
+            provider: T::AccountId,
+            /// Amount added to the pending refund.
+            amount: Balance,
+            /// Whole pending refund afterwards.
+            pending: Balance,
+            /// Block from which it can be withdrawn.
+            unlock_at: BlockNumberFor<T>,
+        },
+        /// A user cancelled a pending refund.
+        RefundCancelled {
+            /// The user.
+            user: T::AccountId,
+            /// The provider the escrow is with.
+            provider: T::AccountId,
+            /// Amount that became spendable again.
+            amount: Balance,
+        },
+        /// A user withdrew a pending refund to their free balance.
+        RefundWithdrawn {
+            /// The user.
+            user: T::AccountId,
+            /// The provider the escrow was with.
+            provider: T::AccountId,
+            /// Amount released.
+            amount: Balance,
+        },
+        /// A claim was paid in full.
+        ClaimSettled {
+            /// The provider paid.
+            provider: T::AccountId,
+            /// The user paying.
+            user: T::AccountId,
+            /// The voucher's nonce.
+            nonce: Nonce,
+            /// Amount moved from the escrow to the provider.
+            paid: Balance,
+        },
+        /// A claim was paid as far as the escrow allowed.
+        ClaimPartiallySettled {
+            /// The provider paid.
+            provider: T::AccountId,
+            /// The user paying.
+            user: T::AccountId,
+            /// The voucher's nonce.
+            nonce: Nonce,
+            /// Amount moved from the escrow to the provider.
+            paid: Balance,
+            /// Amount still owed; claimable again with the same voucher.
+            owed: Balance,
+        },
+        /// A claim was refused; nothing changed for it.
+        ClaimRejected {
+            /// The provider that submitted it.
+            provider: T::AccountId,
+            /// The user the voucher names.
+            user: T::AccountId,
+            /// The voucher's nonce.
+            nonce: Nonce,
+            /// Why.
+            reason: RejectReason,
+        },
+        /// A settlement batch was processed.
+        BatchSettled {
+            /// The provider that submitted it.
+            provider: T::AccountId,
+            /// Merkle root of the receipts the batch covers.
+            trace_root: H256,
+            /// Claims accepted (in full or in part).
+            accepted: u32,
+            /// Claims rejected.
+            rejected: u32,
+            /// Sum paid to the provider.
+            paid: Balance,
+        },
+        /// A user proved an over-claim with a provider-signed receipt.
+        DisputeWon {
+            /// The user.
+            user: T::AccountId,
+            /// The provider at fault.
+            provider: T::AccountId,
+            /// Nonce of the receipt shown.
+            nonce: Nonce,
+            /// Amount moved back onto the user's escrow.
+            refunded: Balance,
+            /// Bond slashed to the user's free balance.
+            slashed: Balance,
+        },
+        /// Root set the refund lock.
+        RefundLockSet {
+            /// New lock in blocks.
+            blocks: BlockNumberFor<T>,
+        },
+        /// Root set the dispute window.
+        DisputeWindowSet {
+            /// New window in blocks.
+            blocks: BlockNumberFor<T>,
+        },
+    }
+
+    #[pallet::error]
+    pub enum Error<T> {
+        /// The provider already has a service with this id.
+        ServiceAlreadyRegistered,
+        /// The provider has no service with this id.
+        ServiceNotFound,
+        /// The provider already has `MaxServicesPerProvider` services.
+        TooManyServices,
+        /// The caller's free balance cannot cover the provider bond.
+        InsufficientBalanceForBond,
+        /// The account never registered as a provider.
+        NotAProvider,
+        /// The provider still has services registered; remove them first.
+        ProviderHasServices,
+        /// The provider bond is already withdrawn.
+        BondAlreadyWithdrawn,
+        /// The dispute window after the provider's last settlement has not passed yet.
+        BondStillLocked,
+        /// The provider's bond is below `MinBond`, being unbonded, or withdrawn.
+        ProviderNotBonded,
+        /// The deposit is below `MinDeposit`.
+        DepositBelowMinimum,
+        /// The user's free balance cannot cover the deposit.
+        InsufficientBalance,
+        /// The user has no escrow with this provider.
+        EscrowNotFound,
+        /// The amount asked is zero.
+        ZeroAmount,
+        /// The refund asked plus the pending refund exceeds the escrow balance.
+        RefundExceedsBalance,
+        /// No refund is pending.
+        NoPendingRefund,
+        /// The refund is still locked (see the escrow's `unlock_at`).
+        RefundLocked,
+        /// The value is outside the bounds set in the runtime.
+        OutOfBounds,
+        /// An amount overflowed.
+        Overflow,
+        /// The receipt's signature is not the provider's on this chain.
+        BadReceiptSignature,
+        /// The receipt names another provider.
+        ReceiptProviderMismatch,
+        /// Only the user named in the receipt can dispute it.
+        NotReceiptUser,
+        /// The receipt is older than the last paying voucher settled; it proves nothing.
+        ReceiptTooOld,
+        /// The dispute window after the last settlement has passed.
+        DisputeWindowClosed,
+        /// The receipt's total is not below the settled total: nothing was over-claimed.
+        NothingToDispute,
+    }
+
+    #[pallet::hooks]
+    impl<T: Config> Hooks<BlockNumberFor<T>> for Pallet<T> {
+        fn integrity_test() {
+            assert!(T::MinBond::get() <= T::ProviderBond::get(), "MinBond above ProviderBond");
+            assert!(T::MinBond::get() > 0, "MinBond must be positive");
+            assert!(T::MinDeposit::get() > 0, "MinDeposit must be positive");
+            assert!(T::MaxBatch::get() > 0, "MaxBatch must be positive");
+            assert!(T::MaxServicesPerProvider::get() > 0, "MaxServicesPerProvider must be positive");
+            assert!(T::MinRefundLock::get() <= T::MaxRefundLock::get(), "refund lock bounds inverted");
+            assert!(
+                T::MinDisputeWindow::get() <= T::MaxDisputeWindow::get(),
+                "dispute window bounds inverted"
+            );
+            let lock = T::DefaultRefundLock::get();
+            assert!(
+                lock >= T::MinRefundLock::get() && lock <= T::MaxRefundLock::get(),
+                "DefaultRefundLock out of bounds"
+            );
+            let window = T::DefaultDisputeWindow::get();
+            assert!(
+                window >= T::MinDisputeWindow::get() && window <= T::MaxDisputeWindow::get(),
+                "DefaultDisputeWindow out of bounds"
+            );
+        }
+
+        #[cfg(feature = "try-runtime")]
+        fn try_state(_n: BlockNumberFor<T>) -> Result<(), polkadot_sdk::sp_runtime::TryRuntimeError> {
+            Self::do_try_state()
+        }
+    }
+
+    #[pallet::call]
+    impl<T: Config> Pallet<T> {
+        /// Register a service. The first one holds `ProviderBond` from the caller (a later one
+        /// tops the bond back up to it) and cancels unbonding.
+        #[pallet::call_index(0)]
+        #[pallet::weight(T::WeightInfo::register_service())]
+        #[allow(clippy::too_many_arguments)]
+        pub fn register_service(
+            origin: OriginFor<T>,
+            service_id: ServiceId,
+            kind: ServiceKind,
+            model: ModelName,
+            url: Url,
+            input_price: Balance,
+            output_price: Balance,
+            verifiability: Verifiability,
+        ) -> DispatchResult {
+            let provider = ensure_signed(origin)?;
+            let service = Service {
+                kind,
+                model,
+                url,
+                input_price,
+                output_price,
+                verifiability,
+                price_version: 0,
+            };
+            Self::do_register_service(provider, service_id, service)
+        }
+
+        /// Change a service's terms; its `price_version` goes up by one.
+        #[pallet::call_index(1)]
+        #[pallet::weight(T::WeightInfo::update_service())]
+        #[allow(clippy::too_many_arguments)]
+        pub fn update_service(
+            origin: OriginFor<T>,
+            service_id: ServiceId,
+            kind: ServiceKind,
+            model: ModelName,
+            url: Url,
+            input_price: Balance,
+            output_price: Balance,
+            verifiability: Verifiability,
+        ) -> DispatchResult {
+            let provider = ensure_signed(origin)?;
+            let terms = Service {
+                kind,
+                model,
+                url,
+                input_price,
+                output_price,
+                verifiability,
+                price_version: 0,
+            };
+            Self::do_update_service(provider, service_id, terms)
+        }
+
+        /// Remove a service. Removing the last one starts unbonding.
+        #[pallet::call_index(2)]
+        #[pallet::weight(T::WeightInfo::remove_service())]
+        pub fn remove_service(origin: OriginFor<T>, service_id: ServiceId) -> DispatchResult {
+            let provider = ensure_signed(origin)?;
+            Self::do_remove_service(provider, service_id)
+        }
+
+        /// Release the bond of a provider without services, `DisputeWindow` blocks after its
+        /// last settlement.
+        #[pallet::call_index(3)]
+        #[pallet::weight(T::WeightInfo::withdraw_bond())]
+        pub fn withdraw_bond(origin: OriginFor<T>) -> DispatchResult {
+            let provider = ensure_signed(origin)?;
+            Self::do_withdraw_bond(provider)
+        }
+
+        /// Move `amount` of the caller's free balance into their escrow with `provider`.
+        #[pallet::call_index(4)]
+        #[pallet::weight(T::WeightInfo::deposit())]
+        pub fn deposit(
+            origin: OriginFor<T>,
+            provider: T::AccountId,
+            #[pallet::compact] amount: Balance,
+        ) -> DispatchResult {
+            let user = ensure_signed(origin)?;
+            Self::do_deposit(user, provider, amount)
+        }
+
+        /// Ask for `amount` of the escrow back; withdrawable after `RefundLock` blocks. The
+        /// lock restarts for the whole pending amount.
+        #[pallet::call_index(5)]
+        #[pallet::weight(T::WeightInfo::request_refund())]
+        pub fn request_refund(
+            origin: OriginFor<T>,
+            provider: T::AccountId,
+            #[pallet::compact] amount: Balance,
+        ) -> DispatchResult {
+            let user = ensure_signed(origin)?;
+            Self::do_request_refund(user, provider, amount)
+        }
+
+        /// Make the pending refund spendable again.
+        #[pallet::call_index(6)]
+        #[pallet::weight(T::WeightInfo::cancel_refund())]
+        pub fn cancel_refund(origin: OriginFor<T>, provider: T::AccountId) -> DispatchResult {
+            let user = ensure_signed(origin)?;
+            Self::do_cancel_refund(user, provider)
+        }
+
+        /// Release the unlocked pending refund (at most the escrow balance) to free balance.
+        #[pallet::call_index(7)]
+        #[pallet::weight(T::WeightInfo::withdraw_refund())]
+        pub fn withdraw_refund(origin: OriginFor<T>, provider: T::AccountId) -> DispatchResult {
+            let user = ensure_signed(origin)?;
+            Self::do_withdraw_refund(user, provider)
+        }
+
+        /// Settle a batch of claims. Each claim runs in its own storage layer and ends in a
+        /// `ClaimSettled`, `ClaimPartiallySettled` or `ClaimRejected` event; one bad claim never
+        /// fails the batch.
+        #[pallet::call_index(8)]
+        #[pallet::weight(T::WeightInfo::settle(items.len() as u32))]
+        pub fn settle(
+            origin: OriginFor<T>,
+            items: BoundedVec<Claim, T::MaxBatch>,
+            trace_root: H256,
+        ) -> DispatchResult {
+            let provider = ensure_signed(origin)?;
+            Self::do_settle(provider, items, trace_root)
+        }
+
+        /// Prove an over-claim with a receipt the provider signed: the excess goes back onto the
+        /// caller's escrow and a share of the bond is slashed to the caller.
+        #[pallet::call_index(9)]
+        #[pallet::weight(T::WeightInfo::dispute())]
+        pub fn dispute(
+            origin: OriginFor<T>,
+            provider: T::AccountId,
+            signed_receipt: SignedReceipt,
+        ) -> DispatchResult {
+            let user = ensure_signed(origin)?;
+            Self::do_dispute(user, provider, signed_receipt)
+        }
+
+        /// Set the refund lock, within `[MinRefundLock, MaxRefundLock]`.
+        #[pallet::call_index(10)]
+        #[pallet::weight(T::WeightInfo::set_refund_lock())]
+        pub fn set_refund_lock(origin: OriginFor<T>, blocks: BlockNumberFor<T>) -> DispatchResult {
+            ensure_root(origin)?;
+            ensure!(
+                blocks >= T::MinRefundLock::get() && blocks <= T::MaxRefundLock::get(),
+                Error::<T>::OutOfBounds
+            );
+            RefundLock::<T>::put(blocks);
+            Self::deposit_event(Event::RefundLockSet { blocks });
+            Ok(())
+        }
+
+        /// Set the dispute window, within `[MinDisputeWindow, MaxDisputeWindow]`.
+        #[pallet::call_index(11)]
+        #[pallet::weight(T::WeightInfo::set_dispute_window())]
+        pub fn set_dispute_window(
+            origin: OriginFor<T>,
+            blocks: BlockNumberFor<T>,
+        ) -> DispatchResult {
+            ensure_root(origin)?;
+            ensure!(
+                blocks >= T::MinDisputeWindow::get() && blocks <= T::MaxDisputeWindow::get(),
+                Error::<T>::OutOfBounds
+            );
+            DisputeWindow::<T>::put(blocks);
+            Self::deposit_event(Event::DisputeWindowSet { blocks });
+            Ok(())
+        }
+    }
+}

@@ -1,0 +1,24 @@
+//! Types the pallet stores and takes, re-exported from `compute-primitives` so that the worker
+//! and the CLI encode exactly what the chain decodes.
+
+pub use compute_primitives::{
+    Balance, Claim, Escrow, ModelName, Nonce, ProviderInfo, Receipt, RejectReason, Service,
+    ServiceId, ServiceKind, SignedReceipt, SignedVoucher, Url, Verifiability, Voucher,
+};
+
+/// What happened to one accepted settlement claim.
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+pub(crate) enum ClaimOutcome {
+    /// Paid in full.
+    Settled { paid: Balance },
+    /// The escrow ran dry: `paid` moved, `owed` is still due.
+    Partial { paid: Balance, owed: Balance },
+}
+
+impl ClaimOutcome {
+    pub(crate) fn paid(&self) -> Balance {
+        match *self {
+            ClaimOutcome::Settled { paid } | ClaimOutcome::Partial { paid, .. } => paid,
+        }
+    }
+}

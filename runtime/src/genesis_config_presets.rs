@@ -1,0 +1,88 @@
+//! Genesis presets: `development` (one authority, short refund lock and dispute window so a
+//! demo completes in seconds) and `local_testnet` (four authorities).
+
+use crate::{AccountId, Balance, BalancesConfig, ComputeConfig, RuntimeGenesisConfig, SudoConfig, UNIT};
+use alloc::{vec, vec::Vec};
+use polkadot_sdk::{
+    pallet_aura, pallet_grandpa,
+    sp_consensus_aura::sr25519::AuthorityId as AuraId,
+    sp_consensus_grandpa::AuthorityId as GrandpaId,
+    sp_genesis_builder::{self, PresetId},
+    sp_keyring::{Ed25519Keyring, Sr25519Keyring},
+};
+use serde_json::Value;
+
+/// Free balance of every endowed dev account.
+pub const ENDOWMENT: Balance = 1_000_000 * UNIT;
+/// Refund lock of the development chain, in blocks.
+pub const DEV_REFUND_LOCK: u32 = 3;
+/// Dispute window of the development chain, in blocks.
+pub const DEV_DISPUTE_WINDOW: u32 = 3;
+
+fn genesis(
+    authorities: &[(Sr25519Keyring, Ed25519Keyring)],
+    endowed: Vec<AccountId>,
+    root: AccountId,
+    refund_lock: Option<u32>,
+    dispute_window: Option<u32>,
+) -> Value {
+    let config = RuntimeGenesisConfig {
+        balances: BalancesConfig {
+            balances: endowed.into_iter().map(|a| (a, ENDOWMENT)).collect(),
+            ..Default::default()
+        },
+        aura: pallet_aura::GenesisConfig {
+            authorities: authorities.iter().map(|(a, _)| AuraId::from(a.public())).collect(),
+        },
+        grandpa: pallet_grandpa::GenesisConfig {
+            authorities: authorities.iter().map(|(_, g)| (GrandpaId::from(g.public()), 1)).collect(),
+            ..Default::default()
+        },
+        sudo: SudoConfig { key: Some(root) },
+        compute: ComputeConfig { refund_lock, dispute_window },
+        ..Default::default()
+    };
+    serde_json::to_value(config).unwrap_or_default()
+}
+
+/// One authority (Alice), the well-known accounts endowed, a 3-block refund lock and dispute window.
+pub fn development_config_genesis() -> Value {
+    genesis(
+        &[(Sr25519Keyring::Alice, Ed25519Keyring::Alice)],
+        Sr25519Keyring::well_known().map(|k| k.to_account_id()).collect(),
+        Sr25519Keyring::Alice.to_account_id(),
+        Some(DEV_REFUND_LOCK),
+        Some(DEV_DISPUTE_WINDOW),
+    )
+}
+
+/// Four authorities (Alice, Bob, Charlie, Dave) with the runtime's default lock and window.
+pub fn local_testnet_genesis() -> Value {
+    use Ed25519Keyring as E;
+    use Sr25519Keyring as S;
+    genesis(
+        &[(S::Alice, E::Alice), (S::Bob, E::Bob), (S::Charlie, E::Charlie), (S::Dave, E::Dave)],
+        Sr25519Keyring::well_known().map(|k| k.to_account_id()).collect(),
+        Sr25519Keyring::Alice.to_account_id(),
+        None,
+        None,
+    )
+}
+
+/// The JSON of a named preset.
+pub fn get_preset(id: &PresetId) -> Option<Vec<u8>> {
+    let patch = match id.as_ref() {
+        sp_genesis_builder::DEV_RUNTIME_PRESET => development_config_genesis(),
+        sp_genesis_builder::LOCAL_TESTNET_RUNTIME_PRESET => local_testnet_genesis(),
+        _ => return None,
+    };
+    serde_json::to_vec(&patch).ok()
+}
+
+/// Names of the presets this runtime offers.
+pub fn preset_names() -> Vec<PresetId> {
+    vec![
+        PresetId::from(sp_genesis_builder::DEV_RUNTIME_PRESET),
+        PresetId::from(sp_genesis_builder::LOCAL_TESTNET_RUNTIME_PRESET),
+    ]
+}

@@ -1,0 +1,47 @@
+#!/usr/bin/env bash
+# Install what building and testing need on a fresh Debian machine: system packages, the Rust
+# toolchain pinned by rust-toolchain.toml (with wasm32v1-none and rust-src), and the npm
+# packages of zombienet/. Safe to run again: it skips what is already there.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+log() { printf '\033[1m==> %s\033[0m\n' "$*"; }
+
+need_apt=()
+command -v protoc >/dev/null || need_apt+=(protobuf-compiler)
+command -v clang >/dev/null || need_apt+=(clang)
+[ -e /usr/lib/llvm-14/lib/libclang.so ] || ls /usr/lib/llvm-*/lib/libclang*.so >/dev/null 2>&1 || need_apt+=(libclang-dev)
+command -v mold >/dev/null || need_apt+=(mold)
+command -v pkg-config >/dev/null || need_apt+=(pkg-config)
+command -v curl >/dev/null || need_apt+=(curl)
+[ -e /usr/include/openssl/ssl.h ] || need_apt+=(libssl-dev)
+if [ ${#need_apt[@]} -gt 0 ]; then
+    log "Installing Debian packages: ${need_apt[*]}"
+    SUDO=""; [ "$(id -u)" -ne 0 ] && SUDO="sudo"
+    $SUDO apt-get update -qq
+    DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq "${need_apt[@]}" >/dev/null
+fi
+
+if ! command -v rustup >/dev/null; then
+    echo "rustup is required (https://rustup.rs); install it and run this again" >&2
+    exit 1
+fi
+log "Rust toolchain from rust-toolchain.toml"
+rustup toolchain install >/dev/null 2>&1 || true
+toolchain_targets=$(rustup target list --installed)
+grep -q '^wasm32v1-none$' <<<"$toolchain_targets" || rustup target add wasm32v1-none
+rustup component list --installed | grep -q '^rust-src' || rustup component add rust-src
+rustup component list --installed | grep -q '^clippy' || rustup component add clippy rustfmt
+
+if [ "${SKIP_NPM:-0}" != "1" ]; then
+    if ! command -v npm >/dev/null; then
+        log "Installing Node.js and npm"
+        SUDO=""; [ "$(id -u)" -ne 0 ] && SUDO="sudo"
+        $SUDO apt-get update -qq && DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq nodejs npm >/dev/null
+    fi
+    if [ ! -x zombienet/node_modules/.bin/zombienet ]; then
+        log "Installing @zombienet/cli (npm)"
+        (cd zombienet && npm ci --no-audit --no-fund --loglevel=error)
+    fi
+fi
+log "Setup complete"
