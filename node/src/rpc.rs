@@ -1,7 +1,10 @@
 //! The node's JSON-RPC methods besides the ones `sc-service` provides: `system_accountNextIndex`,
 //! `payment_*`, `compute_*`, and `engine_*` when sealing manually.
 
-use crate::{compute_rpc, service::FullClient};
+use crate::{
+    compute_rpc::{self, ComputeRpcServer},
+    service::FullClient,
+};
 use compute_runtime::{opaque::Block, Hash};
 use futures::channel::mpsc;
 use jsonrpsee::RpcModule;

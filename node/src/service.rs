@@ -8,7 +8,7 @@ use polkadot_sdk::{
     sc_basic_authorship, sc_client_api::BlockBackend, sc_consensus, sc_consensus_aura,
     sc_consensus_grandpa, sc_consensus_manual_seal, sc_executor, sc_network, sc_service,
     sc_telemetry, sc_transaction_pool, sc_transaction_pool_api,
-    sp_blockchain::HeaderBackend, sp_consensus_aura, sp_io, sp_runtime, sp_timestamp,
+    sp_consensus_aura, sp_io, sp_runtime, sp_timestamp,
 };
 use sc_consensus_aura::{ImportQueueParams, SlotProportion, StartAuraParams};
 use sc_service::{error::Error as ServiceError, Configuration, TaskManager, WarpSyncConfig};
@@ -205,13 +205,13 @@ pub fn new_full<N: sc_network::NetworkBackend<Block, <Block as sp_runtime::trait
                 config.prometheus_registry(),
             );
             let (sink, commands) = mpsc::channel(64);
-            (base, Box::new(import_queue) as _, Authoring::ManualSeal { sealing, commands }, None, Some(sink))
+            (base, import_queue, Authoring::ManualSeal { sealing, commands }, None, Some(sink))
         },
     };
     let Base { client, backend, mut task_manager, keystore_container, select_chain, transaction_pool, mut telemetry } =
         base;
 
-    let (network, system_rpc_tx, tx_handler_controller, sync_service) =
+    let (network, system_rpc_tx, tx_handler_controller, sync_service, _bitswap) =
         sc_service::build_network(sc_service::BuildNetworkParams {
             config: &config,
             net_config,

@@ -12,7 +12,7 @@ extern crate alloc;
 use alloc::vec::Vec;
 use codec::{Decode, DecodeWithMemTracking, Encode, MaxEncodedLen};
 use polkadot_sdk::{
-    sp_core::{ConstU32, RuntimeDebug, H256},
+    sp_core::{ConstU32, H256},
     sp_runtime::{
         traits::{BlakeTwo256, Verify},
         AccountId32, BoundedVec, MultiSignature,
@@ -63,7 +63,7 @@ pub type Verifiability = BoundedVec<u8, ConstU32<MAX_VERIFIABILITY_LEN>>;
     Copy,
     PartialEq,
     Eq,
-    RuntimeDebug,
+    Debug,
 )]
 #[cfg_attr(feature = "std", derive(serde::Serialize, serde::Deserialize))]
 pub enum ServiceKind {
@@ -75,7 +75,7 @@ pub enum ServiceKind {
 
 /// A service as registered on chain, keyed by `(provider, ServiceId)`.
 #[derive(
-    Encode, Decode, DecodeWithMemTracking, MaxEncodedLen, TypeInfo, Clone, PartialEq, Eq, RuntimeDebug,
+    Encode, Decode, DecodeWithMemTracking, MaxEncodedLen, TypeInfo, Clone, PartialEq, Eq, Debug,
 )]
 pub struct Service {
     /// What the service does.
@@ -103,7 +103,7 @@ impl Service {
 
 /// One escrow per (user, provider), funded by a hold on the user's balance.
 #[derive(
-    Encode, Decode, MaxEncodedLen, TypeInfo, Clone, PartialEq, Eq, RuntimeDebug, Default,
+    Encode, Decode, MaxEncodedLen, TypeInfo, Clone, PartialEq, Eq, Debug, Default,
 )]
 pub struct Escrow<BlockNumber> {
     /// Funds held for this provider, pending refund included.
@@ -133,7 +133,7 @@ impl<BlockNumber> Escrow<BlockNumber> {
 
 /// A provider's bond and running statistics.
 #[derive(
-    Encode, Decode, MaxEncodedLen, TypeInfo, Clone, PartialEq, Eq, RuntimeDebug, Default,
+    Encode, Decode, MaxEncodedLen, TypeInfo, Clone, PartialEq, Eq, Debug, Default,
 )]
 pub struct ProviderInfo<BlockNumber> {
     /// Amount held as the provider bond.
@@ -156,7 +156,7 @@ pub struct ProviderInfo<BlockNumber> {
 
 /// The user-signed request trace. Cumulative: the latest settles everything before it.
 #[derive(
-    Encode, Decode, DecodeWithMemTracking, MaxEncodedLen, TypeInfo, Clone, PartialEq, Eq, RuntimeDebug,
+    Encode, Decode, DecodeWithMemTracking, MaxEncodedLen, TypeInfo, Clone, PartialEq, Eq, Debug,
 )]
 pub struct Voucher {
     /// The paying user.
@@ -186,7 +186,7 @@ impl Voucher {
 
 /// The provider-signed response trace.
 #[derive(
-    Encode, Decode, DecodeWithMemTracking, MaxEncodedLen, TypeInfo, Clone, PartialEq, Eq, RuntimeDebug,
+    Encode, Decode, DecodeWithMemTracking, MaxEncodedLen, TypeInfo, Clone, PartialEq, Eq, Debug,
 )]
 pub struct Receipt {
     /// The user served.
@@ -213,7 +213,7 @@ pub struct Receipt {
 
 /// A voucher with the user's signature.
 #[derive(
-    Encode, Decode, DecodeWithMemTracking, MaxEncodedLen, TypeInfo, Clone, PartialEq, Eq, RuntimeDebug,
+    Encode, Decode, DecodeWithMemTracking, MaxEncodedLen, TypeInfo, Clone, PartialEq, Eq, Debug,
 )]
 pub struct SignedVoucher {
     /// The signed message.
@@ -224,7 +224,7 @@ pub struct SignedVoucher {
 
 /// A receipt with the provider's signature.
 #[derive(
-    Encode, Decode, DecodeWithMemTracking, MaxEncodedLen, TypeInfo, Clone, PartialEq, Eq, RuntimeDebug,
+    Encode, Decode, DecodeWithMemTracking, MaxEncodedLen, TypeInfo, Clone, PartialEq, Eq, Debug,
 )]
 pub struct SignedReceipt {
     /// The signed message.
@@ -235,7 +235,7 @@ pub struct SignedReceipt {
 
 /// One settlement item.
 #[derive(
-    Encode, Decode, DecodeWithMemTracking, MaxEncodedLen, TypeInfo, Clone, PartialEq, Eq, RuntimeDebug,
+    Encode, Decode, DecodeWithMemTracking, MaxEncodedLen, TypeInfo, Clone, PartialEq, Eq, Debug,
 )]
 pub struct Claim {
     /// The latest voucher of a (user, provider).
@@ -246,7 +246,7 @@ pub struct Claim {
 
 /// Why a settlement item was refused.
 #[derive(
-    Encode, Decode, DecodeWithMemTracking, MaxEncodedLen, TypeInfo, Clone, Copy, PartialEq, Eq, RuntimeDebug,
+    Encode, Decode, DecodeWithMemTracking, MaxEncodedLen, TypeInfo, Clone, Copy, PartialEq, Eq, Debug,
 )]
 pub enum RejectReason {
     /// The voucher's signature does not verify for its user on this chain.

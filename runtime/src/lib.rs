@@ -93,12 +93,6 @@ pub const VERSION: RuntimeVersion = RuntimeVersion {
     system_version: 1,
 };
 
-/// The version the node runs natively.
-#[cfg(feature = "std")]
-pub fn native_version() -> polkadot_sdk::sp_version::NativeVersion {
-    polkadot_sdk::sp_version::NativeVersion { runtime_version: VERSION, can_author_with: Default::default() }
-}
-
 #[frame_support::runtime]
 mod runtime {
     #[runtime::runtime]

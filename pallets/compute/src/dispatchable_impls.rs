@@ -62,13 +62,14 @@ impl<T: Config> Pallet<T> {
     pub(crate) fn do_update_service(
         provider: T::AccountId,
         service_id: ServiceId,
-        terms: Service,
+        mut terms: Service,
     ) -> DispatchResult {
         Services::<T>::try_mutate(&provider, service_id, |maybe| {
             let service = maybe.as_mut().ok_or(Error::<T>::ServiceNotFound)?;
             let price_version =
                 service.price_version.checked_add(1).ok_or(Error::<T>::Overflow)?;
-            *service = Service { price_version, ..terms };
+            terms.price_version = price_version;
+            *service = terms;
             Self::deposit_event(Event::ServiceUpdated {
                 provider: provider.clone(),
                 service_id,

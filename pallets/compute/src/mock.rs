@@ -120,3 +120,14 @@ pub fn genesis() -> H256 {
 pub fn sign(k: Sr25519Keyring, payload: &[u8]) -> polkadot_sdk::sp_runtime::MultiSignature {
     pair(k).sign(payload).into()
 }
+
+/// Externalities for the benchmark tests: genesis state plus an in-memory keystore, since the
+/// benchmarks sign with keystore keys.
+#[cfg(feature = "runtime-benchmarks")]
+pub fn new_bench_ext() -> TestExternalities {
+    use polkadot_sdk::sp_keystore::{testing::MemoryKeystore, KeystoreExt};
+    use std::sync::Arc;
+    let mut ext = new_test_ext();
+    ext.register_extension(KeystoreExt(Arc::new(MemoryKeystore::new())));
+    ext
+}

@@ -173,7 +173,7 @@ proptest! {
                 let disputed = apply(a, &mut model);
                 check(&mut model, issuance, disputed)?;
             }
-            Ok(())
+            Ok::<(), TestCaseError>(())
         })?;
     }
 }
