@@ -49,6 +49,23 @@ impl SubstrateCli for Cli {
     }
 }
 
+/// Fail early, and clearly, when a port given on the command line is taken: left alone, the RPC
+/// server would quietly move to a random port and a validator would not notice.
+fn ensure_ports_free(run: &sc_cli::RunCmd) -> sc_cli::Result<()> {
+    let ports = [
+        ("--rpc-port", run.rpc_params.rpc_port),
+        ("--port", run.network_params.port),
+        ("--prometheus-port", run.prometheus_params.prometheus_port),
+    ];
+    for (flag, port) in ports {
+        let Some(port) = port else { continue };
+        if let Err(e) = std::net::TcpListener::bind(("0.0.0.0", port)) {
+            return Err(sc_cli::Error::Input(format!("{flag} {port} cannot be used: {e}")));
+        }
+    }
+    Ok(())
+}
+
 /// Parse the command line and run it.
 pub fn run() -> sc_cli::Result<()> {
     let cli = Cli::from_args();
@@ -111,6 +128,7 @@ pub fn run() -> sc_cli::Result<()> {
             runner.sync_run(|config| cmd.run::<compute_runtime::opaque::Block>(&config))
         },
         None => {
+            ensure_ports_free(&cli.run)?;
             let runner = cli.create_runner(&cli.run)?;
             let sealing = cli.sealing;
             runner.run_node_until_exit(|config| async move {

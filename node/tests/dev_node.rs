@@ -220,6 +220,6 @@ fn a_port_in_use_is_reported() {
         "--no-prometheus",
     ]);
     assert!(!status.success());
-    assert!(err.contains("Error:"), "{err}");
+    assert!(err.contains(&format!("--rpc-port {port} cannot be used")), "{err}");
     assert!(!err.contains("panicked"), "{err}");
 }
