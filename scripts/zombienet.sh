@@ -8,4 +8,4 @@ command -v compute-node >/dev/null || { echo "build the node first: make build" 
 DIR=$(mktemp -d)
 trap 'rm -rf "$DIR"' EXIT
 echo "==> zombienet smoke test (logs in $DIR while it runs)"
-node_modules/.bin/zombienet --provider native --spawn-concurrency 4 --dir "$DIR" --force test smoke.zndsl
+FORCE_COLOR=0 node_modules/.bin/zombienet --provider native --spawn-concurrency 4 --dir "$DIR" --force test smoke.zndsl

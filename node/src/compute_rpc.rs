@@ -133,11 +133,21 @@ pub trait ComputeRpc {
 
     /// One service, or null.
     #[method(name = "service")]
-    fn service(&self, provider: AccountId, service_id: ServiceId, at: Option<Hash>) -> RpcResult<Option<ServiceJson>>;
+    fn service(
+        &self,
+        provider: AccountId,
+        service_id: ServiceId,
+        at: Option<Hash>,
+    ) -> RpcResult<Option<ServiceJson>>;
 
     /// The escrow of (user, provider), or null.
     #[method(name = "escrow")]
-    fn escrow(&self, user: AccountId, provider: AccountId, at: Option<Hash>) -> RpcResult<Option<EscrowJson>>;
+    fn escrow(
+        &self,
+        user: AccountId,
+        provider: AccountId,
+        at: Option<Hash>,
+    ) -> RpcResult<Option<EscrowJson>>;
 
     /// Escrows of a user, `limit` starting after `provider`.
     #[method(name = "escrowsOf")]
@@ -195,11 +205,20 @@ impl ComputeRpcServer for Compute {
     }
 
     fn services_of(&self, provider: AccountId, at: Option<Hash>) -> RpcResult<Vec<ServiceJson>> {
-        let list = self.client.runtime_api().services_of(self.at(at), provider.clone()).map_err(runtime_error)?;
+        let list = self
+            .client
+            .runtime_api()
+            .services_of(self.at(at), provider.clone())
+            .map_err(runtime_error)?;
         Ok(list.into_iter().map(|(id, s)| ServiceJson::new(&provider, id, s)).collect())
     }
 
-    fn service(&self, provider: AccountId, service_id: ServiceId, at: Option<Hash>) -> RpcResult<Option<ServiceJson>> {
+    fn service(
+        &self,
+        provider: AccountId,
+        service_id: ServiceId,
+        at: Option<Hash>,
+    ) -> RpcResult<Option<ServiceJson>> {
         let s = self
             .client
             .runtime_api()
@@ -208,8 +227,17 @@ impl ComputeRpcServer for Compute {
         Ok(s.map(|s| ServiceJson::new(&provider, service_id, s)))
     }
 
-    fn escrow(&self, user: AccountId, provider: AccountId, at: Option<Hash>) -> RpcResult<Option<EscrowJson>> {
-        let e = self.client.runtime_api().escrow(self.at(at), user, provider.clone()).map_err(runtime_error)?;
+    fn escrow(
+        &self,
+        user: AccountId,
+        provider: AccountId,
+        at: Option<Hash>,
+    ) -> RpcResult<Option<EscrowJson>> {
+        let e = self
+            .client
+            .runtime_api()
+            .escrow(self.at(at), user, provider.clone())
+            .map_err(runtime_error)?;
         Ok(e.map(|e| EscrowJson::new(&provider, e)))
     }
 
@@ -229,8 +257,11 @@ impl ComputeRpcServer for Compute {
     }
 
     fn provider(&self, provider: AccountId, at: Option<Hash>) -> RpcResult<Option<ProviderJson>> {
-        let info: Option<ProviderInfo<BlockNumber>> =
-            self.client.runtime_api().provider(self.at(at), provider.clone()).map_err(runtime_error)?;
+        let info: Option<ProviderInfo<BlockNumber>> = self
+            .client
+            .runtime_api()
+            .provider(self.at(at), provider.clone())
+            .map_err(runtime_error)?;
         Ok(info.map(|i| ProviderJson {
             provider: provider.to_ss58check(),
             bond: i.bond.to_string(),
@@ -245,7 +276,8 @@ impl ComputeRpcServer for Compute {
     }
 
     fn params(&self, at: Option<Hash>) -> RpcResult<ParamsJson> {
-        let p: ComputeParams<BlockNumber> = self.client.runtime_api().params(self.at(at)).map_err(runtime_error)?;
+        let p: ComputeParams<BlockNumber> =
+            self.client.runtime_api().params(self.at(at)).map_err(runtime_error)?;
         Ok(ParamsJson {
             refund_lock: p.refund_lock,
             dispute_window: p.dispute_window,
@@ -256,4 +288,3 @@ impl ComputeRpcServer for Compute {
         })
     }
 }
-

@@ -47,7 +47,12 @@ impl fmt::Display for Sealing {
 
 /// A command that seals one block on top of the best one and finalizes it.
 fn seal_and_finalize() -> EngineCommand<H256> {
-    EngineCommand::SealNewBlock { create_empty: true, finalize: true, parent_hash: None, sender: None }
+    EngineCommand::SealNewBlock {
+        create_empty: true,
+        finalize: true,
+        parent_hash: None,
+        sender: None,
+    }
 }
 
 /// The stream of seal commands for `sealing`, merged with the ones arriving over RPC.
@@ -77,7 +82,7 @@ where
                 Some((seal_and_finalize(), ()))
             });
             Box::new(stream::select(rpc_commands, Box::pin(ticks)))
-        },
+        }
     }
 }
 

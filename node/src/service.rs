@@ -7,8 +7,8 @@ use futures::channel::mpsc;
 use polkadot_sdk::{
     sc_basic_authorship, sc_client_api::BlockBackend, sc_consensus, sc_consensus_aura,
     sc_consensus_grandpa, sc_consensus_manual_seal, sc_executor, sc_network, sc_service,
-    sc_telemetry, sc_transaction_pool, sc_transaction_pool_api,
-    sp_consensus_aura, sp_io, sp_runtime, sp_timestamp,
+    sc_telemetry, sc_transaction_pool, sc_transaction_pool_api, sp_consensus_aura, sp_io,
+    sp_runtime, sp_timestamp,
 };
 use sc_consensus_aura::{ImportQueueParams, SlotProportion, StartAuraParams};
 use sc_service::{error::Error as ServiceError, Configuration, TaskManager, WarpSyncConfig};
@@ -17,12 +17,16 @@ use sc_transaction_pool_api::{OffchainTransactionPoolFactory, TransactionPool};
 use sp_consensus_aura::sr25519::AuthorityPair as AuraPair;
 use std::{sync::Arc, time::Duration};
 
-pub(crate) type FullClient =
-    sc_service::TFullClient<Block, RuntimeApi, sc_executor::WasmExecutor<sp_io::SubstrateHostFunctions>>;
+pub(crate) type FullClient = sc_service::TFullClient<
+    Block,
+    RuntimeApi,
+    sc_executor::WasmExecutor<sp_io::SubstrateHostFunctions>,
+>;
 type FullBackend = sc_service::TFullBackend<Block>;
 type FullSelectChain = sc_consensus::LongestChain<FullBackend, Block>;
 type FullPool = sc_transaction_pool::TransactionPoolHandle<Block, FullClient>;
-type GrandpaImport = sc_consensus_grandpa::GrandpaBlockImport<FullBackend, Block, FullClient, FullSelectChain>;
+type GrandpaImport =
+    sc_consensus_grandpa::GrandpaBlockImport<FullBackend, Block, FullClient, FullSelectChain>;
 type GrandpaLink = sc_consensus_grandpa::LinkHalf<Block, FullClient, FullSelectChain>;
 
 /// Blocks between GRANDPA justifications kept for light clients and warp sync.
@@ -89,13 +93,28 @@ fn new_base(config: &Configuration) -> Result<Base, ServiceError> {
         .build(),
     );
 
-    Ok(Base { client, backend, task_manager, keystore_container, select_chain, transaction_pool, telemetry })
+    Ok(Base {
+        client,
+        backend,
+        task_manager,
+        keystore_container,
+        select_chain,
+        transaction_pool,
+        telemetry,
+    })
 }
 
 /// The Aura + GRANDPA components.
 pub fn new_partial(config: &Configuration) -> Result<Service, ServiceError> {
-    let Base { client, backend, task_manager, keystore_container, select_chain, transaction_pool, telemetry } =
-        new_base(config)?;
+    let Base {
+        client,
+        backend,
+        task_manager,
+        keystore_container,
+        select_chain,
+        transaction_pool,
+        telemetry,
+    } = new_base(config)?;
 
     let (grandpa_block_import, grandpa_link) = sc_consensus_grandpa::block_import(
         client.clone(),
@@ -106,29 +125,33 @@ pub fn new_partial(config: &Configuration) -> Result<Service, ServiceError> {
     )?;
 
     let cidp_client = client.clone();
-    let import_queue = sc_consensus_aura::import_queue::<AuraPair, _, _, _, _, _>(ImportQueueParams {
-        block_import: grandpa_block_import.clone(),
-        justification_import: Some(Box::new(grandpa_block_import.clone())),
-        client: client.clone(),
-        create_inherent_data_providers: move |parent_hash, _| {
-            let cidp_client = cidp_client.clone();
-            async move {
-                let slot_duration =
-                    sc_consensus_aura::standalone::slot_duration_at(&*cidp_client, parent_hash)?;
-                let timestamp = sp_timestamp::InherentDataProvider::from_system_time();
-                let slot = sp_consensus_aura::inherents::InherentDataProvider::from_timestamp_and_slot_duration(
+    let import_queue = sc_consensus_aura::import_queue::<AuraPair, _, _, _, _, _>(
+        ImportQueueParams {
+            block_import: grandpa_block_import.clone(),
+            justification_import: Some(Box::new(grandpa_block_import.clone())),
+            client: client.clone(),
+            create_inherent_data_providers: move |parent_hash, _| {
+                let cidp_client = cidp_client.clone();
+                async move {
+                    let slot_duration = sc_consensus_aura::standalone::slot_duration_at(
+                        &*cidp_client,
+                        parent_hash,
+                    )?;
+                    let timestamp = sp_timestamp::InherentDataProvider::from_system_time();
+                    let slot = sp_consensus_aura::inherents::InherentDataProvider::from_timestamp_and_slot_duration(
                     *timestamp,
                     slot_duration,
                 );
-                Ok((slot, timestamp))
-            }
+                    Ok((slot, timestamp))
+                }
+            },
+            spawner: &task_manager.spawn_essential_handle(),
+            registry: config.prometheus_registry(),
+            check_for_equivocation: Default::default(),
+            telemetry: telemetry.as_ref().map(|x| x.handle()),
+            compatibility_mode: Default::default(),
         },
-        spawner: &task_manager.spawn_essential_handle(),
-        registry: config.prometheus_registry(),
-        check_for_equivocation: Default::default(),
-        telemetry: telemetry.as_ref().map(|x| x.handle()),
-        compatibility_mode: Default::default(),
-    })?;
+    )?;
 
     Ok(sc_service::PartialComponents {
         client,
@@ -150,11 +173,16 @@ enum Authoring {
         protocol_name: sc_network::ProtocolName,
         notification_service: Box<dyn sc_network::NotificationService>,
     },
-    ManualSeal { sealing: Sealing, commands: mpsc::Receiver<sc_consensus_manual_seal::EngineCommand<compute_runtime::Hash>> },
+    ManualSeal {
+        sealing: Sealing,
+        commands: mpsc::Receiver<sc_consensus_manual_seal::EngineCommand<compute_runtime::Hash>>,
+    },
 }
 
 /// Start a full node: Aura + GRANDPA, or manual seal when `sealing` is set.
-pub fn new_full<N: sc_network::NetworkBackend<Block, <Block as sp_runtime::traits::Block>::Hash>>(
+pub fn new_full<
+    N: sc_network::NetworkBackend<Block, <Block as sp_runtime::traits::Block>::Hash>,
+>(
     config: Configuration,
     sealing: Option<Sealing>,
 ) -> Result<TaskManager, ServiceError> {
@@ -177,10 +205,12 @@ pub fn new_full<N: sc_network::NetworkBackend<Block, <Block as sp_runtime::trait
                 transaction_pool,
                 other: (block_import, link, telemetry),
             } = new_partial(&config)?;
-            let genesis = client.block_hash(0).ok().flatten().ok_or_else(|| {
-                ServiceError::Other("the database holds no genesis block".into())
-            })?;
-            let protocol_name = sc_consensus_grandpa::protocol_standard_name(&genesis, &config.chain_spec);
+            let genesis =
+                client.block_hash(0).ok().flatten().ok_or_else(|| {
+                    ServiceError::Other("the database holds no genesis block".into())
+                })?;
+            let protocol_name =
+                sc_consensus_grandpa::protocol_standard_name(&genesis, &config.chain_spec);
             let (protocol_config, notification_service) =
                 sc_consensus_grandpa::grandpa_peers_set_config::<_, N>(
                     protocol_name.clone(),
@@ -193,10 +223,19 @@ pub fn new_full<N: sc_network::NetworkBackend<Block, <Block as sp_runtime::trait
                 link.shared_authority_set().clone(),
                 Vec::default(),
             ));
-            let base = Base { client, backend, task_manager, keystore_container, select_chain, transaction_pool, telemetry };
-            let authoring = Authoring::AuraGrandpa { block_import, link, protocol_name, notification_service };
+            let base = Base {
+                client,
+                backend,
+                task_manager,
+                keystore_container,
+                select_chain,
+                transaction_pool,
+                telemetry,
+            };
+            let authoring =
+                Authoring::AuraGrandpa { block_import, link, protocol_name, notification_service };
             (base, import_queue, authoring, Some(WarpSyncConfig::WithProvider(warp_sync)), None)
-        },
+        }
         Some(sealing) => {
             let base = new_base(&config)?;
             let import_queue = sc_consensus_manual_seal::import_queue(
@@ -206,10 +245,17 @@ pub fn new_full<N: sc_network::NetworkBackend<Block, <Block as sp_runtime::trait
             );
             let (sink, commands) = mpsc::channel(64);
             (base, import_queue, Authoring::ManualSeal { sealing, commands }, None, Some(sink))
-        },
+        }
     };
-    let Base { client, backend, mut task_manager, keystore_container, select_chain, transaction_pool, mut telemetry } =
-        base;
+    let Base {
+        client,
+        backend,
+        mut task_manager,
+        keystore_container,
+        select_chain,
+        transaction_pool,
+        mut telemetry,
+    } = base;
 
     let (network, system_rpc_tx, tx_handler_controller, sync_service, _bitswap) =
         sc_service::build_network(sc_service::BuildNetworkParams {
@@ -273,12 +319,14 @@ pub fn new_full<N: sc_network::NetworkBackend<Block, <Block as sp_runtime::trait
     match authoring {
         Authoring::ManualSeal { sealing, commands } => {
             log::info!("Authoring blocks with manual seal ({sealing}); GRANDPA is off");
-            let commands = sealing::commands(sealing, commands, transaction_pool.import_notification_stream());
+            let commands =
+                sealing::commands(sealing, commands, transaction_pool.import_notification_stream());
             let cidp_client = client.clone();
             let create_inherent_data_providers = move |parent: compute_runtime::Hash, ()| {
                 let client = cidp_client.clone();
                 async move {
-                    let parent_slot = client.header(parent)?.as_ref().and_then(sealing::header_slot);
+                    let parent_slot =
+                        client.header(parent)?.as_ref().and_then(sealing::header_slot);
                     let now = sp_timestamp::Timestamp::current().as_millis();
                     let timestamp = sealing::next_timestamp(parent_slot, SLOT_DURATION, now);
                     Ok(sp_timestamp::InherentDataProvider::new(timestamp.into()))
@@ -292,7 +340,9 @@ pub fn new_full<N: sc_network::NetworkBackend<Block, <Block as sp_runtime::trait
                 commands_stream: commands,
                 select_chain,
                 consensus_data_provider: Some(Box::new(
-                    sc_consensus_manual_seal::consensus::aura::AuraConsensusDataProvider::new(client.clone()),
+                    sc_consensus_manual_seal::consensus::aura::AuraConsensusDataProvider::new(
+                        client.clone(),
+                    ),
                 )),
                 create_inherent_data_providers,
             };
@@ -301,35 +351,41 @@ pub fn new_full<N: sc_network::NetworkBackend<Block, <Block as sp_runtime::trait
                 Some("block-authoring"),
                 sc_consensus_manual_seal::run_manual_seal(params),
             );
-        },
+        }
         Authoring::AuraGrandpa { block_import, link, protocol_name, notification_service } => {
             if role.is_authority() {
                 let slot_duration = sc_consensus_aura::slot_duration(&*client)?;
-                let aura = sc_consensus_aura::start_aura::<AuraPair, _, _, _, _, _, _, _, _, _, _>(StartAuraParams {
-                    slot_duration,
-                    client: client.clone(),
-                    select_chain,
-                    block_import,
-                    proposer_factory,
-                    create_inherent_data_providers: move |_, ()| async move {
-                        let timestamp = sp_timestamp::InherentDataProvider::from_system_time();
-                        let slot = sp_consensus_aura::inherents::InherentDataProvider::from_timestamp_and_slot_duration(
+                let aura = sc_consensus_aura::start_aura::<AuraPair, _, _, _, _, _, _, _, _, _, _>(
+                    StartAuraParams {
+                        slot_duration,
+                        client: client.clone(),
+                        select_chain,
+                        block_import,
+                        proposer_factory,
+                        create_inherent_data_providers: move |_, ()| async move {
+                            let timestamp = sp_timestamp::InherentDataProvider::from_system_time();
+                            let slot = sp_consensus_aura::inherents::InherentDataProvider::from_timestamp_and_slot_duration(
                             *timestamp,
                             slot_duration,
                         );
-                        Ok((slot, timestamp))
+                            Ok((slot, timestamp))
+                        },
+                        force_authoring,
+                        backoff_authoring_blocks: Option::<()>::None,
+                        keystore: keystore_container.keystore(),
+                        sync_oracle: sync_service.clone(),
+                        justification_sync_link: sync_service.clone(),
+                        block_proposal_slot_portion: SlotProportion::new(2f32 / 3f32),
+                        max_block_proposal_slot_portion: None,
+                        telemetry: telemetry.as_ref().map(|x| x.handle()),
+                        compatibility_mode: Default::default(),
                     },
-                    force_authoring,
-                    backoff_authoring_blocks: Option::<()>::None,
-                    keystore: keystore_container.keystore(),
-                    sync_oracle: sync_service.clone(),
-                    justification_sync_link: sync_service.clone(),
-                    block_proposal_slot_portion: SlotProportion::new(2f32 / 3f32),
-                    max_block_proposal_slot_portion: None,
-                    telemetry: telemetry.as_ref().map(|x| x.handle()),
-                    compatibility_mode: Default::default(),
-                })?;
-                task_manager.spawn_essential_handle().spawn_blocking("aura", Some("block-authoring"), aura);
+                )?;
+                task_manager.spawn_essential_handle().spawn_blocking(
+                    "aura",
+                    Some("block-authoring"),
+                    aura,
+                );
             }
 
             if enable_grandpa {
@@ -344,21 +400,24 @@ pub fn new_full<N: sc_network::NetworkBackend<Block, <Block as sp_runtime::trait
                     telemetry: telemetry.as_ref().map(|x| x.handle()),
                     protocol_name,
                 };
-                let voter = sc_consensus_grandpa::run_grandpa_voter(sc_consensus_grandpa::GrandpaParams {
-                    config: grandpa_config,
-                    link,
-                    network,
-                    sync: Arc::new(sync_service),
-                    notification_service,
-                    voting_rule: sc_consensus_grandpa::VotingRulesBuilder::default().build(),
-                    prometheus_registry,
-                    shared_voter_state: sc_consensus_grandpa::SharedVoterState::empty(),
-                    telemetry: telemetry.as_ref().map(|x| x.handle()),
-                    offchain_tx_pool_factory: OffchainTransactionPoolFactory::new(transaction_pool),
-                })?;
+                let voter =
+                    sc_consensus_grandpa::run_grandpa_voter(sc_consensus_grandpa::GrandpaParams {
+                        config: grandpa_config,
+                        link,
+                        network,
+                        sync: Arc::new(sync_service),
+                        notification_service,
+                        voting_rule: sc_consensus_grandpa::VotingRulesBuilder::default().build(),
+                        prometheus_registry,
+                        shared_voter_state: sc_consensus_grandpa::SharedVoterState::empty(),
+                        telemetry: telemetry.as_ref().map(|x| x.handle()),
+                        offchain_tx_pool_factory: OffchainTransactionPoolFactory::new(
+                            transaction_pool,
+                        ),
+                    })?;
                 task_manager.spawn_essential_handle().spawn_blocking("grandpa-voter", None, voter);
             }
-        },
+        }
     }
 
     Ok(task_manager)

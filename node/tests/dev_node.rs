@@ -17,7 +17,10 @@ use subxt_signer::sr25519::dev;
 const NODE: &str = env!("CARGO_BIN_EXE_compute-node");
 
 fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0").and_then(|l| l.local_addr()).map(|a| a.port()).expect("a free port")
+    TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .expect("a free port")
 }
 
 /// A node process that is interrupted (SIGINT) when dropped.
@@ -32,7 +35,8 @@ mod tempdir {
     pub struct TempDir(pub std::path::PathBuf);
     impl TempDir {
         pub fn new(tag: &str) -> Self {
-            let dir = std::env::temp_dir().join(format!("compute-node-{tag}-{}", std::process::id()));
+            let dir =
+                std::env::temp_dir().join(format!("compute-node-{tag}-{}", std::process::id()));
             let _ = std::fs::remove_dir_all(&dir);
             std::fs::create_dir_all(&dir).expect("temp dir");
             TempDir(dir)
@@ -71,7 +75,8 @@ impl DevNode {
 
     fn log(&self) -> String {
         let mut s = String::new();
-        let _ = std::fs::File::open(self._dir.0.join("node.log")).map(|mut f| f.read_to_string(&mut s));
+        let _ =
+            std::fs::File::open(self._dir.0.join("node.log")).map(|mut f| f.read_to_string(&mut s));
         s
     }
 
@@ -83,7 +88,7 @@ impl DevNode {
                 Err(e) if Instant::now() < deadline => {
                     let _ = e;
                     tokio::time::sleep(Duration::from_millis(250)).await
-                },
+                }
                 Err(e) => panic!("node RPC never came up: {e}\n{}", self.log()),
             }
         }
@@ -119,7 +124,8 @@ impl Drop for DevNode {
 async fn free_balance(api: &OnlineClient<PolkadotConfig>, who: [u8; 32]) -> u128 {
     let at = api.at_current_block().await.expect("best block");
     let addr = dynamic::storage::<([u8; 32],), Value>("System", "Account");
-    let info = at.storage().fetch(addr, (who,)).await.expect("account read").decode().expect("decodes");
+    let info =
+        at.storage().fetch(addr, (who,)).await.expect("account read").decode().expect("decodes");
     info.at("data").and_then(|d| d.at("free")).and_then(|f| f.as_u128()).expect("data.free")
 }
 
@@ -132,7 +138,11 @@ async fn instant_seal_includes_a_signed_transfer_and_stops_cleanly() {
     let before = free_balance(&api, bob_id).await;
 
     let amount = 1_234_000_000_000u128;
-    let tx = dynamic::transaction("Balances", "transfer_keep_alive", (bob.public_key().to_address::<()>(), amount));
+    let tx = dynamic::transaction(
+        "Balances",
+        "transfer_keep_alive",
+        (bob.public_key().to_address::<()>(), amount),
+    );
     let at = api.at_current_block().await.expect("best block");
     let events = at
         .transactions()
@@ -144,23 +154,34 @@ async fn instant_seal_includes_a_signed_transfer_and_stops_cleanly() {
         .expect("included, finalized and successful");
     let names: Vec<String> = events
         .iter()
-        .map(|e| e.map(|e| format!("{}.{}", e.pallet_name(), e.event_name())).expect("event decodes"))
+        .map(|e| {
+            e.map(|e| format!("{}.{}", e.pallet_name(), e.event_name())).expect("event decodes")
+        })
         .collect();
     assert!(names.contains(&"Balances.Transfer".to_string()), "events: {names:?}");
-    assert!(names.contains(&"TransactionPayment.TransactionFeePaid".to_string()), "events: {names:?}");
+    assert!(
+        names.contains(&"TransactionPayment.TransactionFeePaid".to_string()),
+        "events: {names:?}"
+    );
 
     assert_eq!(free_balance(&api, bob_id).await, before + amount);
 
     // The same state over the node's own RPC: the block is finalized and compute_* answers.
     let rpc = RpcClient::from_insecure_url(node.url()).await.expect("rpc client");
-    let finalized: String = rpc.request("chain_getFinalizedHead", rpc_params![]).await.expect("finalized head");
-    let header: serde_json::Value = rpc.request("chain_getHeader", rpc_params![finalized]).await.expect("header");
-    let number = u64::from_str_radix(header["number"].as_str().unwrap().trim_start_matches("0x"), 16).unwrap();
+    let finalized: String =
+        rpc.request("chain_getFinalizedHead", rpc_params![]).await.expect("finalized head");
+    let header: serde_json::Value =
+        rpc.request("chain_getHeader", rpc_params![finalized]).await.expect("header");
+    let number =
+        u64::from_str_radix(header["number"].as_str().unwrap().trim_start_matches("0x"), 16)
+            .unwrap();
     assert!(number >= 1, "a block was sealed and finalized");
-    let params: serde_json::Value = rpc.request("compute_params", rpc_params![]).await.expect("compute_params");
+    let params: serde_json::Value =
+        rpc.request("compute_params", rpc_params![]).await.expect("compute_params");
     assert_eq!(params["refundLock"], 3);
     assert_eq!(params["maxBatch"], 1024);
-    let services: serde_json::Value = rpc.request("compute_services", rpc_params![]).await.expect("compute_services");
+    let services: serde_json::Value =
+        rpc.request("compute_services", rpc_params![]).await.expect("compute_services");
     assert_eq!(services, serde_json::json!([]));
 
     drop(api);
@@ -173,10 +194,13 @@ async fn manual_seal_authors_only_on_request() {
     let node = DevNode::start("manual", &["--sealing", "manual"]);
     let _ = node.client().await;
     let rpc = RpcClient::from_insecure_url(node.url()).await.expect("rpc client");
-    let created: serde_json::Value =
-        rpc.request("engine_createBlock", rpc_params![true, true]).await.expect("engine_createBlock");
+    let created: serde_json::Value = rpc
+        .request("engine_createBlock", rpc_params![true, true])
+        .await
+        .expect("engine_createBlock");
     assert!(created["hash"].is_string(), "{created}");
-    let header: serde_json::Value = rpc.request("chain_getHeader", rpc_params![]).await.expect("header");
+    let header: serde_json::Value =
+        rpc.request("chain_getHeader", rpc_params![]).await.expect("header");
     assert_eq!(header["number"], "0x1");
 }
 
@@ -198,7 +222,8 @@ fn bad_command_lines_fail_with_a_clear_message() {
     let dir = tempdir::TempDir::new("badspec");
     let spec = dir.0.join("spec.json");
     std::fs::write(&spec, b"{ not json").unwrap();
-    let (status, err) = run_to_exit(&["--chain", spec.to_str().unwrap(), "--base-path", dir.0.to_str().unwrap()]);
+    let (status, err) =
+        run_to_exit(&["--chain", spec.to_str().unwrap(), "--base-path", dir.0.to_str().unwrap()]);
     assert!(!status.success());
     assert!(err.contains("cannot load chain spec"), "{err}");
     assert!(!err.contains("panicked"), "{err}");

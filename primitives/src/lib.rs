@@ -102,9 +102,7 @@ impl Service {
 }
 
 /// One escrow per (user, provider), funded by a hold on the user's balance.
-#[derive(
-    Encode, Decode, MaxEncodedLen, TypeInfo, Clone, PartialEq, Eq, Debug, Default,
-)]
+#[derive(Encode, Decode, MaxEncodedLen, TypeInfo, Clone, PartialEq, Eq, Debug, Default)]
 pub struct Escrow<BlockNumber> {
     /// Funds held for this provider, pending refund included.
     pub balance: Balance,
@@ -132,9 +130,7 @@ impl<BlockNumber> Escrow<BlockNumber> {
 }
 
 /// A provider's bond and running statistics.
-#[derive(
-    Encode, Decode, MaxEncodedLen, TypeInfo, Clone, PartialEq, Eq, Debug, Default,
-)]
+#[derive(Encode, Decode, MaxEncodedLen, TypeInfo, Clone, PartialEq, Eq, Debug, Default)]
 pub struct ProviderInfo<BlockNumber> {
     /// Amount held as the provider bond.
     pub bond: Balance,
@@ -246,7 +242,16 @@ pub struct Claim {
 
 /// Why a settlement item was refused.
 #[derive(
-    Encode, Decode, DecodeWithMemTracking, MaxEncodedLen, TypeInfo, Clone, Copy, PartialEq, Eq, Debug,
+    Encode,
+    Decode,
+    DecodeWithMemTracking,
+    MaxEncodedLen,
+    TypeInfo,
+    Clone,
+    Copy,
+    PartialEq,
+    Eq,
+    Debug,
 )]
 pub enum RejectReason {
     /// The voucher's signature does not verify for its user on this chain.
@@ -314,7 +319,11 @@ impl Receipt {
 impl SignedVoucher {
     /// Whether the signature is the voucher user's on the chain with `genesis_hash`.
     pub fn verify(&self, genesis_hash: &H256) -> bool {
-        verify_payload(&self.voucher.signing_payload(genesis_hash), &self.signature, &self.voucher.user)
+        verify_payload(
+            &self.voucher.signing_payload(genesis_hash),
+            &self.signature,
+            &self.voucher.user,
+        )
     }
 }
 
@@ -400,20 +409,16 @@ mod tests {
 
         let ed = ed25519::Pair::from_string("//Alice", None).unwrap();
         let v = voucher(AccountId::from(ed.public()), provider.clone());
-        let signed = SignedVoucher {
-            signature: ed.sign(&v.signing_payload(&genesis)).into(),
-            voucher: v,
-        };
+        let signed =
+            SignedVoucher { signature: ed.sign(&v.signing_payload(&genesis)).into(), voucher: v };
         assert!(signed.verify(&genesis));
 
         let ec = ecdsa::Pair::from_string("//Alice", None).unwrap();
         let user: AccountId =
             polkadot_sdk::sp_runtime::MultiSigner::from(ec.public()).into_account_for_tests();
         let v = voucher(user, provider);
-        let signed = SignedVoucher {
-            signature: ec.sign(&v.signing_payload(&genesis)).into(),
-            voucher: v,
-        };
+        let signed =
+            SignedVoucher { signature: ec.sign(&v.signing_payload(&genesis)).into(), voucher: v };
         assert!(signed.verify(&genesis));
     }
 

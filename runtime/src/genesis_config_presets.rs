@@ -1,7 +1,9 @@
 //! Genesis presets: `development` (one authority, short refund lock and dispute window so a
 //! demo completes in seconds) and `local_testnet` (four authorities).
 
-use crate::{AccountId, Balance, BalancesConfig, ComputeConfig, RuntimeGenesisConfig, SudoConfig, UNIT};
+use crate::{
+    AccountId, Balance, BalancesConfig, ComputeConfig, RuntimeGenesisConfig, SudoConfig, UNIT,
+};
 use alloc::{vec, vec::Vec};
 use polkadot_sdk::{
     pallet_aura, pallet_grandpa,
@@ -35,7 +37,10 @@ fn genesis(
             authorities: authorities.iter().map(|(a, _)| AuraId::from(a.public())).collect(),
         },
         grandpa: pallet_grandpa::GenesisConfig {
-            authorities: authorities.iter().map(|(_, g)| (GrandpaId::from(g.public()), 1)).collect(),
+            authorities: authorities
+                .iter()
+                .map(|(_, g)| (GrandpaId::from(g.public()), 1))
+                .collect(),
             ..Default::default()
         },
         sudo: SudoConfig { key: Some(root) },

@@ -18,7 +18,7 @@ fn merge(base: &mut Value, patch: Value) {
             for (k, v) in patch {
                 merge(base.entry(k).or_insert(Value::Null), v);
             }
-        },
+        }
         (base, patch) => *base = patch,
     }
 }
@@ -31,14 +31,18 @@ fn preset_ext(name: &str) -> TestExternalities {
         let mut config: Value = serde_json::from_slice(&default).expect("default config is JSON");
         let patch = genesis_config_presets::get_preset(&name.into()).expect("preset exists");
         merge(&mut config, serde_json::from_slice(&patch).expect("preset is JSON"));
-        build_state::<RuntimeGenesisConfig>(serde_json::to_vec(&config).unwrap()).expect("preset builds");
+        build_state::<RuntimeGenesisConfig>(serde_json::to_vec(&config).unwrap())
+            .expect("preset builds");
     });
     ext
 }
 
 #[test]
 fn presets_are_listed_and_build() {
-    assert_eq!(genesis_config_presets::preset_names(), vec!["development".to_string(), "local_testnet".to_string()]);
+    assert_eq!(
+        genesis_config_presets::preset_names(),
+        vec!["development".to_string(), "local_testnet".to_string()]
+    );
     assert!(genesis_config_presets::get_preset(&"no-such-preset".into()).is_none());
 
     preset_ext("development").execute_with(|| {
@@ -49,8 +53,14 @@ fn presets_are_listed_and_build() {
             Balances::free_balance(Sr25519Keyring::Ferdie.to_account_id()),
             genesis_config_presets::ENDOWMENT
         );
-        assert_eq!(pallet_compute::RefundLock::<Runtime>::get(), genesis_config_presets::DEV_REFUND_LOCK);
-        assert_eq!(pallet_compute::DisputeWindow::<Runtime>::get(), genesis_config_presets::DEV_DISPUTE_WINDOW);
+        assert_eq!(
+            pallet_compute::RefundLock::<Runtime>::get(),
+            genesis_config_presets::DEV_REFUND_LOCK
+        );
+        assert_eq!(
+            pallet_compute::DisputeWindow::<Runtime>::get(),
+            genesis_config_presets::DEV_DISPUTE_WINDOW
+        );
     });
     preset_ext("local_testnet").execute_with(|| {
         assert_eq!(pallet_aura::Authorities::<Runtime>::get().len(), 4);
@@ -59,8 +69,16 @@ fn presets_are_listed_and_build() {
     });
 }
 
-fn signed_transfer(from: Sr25519Keyring, to: AccountId, amount: Balance, nonce: Nonce) -> UncheckedExtrinsic {
-    let call = RuntimeCall::Balances(pallet_balances::Call::transfer_keep_alive { dest: to.into(), value: amount });
+fn signed_transfer(
+    from: Sr25519Keyring,
+    to: AccountId,
+    amount: Balance,
+    nonce: Nonce,
+) -> UncheckedExtrinsic {
+    let call = RuntimeCall::Balances(pallet_balances::Call::transfer_keep_alive {
+        dest: to.into(),
+        value: amount,
+    });
     let tx_ext: TxExtension = (
         frame_system::CheckNonZeroSender::new(),
         frame_system::CheckSpecVersion::new(),
@@ -79,7 +97,13 @@ fn signed_transfer(from: Sr25519Keyring, to: AccountId, amount: Balance, nonce: 
 #[test]
 fn a_signed_transfer_moves_funds_and_pays_a_fee() {
     preset_ext("development").execute_with(|| {
-        let header = Header::new(1, Default::default(), Default::default(), System::parent_hash(), Default::default());
+        let header = Header::new(
+            1,
+            Default::default(),
+            Default::default(),
+            System::parent_hash(),
+            Default::default(),
+        );
         RuntimeExecutive::initialize_block(&header);
         let (alice, bob) = (Sr25519Keyring::Alice, Sr25519Keyring::Bob.to_account_id());
         let alice_before = Balances::free_balance(alice.to_account_id());
@@ -93,7 +117,9 @@ fn a_signed_transfer_moves_funds_and_pays_a_fee() {
         let fee = alice_before - 5 * UNIT - Balances::free_balance(alice.to_account_id());
         assert!(fee > 0, "a signed transfer pays a fee");
         let paid = System::events().into_iter().find_map(|r| match r.event {
-            RuntimeEvent::TransactionPayment(pallet_transaction_payment::Event::TransactionFeePaid { actual_fee, .. }) => Some(actual_fee),
+            RuntimeEvent::TransactionPayment(
+                pallet_transaction_payment::Event::TransactionFeePaid { actual_fee, .. },
+            ) => Some(actual_fee),
             _ => None,
         });
         assert_eq!(paid, Some(fee));

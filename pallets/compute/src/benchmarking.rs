@@ -2,7 +2,9 @@
 //! accepts (a public-key recovery plus two hashes), so the weights cover sr25519 and ed25519 too.
 
 use super::*;
-use crate::pallet::{Call, Config, DisputeWindow, Escrows, Pallet, Providers, RefundLock, Services};
+use crate::pallet::{
+    Call, Config, DisputeWindow, Escrows, Pallet, Providers, RefundLock, Services,
+};
 use alloc::{format, vec::Vec};
 use polkadot_sdk::{
     frame_benchmarking::v2::*,
@@ -23,13 +25,15 @@ const FUNDS: Balance = 1_000_000_000_000_000_000;
 
 /// An ecdsa key in the benchmark keystore and its account.
 fn key(name: &str) -> (ecdsa::Public, AccountId32) {
-    let public = polkadot_sdk::sp_io::crypto::ecdsa_generate(KEY, Some(format!("//{name}").into_bytes()));
+    let public =
+        polkadot_sdk::sp_io::crypto::ecdsa_generate(KEY, Some(format!("//{name}").into_bytes()));
     let account = MultiSigner::from(public).into_account();
     (public, account)
 }
 
 fn sign(public: &ecdsa::Public, payload: &[u8]) -> MultiSignature {
-    let sig = polkadot_sdk::sp_io::crypto::ecdsa_sign(KEY, public, payload).expect("key is in the keystore");
+    let sig = polkadot_sdk::sp_io::crypto::ecdsa_sign(KEY, public, payload)
+        .expect("key is in the keystore");
     MultiSignature::Ecdsa(sig)
 }
 
@@ -62,7 +66,11 @@ fn provider<T: Config>(name: &str) -> (ecdsa::Public, AccountId32) {
 }
 
 /// A funded user with an escrow of `amount` with `provider`.
-fn user_with_escrow<T: Config>(name: &str, provider: &AccountId32, amount: Balance) -> (ecdsa::Public, AccountId32) {
+fn user_with_escrow<T: Config>(
+    name: &str,
+    provider: &AccountId32,
+    amount: Balance,
+) -> (ecdsa::Public, AccountId32) {
     let (public, account) = key(name);
     fund::<T>(&account);
     Pallet::<T>::do_deposit(account.clone(), provider.clone(), amount).expect("deposits");
@@ -84,7 +92,16 @@ mod benchmarks {
         fund::<T>(&who);
         let s = service();
         #[extrinsic_call]
-        _(RawOrigin::Signed(who.clone()), 0, s.kind, s.model, s.url, s.input_price, s.output_price, s.verifiability);
+        _(
+            RawOrigin::Signed(who.clone()),
+            0,
+            s.kind,
+            s.model,
+            s.url,
+            s.input_price,
+            s.output_price,
+            s.verifiability,
+        );
         assert!(Services::<T>::contains_key(&who, 0));
     }
 

@@ -29,8 +29,7 @@ impl<T: Config> Pallet<T> {
 
     /// Whether a provider may accept new escrows: bonded to at least `MinBond`, not unbonding.
     pub fn accepts_deposits(provider: &T::AccountId) -> bool {
-        Providers::<T>::get(provider)
-            .is_some_and(|p| !p.unbonding && p.bond >= T::MinBond::get())
+        Providers::<T>::get(provider).is_some_and(|p| !p.unbonding && p.bond >= T::MinBond::get())
     }
 
     pub(crate) fn do_register_service(
@@ -66,8 +65,7 @@ impl<T: Config> Pallet<T> {
     ) -> DispatchResult {
         Services::<T>::try_mutate(&provider, service_id, |maybe| {
             let service = maybe.as_mut().ok_or(Error::<T>::ServiceNotFound)?;
-            let price_version =
-                service.price_version.checked_add(1).ok_or(Error::<T>::Overflow)?;
+            let price_version = service.price_version.checked_add(1).ok_or(Error::<T>::Overflow)?;
             terms.price_version = price_version;
             *service = terms;
             Self::deposit_event(Event::ServiceUpdated {
@@ -79,7 +77,10 @@ impl<T: Config> Pallet<T> {
         })
     }
 
-    pub(crate) fn do_remove_service(provider: T::AccountId, service_id: ServiceId) -> DispatchResult {
+    pub(crate) fn do_remove_service(
+        provider: T::AccountId,
+        service_id: ServiceId,
+    ) -> DispatchResult {
         ensure!(Services::<T>::contains_key(&provider, service_id), Error::<T>::ServiceNotFound);
         let mut info = Providers::<T>::get(&provider).ok_or(Error::<T>::NotAProvider)?;
         Services::<T>::remove(&provider, service_id);
@@ -205,12 +206,14 @@ impl<T: Config> Pallet<T> {
                     let (user, nonce) = (voucher.user.clone(), voucher.nonce);
                     let provider = provider.clone();
                     Self::deposit_event(match outcome {
-                        ClaimOutcome::Settled { paid } =>
-                            Event::ClaimSettled { provider, user, nonce, paid },
-                        ClaimOutcome::Partial { paid, owed } =>
-                            Event::ClaimPartiallySettled { provider, user, nonce, paid, owed },
+                        ClaimOutcome::Settled { paid } => {
+                            Event::ClaimSettled { provider, user, nonce, paid }
+                        }
+                        ClaimOutcome::Partial { paid, owed } => {
+                            Event::ClaimPartiallySettled { provider, user, nonce, paid, owed }
+                        }
                     });
-                },
+                }
                 Err(reason) => {
                     rejected = rejected.saturating_add(1);
                     Self::deposit_event(Event::ClaimRejected {
@@ -219,7 +222,7 @@ impl<T: Config> Pallet<T> {
                         nonce: voucher.nonce,
                         reason,
                     });
-                },
+                }
             }
         }
 
@@ -227,7 +230,13 @@ impl<T: Config> Pallet<T> {
             info.last_settled_at = now;
         }
         Providers::<T>::insert(&provider, info);
-        Self::deposit_event(Event::BatchSettled { provider, trace_root, accepted, rejected, paid: paid_total });
+        Self::deposit_event(Event::BatchSettled {
+            provider,
+            trace_root,
+            accepted,
+            rejected,
+            paid: paid_total,
+        });
         Ok(())
     }
 
@@ -253,9 +262,9 @@ impl<T: Config> Pallet<T> {
         let claimed_total =
             voucher.spent.checked_add(claim.fee_claim).ok_or(RejectReason::Overflow)?;
         let advances = voucher.nonce > escrow.settled_nonce;
-        let collects_rest = voucher.nonce == escrow.settled_nonce &&
-            claimed_total == escrow.last_claimed_total &&
-            escrow.settled_total < escrow.last_claimed_total;
+        let collects_rest = voucher.nonce == escrow.settled_nonce
+            && claimed_total == escrow.last_claimed_total
+            && escrow.settled_total < escrow.last_claimed_total;
         if !advances && !collects_rest {
             return Err(RejectReason::StaleNonce);
         }
@@ -323,9 +332,11 @@ impl<T: Config> Pallet<T> {
         // The excess comes back from the bond first, then from the provider's free balance.
         let from_bond = excess.min(info.bond);
         Self::move_bond(&provider, &user, from_bond, &mut info)?;
-        let from_free = excess
-            .saturating_sub(from_bond)
-            .min(T::Currency::reducible_balance(&provider, Preservation::Expendable, Fortitude::Polite));
+        let from_free = excess.saturating_sub(from_bond).min(T::Currency::reducible_balance(
+            &provider,
+            Preservation::Expendable,
+            Fortitude::Polite,
+        ));
         if !from_free.is_zero() {
             T::Currency::transfer(&provider, &user, from_free, Preservation::Expendable)?;
         }
@@ -398,7 +409,8 @@ impl<T: Config> Pallet<T> {
         }
         for (provider, info) in Providers::<T>::iter() {
             ensure!(
-                T::Currency::balance_on_hold(&HoldReason::ProviderBond.into(), &provider) == info.bond,
+                T::Currency::balance_on_hold(&HoldReason::ProviderBond.into(), &provider)
+                    == info.bond,
                 "bond hold differs from the recorded bond"
             );
             let services = Services::<T>::iter_prefix(&provider).count() as u32;

@@ -393,8 +393,14 @@ pub mod pallet {
             assert!(T::MinBond::get() > 0, "MinBond must be positive");
             assert!(T::MinDeposit::get() > 0, "MinDeposit must be positive");
             assert!(T::MaxBatch::get() > 0, "MaxBatch must be positive");
-            assert!(T::MaxServicesPerProvider::get() > 0, "MaxServicesPerProvider must be positive");
-            assert!(T::MinRefundLock::get() <= T::MaxRefundLock::get(), "refund lock bounds inverted");
+            assert!(
+                T::MaxServicesPerProvider::get() > 0,
+                "MaxServicesPerProvider must be positive"
+            );
+            assert!(
+                T::MinRefundLock::get() <= T::MaxRefundLock::get(),
+                "refund lock bounds inverted"
+            );
             assert!(
                 T::MinDisputeWindow::get() <= T::MaxDisputeWindow::get(),
                 "dispute window bounds inverted"
@@ -412,7 +418,9 @@ pub mod pallet {
         }
 
         #[cfg(feature = "try-runtime")]
-        fn try_state(_n: BlockNumberFor<T>) -> Result<(), polkadot_sdk::sp_runtime::TryRuntimeError> {
+        fn try_state(
+            _n: BlockNumberFor<T>,
+        ) -> Result<(), polkadot_sdk::sp_runtime::TryRuntimeError> {
             Self::do_try_state()
         }
     }

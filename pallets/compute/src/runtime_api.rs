@@ -59,9 +59,11 @@ impl<T: Config> Pallet<T> {
     ) -> Vec<(T::AccountId, ServiceId, Service)> {
         let limit = limit.min(MAX_PAGE) as usize;
         match start_after {
-            Some((provider, id)) => Services::<T>::iter_from(Services::<T>::hashed_key_for(provider, id))
-                .take(limit)
-                .collect(),
+            Some((provider, id)) => {
+                Services::<T>::iter_from(Services::<T>::hashed_key_for(provider, id))
+                    .take(limit)
+                    .collect()
+            }
             None => Services::<T>::iter().take(limit).collect(),
         }
     }
@@ -82,7 +84,7 @@ impl<T: Config> Pallet<T> {
             Some(provider) => {
                 let from = Escrows::<T>::hashed_key_for(&user, provider);
                 Escrows::<T>::iter_prefix_from(user, from).take(limit).collect()
-            },
+            }
             None => Escrows::<T>::iter_prefix(user).take(limit).collect(),
         }
     }

@@ -110,7 +110,8 @@ impl WeightInfo for () {
         Weight::from_parts(BASE, 0)
     }
     fn settle(n: u32) -> Weight {
-        Weight::from_parts(BASE, 0).saturating_add(Weight::from_parts(SIG_CHECK, 0).saturating_mul(n.into()))
+        Weight::from_parts(BASE, 0)
+            .saturating_add(Weight::from_parts(SIG_CHECK, 0).saturating_mul(n.into()))
     }
     fn dispute() -> Weight {
         Weight::from_parts(BASE + SIG_CHECK, 0)

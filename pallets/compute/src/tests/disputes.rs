@@ -33,7 +33,13 @@ fn a_won_dispute_refunds_the_excess_and_slashes_the_bond() {
         assert_eq!((info.bond, info.earned, info.disputes_lost), (720, 100, 1));
         assert_eq!(
             events(),
-            vec![Event::DisputeWon { user: account(Alice), provider: account(Bob), nonce: 1, refunded: 200, slashed: 80 }]
+            vec![Event::DisputeWon {
+                user: account(Alice),
+                provider: account(Bob),
+                nonce: 1,
+                refunded: 200,
+                slashed: 80
+            }]
         );
         Compute::do_try_state().unwrap();
     });

@@ -14,7 +14,12 @@ fn deposit_holds_funds_in_the_escrow() {
         assert_eq!(free(Alice), ENDOWMENT - 500);
         assert_eq!(
             events().last(),
-            Some(&Event::Deposited { user: account(Alice), provider: account(Bob), amount: 200, balance: 500 })
+            Some(&Event::Deposited {
+                user: account(Alice),
+                provider: account(Bob),
+                amount: 200,
+                balance: 500
+            })
         );
         Compute::do_try_state().unwrap();
     });
@@ -44,11 +49,19 @@ fn refund_waits_for_the_lock_and_restarts_it() {
     new_test_ext().execute_with(|| {
         register(Bob, 0);
         deposit(Alice, Bob, 500);
-        assert_ok!(Compute::request_refund(RuntimeOrigin::signed(account(Alice)), account(Bob), 100));
+        assert_ok!(Compute::request_refund(
+            RuntimeOrigin::signed(account(Alice)),
+            account(Bob),
+            100
+        ));
         let e = escrow(Alice, Bob);
         assert_eq!((e.pending_refund, e.unlock_at), (100, 1 + REFUND_LOCK));
         run_to(5);
-        assert_ok!(Compute::request_refund(RuntimeOrigin::signed(account(Alice)), account(Bob), 50));
+        assert_ok!(Compute::request_refund(
+            RuntimeOrigin::signed(account(Alice)),
+            account(Bob),
+            50
+        ));
         let e = escrow(Alice, Bob);
         assert_eq!((e.pending_refund, e.unlock_at), (150, 5 + REFUND_LOCK));
         run_to(5 + REFUND_LOCK - 1);
@@ -82,7 +95,11 @@ fn refund_above_balance_or_zero_or_without_escrow_is_refused() {
             Compute::request_refund(RuntimeOrigin::signed(account(Alice)), account(Bob), 0),
             Error::<Test>::ZeroAmount
         );
-        assert_ok!(Compute::request_refund(RuntimeOrigin::signed(account(Alice)), account(Bob), 60));
+        assert_ok!(Compute::request_refund(
+            RuntimeOrigin::signed(account(Alice)),
+            account(Bob),
+            60
+        ));
         assert_noop!(
             Compute::request_refund(RuntimeOrigin::signed(account(Alice)), account(Bob), 41),
             Error::<Test>::RefundExceedsBalance
@@ -107,13 +124,21 @@ fn cancel_makes_the_pending_refund_spendable() {
             Compute::cancel_refund(RuntimeOrigin::signed(account(Alice)), account(Bob)),
             Error::<Test>::NoPendingRefund
         );
-        assert_ok!(Compute::request_refund(RuntimeOrigin::signed(account(Alice)), account(Bob), 70));
+        assert_ok!(Compute::request_refund(
+            RuntimeOrigin::signed(account(Alice)),
+            account(Bob),
+            70
+        ));
         assert_eq!(escrow(Alice, Bob).spendable(), 30);
         assert_ok!(Compute::cancel_refund(RuntimeOrigin::signed(account(Alice)), account(Bob)));
         assert_eq!(escrow(Alice, Bob).spendable(), 100);
         assert_eq!(
             events().last(),
-            Some(&Event::RefundCancelled { user: account(Alice), provider: account(Bob), amount: 70 })
+            Some(&Event::RefundCancelled {
+                user: account(Alice),
+                provider: account(Bob),
+                amount: 70
+            })
         );
     });
 }
@@ -123,7 +148,11 @@ fn settlement_draws_on_the_pending_refund_and_withdraw_gets_the_rest() {
     new_test_ext().execute_with(|| {
         register(Bob, 0);
         deposit(Alice, Bob, 100);
-        assert_ok!(Compute::request_refund(RuntimeOrigin::signed(account(Alice)), account(Bob), 100));
+        assert_ok!(Compute::request_refund(
+            RuntimeOrigin::signed(account(Alice)),
+            account(Bob),
+            100
+        ));
         settle(Bob, vec![claim(Alice, Bob, 1, 0, 80, 80)]);
         let e = escrow(Alice, Bob);
         assert_eq!((e.balance, e.pending_refund), (20, 20));

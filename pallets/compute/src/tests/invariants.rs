@@ -6,8 +6,10 @@ use polkadot_sdk::frame_support::traits::fungible::Inspect;
 use proptest::prelude::*;
 use std::collections::BTreeMap;
 
-const USERS: [Sr25519Keyring; 3] = [Sr25519Keyring::Alice, Sr25519Keyring::Charlie, Sr25519Keyring::Eve];
-const PROVIDERS: [Sr25519Keyring; 3] = [Sr25519Keyring::Bob, Sr25519Keyring::Dave, Sr25519Keyring::Ferdie];
+const USERS: [Sr25519Keyring; 3] =
+    [Sr25519Keyring::Alice, Sr25519Keyring::Charlie, Sr25519Keyring::Eve];
+const PROVIDERS: [Sr25519Keyring; 3] =
+    [Sr25519Keyring::Bob, Sr25519Keyring::Dave, Sr25519Keyring::Ferdie];
 
 #[derive(Clone, Debug)]
 struct ClaimSpec {
@@ -36,7 +38,15 @@ enum Action {
 }
 
 fn claim_spec() -> impl Strategy<Value = ClaimSpec> {
-    (0..3usize, prop_oneof![9 => Just(None), 1 => (0..3usize).prop_map(Some)], -1i8..4, 0..3_000u128, 0..600u128, 0..700u128, prop::bool::weighted(0.1))
+    (
+        0..3usize,
+        prop_oneof![9 => Just(None), 1 => (0..3usize).prop_map(Some)],
+        -1i8..4,
+        0..3_000u128,
+        0..600u128,
+        0..700u128,
+        prop::bool::weighted(0.1),
+    )
         .prop_map(|(user, named, nonce_step, spent, cap, fee_claim, forged)| ClaimSpec {
             user,
             named_provider: named.unwrap_or(usize::MAX),
@@ -91,33 +101,35 @@ fn apply(action: &Action, model: &mut Model) -> bool {
                 2,
                 bytes("none"),
             );
-        },
+        }
         Action::Remove { provider, service } => {
             let _ = Compute::remove_service(provider_origin(provider), service);
-        },
+        }
         Action::WithdrawBond { provider } => {
             let _ = Compute::withdraw_bond(provider_origin(provider));
-        },
+        }
         Action::Deposit { user, provider, amount } => {
             let _ = Compute::deposit(signed_by(user), account(PROVIDERS[provider]), amount);
-        },
+        }
         Action::RequestRefund { user, provider, amount } => {
             let _ = Compute::request_refund(signed_by(user), account(PROVIDERS[provider]), amount);
-        },
+        }
         Action::CancelRefund { user, provider } => {
             let _ = Compute::cancel_refund(signed_by(user), account(PROVIDERS[provider]));
-        },
+        }
         Action::WithdrawRefund { user, provider } => {
             let _ = Compute::withdraw_refund(signed_by(user), account(PROVIDERS[provider]));
-        },
+        }
         Action::Settle { provider, claims } => {
             let items: Vec<Claim> = claims
                 .iter()
                 .map(|c| {
-                    let named = if c.named_provider == usize::MAX { provider } else { c.named_provider };
-                    let settled = Escrows::<Test>::get(account(USERS[c.user]), account(PROVIDERS[named]))
-                        .map(|e| e.settled_nonce)
-                        .unwrap_or(0);
+                    let named =
+                        if c.named_provider == usize::MAX { provider } else { c.named_provider };
+                    let settled =
+                        Escrows::<Test>::get(account(USERS[c.user]), account(PROVIDERS[named]))
+                            .map(|e| e.settled_nonce)
+                            .unwrap_or(0);
                     let nonce = (settled as i64 + c.nonce_step as i64).max(0) as Nonce;
                     let v = voucher(USERS[c.user], PROVIDERS[named], nonce, c.spent, c.cap);
                     if !c.forged {
@@ -128,15 +140,22 @@ fn apply(action: &Action, model: &mut Model) -> bool {
                     Claim { voucher: signed(v, signer), fee_claim: c.fee_claim }
                 })
                 .collect();
-            let _ = Compute::settle(provider_origin(provider), items.try_into().unwrap(), H256::zero());
-        },
+            let _ =
+                Compute::settle(provider_origin(provider), items.try_into().unwrap(), H256::zero());
+        }
         Action::Dispute { user, provider, nonce_back, total } => {
-            if let Some(e) = Escrows::<Test>::get(account(USERS[user]), account(PROVIDERS[provider])) {
+            if let Some(e) =
+                Escrows::<Test>::get(account(USERS[user]), account(PROVIDERS[provider]))
+            {
                 let nonce = e.settled_through.saturating_sub(nonce_back as u64);
-                let r = signed_receipt(receipt(USERS[user], PROVIDERS[provider], nonce, 0, total), PROVIDERS[provider]);
-                disputed = Compute::dispute(signed_by(user), account(PROVIDERS[provider]), r).is_ok();
+                let r = signed_receipt(
+                    receipt(USERS[user], PROVIDERS[provider], nonce, 0, total),
+                    PROVIDERS[provider],
+                );
+                disputed =
+                    Compute::dispute(signed_by(user), account(PROVIDERS[provider]), r).is_ok();
             }
-        },
+        }
         Action::Advance { blocks } => run_to(System::block_number() + blocks as u64),
     }
     disputed
@@ -149,12 +168,22 @@ fn check(model: &mut Model, issuance: Balance, disputed: bool) -> Result<(), Tes
     Compute::do_try_state().map_err(|e| TestCaseError::fail(format!("try_state: {e:?}")))?;
     for (u, user) in USERS.iter().enumerate() {
         for (p, provider) in PROVIDERS.iter().enumerate() {
-            let Some(e) = Escrows::<Test>::get(account(*user), account(*provider)) else { continue };
+            let Some(e) = Escrows::<Test>::get(account(*user), account(*provider)) else {
+                continue;
+            };
             let (nonce, total) = model.last.get(&(u, p)).copied().unwrap_or_default();
             prop_assert!(e.settled_nonce >= nonce, "settled_nonce decreased");
-            prop_assert!(disputed || e.settled_total >= total, "settled_total decreased without a dispute");
+            prop_assert!(
+                disputed || e.settled_total >= total,
+                "settled_total decreased without a dispute"
+            );
             let signed = model.max_signed.get(&(u, p)).copied().unwrap_or_default();
-            prop_assert!(e.settled_total <= signed, "paid {} above the {} signed for", e.settled_total, signed);
+            prop_assert!(
+                e.settled_total <= signed,
+                "paid {} above the {} signed for",
+                e.settled_total,
+                signed
+            );
             model.last.insert((u, p), (e.settled_nonce, e.settled_total));
         }
     }

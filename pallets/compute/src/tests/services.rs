@@ -15,7 +15,11 @@ fn registering_holds_the_bond_once() {
         assert_eq!(
             events(),
             vec![
-                Event::ServiceRegistered { provider: account(Bob), service_id: 0, bond_added: PROVIDER_BOND },
+                Event::ServiceRegistered {
+                    provider: account(Bob),
+                    service_id: 0,
+                    bond_added: PROVIDER_BOND
+                },
                 Event::ServiceRegistered { provider: account(Bob), service_id: 1, bond_added: 0 },
             ]
         );
@@ -191,7 +195,10 @@ fn root_sets_lock_and_window_within_bounds() {
         assert_eq!(RefundLock::<Test>::get(), 100);
         assert_ok!(Compute::set_dispute_window(RuntimeOrigin::root(), 200));
         assert_eq!(DisputeWindow::<Test>::get(), 200);
-        assert_noop!(Compute::set_refund_lock(RuntimeOrigin::root(), 0), Error::<Test>::OutOfBounds);
+        assert_noop!(
+            Compute::set_refund_lock(RuntimeOrigin::root(), 0),
+            Error::<Test>::OutOfBounds
+        );
         assert_noop!(
             Compute::set_dispute_window(RuntimeOrigin::root(), 1_001),
             Error::<Test>::OutOfBounds

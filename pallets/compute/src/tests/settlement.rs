@@ -29,17 +29,32 @@ fn a_valid_claim_pays_the_provider_from_the_hold() {
         let evs = settle_one(claim(Alice, Bob, 3, 0, 200, 150));
         assert_eq!(
             evs,
-            vec![Event::ClaimSettled { provider: account(Bob), user: account(Alice), nonce: 3, paid: 150 }]
+            vec![Event::ClaimSettled {
+                provider: account(Bob),
+                user: account(Alice),
+                nonce: 3,
+                paid: 150
+            }]
         );
         assert_eq!(free(Bob), bob_free + 150);
         assert_eq!(escrow_held(Alice), 850);
         let e = escrow(Alice, Bob);
         assert_eq!(
-            (e.balance, e.settled_nonce, e.settled_through, e.settled_total, e.last_claimed_total, e.last_settled_at),
+            (
+                e.balance,
+                e.settled_nonce,
+                e.settled_through,
+                e.settled_total,
+                e.last_claimed_total,
+                e.last_settled_at
+            ),
             (850, 3, 3, 150, 150, 1)
         );
         let info = provider_info(Bob);
-        assert_eq!((info.claims_settled, info.requests_settled, info.earned, info.last_settled_at), (1, 3, 150, 1));
+        assert_eq!(
+            (info.claims_settled, info.requests_settled, info.earned, info.last_settled_at),
+            (1, 3, 150, 1)
+        );
 
         // The next cumulative voucher pays only the difference.
         settle_one(claim(Alice, Bob, 5, 150, 100, 40));
@@ -58,7 +73,10 @@ fn bytes_wrapped_signatures_are_accepted() {
         let mut wrapped = b"<Bytes>".to_vec();
         wrapped.extend(v.signing_payload(&genesis()));
         wrapped.extend(b"</Bytes>");
-        let c = Claim { voucher: SignedVoucher { voucher: v, signature: sign(Alice, &wrapped) }, fee_claim: 100 };
+        let c = Claim {
+            voucher: SignedVoucher { voucher: v, signature: sign(Alice, &wrapped) },
+            fee_claim: 100,
+        };
         assert!(matches!(settle_one(c)[..], [Event::ClaimSettled { paid: 100, .. }]));
     });
 }
@@ -72,12 +90,23 @@ fn forged_or_foreign_signatures_are_rejected() {
         assert_eq!(settle_one(forged), vec![rejected(RejectReason::BadSignature, Alice, 1)]);
         // Signed for another chain.
         let v = voucher(Alice, Bob, 1, 0, 100);
-        let other_chain = compute_primitives::signing_payload(compute_primitives::VOUCHER_TAG, &H256::repeat_byte(7), &v);
-        let c = Claim { voucher: SignedVoucher { voucher: v.clone(), signature: sign(Alice, &other_chain) }, fee_claim: 1 };
+        let other_chain = compute_primitives::signing_payload(
+            compute_primitives::VOUCHER_TAG,
+            &H256::repeat_byte(7),
+            &v,
+        );
+        let c = Claim {
+            voucher: SignedVoucher { voucher: v.clone(), signature: sign(Alice, &other_chain) },
+            fee_claim: 1,
+        };
         assert_eq!(settle_one(c), vec![rejected(RejectReason::BadSignature, Alice, 1)]);
         // Signed under another domain tag.
-        let other_domain = compute_primitives::signing_payload(compute_primitives::RECEIPT_TAG, &genesis(), &v);
-        let c = Claim { voucher: SignedVoucher { voucher: v.clone(), signature: sign(Alice, &other_domain) }, fee_claim: 1 };
+        let other_domain =
+            compute_primitives::signing_payload(compute_primitives::RECEIPT_TAG, &genesis(), &v);
+        let c = Claim {
+            voucher: SignedVoucher { voucher: v.clone(), signature: sign(Alice, &other_domain) },
+            fee_claim: 1,
+        };
         assert_eq!(settle_one(c), vec![rejected(RejectReason::BadSignature, Alice, 1)]);
         // A tampered voucher.
         let mut c = claim(Alice, Bob, 1, 0, 100, 100);
@@ -94,10 +123,19 @@ fn stale_and_equal_nonces_are_rejected() {
     new_test_ext().execute_with(|| {
         setup();
         settle_one(claim(Alice, Bob, 4, 0, 100, 100));
-        assert_eq!(settle_one(claim(Alice, Bob, 4, 0, 100, 100)), vec![rejected(RejectReason::StaleNonce, Alice, 4)]);
-        assert_eq!(settle_one(claim(Alice, Bob, 3, 0, 100, 100)), vec![rejected(RejectReason::StaleNonce, Alice, 3)]);
+        assert_eq!(
+            settle_one(claim(Alice, Bob, 4, 0, 100, 100)),
+            vec![rejected(RejectReason::StaleNonce, Alice, 4)]
+        );
+        assert_eq!(
+            settle_one(claim(Alice, Bob, 3, 0, 100, 100)),
+            vec![rejected(RejectReason::StaleNonce, Alice, 3)]
+        );
         // Same nonce, but not a partial to collect.
-        assert_eq!(settle_one(claim(Alice, Bob, 4, 100, 100, 0)), vec![rejected(RejectReason::StaleNonce, Alice, 4)]);
+        assert_eq!(
+            settle_one(claim(Alice, Bob, 4, 100, 100, 0)),
+            vec![rejected(RejectReason::StaleNonce, Alice, 4)]
+        );
         assert_eq!(escrow(Alice, Bob).settled_total, 100);
     });
 }
@@ -109,8 +147,14 @@ fn wrong_provider_no_escrow_above_cap_and_overflow_are_rejected() {
         register(Charlie, 0);
         let for_charlie = claim(Alice, Charlie, 1, 0, 100, 100);
         assert_eq!(settle_one(for_charlie), vec![rejected(RejectReason::WrongProvider, Alice, 1)]);
-        assert_eq!(settle_one(claim(Dave, Bob, 1, 0, 100, 100)), vec![rejected(RejectReason::NoEscrow, Dave, 1)]);
-        assert_eq!(settle_one(claim(Alice, Bob, 1, 0, 100, 101)), vec![rejected(RejectReason::ClaimAboveCap, Alice, 1)]);
+        assert_eq!(
+            settle_one(claim(Dave, Bob, 1, 0, 100, 100)),
+            vec![rejected(RejectReason::NoEscrow, Dave, 1)]
+        );
+        assert_eq!(
+            settle_one(claim(Alice, Bob, 1, 0, 100, 101)),
+            vec![rejected(RejectReason::ClaimAboveCap, Alice, 1)]
+        );
         assert_eq!(
             settle_one(claim(Alice, Bob, 1, u128::MAX, u128::MAX, 1)),
             vec![rejected(RejectReason::Overflow, Alice, 1)]
@@ -142,7 +186,10 @@ fn an_empty_escrow_pays_in_part_and_the_rest_is_collected_later() {
         assert!(matches!(evs[..], [Event::ClaimSettled { paid: 200, .. }]));
         assert_eq!(escrow(Alice, Bob).balance, 300);
         // Once collected, the same voucher is stale.
-        assert_eq!(settle_one(claim(Alice, Bob, 2, 700, 500, 500)), vec![rejected(RejectReason::StaleNonce, Alice, 2)]);
+        assert_eq!(
+            settle_one(claim(Alice, Bob, 2, 700, 500, 500)),
+            vec![rejected(RejectReason::StaleNonce, Alice, 2)]
+        );
         assert_eq!(provider_info(Bob).requests_settled, 2, "collecting the rest advances no nonce");
         Compute::do_try_state().unwrap();
     });
@@ -200,7 +247,8 @@ fn an_ack_advances_the_nonce_but_not_settled_through() {
 fn settling_requires_a_bond_of_at_least_min_bond() {
     new_test_ext().execute_with(|| {
         setup();
-        let items: BoundedVec<Claim, _> = vec![claim(Alice, Charlie, 1, 0, 10, 10)].try_into().unwrap();
+        let items: BoundedVec<Claim, _> =
+            vec![claim(Alice, Charlie, 1, 0, 10, 10)].try_into().unwrap();
         assert_noop!(
             Compute::settle(RuntimeOrigin::signed(account(Charlie)), items, H256::zero()),
             Error::<Test>::NotAProvider
@@ -211,7 +259,8 @@ fn settling_requires_a_bond_of_at_least_min_bond() {
         assert_ok!(Compute::dispute(RuntimeOrigin::signed(account(Alice)), account(Bob), r));
         assert!(provider_info(Bob).bond < MIN_BOND);
         assert_ok!(Compute::remove_service(RuntimeOrigin::signed(account(Bob)), 0));
-        let items: BoundedVec<Claim, _> = vec![claim(Alice, Bob, 2, 100, 10, 10)].try_into().unwrap();
+        let items: BoundedVec<Claim, _> =
+            vec![claim(Alice, Bob, 2, 100, 10, 10)].try_into().unwrap();
         assert_noop!(
             Compute::settle(RuntimeOrigin::signed(account(Bob)), items, H256::zero()),
             Error::<Test>::ProviderNotBonded
@@ -223,7 +272,8 @@ fn settling_requires_a_bond_of_at_least_min_bond() {
 fn an_oversized_batch_is_refused_at_decode() {
     let encode_call = |n: usize| {
         new_test_ext().execute_with(|| {
-            let claims: Vec<Claim> = (0..n).map(|i| claim(Alice, Bob, i as u64 + 1, 0, 1, 1)).collect();
+            let claims: Vec<Claim> =
+                (0..n).map(|i| claim(Alice, Bob, i as u64 + 1, 0, 1, 1)).collect();
             let mut bytes = vec![8u8]; // call_index of `settle`
             claims.encode_to(&mut bytes);
             H256::zero().encode_to(&mut bytes);
