@@ -165,7 +165,9 @@ pub fn new_partial(config: &Configuration) -> Result<Service, ServiceError> {
     })
 }
 
-/// How blocks are authored once the network runs.
+/// How blocks are authored once the network runs. Built once per process, so the size
+/// difference between the variants does not matter.
+#[allow(clippy::large_enum_variant)]
 enum Authoring {
     AuraGrandpa {
         block_import: GrandpaImport,
