@@ -4,7 +4,7 @@ CARGO ?= cargo
 NODE := target/debug/compute-node
 export PATH := $(CURDIR)/target/debug:$(PATH)
 
-.PHONY: setup build demo test test-rust test-pallet zombienet lint fmt clean
+.PHONY: setup build demo test test-rust test-pallet test-bench zombienet lint fmt clean
 
 setup:
 	@scripts/setup.sh
@@ -19,6 +19,7 @@ demo: build
 ## Every test: unit, property, runtime, node end to end, and the 4-validator zombienet smoke test.
 test: build
 	$(CARGO) test --workspace
+	SKIP_WASM_BUILD=1 $(CARGO) test -p pallet-compute --features runtime-benchmarks
 	@scripts/zombienet.sh
 
 test-rust: build
@@ -27,6 +28,10 @@ test-rust: build
 ## The fast loop while working on the pallet (no wasm, no node).
 test-pallet:
 	SKIP_WASM_BUILD=1 $(CARGO) test -p pallet-compute -p compute-primitives
+
+## The benchmarks, run once each as tests against the mock runtime.
+test-bench:
+	SKIP_WASM_BUILD=1 $(CARGO) test -p pallet-compute --features runtime-benchmarks
 
 zombienet: build
 	@scripts/zombienet.sh
