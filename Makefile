@@ -9,8 +9,12 @@ export PATH := $(CURDIR)/target/debug:$(PATH)
 setup:
 	@scripts/setup.sh
 
+# One build for everything: `cargo test --workspace --no-run` compiles the node binary with the
+# same unified feature set as the tests, so `make test` and `make demo` never compile the
+# polkadot-sdk stack twice (a plain `cargo build -p compute-node` resolves features differently
+# and would rebuild most of it for the tests).
 build: setup
-	$(CARGO) build -p compute-node
+	$(CARGO) test --workspace --no-run
 
 ## The main job: a dev chain producing and finalizing blocks.
 demo: build
