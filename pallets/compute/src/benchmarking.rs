@@ -77,6 +77,20 @@ fn user_with_escrow<T: Config>(
     (public, account)
 }
 
+/// The first voucher of an escrow: nonce 1, nothing spent, a cap of 1 000.
+fn first_voucher(user: AccountId32, provider: AccountId32) -> Voucher {
+    Voucher {
+        user,
+        provider,
+        service_id: 0,
+        price_version: 0,
+        nonce: 1,
+        request_hash: H256::repeat_byte(1),
+        spent: 0,
+        cap: 1_000,
+    }
+}
+
 fn advance<T: Config>(blocks: BlockNumberFor<T>) {
     let now = polkadot_sdk::frame_system::Pallet::<T>::block_number();
     polkadot_sdk::frame_system::Pallet::<T>::set_block_number(now + blocks + One::one());
@@ -182,16 +196,7 @@ mod benchmarks {
         let claims: Vec<Claim> = (0..n)
             .map(|i| {
                 let (public, user) = user_with_escrow::<T>(&format!("user{i}"), &p, 1_000_000);
-                let voucher = Voucher {
-                    user,
-                    provider: p.clone(),
-                    service_id: 0,
-                    price_version: 0,
-                    nonce: 1,
-                    request_hash: H256::repeat_byte(1),
-                    spent: 0,
-                    cap: 1_000,
-                };
+                let voucher = first_voucher(user, p.clone());
                 let signature = sign(&public, &voucher.signing_payload(&genesis));
                 Claim { voucher: SignedVoucher { voucher, signature }, fee_claim: 1_000 }
             })
@@ -208,16 +213,7 @@ mod benchmarks {
         let (p_key, p) = provider::<T>("provider");
         let (u_key, user) = user_with_escrow::<T>("user", &p, 1_000_000);
         let genesis = Pallet::<T>::genesis_hash();
-        let voucher = Voucher {
-            user: user.clone(),
-            provider: p.clone(),
-            service_id: 0,
-            price_version: 0,
-            nonce: 1,
-            request_hash: H256::repeat_byte(1),
-            spent: 0,
-            cap: 1_000,
-        };
+        let voucher = first_voucher(user.clone(), p.clone());
         let signature = sign(&u_key, &voucher.signing_payload(&genesis));
         let items: BoundedVec<Claim, T::MaxBatch> =
             alloc::vec![Claim { voucher: SignedVoucher { voucher, signature }, fee_claim: 1_000 }]
