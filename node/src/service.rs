@@ -104,24 +104,19 @@ fn new_base(config: &Configuration) -> Result<Base, ServiceError> {
     })
 }
 
-/// The Aura + GRANDPA components.
-pub fn new_partial(config: &Configuration) -> Result<Service, ServiceError> {
-    let Base {
-        client,
-        backend,
-        task_manager,
-        keystore_container,
-        select_chain,
-        transaction_pool,
-        telemetry,
-    } = new_base(config)?;
-
+/// The Aura import queue over GRANDPA's block import, for `base`.
+fn aura_grandpa_import(
+    config: &Configuration,
+    base: &Base,
+) -> Result<(sc_consensus::DefaultImportQueue<Block>, GrandpaImport, GrandpaLink), ServiceError> {
+    let client = &base.client;
+    let telemetry = base.telemetry.as_ref().map(|x| x.handle());
     let (grandpa_block_import, grandpa_link) = sc_consensus_grandpa::block_import(
         client.clone(),
         GRANDPA_JUSTIFICATION_PERIOD,
-        &client,
-        select_chain.clone(),
-        telemetry.as_ref().map(|x| x.handle()),
+        client,
+        base.select_chain.clone(),
+        telemetry.clone(),
     )?;
 
     let cidp_client = client.clone();
@@ -145,23 +140,29 @@ pub fn new_partial(config: &Configuration) -> Result<Service, ServiceError> {
                     Ok((slot, timestamp))
                 }
             },
-            spawner: &task_manager.spawn_essential_handle(),
+            spawner: &base.task_manager.spawn_essential_handle(),
             registry: config.prometheus_registry(),
             check_for_equivocation: Default::default(),
-            telemetry: telemetry.as_ref().map(|x| x.handle()),
+            telemetry,
             compatibility_mode: Default::default(),
         },
     )?;
+    Ok((import_queue, grandpa_block_import, grandpa_link))
+}
 
+/// The Aura + GRANDPA components, for the chain-maintenance subcommands.
+pub fn new_partial(config: &Configuration) -> Result<Service, ServiceError> {
+    let base = new_base(config)?;
+    let (import_queue, grandpa_block_import, grandpa_link) = aura_grandpa_import(config, &base)?;
     Ok(sc_service::PartialComponents {
-        client,
-        backend,
-        task_manager,
+        client: base.client,
+        backend: base.backend,
+        task_manager: base.task_manager,
         import_queue,
-        keystore_container,
-        select_chain,
-        transaction_pool,
-        other: (grandpa_block_import, grandpa_link, telemetry),
+        keystore_container: base.keystore_container,
+        select_chain: base.select_chain,
+        transaction_pool: base.transaction_pool,
+        other: (grandpa_block_import, grandpa_link, base.telemetry),
     })
 }
 
@@ -197,18 +198,10 @@ pub fn new_full<
 
     let (base, import_queue, authoring, warp_sync_config, command_sink) = match sealing {
         None => {
-            let sc_service::PartialComponents {
-                client,
-                backend,
-                task_manager,
-                import_queue,
-                keystore_container,
-                select_chain,
-                transaction_pool,
-                other: (block_import, link, telemetry),
-            } = new_partial(&config)?;
+            let base = new_base(&config)?;
+            let (import_queue, block_import, link) = aura_grandpa_import(&config, &base)?;
             let genesis =
-                client.block_hash(0).ok().flatten().ok_or_else(|| {
+                base.client.block_hash(0).ok().flatten().ok_or_else(|| {
                     ServiceError::Other("the database holds no genesis block".into())
                 })?;
             let protocol_name =
@@ -221,19 +214,10 @@ pub fn new_full<
                 );
             net_config.add_notification_protocol(protocol_config);
             let warp_sync = Arc::new(sc_consensus_grandpa::warp_proof::NetworkProvider::new(
-                backend.clone(),
+                base.backend.clone(),
                 link.shared_authority_set().clone(),
                 Vec::default(),
             ));
-            let base = Base {
-                client,
-                backend,
-                task_manager,
-                keystore_container,
-                select_chain,
-                transaction_pool,
-                telemetry,
-            };
             let authoring =
                 Authoring::AuraGrandpa { block_import, link, protocol_name, notification_service };
             (base, import_queue, authoring, Some(WarpSyncConfig::WithProvider(warp_sync)), None)
