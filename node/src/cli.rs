@@ -37,6 +37,11 @@ pub enum Subcommand {
 
     /// Database metadata.
     ChainInfo(sc_cli::ChainInfoCmd),
+
+    /// Run runtime benchmarks (`benchmark pallet` regenerates `pallets/compute/src/weights.rs`).
+    #[cfg(feature = "runtime-benchmarks")]
+    #[command(subcommand)]
+    Benchmark(polkadot_sdk::frame_benchmarking_cli::BenchmarkCmd),
 }
 
 /// `compute-node` options.

@@ -130,6 +130,24 @@ pub fn run() -> sc_cli::Result<()> {
             let runner = cli.create_runner(cmd)?;
             runner.sync_run(|config| cmd.run::<compute_runtime::opaque::Block>(&config))
         }
+        #[cfg(feature = "runtime-benchmarks")]
+        Some(Subcommand::Benchmark(cmd)) => {
+            use polkadot_sdk::frame_benchmarking_cli::BenchmarkCmd;
+            match cmd {
+                // `--runtime <wasm>` with the runtime's genesis builder: no chain spec needed,
+                // so a node built with SKIP_WASM_BUILD can run it.
+                BenchmarkCmd::Pallet(cmd) => {
+                    let _ = sc_cli::LoggerBuilder::new("").init();
+                    cmd.run_with_spec::<
+                        sp_runtime::traits::HashingFor<compute_runtime::opaque::Block>,
+                        (),
+                    >(None)
+                }
+                _ => Err(sc_cli::Error::Input(
+                    "only `benchmark pallet` is wired into compute-node".into(),
+                )),
+            }
+        }
         None => {
             ensure_ports_free(&cli.run)?;
             let runner = cli.create_runner(&cli.run)?;

@@ -227,4 +227,33 @@ impl_runtime_apis! {
             genesis_config_presets::preset_names()
         }
     }
+
+    #[cfg(feature = "runtime-benchmarks")]
+    impl polkadot_sdk::frame_benchmarking::Benchmark<Block> for Runtime {
+        fn benchmark_metadata(extra: bool) -> (
+            Vec<polkadot_sdk::frame_benchmarking::BenchmarkList>,
+            Vec<frame_support::traits::StorageInfo>,
+        ) {
+            use frame_support::traits::StorageInfoTrait;
+            use polkadot_sdk::frame_benchmarking::BenchmarkList;
+
+            let mut list = Vec::<BenchmarkList>::new();
+            list_benchmarks!(list, extra);
+            (list, AllPalletsWithSystem::storage_info())
+        }
+
+        fn dispatch_benchmark(
+            config: polkadot_sdk::frame_benchmarking::BenchmarkConfig,
+        ) -> Result<Vec<polkadot_sdk::frame_benchmarking::BenchmarkBatch>, alloc::string::String> {
+            use frame_support::traits::WhitelistedStorageKeys;
+            use polkadot_sdk::{frame_benchmarking::BenchmarkBatch, sp_storage::TrackedStorageKey};
+
+            let whitelist: Vec<TrackedStorageKey> =
+                AllPalletsWithSystem::whitelisted_storage_keys();
+            let mut batches = Vec::<BenchmarkBatch>::new();
+            let params = (&config, &whitelist);
+            add_benchmarks!(params, batches);
+            Ok(batches)
+        }
+    }
 }

@@ -77,6 +77,11 @@ fn user_with_escrow<T: Config>(
     (public, account)
 }
 
+/// An escrow that covers a first voucher's cap and satisfies the runtime's `MinDeposit`.
+fn escrow_amount<T: Config>() -> Balance {
+    T::MinDeposit::get().max(1_000_000)
+}
+
 /// The first voucher of an escrow: nonce 1, nothing spent, a cap of 1 000.
 fn first_voucher(user: AccountId32, provider: AccountId32) -> Voucher {
     Voucher {
@@ -195,7 +200,8 @@ mod benchmarks {
         let genesis = Pallet::<T>::genesis_hash();
         let claims: Vec<Claim> = (0..n)
             .map(|i| {
-                let (public, user) = user_with_escrow::<T>(&format!("user{i}"), &p, 1_000_000);
+                let (public, user) =
+                    user_with_escrow::<T>(&format!("user{i}"), &p, escrow_amount::<T>());
                 let voucher = first_voucher(user, p.clone());
                 let signature = sign(&public, &voucher.signing_payload(&genesis));
                 Claim { voucher: SignedVoucher { voucher, signature }, fee_claim: 1_000 }
@@ -211,7 +217,7 @@ mod benchmarks {
     #[benchmark]
     fn dispute() {
         let (p_key, p) = provider::<T>("provider");
-        let (u_key, user) = user_with_escrow::<T>("user", &p, 1_000_000);
+        let (u_key, user) = user_with_escrow::<T>("user", &p, escrow_amount::<T>());
         let genesis = Pallet::<T>::genesis_hash();
         let voucher = first_voucher(user.clone(), p.clone());
         let signature = sign(&u_key, &voucher.signing_payload(&genesis));

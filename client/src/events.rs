@@ -1,0 +1,154 @@
+//! The compute pallet's events, decoded from an event's raw field bytes with the shared
+//! primitive types (the pallet's field order is the contract; a test in the worker's end-to-end
+//! suite checks every variant used here against a live chain).
+
+use codec::{Decode, Error as CodecError};
+use compute_primitives::{AccountId, Balance, Nonce, RejectReason, ServiceId};
+use polkadot_sdk::sp_core::H256;
+
+/// Block numbers on this chain.
+pub type BlockNumber = u32;
+
+/// A compute pallet event the off-chain programs act on.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ComputeEvent {
+    /// A service was registered.
+    ServiceRegistered { provider: AccountId, service_id: ServiceId, bond_added: Balance },
+    /// A service's terms changed.
+    ServiceUpdated { provider: AccountId, service_id: ServiceId, price_version: u32 },
+    /// A user funded an escrow.
+    Deposited { user: AccountId, provider: AccountId, amount: Balance, balance: Balance },
+    /// A user asked for part of an escrow back.
+    RefundRequested {
+        user: AccountId,
+        provider: AccountId,
+        amount: Balance,
+        pending: Balance,
+        unlock_at: BlockNumber,
+    },
+    /// A pending refund was cancelled.
+    RefundCancelled { user: AccountId, provider: AccountId, amount: Balance },
+    /// A pending refund was withdrawn.
+    RefundWithdrawn { user: AccountId, provider: AccountId, amount: Balance },
+    /// A claim was paid in full.
+    ClaimSettled { provider: AccountId, user: AccountId, nonce: Nonce, paid: Balance },
+    /// A claim was paid in part.
+    ClaimPartiallySettled {
+        provider: AccountId,
+        user: AccountId,
+        nonce: Nonce,
+        paid: Balance,
+        owed: Balance,
+    },
+    /// A claim was refused.
+    ClaimRejected { provider: AccountId, user: AccountId, nonce: Nonce, reason: RejectReason },
+    /// A batch was processed.
+    BatchSettled {
+        provider: AccountId,
+        trace_root: H256,
+        accepted: u32,
+        rejected: u32,
+        paid: Balance,
+    },
+    /// A user won a dispute.
+    DisputeWon {
+        user: AccountId,
+        provider: AccountId,
+        nonce: Nonce,
+        refunded: Balance,
+        slashed: Balance,
+    },
+    /// Any other compute event, by name.
+    Other(String),
+}
+
+impl ComputeEvent {
+    /// Decode the fields of the compute event called `name`.
+    pub fn decode(name: &str, mut fields: &[u8]) -> Result<Self, CodecError> {
+        let f = &mut fields;
+        Ok(match name {
+            "ServiceRegistered" => ComputeEvent::ServiceRegistered {
+                provider: Decode::decode(f)?,
+                service_id: Decode::decode(f)?,
+                bond_added: Decode::decode(f)?,
+            },
+            "ServiceUpdated" => ComputeEvent::ServiceUpdated {
+                provider: Decode::decode(f)?,
+                service_id: Decode::decode(f)?,
+                price_version: Decode::decode(f)?,
+            },
+            "Deposited" => ComputeEvent::Deposited {
+                user: Decode::decode(f)?,
+                provider: Decode::decode(f)?,
+                amount: Decode::decode(f)?,
+                balance: Decode::decode(f)?,
+            },
+            "RefundRequested" => ComputeEvent::RefundRequested {
+                user: Decode::decode(f)?,
+                provider: Decode::decode(f)?,
+                amount: Decode::decode(f)?,
+                pending: Decode::decode(f)?,
+                unlock_at: Decode::decode(f)?,
+            },
+            "RefundCancelled" => ComputeEvent::RefundCancelled {
+                user: Decode::decode(f)?,
+                provider: Decode::decode(f)?,
+                amount: Decode::decode(f)?,
+            },
+            "RefundWithdrawn" => ComputeEvent::RefundWithdrawn {
+                user: Decode::decode(f)?,
+                provider: Decode::decode(f)?,
+                amount: Decode::decode(f)?,
+            },
+            "ClaimSettled" => ComputeEvent::ClaimSettled {
+                provider: Decode::decode(f)?,
+                user: Decode::decode(f)?,
+                nonce: Decode::decode(f)?,
+                paid: Decode::decode(f)?,
+            },
+            "ClaimPartiallySettled" => ComputeEvent::ClaimPartiallySettled {
+                provider: Decode::decode(f)?,
+                user: Decode::decode(f)?,
+                nonce: Decode::decode(f)?,
+                paid: Decode::decode(f)?,
+                owed: Decode::decode(f)?,
+            },
+            "ClaimRejected" => ComputeEvent::ClaimRejected {
+                provider: Decode::decode(f)?,
+                user: Decode::decode(f)?,
+                nonce: Decode::decode(f)?,
+                reason: Decode::decode(f)?,
+            },
+            "BatchSettled" => ComputeEvent::BatchSettled {
+                provider: Decode::decode(f)?,
+                trace_root: Decode::decode(f)?,
+                accepted: Decode::decode(f)?,
+                rejected: Decode::decode(f)?,
+                paid: Decode::decode(f)?,
+            },
+            "DisputeWon" => ComputeEvent::DisputeWon {
+                user: Decode::decode(f)?,
+                provider: Decode::decode(f)?,
+                nonce: Decode::decode(f)?,
+                refunded: Decode::decode(f)?,
+                slashed: Decode::decode(f)?,
+            },
+            other => ComputeEvent::Other(other.to_string()),
+        })
+    }
+
+    /// The user an escrow-related event names, if any.
+    pub fn user(&self) -> Option<&AccountId> {
+        match self {
+            ComputeEvent::Deposited { user, .. }
+            | ComputeEvent::RefundRequested { user, .. }
+            | ComputeEvent::RefundCancelled { user, .. }
+            | ComputeEvent::RefundWithdrawn { user, .. }
+            | ComputeEvent::ClaimSettled { user, .. }
+            | ComputeEvent::ClaimPartiallySettled { user, .. }
+            | ComputeEvent::ClaimRejected { user, .. }
+            | ComputeEvent::DisputeWon { user, .. } => Some(user),
+            _ => None,
+        }
+    }
+}

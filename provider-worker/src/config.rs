@@ -1,0 +1,265 @@
+//! Worker configuration: a TOML file, every field overridable by a flag.
+
+use crate::{model::WeightFormat, store::Durability};
+use compute_primitives::{Balance, ServiceId, ServiceKind};
+use serde::{Deserialize, Serialize};
+use std::{net::SocketAddr, path::PathBuf};
+
+/// Why the configuration is unusable.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("cannot read config {path}: {source}")]
+    Read { path: String, source: std::io::Error },
+    #[error("config {path}: {source}")]
+    Parse { path: String, source: toml::de::Error },
+    #[error("config: {0}")]
+    Invalid(String),
+}
+
+/// A service this worker offers.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct ServiceConfig {
+    /// Id on chain (per provider).
+    pub id: ServiceId,
+    /// `chat` (only chat is served by this worker so far).
+    #[serde(default = "chat", with = "kind")]
+    pub kind: ServiceKind,
+    /// Model name clients send; defaults to the GGUF file's stem.
+    #[serde(default)]
+    pub model_name: Option<String>,
+    /// Price per input token, smallest units (decimal string or integer).
+    #[serde(with = "amount")]
+    pub input_price: Balance,
+    /// Price per output token.
+    #[serde(with = "amount")]
+    pub output_price: Balance,
+    /// How responses can be verified.
+    #[serde(default)]
+    pub verifiability: String,
+}
+
+fn chat() -> ServiceKind {
+    ServiceKind::Chat
+}
+
+/// When to settle.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct SettlementConfig {
+    /// Settle an escrow once what it owes reaches this share of its spendable balance.
+    pub threshold_share: f64,
+    /// Settle once the oldest unsettled receipt is this old.
+    pub max_age_secs: u64,
+    /// How often the scheduler looks.
+    pub tick_ms: u64,
+    /// Claims per `settle` extrinsic (the chain's `MaxBatch` bounds it too).
+    pub max_batch: u32,
+    /// Longest wait between retries after a failure.
+    pub max_backoff_secs: u64,
+}
+
+impl Default for SettlementConfig {
+    fn default() -> Self {
+        SettlementConfig {
+            threshold_share: 0.5,
+            max_age_secs: 3600,
+            tick_ms: 2000,
+            max_batch: 256,
+            max_backoff_secs: 60,
+        }
+    }
+}
+
+/// The whole configuration.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct Config {
+    /// Node WebSocket RPC.
+    #[serde(default = "default_node")]
+    pub node_url: String,
+    /// HTTP listen address.
+    #[serde(default = "default_listen")]
+    pub listen: SocketAddr,
+    /// Public URL registered on chain.
+    #[serde(default)]
+    pub public_url: Option<String>,
+    /// Provider key: a secret URI or phrase (`//Bob` on a dev chain).
+    #[serde(default)]
+    pub provider_key: Option<String>,
+    /// Or a file holding it.
+    #[serde(default)]
+    pub provider_key_file: Option<PathBuf>,
+    /// Where the trace store lives.
+    #[serde(default = "default_data_dir")]
+    pub data_dir: PathBuf,
+    /// Commit durability of the trace store.
+    #[serde(default)]
+    pub durability: Durability,
+    /// GGUF model file.
+    pub model: PathBuf,
+    /// How weights are kept in memory.
+    #[serde(default)]
+    pub weights: WeightFormat,
+    /// Run on the first CUDA GPU (needs the `cuda` feature).
+    #[serde(default)]
+    pub cuda: bool,
+    /// Requests of one user that may be in flight at once (the protocol's `W`).
+    #[serde(default = "one")]
+    pub window: u32,
+    /// Generations that run at the same time.
+    #[serde(default = "default_parallel")]
+    pub parallel: usize,
+    /// Requests that may wait for a generation slot before 503.
+    #[serde(default = "default_queue")]
+    pub queue: usize,
+    /// Largest request body.
+    #[serde(default = "default_body")]
+    pub max_body_bytes: usize,
+    /// Longest a request may take.
+    #[serde(default = "default_timeout")]
+    pub request_timeout_secs: u64,
+    /// Largest `max_tokens` served.
+    #[serde(default = "default_max_tokens")]
+    pub max_tokens: u64,
+    /// Register or update these services at start-up.
+    #[serde(default)]
+    pub services: Vec<ServiceConfig>,
+    /// Settlement policy.
+    #[serde(default)]
+    pub settlement: SettlementConfig,
+}
+
+fn default_node() -> String {
+    "ws://127.0.0.1:9944".into()
+}
+fn default_listen() -> SocketAddr {
+    SocketAddr::from(([127, 0, 0, 1], 8080))
+}
+fn default_data_dir() -> PathBuf {
+    PathBuf::from("worker-data")
+}
+fn one() -> u32 {
+    1
+}
+fn default_parallel() -> usize {
+    std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1).clamp(1, 16)
+}
+fn default_queue() -> usize {
+    64
+}
+fn default_body() -> usize {
+    1 << 20
+}
+fn default_timeout() -> u64 {
+    300
+}
+fn default_max_tokens() -> u64 {
+    1024
+}
+
+impl Config {
+    /// Read a TOML file.
+    pub fn from_file(path: &std::path::Path) -> Result<Self, ConfigError> {
+        let shown = path.display().to_string();
+        let text = std::fs::read_to_string(path)
+            .map_err(|source| ConfigError::Read { path: shown.clone(), source })?;
+        toml::from_str(&text).map_err(|source| ConfigError::Parse { path: shown, source })
+    }
+
+    /// Reject settings that cannot work.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        let bad = |m: &str| Err(ConfigError::Invalid(m.into()));
+        if self.provider_key.is_none() && self.provider_key_file.is_none() {
+            return bad("set provider_key or provider_key_file");
+        }
+        if self.window == 0 {
+            return bad("window must be at least 1");
+        }
+        if self.parallel == 0 {
+            return bad("parallel must be at least 1");
+        }
+        if !(0.0..=1.0).contains(&self.settlement.threshold_share) {
+            return bad("settlement.threshold_share must be within 0..=1");
+        }
+        if self.settlement.max_batch == 0 {
+            return bad("settlement.max_batch must be at least 1");
+        }
+        if self.services.iter().any(|s| s.kind != ServiceKind::Chat) {
+            return bad("this worker serves chat services only");
+        }
+        let mut ids: Vec<_> = self.services.iter().map(|s| s.id).collect();
+        ids.sort_unstable();
+        ids.dedup();
+        if ids.len() != self.services.len() {
+            return bad("service ids must be unique");
+        }
+        Ok(())
+    }
+}
+
+/// Service kinds as `chat` / `embedding`.
+mod kind {
+    use compute_primitives::ServiceKind;
+    use serde::{de::Error, Deserialize, Deserializer, Serializer};
+
+    pub fn serialize<S: Serializer>(v: &ServiceKind, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(match v {
+            ServiceKind::Chat => "chat",
+            ServiceKind::Embedding => "embedding",
+        })
+    }
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<ServiceKind, D::Error> {
+        match String::deserialize(d)?.as_str() {
+            "chat" => Ok(ServiceKind::Chat),
+            "embedding" => Ok(ServiceKind::Embedding),
+            other => Err(D::Error::custom(format!("unknown service kind `{other}`"))),
+        }
+    }
+}
+
+/// Amounts as decimal strings or integers (u128 does not fit TOML integers).
+mod amount {
+    use serde::{de::Error, Deserialize, Deserializer, Serializer};
+
+    pub fn serialize<S: Serializer>(v: &u128, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(&v.to_string())
+    }
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<u128, D::Error> {
+        #[derive(Deserialize)]
+        #[serde(untagged)]
+        enum Raw {
+            Int(u64),
+            Str(String),
+        }
+        match Raw::deserialize(d)? {
+            Raw::Int(i) => Ok(i.into()),
+            Raw::Str(s) => s.replace('_', "").parse().map_err(D::Error::custom),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn example_config_parses_and_validates() {
+        let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("worker.example.toml");
+        let c = Config::from_file(&path).expect("example config");
+        c.validate().expect("valid");
+        assert_eq!(c.services[0].input_price, 1_000_000);
+        assert_eq!(c.window, 1);
+    }
+
+    #[test]
+    fn unknown_fields_and_bad_values_are_refused() {
+        let err = toml::from_str::<Config>("model = \"m\"\nno_such = 1\n").unwrap_err();
+        assert!(err.to_string().contains("no_such"), "{err}");
+        let c: Config = toml::from_str("model = \"m\"\nwindow = 0\nprovider_key = \"//Bob\"\n")
+            .expect("parses");
+        assert!(c.validate().unwrap_err().to_string().contains("window"));
+    }
+}

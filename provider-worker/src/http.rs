@@ -1,0 +1,747 @@
+//! The OpenAI-compatible HTTP API.
+
+use crate::{
+    admission::{self, Needs, Rejection},
+    model::{ChatMessage, FinishReason, GenParams, Generation},
+    worker::Worker,
+};
+use axum::{
+    body::{Body, Bytes},
+    extract::{Query, State},
+    http::{HeaderMap, HeaderValue, StatusCode},
+    response::{IntoResponse, Response},
+    routing::{get, post},
+    Json, Router,
+};
+use compute_client::wire::{self, ReceiptJson, SignedAuth};
+use compute_primitives::{ServiceKind, SignedReceipt, SignedVoucher, Voucher};
+use polkadot_sdk::sp_core::H256;
+use serde::Deserialize;
+use serde_json::{json, Value};
+use std::{
+    sync::{atomic::Ordering::Relaxed, Arc},
+    time::{Duration, Instant},
+};
+
+/// The router.
+pub fn router(worker: Arc<Worker>) -> Router {
+    Router::new()
+        .route("/health", get(health))
+        .route("/metrics", get(metrics))
+        .route("/v1/models", get(models))
+        .route("/v1/chat/completions", post(chat))
+        .route("/v1/ack", post(ack))
+        .route("/v1/receipts", get(receipts))
+        .fallback(|| async {
+            error(StatusCode::NOT_FOUND, "not_found", "no such endpoint".into(), None, None)
+        })
+        .with_state(worker)
+}
+
+fn kind_of(status: StatusCode) -> &'static str {
+    match status.as_u16() {
+        401 => "authentication_error",
+        402 => "insufficient_funds",
+        429 => "rate_limit_error",
+        500..=599 => "server_error",
+        _ => "invalid_request_error",
+    }
+}
+
+fn error(
+    status: StatusCode,
+    code: &str,
+    message: String,
+    expected: Option<Value>,
+    receipt: Option<&SignedReceipt>,
+) -> Response {
+    let mut body = json!({ "error": {
+        "message": message, "type": kind_of(status), "code": code } });
+    if let Some(e) = expected {
+        body["error"]["expected"] = e;
+    }
+    if let Some(r) = receipt {
+        body["error"]["receipt"] =
+            serde_json::to_value(ReceiptJson::from(r)).unwrap_or(Value::Null);
+    }
+    let mut resp = (status, Json(body)).into_response();
+    if let Some(r) = receipt {
+        add_receipt_header(&mut resp, r);
+    }
+    resp
+}
+
+fn add_receipt_header(resp: &mut Response, r: &SignedReceipt) {
+    if let Ok(v) = HeaderValue::from_str(&wire::to_hex(r)) {
+        resp.headers_mut().insert(wire::RECEIPT_HEADER, v);
+    }
+}
+
+fn stored(status: u16, body: String, receipt: Option<&SignedReceipt>) -> Response {
+    let status = StatusCode::from_u16(status).unwrap_or(StatusCode::OK);
+    let mut resp = (status, [("content-type", "application/json")], body).into_response();
+    if let Some(r) = receipt {
+        add_receipt_header(&mut resp, r);
+    }
+    resp
+}
+
+async fn health(State(w): State<Arc<Worker>>) -> Json<Value> {
+    Json(json!({
+        "status": "ok",
+        "provider": w.provider.to_string(),
+        "genesis": format!("{:?}", w.genesis),
+        "model": w.model_name,
+    }))
+}
+
+async fn metrics(State(w): State<Arc<Worker>>) -> impl IntoResponse {
+    ([("content-type", "text/plain; version=0.0.4")], w.metrics.render())
+}
+
+async fn models(State(w): State<Arc<Worker>>) -> Json<Value> {
+    let services = w.services.read().map(|s| s.clone()).unwrap_or_default();
+    let mut data: Vec<Value> = services
+        .values()
+        .map(|s| {
+            json!({
+                "id": s.model, "object": "model", "owned_by": w.provider.to_string(),
+                "created": 0,
+                "service_id": s.service_id, "kind": "chat",
+                "input_price": s.input_price.to_string(),
+                "output_price": s.output_price.to_string(),
+                "price_version": s.price_version,
+            })
+        })
+        .collect();
+    data.sort_by_key(|v| v["service_id"].as_u64());
+    Json(json!({ "object": "list", "data": data }))
+}
+
+/// The voucher from the request header, signature checked for this chain and provider.
+fn voucher_of(w: &Worker, headers: &HeaderMap) -> Result<SignedVoucher, Response> {
+    let Some(raw) = headers.get(wire::VOUCHER_HEADER) else {
+        return Err(error(
+            StatusCode::UNAUTHORIZED,
+            "missing_voucher",
+            format!("send a signed voucher in the `{}` header", wire::VOUCHER_HEADER),
+            None,
+            None,
+        ));
+    };
+    let sv: SignedVoucher =
+        raw.to_str().ok().and_then(|s| wire::from_hex("voucher", s).ok()).ok_or_else(|| {
+            error(
+                StatusCode::BAD_REQUEST,
+                "malformed_voucher",
+                format!("`{}` is not a hex SCALE-encoded SignedVoucher", wire::VOUCHER_HEADER),
+                None,
+                None,
+            )
+        })?;
+    if !sv.verify(&w.genesis) {
+        return Err(error(
+            StatusCode::UNAUTHORIZED,
+            "bad_signature",
+            "the voucher's signature does not verify for its user on this chain".into(),
+            Some(json!({ "genesis": format!("{:?}", w.genesis) })),
+            None,
+        ));
+    }
+    if sv.voucher.provider != w.provider {
+        return Err(error(
+            StatusCode::UNAUTHORIZED,
+            "wrong_provider",
+            format!("the voucher names provider {}, this is {}", sv.voucher.provider, w.provider),
+            Some(json!({ "provider": w.provider.to_string() })),
+            None,
+        ));
+    }
+    Ok(sv)
+}
+
+/// A retry of a request already answered gets the stored answer; another voucher with a used
+/// nonce is refused.
+fn replay(w: &Worker, sv: &SignedVoucher) -> Option<Response> {
+    match w.store.trace(&sv.voucher.user, sv.voucher.nonce) {
+        Ok(Some(t)) if t.voucher == *sv => Some(match (t.response, t.receipt) {
+            (Some((status, body)), receipt) => stored(status, body, receipt.as_ref()),
+            (None, _) => error(
+                StatusCode::CONFLICT,
+                "in_progress",
+                "this request is still being served".into(),
+                None,
+                None,
+            ),
+        }),
+        Ok(Some(_)) => Some(error(
+            StatusCode::CONFLICT,
+            "stale_nonce",
+            format!("nonce {} was already used by another voucher", sv.voucher.nonce),
+            None,
+            None,
+        )),
+        Ok(None) => None,
+        Err(e) => Some(internal(e)),
+    }
+}
+
+fn internal(e: impl std::fmt::Display) -> Response {
+    tracing::error!(error = %e, "internal error");
+    error(StatusCode::INTERNAL_SERVER_ERROR, "internal", e.to_string(), None, None)
+}
+
+/// Refuse; if the rejection uses the nonce, sign and store a fee-0 receipt and return it.
+fn refuse(w: &Worker, sv: &SignedVoucher, r: Rejection, last_total: Option<u128>) -> Response {
+    w.metrics.rejected(r.code);
+    let status = StatusCode::from_u16(r.status).unwrap_or(StatusCode::BAD_REQUEST);
+    let receipt = match (r.uses_nonce, last_total) {
+        (true, Some(total)) => {
+            let receipt = w.receipt(&sv.voucher, H256::zero(), 0, 0, 0, total);
+            let body = error(status, r.code, r.message.clone(), r.expected.clone(), Some(&receipt));
+            let _ = body;
+            let mut stored_body = json!({ "error": {
+                "message": r.message, "type": kind_of(status), "code": r.code,
+                "receipt": ReceiptJson::from(&receipt) } });
+            if let Some(e) = &r.expected {
+                stored_body["error"]["expected"] = e.clone();
+            }
+            match w.store.admit_and_seal(sv, &receipt, r.status, &stored_body.to_string()) {
+                Ok(true) => Some(receipt),
+                Ok(false) => None,
+                Err(e) => return internal(e),
+            }
+        }
+        _ => None,
+    };
+    error(status, r.code, r.message, r.expected, receipt.as_ref())
+}
+
+#[derive(Deserialize)]
+#[serde(untagged)]
+enum Stop {
+    One(String),
+    Many(Vec<String>),
+}
+
+#[derive(Deserialize)]
+struct RawMessage {
+    role: String,
+    content: Value,
+}
+
+#[derive(Deserialize)]
+struct ChatRequest {
+    model: String,
+    messages: Vec<RawMessage>,
+    max_tokens: Option<u64>,
+    max_completion_tokens: Option<u64>,
+    temperature: Option<f64>,
+    top_p: Option<f64>,
+    seed: Option<u64>,
+    stop: Option<Stop>,
+    #[serde(default)]
+    stream: bool,
+    n: Option<u32>,
+}
+
+struct Parsed {
+    model: String,
+    messages: Vec<ChatMessage>,
+    params: GenParams,
+    stream: bool,
+}
+
+fn parse_chat(body: &[u8], limit: u64) -> Result<Parsed, Rejection> {
+    let req: ChatRequest = serde_json::from_slice(body)
+        .map_err(|e| Rejection::bad_request("invalid_json", format!("request body: {e}")))?;
+    if req.messages.is_empty() {
+        return Err(Rejection::bad_request("invalid_messages", "messages must not be empty"));
+    }
+    let mut messages = Vec::with_capacity(req.messages.len());
+    for m in req.messages {
+        if !matches!(m.role.as_str(), "system" | "user" | "assistant" | "developer") {
+            return Err(Rejection::bad_request(
+                "invalid_messages",
+                format!("unknown role `{}`", m.role),
+            ));
+        }
+        let content = match m.content {
+            Value::String(s) => s,
+            Value::Array(parts) => parts
+                .iter()
+                .filter_map(|p| p.get("text").and_then(Value::as_str))
+                .collect::<Vec<_>>()
+                .join(""),
+            _ => {
+                return Err(Rejection::bad_request(
+                    "invalid_messages",
+                    "message content must be a string or text parts",
+                ))
+            }
+        };
+        let role = if m.role == "developer" { "system".to_string() } else { m.role };
+        messages.push(ChatMessage { role, content });
+    }
+    let temperature = req.temperature.unwrap_or(1.0);
+    if !(0.0..=2.0).contains(&temperature) {
+        return Err(Rejection::bad_request("invalid_temperature", "temperature must be in 0..=2"));
+    }
+    let top_p = req.top_p.unwrap_or(1.0);
+    if !(top_p > 0.0 && top_p <= 1.0) {
+        return Err(Rejection::bad_request("invalid_top_p", "top_p must be in (0, 1]"));
+    }
+    if req.n.is_some_and(|n| n != 1) {
+        return Err(Rejection::bad_request("unsupported_n", "only n = 1 is served"));
+    }
+    let stop = match req.stop {
+        None => Vec::new(),
+        Some(Stop::One(s)) => vec![s],
+        Some(Stop::Many(v)) => v,
+    };
+    if stop.len() > 4 || stop.iter().any(|s| s.is_empty()) {
+        return Err(Rejection::bad_request("invalid_stop", "at most 4 non-empty stop strings"));
+    }
+    let max_tokens = req.max_completion_tokens.or(req.max_tokens).unwrap_or(limit).min(limit);
+    if max_tokens == 0 {
+        return Err(Rejection::bad_request("invalid_max_tokens", "max_tokens must be at least 1"));
+    }
+    let seed = req.seed.unwrap_or_else(|| {
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_nanos() as u64)
+            .unwrap_or(0)
+    });
+    Ok(Parsed {
+        model: req.model,
+        messages,
+        params: GenParams { max_tokens: max_tokens as usize, temperature, top_p, seed, stop },
+        stream: req.stream,
+    })
+}
+
+/// Releases the queue position and the generation slot.
+struct SlotGuard<'a> {
+    w: &'a Worker,
+}
+impl Drop for SlotGuard<'_> {
+    fn drop(&mut self) {
+        self.w.metrics.in_progress.fetch_sub(1, Relaxed);
+    }
+}
+
+async fn chat(State(w): State<Arc<Worker>>, headers: HeaderMap, body: Body) -> Response {
+    let started = Instant::now();
+    let body = match axum::body::to_bytes(body, w.config.max_body_bytes).await {
+        Ok(b) => b,
+        Err(_) => {
+            w.metrics.rejected("body_too_large");
+            return error(
+                StatusCode::PAYLOAD_TOO_LARGE,
+                "body_too_large",
+                format!("request body exceeds {} bytes", w.config.max_body_bytes),
+                None,
+                None,
+            );
+        }
+    };
+    let sv = match voucher_of(&w, &headers) {
+        Ok(sv) => sv,
+        Err(r) => return r,
+    };
+    if let Some(r) = replay(&w, &sv) {
+        return r;
+    }
+    let v = sv.voucher.clone();
+    let escrow = match w.escrow(&v.user).await {
+        Ok(e) => e,
+        Err(e) => {
+            return error(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "chain_unavailable",
+                format!("cannot read the escrow: {e}"),
+                None,
+                None,
+            )
+        }
+    };
+    let parsed = parse_chat(&body, w.config.max_tokens);
+    let prompt = match &parsed {
+        Ok(p) => match w.engine.chat_prompt(&p.messages) {
+            Ok(ids) if ids.len() + 1 < w.engine.context_len => Ok(ids),
+            Ok(ids) => Err(Rejection::bad_request(
+                "context_length_exceeded",
+                format!(
+                    "prompt of {} tokens leaves no room in {}",
+                    ids.len(),
+                    w.engine.context_len
+                ),
+            )),
+            Err(e) => Err(Rejection::bad_request("invalid_messages", e.to_string())),
+        },
+        Err(e) => Err(e.clone()),
+    };
+    if w.waiting.load(Relaxed) >= w.config.queue {
+        w.metrics.rejected("overloaded");
+        return error(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "overloaded",
+            "too many requests waiting; retry with the same voucher".into(),
+            None,
+            None,
+        );
+    }
+    let service = w.service(v.service_id);
+    let body_hash = wire::request_hash(&body);
+    let mut outcome = None;
+    let mut last_total = None;
+    let admitted = w.store.admit(&sv, w.config.window, |view| {
+        admission::check_sequence(&v, view, escrow.as_ref(), w.config.window)?;
+        // From here on a refusal uses the nonce and carries a fee-0 receipt.
+        last_total = Some(view.seq.last_total);
+        let p = prompt.as_ref().map_err(Clone::clone)?;
+        let parsed = parsed.as_ref().map_err(Clone::clone)?;
+        let needs = Needs {
+            service: service.as_ref(),
+            kind: ServiceKind::Chat,
+            body_hash,
+            model: &parsed.model,
+            prompt_tokens: p.len() as u64,
+            max_tokens: parsed.params.max_tokens as u64,
+        };
+        outcome = Some(admission::admit(&v, &needs, view, escrow.as_ref(), w.config.window)?);
+        Ok(())
+    });
+    match admitted {
+        Err(e) => return internal(e),
+        Ok(Err(rejection)) => return refuse(&w, &sv, rejection, last_total),
+        Ok(Ok(())) => {}
+    }
+    let (Some(admitted), Ok(prompt), Ok(parsed), Some(service)) =
+        (outcome, prompt, parsed, service)
+    else {
+        return internal("admission passed without its inputs");
+    };
+    let mut params = parsed.params;
+    params.max_tokens = admitted.max_tokens as usize;
+
+    // Wait for a generation slot (the queue is bounded above).
+    w.waiting.fetch_add(1, Relaxed);
+    w.metrics.queue_depth.fetch_add(1, Relaxed);
+    let permit = Arc::clone(&w.slots).acquire_owned().await;
+    w.waiting.fetch_sub(1, Relaxed);
+    w.metrics.queue_depth.fetch_sub(1, Relaxed);
+    let Ok(permit) = permit else { return internal("generation slots closed") };
+    w.metrics.in_progress.fetch_add(1, Relaxed);
+
+    let deadline = started + Duration::from_secs(w.config.request_timeout_secs);
+    let user_bytes: &[u8] = v.user.as_ref();
+    let id = format!("chatcmpl-{}-{}", hex::encode(&user_bytes[..4]), v.nonce);
+    let created = unix_now();
+    let model = parsed.model.clone();
+    let (tx, rx) = tokio::sync::mpsc::channel::<String>(64);
+    let engine = Arc::clone(&w.engine);
+    let stream = parsed.stream;
+    let gen = tokio::task::spawn_blocking(move || {
+        let _permit = permit;
+        engine.generate(&prompt, &params, |piece| {
+            Instant::now() < deadline && (!stream || tx.blocking_send(piece.to_string()).is_ok())
+        })
+    });
+
+    if !stream {
+        drop(rx);
+        let result = gen.await;
+        let _slot = SlotGuard { w: &w };
+        let generation = match result {
+            Ok(Ok(g)) => g,
+            Ok(Err(e)) => return generation_failed(&w, &v, e.to_string()),
+            Err(e) => return generation_failed(&w, &v, e.to_string()),
+        };
+        let (receipt, body) = match finish(&w, &v, &service, &generation, &id, created, &model) {
+            Ok(x) => x,
+            Err(r) => return r,
+        };
+        w.metrics.observe_latency(started.elapsed().as_secs_f64());
+        return stored(200, body, Some(&receipt));
+    }
+
+    // Streaming: SSE chunks as text becomes final, then the receipt in the last chunk.
+    let (out_tx, out_rx) = tokio::sync::mpsc::channel::<Result<Bytes, std::io::Error>>(64);
+    let w2 = Arc::clone(&w);
+    tokio::spawn(async move {
+        let w = w2;
+        let chunk = |delta: Value, finish: Value| {
+            let c = json!({ "id": id, "object": "chat.completion.chunk", "created": created,
+                "model": model, "choices": [{ "index": 0, "delta": delta, "finish_reason": finish }] });
+            Bytes::from(format!("data: {c}\n\n"))
+        };
+        let _ = out_tx
+            .send(Ok(chunk(json!({ "role": "assistant", "content": "" }), Value::Null)))
+            .await;
+        let mut rx = rx;
+        while let Some(piece) = rx.recv().await {
+            if out_tx.send(Ok(chunk(json!({ "content": piece }), Value::Null))).await.is_err() {
+                break;
+            }
+        }
+        drop(rx);
+        let result = gen.await;
+        let _slot = SlotGuard { w: &w };
+        let generation = match result {
+            Ok(Ok(g)) => g,
+            Ok(Err(e)) => {
+                let _ = generation_failed(&w, &v, e.to_string());
+                let _ = out_tx
+                    .send(Ok(Bytes::from(format!(
+                        "data: {}\n\n",
+                        json!({"error": {"message": e.to_string(), "code": "generation_failed"}})
+                    ))))
+                    .await;
+                return;
+            }
+            Err(e) => {
+                let _ = generation_failed(&w, &v, e.to_string());
+                return;
+            }
+        };
+        match finish(&w, &v, &service, &generation, &id, created, &model) {
+            Ok((receipt, _)) => {
+                let mut last = json!({ "id": id, "object": "chat.completion.chunk",
+                    "created": created, "model": model,
+                    "choices": [{ "index": 0, "delta": {}, "finish_reason": generation.finish.as_str() }],
+                    "usage": usage(&generation) });
+                last["receipt"] =
+                    serde_json::to_value(ReceiptJson::from(&receipt)).unwrap_or(Value::Null);
+                let _ = out_tx.send(Ok(Bytes::from(format!("data: {last}\n\n")))).await;
+                let _ = out_tx.send(Ok(Bytes::from_static(b"data: [DONE]\n\n"))).await;
+                w.metrics.observe_latency(started.elapsed().as_secs_f64());
+            }
+            Err(_) => {
+                let _ = out_tx.send(Ok(Bytes::from(format!(
+                    "data: {}\n\n", json!({"error": {"message": "could not seal the receipt", "code": "internal"}})
+                )))).await;
+            }
+        }
+    });
+    Response::builder()
+        .header("content-type", "text/event-stream")
+        .header("cache-control", "no-cache")
+        .body(Body::from_stream(tokio_stream::wrappers::ReceiverStream::new(out_rx)))
+        .unwrap_or_else(|e| internal(e))
+}
+
+fn usage(g: &Generation) -> Value {
+    json!({ "prompt_tokens": g.prompt_tokens, "completion_tokens": g.completion_tokens,
+            "total_tokens": g.prompt_tokens + g.completion_tokens })
+}
+
+fn unix_now() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0)
+}
+
+/// Wait until every lower nonce of this user is sealed (only matters with a window above 1),
+/// then return the total to build on.
+fn sealed_total_before(w: &Worker, v: &Voucher) -> Result<u128, Response> {
+    let deadline = Instant::now() + Duration::from_secs(w.config.request_timeout_secs);
+    loop {
+        let seq = w.store.sequence(&v.user).map_err(internal)?;
+        let pending_before = w.store.in_flight_before(&v.user, v.nonce).map_err(internal)?;
+        if !pending_before {
+            return Ok(seq.last_total);
+        }
+        if Instant::now() > deadline {
+            return Err(internal("an earlier request of this user never finished"));
+        }
+        std::thread::sleep(Duration::from_millis(5));
+    }
+}
+
+/// Price the generation, sign and store the receipt with the response; the body returned is
+/// what a retry gets too.
+fn finish(
+    w: &Worker,
+    v: &Voucher,
+    service: &compute_client::ServiceInfo,
+    g: &Generation,
+    id: &str,
+    created: u64,
+    model: &str,
+) -> Result<(SignedReceipt, String), Response> {
+    let fee = service
+        .fee(g.prompt_tokens, g.completion_tokens)
+        .filter(|f| *f <= v.cap)
+        .ok_or_else(|| internal("fee above the cap: max_tokens was not limited"))?;
+    let previous = sealed_total_before(w, v)?;
+    let total = previous.checked_add(fee).ok_or_else(|| internal("total overflows"))?;
+    let receipt = w.receipt(
+        v,
+        wire::response_hash(&g.text),
+        g.prompt_tokens,
+        g.completion_tokens,
+        fee,
+        total,
+    );
+    let body = json!({
+        "id": id, "object": "chat.completion", "created": created, "model": model,
+        "choices": [{ "index": 0, "message": { "role": "assistant", "content": g.text },
+                      "finish_reason": g.finish.as_str() }],
+        "usage": usage(g),
+        "receipt": ReceiptJson::from(&receipt),
+    })
+    .to_string();
+    w.store.seal(&receipt, 200, &body).map_err(internal)?;
+    w.metrics.requests_ok.fetch_add(1, Relaxed);
+    w.metrics.prompt_tokens.fetch_add(g.prompt_tokens, Relaxed);
+    w.metrics.completion_tokens.fetch_add(g.completion_tokens, Relaxed);
+    if g.finish == FinishReason::Cancelled {
+        tracing::info!(user = %v.user, nonce = v.nonce, "client went away; billed what was generated");
+    }
+    Ok((receipt, body))
+}
+
+/// The model failed: seal a fee-0 receipt so the nonce is not left hanging.
+fn generation_failed(w: &Worker, v: &Voucher, reason: String) -> Response {
+    tracing::error!(user = %v.user, nonce = v.nonce, %reason, "generation failed");
+    let total = match sealed_total_before(w, v) {
+        Ok(t) => t,
+        Err(r) => return r,
+    };
+    let receipt = w.receipt(v, H256::zero(), 0, 0, 0, total);
+    let body = json!({ "error": { "message": format!("generation failed: {reason}"),
+        "type": "server_error", "code": "generation_failed",
+        "receipt": ReceiptJson::from(&receipt) } })
+    .to_string();
+    if let Err(e) = w.store.seal(&receipt, 500, &body) {
+        return internal(e);
+    }
+    w.metrics.rejected("generation_failed");
+    stored(500, body, Some(&receipt))
+}
+
+async fn ack(State(w): State<Arc<Worker>>, headers: HeaderMap) -> Response {
+    let sv = match voucher_of(&w, &headers) {
+        Ok(sv) => sv,
+        Err(r) => return r,
+    };
+    if let Some(r) = replay(&w, &sv) {
+        return r;
+    }
+    let v = sv.voucher.clone();
+    let escrow = w.escrow(&v.user).await.ok().flatten();
+    let mut last_total = None;
+    let admitted = w.store.admit(&sv, w.config.window, |view| {
+        admission::check_sequence(&v, view, escrow.as_ref(), w.config.window)?;
+        last_total = Some(view.seq.last_total);
+        admission::admit_ack(&v, view, escrow.as_ref(), w.config.window)
+    });
+    match admitted {
+        Err(e) => internal(e),
+        Ok(Err(rejection)) => {
+            // A malformed ack uses nothing: the user just sends a correct one.
+            let rejection = rejection.keeps_nonce();
+            refuse(&w, &sv, rejection, last_total)
+        }
+        Ok(Ok(())) => {
+            let total = last_total.unwrap_or(0);
+            let receipt = w.receipt(&v, H256::zero(), 0, 0, 0, total);
+            let body = json!({ "receipt": ReceiptJson::from(&receipt) }).to_string();
+            match w.store.seal(&receipt, 200, &body) {
+                Ok(()) => stored(200, body, Some(&receipt)),
+                Err(e) => internal(e),
+            }
+        }
+    }
+}
+
+#[derive(Deserialize)]
+struct ReceiptsQuery {
+    after: Option<u64>,
+    limit: Option<u32>,
+}
+
+async fn receipts(
+    State(w): State<Arc<Worker>>,
+    headers: HeaderMap,
+    Query(q): Query<ReceiptsQuery>,
+) -> Response {
+    let auth: Option<SignedAuth> = headers
+        .get(wire::AUTH_HEADER)
+        .and_then(|h| h.to_str().ok())
+        .and_then(|s| wire::from_hex("auth challenge", s).ok());
+    let Some(auth) = auth else {
+        return error(
+            StatusCode::UNAUTHORIZED,
+            "missing_auth",
+            format!("send a signed auth challenge in `{}`", wire::AUTH_HEADER),
+            None,
+            None,
+        );
+    };
+    let skew = unix_now().abs_diff(auth.challenge.timestamp);
+    if !auth.verify(&w.genesis) || auth.challenge.provider != w.provider {
+        return error(
+            StatusCode::UNAUTHORIZED,
+            "bad_signature",
+            "auth challenge does not verify for this provider and chain".into(),
+            None,
+            None,
+        );
+    }
+    if skew > wire::AUTH_MAX_SKEW_SECS {
+        return error(
+            StatusCode::UNAUTHORIZED,
+            "stale_auth",
+            format!("auth timestamp is {skew} s off"),
+            None,
+            None,
+        );
+    }
+    let limit = q.limit.unwrap_or(100).min(1000);
+    match w.store.receipts(&auth.challenge.user, q.after.unwrap_or(0), limit) {
+        Ok(list) => {
+            let list: Vec<ReceiptJson> = list.iter().map(ReceiptJson::from).collect();
+            Json(json!({ "object": "list", "data": list })).into_response()
+        }
+        Err(e) => internal(e),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn chat_bodies_are_validated() {
+        let ok = br#"{"model":"m","messages":[{"role":"user","content":"hi"}],"max_tokens":5,"stop":"x"}"#;
+        let p = parse_chat(ok, 100).expect("valid");
+        assert_eq!(p.params.max_tokens, 5);
+        assert_eq!(p.params.stop, vec!["x".to_string()]);
+        let cases: [(&[u8], &str); 6] = [
+            (b"{not json", "invalid_json"),
+            (br#"{"model":"m","messages":[]}"#, "invalid_messages"),
+            (br#"{"model":"m","messages":[{"role":"robot","content":"x"}]}"#, "invalid_messages"),
+            (
+                br#"{"model":"m","messages":[{"role":"user","content":"x"}],"temperature":3}"#,
+                "invalid_temperature",
+            ),
+            (
+                br#"{"model":"m","messages":[{"role":"user","content":"x"}],"max_tokens":0}"#,
+                "invalid_max_tokens",
+            ),
+            (br#"{"model":"m","messages":[{"role":"user","content":"x"}],"n":2}"#, "unsupported_n"),
+        ];
+        for (body, code) in cases {
+            let r = parse_chat(body, 100).err().expect("refused");
+            assert_eq!(r.code, code);
+            assert_eq!(r.status, 400);
+        }
+        // max_tokens above the worker's limit is clipped, not refused.
+        let big =
+            br#"{"model":"m","messages":[{"role":"user","content":"x"}],"max_tokens":100000}"#;
+        assert_eq!(parse_chat(big, 100).expect("valid").params.max_tokens, 100);
+    }
+}

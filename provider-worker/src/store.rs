@@ -1,0 +1,454 @@
+//! The durable trace store: every admitted voucher, every receipt and the response it went
+//! with, the per-user sequencer, and settlement bookkeeping.
+//!
+//! Embedded SQLite (WAL journal) by default: one file, ACID transactions, crash-safe after a
+//! `kill -9`, and `synchronous=FULL` makes each commit reach the disk before the response is
+//! sent. The sequencer is a row per user updated inside an immediate (write-locking)
+//! transaction, so exactly one request can take each nonce even under concurrency.
+
+use codec::{Decode, Encode};
+use compute_primitives::{AccountId, Balance, Nonce, SignedReceipt, SignedVoucher};
+use rusqlite::{params, Connection, OptionalExtension, TransactionBehavior};
+use std::{path::Path, sync::Mutex};
+
+/// A store failure.
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    #[error("trace store: {0}")]
+    Sql(#[from] rusqlite::Error),
+    #[error("trace store holds a corrupt {0}")]
+    Corrupt(&'static str),
+}
+
+/// How hard each commit is pushed to disk.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Deserialize, serde::Serialize, Default)]
+#[serde(rename_all = "snake_case")]
+pub enum Durability {
+    /// fsync on every commit: survives power loss.
+    #[default]
+    Fsync,
+    /// Written to the OS: survives a crash of the worker, not of the machine.
+    Os,
+}
+
+/// A user's sequencer row.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Sequence {
+    /// Highest nonce taken (sealed or in flight); 0 when none.
+    pub last_nonce: Nonce,
+    /// Total of the highest sealed receipt.
+    pub last_total: Balance,
+    /// Highest sealed nonce.
+    pub sealed_nonce: Nonce,
+}
+
+/// What admission sees about a user, read in the same transaction that takes the nonce.
+#[derive(Debug, Clone, Default)]
+pub struct UserView {
+    /// The sequencer row.
+    pub seq: Sequence,
+    /// `(nonce, total)` of the sealed receipts with the highest nonces (up to the window).
+    pub recent_totals: Vec<(Nonce, Balance)>,
+    /// Caps of requests in flight.
+    pub in_flight_caps: Balance,
+    /// Number of requests in flight.
+    pub in_flight: u32,
+}
+
+/// A stored trace.
+#[derive(Debug, Clone)]
+pub struct Trace {
+    pub voucher: SignedVoucher,
+    pub receipt: Option<SignedReceipt>,
+    /// HTTP status and JSON body sent (for retries).
+    pub response: Option<(u16, String)>,
+    pub created_at: u64,
+}
+
+/// The store.
+pub struct Store {
+    conn: Mutex<Connection>,
+}
+
+fn u128_of(s: String) -> Result<Balance, StoreError> {
+    s.parse().map_err(|_| StoreError::Corrupt("amount"))
+}
+
+fn now() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0)
+}
+
+const SCHEMA: &str = "
+CREATE TABLE IF NOT EXISTS sequencer (
+    user BLOB PRIMARY KEY,
+    last_nonce INTEGER NOT NULL,
+    last_total TEXT NOT NULL,
+    sealed_nonce INTEGER NOT NULL
+);
+CREATE TABLE IF NOT EXISTS traces (
+    user BLOB NOT NULL,
+    nonce INTEGER NOT NULL,
+    voucher BLOB NOT NULL,
+    cap TEXT NOT NULL,
+    receipt BLOB,
+    total TEXT,
+    status INTEGER,
+    response TEXT,
+    created_at INTEGER NOT NULL,
+    settled INTEGER NOT NULL DEFAULT 0,
+    PRIMARY KEY (user, nonce)
+);
+CREATE INDEX IF NOT EXISTS traces_unsettled ON traces (settled, user, nonce);
+CREATE TABLE IF NOT EXISTS batches (
+    id INTEGER PRIMARY KEY AUTOINCREMENT,
+    submitted_at INTEGER NOT NULL,
+    trace_root BLOB NOT NULL,
+    claims INTEGER NOT NULL,
+    block_hash BLOB,
+    paid TEXT,
+    error TEXT
+);
+";
+
+impl Store {
+    /// Open (or create) the store at `path`.
+    pub fn open(path: &Path, durability: Durability) -> Result<Self, StoreError> {
+        let conn = Connection::open(path)?;
+        Self::init(conn, durability)
+    }
+
+    /// A store in memory (tests and benchmarks).
+    pub fn in_memory() -> Result<Self, StoreError> {
+        Self::init(Connection::open_in_memory()?, Durability::Os)
+    }
+
+    fn init(conn: Connection, durability: Durability) -> Result<Self, StoreError> {
+        conn.pragma_update(None, "journal_mode", "WAL")?;
+        let sync = match durability {
+            Durability::Fsync => "FULL",
+            Durability::Os => "NORMAL",
+        };
+        conn.pragma_update(None, "synchronous", sync)?;
+        conn.busy_timeout(std::time::Duration::from_secs(10))?;
+        conn.execute_batch(SCHEMA)?;
+        Ok(Store { conn: Mutex::new(conn) })
+    }
+
+    fn conn(&self) -> std::sync::MutexGuard<'_, Connection> {
+        // A panic while holding the lock leaves SQLite consistent (transactions roll back).
+        self.conn.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    fn read_seq(conn: &Connection, user: &[u8]) -> Result<Sequence, StoreError> {
+        let row = conn
+            .query_row(
+                "SELECT last_nonce, last_total, sealed_nonce FROM sequencer WHERE user = ?1",
+                params![user],
+                |r| Ok((r.get::<_, i64>(0)?, r.get::<_, String>(1)?, r.get::<_, i64>(2)?)),
+            )
+            .optional()?;
+        Ok(match row {
+            Some((n, t, s)) => {
+                Sequence { last_nonce: n as u64, last_total: u128_of(t)?, sealed_nonce: s as u64 }
+            }
+            None => Sequence::default(),
+        })
+    }
+
+    /// Take `voucher`'s nonce if `check` accepts the user's current view, atomically.
+    /// The voucher is stored as in flight. `check`'s error is returned unchanged and nothing is
+    /// written.
+    pub fn admit<E>(
+        &self,
+        voucher: &SignedVoucher,
+        window: u32,
+        check: impl FnOnce(&UserView) -> Result<(), E>,
+    ) -> Result<Result<(), E>, StoreError> {
+        let mut conn = self.conn();
+        let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
+        let v = &voucher.voucher;
+        let user = v.user.encode();
+        let seq = Self::read_seq(&tx, &user)?;
+        let mut recent = Vec::new();
+        {
+            let mut stmt = tx.prepare_cached(
+                "SELECT nonce, total FROM traces WHERE user = ?1 AND total IS NOT NULL \
+                 ORDER BY nonce DESC LIMIT ?2",
+            )?;
+            let rows = stmt.query_map(params![user, window.max(1)], |r| {
+                Ok((r.get::<_, i64>(0)?, r.get::<_, String>(1)?))
+            })?;
+            for row in rows {
+                let (n, t) = row?;
+                recent.push((n as u64, u128_of(t)?));
+            }
+        }
+        let (in_flight, caps) = {
+            let mut stmt =
+                tx.prepare_cached("SELECT cap FROM traces WHERE user = ?1 AND receipt IS NULL")?;
+            let caps: Vec<String> =
+                stmt.query_map(params![user], |r| r.get(0))?.collect::<Result<_, _>>()?;
+            let mut sum: Balance = 0;
+            for c in &caps {
+                sum = sum.saturating_add(u128_of(c.clone())?);
+            }
+            (caps.len() as u32, sum)
+        };
+        let view = UserView { seq, recent_totals: recent, in_flight_caps: caps, in_flight };
+        if let Err(e) = check(&view) {
+            return Ok(Err(e));
+        }
+        tx.execute(
+            "INSERT INTO traces (user, nonce, voucher, cap, created_at) VALUES (?1, ?2, ?3, ?4, ?5)",
+            params![user, v.nonce as i64, voucher.encode(), v.cap.to_string(), now() as i64],
+        )?;
+        tx.execute(
+            "INSERT INTO sequencer (user, last_nonce, last_total, sealed_nonce) \
+             VALUES (?1, ?2, ?3, ?4) \
+             ON CONFLICT(user) DO UPDATE SET last_nonce = excluded.last_nonce",
+            params![user, v.nonce as i64, seq.last_total.to_string(), seq.sealed_nonce as i64],
+        )?;
+        tx.commit()?;
+        Ok(Ok(()))
+    }
+
+    /// The user's sequencer row.
+    pub fn sequence(&self, user: &AccountId) -> Result<Sequence, StoreError> {
+        Self::read_seq(&self.conn(), &user.encode())
+    }
+
+    /// Seal an admitted request with its receipt and the response sent. The receipt's total
+    /// must continue the sealed sequence (checked: a bug here must not sign a second history).
+    pub fn seal(
+        &self,
+        receipt: &SignedReceipt,
+        status: u16,
+        response: &str,
+    ) -> Result<(), StoreError> {
+        let mut conn = self.conn();
+        let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
+        let r = &receipt.receipt;
+        let user = r.user.encode();
+        let seq = Self::read_seq(&tx, &user)?;
+        if r.nonce <= seq.sealed_nonce || seq.last_total.checked_add(r.fee) != Some(r.total) {
+            return Err(StoreError::Corrupt("receipt sequence"));
+        }
+        let changed = tx.execute(
+            "UPDATE traces SET receipt = ?3, total = ?4, status = ?5, response = ?6 \
+             WHERE user = ?1 AND nonce = ?2 AND receipt IS NULL",
+            params![user, r.nonce as i64, receipt.encode(), r.total.to_string(), status, response],
+        )?;
+        if changed != 1 {
+            return Err(StoreError::Corrupt("trace to seal"));
+        }
+        tx.execute(
+            "UPDATE sequencer SET last_total = ?2, sealed_nonce = ?3 WHERE user = ?1",
+            params![user, r.total.to_string(), r.nonce as i64],
+        )?;
+        tx.commit()?;
+        Ok(())
+    }
+
+    /// Take a nonce and seal it at once (a rejected request with a fee-0 receipt). Fails with
+    /// `Ok(false)` if the sequence moved (another request took the nonce, or one is in flight).
+    pub fn admit_and_seal(
+        &self,
+        voucher: &SignedVoucher,
+        receipt: &SignedReceipt,
+        status: u16,
+        response: &str,
+    ) -> Result<bool, StoreError> {
+        let mut conn = self.conn();
+        let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
+        let v = &voucher.voucher;
+        let user = v.user.encode();
+        let seq = Self::read_seq(&tx, &user)?;
+        let r = &receipt.receipt;
+        if v.nonce <= seq.last_nonce
+            || seq.last_nonce != seq.sealed_nonce
+            || r.total != seq.last_total
+            || r.fee != 0
+        {
+            return Ok(false);
+        }
+        tx.execute(
+            "INSERT INTO traces (user, nonce, voucher, cap, receipt, total, status, response, \
+             created_at) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)",
+            params![
+                user,
+                v.nonce as i64,
+                voucher.encode(),
+                v.cap.to_string(),
+                receipt.encode(),
+                r.total.to_string(),
+                status,
+                response,
+                now() as i64
+            ],
+        )?;
+        tx.execute(
+            "INSERT INTO sequencer (user, last_nonce, last_total, sealed_nonce) \
+             VALUES (?1, ?2, ?3, ?2) \
+             ON CONFLICT(user) DO UPDATE SET last_nonce = ?2, sealed_nonce = ?2",
+            params![user, v.nonce as i64, r.total.to_string()],
+        )?;
+        tx.commit()?;
+        Ok(true)
+    }
+
+    fn trace_of(
+        row: &rusqlite::Row<'_>,
+    ) -> rusqlite::Result<(Vec<u8>, Option<Vec<u8>>, Option<u16>, Option<String>, i64)> {
+        Ok((row.get(0)?, row.get(1)?, row.get(2)?, row.get(3)?, row.get(4)?))
+    }
+
+    fn decode_trace(
+        raw: (Vec<u8>, Option<Vec<u8>>, Option<u16>, Option<String>, i64),
+    ) -> Result<Trace, StoreError> {
+        let (v, r, status, body, created) = raw;
+        let voucher =
+            SignedVoucher::decode(&mut &v[..]).map_err(|_| StoreError::Corrupt("voucher"))?;
+        let receipt = r
+            .map(|r| SignedReceipt::decode(&mut &r[..]).map_err(|_| StoreError::Corrupt("receipt")))
+            .transpose()?;
+        let response = status.zip(body);
+        Ok(Trace { voucher, receipt, response, created_at: created as u64 })
+    }
+
+    /// The trace of (user, nonce).
+    pub fn trace(&self, user: &AccountId, nonce: Nonce) -> Result<Option<Trace>, StoreError> {
+        let conn = self.conn();
+        let raw = conn
+            .query_row(
+                "SELECT voucher, receipt, status, response, created_at FROM traces \
+                 WHERE user = ?1 AND nonce = ?2",
+                params![user.encode(), nonce as i64],
+                Self::trace_of,
+            )
+            .optional()?;
+        raw.map(Self::decode_trace).transpose()
+    }
+
+    /// A user's receipts with nonce above `after`, oldest first, at most `limit`.
+    pub fn receipts(
+        &self,
+        user: &AccountId,
+        after: Nonce,
+        limit: u32,
+    ) -> Result<Vec<SignedReceipt>, StoreError> {
+        let conn = self.conn();
+        let mut stmt = conn.prepare_cached(
+            "SELECT receipt FROM traces WHERE user = ?1 AND nonce > ?2 AND receipt IS NOT NULL \
+             ORDER BY nonce LIMIT ?3",
+        )?;
+        let rows = stmt
+            .query_map(params![user.encode(), after as i64, limit], |r| r.get::<_, Vec<u8>>(0))?;
+        rows.map(|r| {
+            let r = r?;
+            SignedReceipt::decode(&mut &r[..]).map_err(|_| StoreError::Corrupt("receipt"))
+        })
+        .collect()
+    }
+
+    /// Whether a lower nonce of `user` is still being served.
+    pub fn in_flight_before(&self, user: &AccountId, nonce: Nonce) -> Result<bool, StoreError> {
+        let n: i64 = self.conn().query_row(
+            "SELECT COUNT(*) FROM traces WHERE user = ?1 AND nonce < ?2 AND receipt IS NULL",
+            params![user.encode(), nonce as i64],
+            |r| r.get(0),
+        )?;
+        Ok(n > 0)
+    }
+
+    /// Requests admitted but never sealed (the worker stopped while serving them), in order.
+    pub fn in_flight(&self) -> Result<Vec<SignedVoucher>, StoreError> {
+        let conn = self.conn();
+        let mut stmt =
+            conn.prepare("SELECT voucher FROM traces WHERE receipt IS NULL ORDER BY user, nonce")?;
+        let rows = stmt.query_map([], |r| r.get::<_, Vec<u8>>(0))?;
+        rows.map(|r| {
+            let r = r?;
+            SignedVoucher::decode(&mut &r[..]).map_err(|_| StoreError::Corrupt("voucher"))
+        })
+        .collect()
+    }
+
+    /// Users with sealed, unsettled traces: `(user, oldest unsettled created_at, count)`.
+    pub fn unsettled_users(&self) -> Result<Vec<(AccountId, u64, u32)>, StoreError> {
+        let conn = self.conn();
+        let mut stmt = conn.prepare_cached(
+            "SELECT user, MIN(created_at), COUNT(*) FROM traces \
+             WHERE settled = 0 AND receipt IS NOT NULL GROUP BY user",
+        )?;
+        let rows = stmt.query_map([], |r| {
+            Ok((r.get::<_, Vec<u8>>(0)?, r.get::<_, i64>(1)?, r.get::<_, i64>(2)?))
+        })?;
+        rows.map(|r| {
+            let (u, t, c) = r?;
+            let user = AccountId::decode(&mut &u[..]).map_err(|_| StoreError::Corrupt("user"))?;
+            Ok((user, t as u64, c as u32))
+        })
+        .collect()
+    }
+
+    /// A user's sealed traces with nonce above `after` (vouchers and receipts), oldest first.
+    pub fn sealed_after(
+        &self,
+        user: &AccountId,
+        after: Nonce,
+    ) -> Result<Vec<(SignedVoucher, SignedReceipt)>, StoreError> {
+        let conn = self.conn();
+        let mut stmt = conn.prepare_cached(
+            "SELECT voucher, receipt FROM traces WHERE user = ?1 AND nonce > ?2 \
+             AND receipt IS NOT NULL ORDER BY nonce",
+        )?;
+        let rows = stmt.query_map(params![user.encode(), after as i64], |r| {
+            Ok((r.get::<_, Vec<u8>>(0)?, r.get::<_, Vec<u8>>(1)?))
+        })?;
+        rows.map(|r| {
+            let (v, rc) = r?;
+            Ok((
+                SignedVoucher::decode(&mut &v[..]).map_err(|_| StoreError::Corrupt("voucher"))?,
+                SignedReceipt::decode(&mut &rc[..]).map_err(|_| StoreError::Corrupt("receipt"))?,
+            ))
+        })
+        .collect()
+    }
+
+    /// Mark a user's traces up to `nonce` as settled on chain.
+    pub fn mark_settled(&self, user: &AccountId, nonce: Nonce) -> Result<(), StoreError> {
+        self.conn().execute(
+            "UPDATE traces SET settled = 1 WHERE user = ?1 AND nonce <= ?2 AND settled = 0 \
+             AND receipt IS NOT NULL",
+            params![user.encode(), nonce as i64],
+        )?;
+        Ok(())
+    }
+
+    /// Record a submitted batch and its outcome.
+    pub fn record_batch(
+        &self,
+        trace_root: &[u8],
+        claims: u32,
+        block_hash: Option<&[u8]>,
+        paid: Option<Balance>,
+        error: Option<&str>,
+    ) -> Result<(), StoreError> {
+        self.conn().execute(
+            "INSERT INTO batches (submitted_at, trace_root, claims, block_hash, paid, error) \
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
+            params![
+                now() as i64,
+                trace_root,
+                claims,
+                block_hash,
+                paid.map(|p| p.to_string()),
+                error
+            ],
+        )?;
+        Ok(())
+    }
+}

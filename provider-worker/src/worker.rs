@@ -1,0 +1,296 @@
+//! The worker's shared state: keys, chain, store, model, escrow cache; start-up (service
+//! registration, recovery of requests cut off by a stop) and the chain event watcher.
+
+use crate::{
+    config::Config,
+    metrics::Metrics,
+    model::{Engine, WeightFormat},
+    store::{Store, StoreError},
+};
+use compute_client::{wire, Chain, ChainError, ComputeEvent, EscrowState, ServiceInfo, Signer};
+use compute_primitives::{AccountId, Balance, Receipt, ServiceId, SignedReceipt, Voucher};
+use polkadot_sdk::sp_core::H256;
+use std::{
+    collections::HashMap,
+    sync::{atomic::AtomicUsize, Arc, Mutex, RwLock},
+    time::{Duration, Instant},
+};
+use tokio::sync::Semaphore;
+
+/// How long a cached escrow is trusted without an event touching it.
+const ESCROW_TTL: Duration = Duration::from_secs(6);
+
+/// Why the worker could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum StartError {
+    #[error(transparent)]
+    Config(#[from] crate::config::ConfigError),
+    #[error(transparent)]
+    Key(#[from] compute_client::KeyError),
+    #[error(transparent)]
+    Chain(#[from] ChainError),
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    #[error(transparent)]
+    Model(#[from] crate::model::LoadError),
+    #[error("{0}")]
+    Other(String),
+}
+
+/// Shared state.
+pub struct Worker {
+    pub config: Config,
+    pub signer: Signer,
+    pub provider: AccountId,
+    pub genesis: H256,
+    pub chain: Chain,
+    pub store: Arc<Store>,
+    pub engine: Arc<Engine>,
+    pub services: RwLock<HashMap<ServiceId, ServiceInfo>>,
+    escrows: Mutex<HashMap<AccountId, (Option<EscrowState>, Instant)>>,
+    pub metrics: Metrics,
+    pub slots: Arc<Semaphore>,
+    pub waiting: AtomicUsize,
+    /// Model name clients send.
+    pub model_name: String,
+}
+
+impl Worker {
+    /// Connect, open the store, load the model, register services, recover.
+    pub async fn start(config: Config) -> Result<Arc<Worker>, StartError> {
+        config.validate()?;
+        let signer = match (&config.provider_key, &config.provider_key_file) {
+            (Some(uri), _) => Signer::from_uri(uri)?,
+            (None, Some(file)) => Signer::from_file(file)?,
+            (None, None) => return Err(StartError::Other("no provider key".into())),
+        };
+        let provider = signer.account_id();
+        tracing::info!(%provider, node = %config.node_url, "connecting to the chain");
+        let chain = Chain::connect(&config.node_url, Duration::from_secs(60)).await?;
+        let genesis = chain.genesis_hash();
+
+        std::fs::create_dir_all(&config.data_dir).map_err(|e| {
+            StartError::Other(format!("data dir {}: {e}", config.data_dir.display()))
+        })?;
+        let store =
+            Arc::new(Store::open(&config.data_dir.join("traces.sqlite"), config.durability)?);
+
+        tracing::info!(model = %config.model.display(), "loading the model");
+        let device = device(config.cuda)?;
+        let t = Instant::now();
+        let path = config.model.clone();
+        let format: WeightFormat = config.weights;
+        let engine = tokio::task::spawn_blocking(move || Engine::load(&path, format, device))
+            .await
+            .map_err(|e| StartError::Other(e.to_string()))??;
+        tracing::info!(
+            secs = t.elapsed().as_secs_f32(),
+            requantized = engine.requantized,
+            context = engine.context_len,
+            "model loaded"
+        );
+        let model_name = config
+            .services
+            .first()
+            .and_then(|s| s.model_name.clone())
+            .or_else(|| config.model.file_stem().map(|s| s.to_string_lossy().into_owned()))
+            .unwrap_or_else(|| "model".into());
+
+        let worker = Arc::new(Worker {
+            slots: Arc::new(Semaphore::new(config.parallel)),
+            config,
+            signer,
+            provider,
+            genesis,
+            chain,
+            store,
+            engine: Arc::new(engine),
+            services: RwLock::new(HashMap::new()),
+            escrows: Mutex::new(HashMap::new()),
+            metrics: Metrics::default(),
+            waiting: AtomicUsize::new(0),
+            model_name,
+        });
+        worker.register_services().await?;
+        worker.recover()?;
+        Ok(worker)
+    }
+
+    /// Register the configured services that are missing on chain, update those whose terms
+    /// differ, then load the chain's view.
+    pub async fn register_services(&self) -> Result<(), StartError> {
+        let on_chain = self.chain.services_of(&self.provider).await?;
+        let url = self
+            .config
+            .public_url
+            .clone()
+            .unwrap_or_else(|| format!("http://{}", self.config.listen));
+        for s in &self.config.services {
+            let model = s.model_name.clone().unwrap_or_else(|| self.model_name.clone());
+            let existing = on_chain.iter().find(|c| c.service_id == s.id);
+            let same = existing.is_some_and(|c| {
+                c.kind == s.kind
+                    && c.model == model
+                    && c.url == url
+                    && c.input_price == s.input_price
+                    && c.output_price == s.output_price
+                    && c.verifiability == s.verifiability
+            });
+            if same {
+                continue;
+            }
+            tracing::info!(service = s.id, update = existing.is_some(), "registering service");
+            self.chain
+                .register_service(
+                    &self.signer,
+                    s.id,
+                    s.kind,
+                    &model,
+                    &url,
+                    s.input_price,
+                    s.output_price,
+                    &s.verifiability,
+                    existing.is_some(),
+                )
+                .await?;
+        }
+        self.refresh_services().await?;
+        Ok(())
+    }
+
+    /// Reload this provider's services from the chain.
+    pub async fn refresh_services(&self) -> Result<(), ChainError> {
+        let services = self.chain.services_of(&self.provider).await?;
+        let mut map = self.services.write().unwrap_or_else(|p| p.into_inner());
+        *map = services.into_iter().map(|s| (s.service_id, s)).collect();
+        Ok(())
+    }
+
+    /// A service of this provider.
+    pub fn service(&self, id: ServiceId) -> Option<ServiceInfo> {
+        self.services.read().unwrap_or_else(|p| p.into_inner()).get(&id).cloned()
+    }
+
+    /// Requests admitted before a stop and never answered get a fee-0 receipt: the user was
+    /// not served, so nothing is charged, and the nonce stays used.
+    pub fn recover(&self) -> Result<(), StoreError> {
+        for sv in self.store.in_flight()? {
+            let v = &sv.voucher;
+            let seq = self.store.sequence(&v.user)?;
+            let receipt = self.receipt(v, H256::zero(), 0, 0, 0, seq.last_total);
+            let body = serde_json::json!({ "error": {
+                "message": "the worker stopped before answering; nothing was charged",
+                "type": "server_error", "code": "interrupted",
+                "receipt": wire::ReceiptJson::from(&receipt) } })
+            .to_string();
+            self.store.seal(&receipt, 500, &body)?;
+            tracing::warn!(user = %v.user, nonce = v.nonce, "sealed an interrupted request at fee 0");
+        }
+        Ok(())
+    }
+
+    /// Sign a receipt for `v`.
+    pub fn receipt(
+        &self,
+        v: &Voucher,
+        response_hash: H256,
+        input_tokens: u64,
+        output_tokens: u64,
+        fee: Balance,
+        total: Balance,
+    ) -> SignedReceipt {
+        let receipt = Receipt {
+            user: v.user.clone(),
+            provider: self.provider.clone(),
+            service_id: v.service_id,
+            nonce: v.nonce,
+            request_hash: v.request_hash,
+            response_hash,
+            input_tokens,
+            output_tokens,
+            fee,
+            total,
+        };
+        wire::sign_receipt(&self.signer, receipt, &self.genesis)
+    }
+
+    /// The escrow of `user` with this provider as admission must see it: the balance of the
+    /// finalized block (deposits count once final) and the pending refund of the best block
+    /// (refund requests count at once). Cached; events invalidate.
+    pub async fn escrow(&self, user: &AccountId) -> Result<Option<EscrowState>, ChainError> {
+        if let Some((e, at)) = self.escrows.lock().unwrap_or_else(|p| p.into_inner()).get(user) {
+            if at.elapsed() < ESCROW_TTL {
+                return Ok(e.clone());
+            }
+        }
+        let finalized = self.chain.finalized_head().await?;
+        let fin = self.chain.escrow(user, &self.provider, Some(finalized)).await?;
+        let best = self.chain.escrow(user, &self.provider, None).await?;
+        let merged = match (fin, best) {
+            (Some(f), Some(b)) => Some(EscrowState {
+                balance: f.balance.min(b.balance),
+                pending_refund: f.pending_refund.max(b.pending_refund),
+                ..b
+            }),
+            (None, _) => None,
+            (Some(f), None) => Some(f),
+        };
+        self.escrows
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .insert(user.clone(), (merged.clone(), Instant::now()));
+        Ok(merged)
+    }
+
+    /// Forget a cached escrow.
+    pub fn invalidate(&self, user: &AccountId) {
+        self.escrows.lock().unwrap_or_else(|p| p.into_inner()).remove(user);
+    }
+
+    /// Watch best blocks: an event naming a user with this provider drops that user's cached
+    /// escrow; a change to this provider's services reloads them. Resubscribes on failure.
+    pub fn spawn_event_watcher(self: &Arc<Self>) {
+        let w = Arc::clone(self);
+        tokio::spawn(async move {
+            loop {
+                let me = w.provider.clone();
+                let mut services_changed = false;
+                let result = w
+                    .chain
+                    .watch_best_events(|_, events| {
+                        for e in &events {
+                            if let Some(user) = e.user() {
+                                w.invalidate(user);
+                            }
+                            if let ComputeEvent::ServiceUpdated { provider, .. }
+                            | ComputeEvent::ServiceRegistered { provider, .. } = e
+                            {
+                                services_changed |= *provider == me;
+                            }
+                        }
+                        true
+                    })
+                    .await;
+                if services_changed {
+                    let _ = w.refresh_services().await;
+                }
+                if let Err(e) = result {
+                    tracing::warn!(error = %e, "event subscription ended; resubscribing");
+                }
+                tokio::time::sleep(Duration::from_secs(2)).await;
+            }
+        });
+    }
+}
+
+fn device(cuda: bool) -> Result<candle_core::Device, StartError> {
+    if cuda {
+        candle_core::Device::new_cuda(0).map_err(|e| {
+            StartError::Other(format!(
+                "cuda requested but unavailable (built with --features cuda?): {e}"
+            ))
+        })
+    } else {
+        Ok(candle_core::Device::Cpu)
+    }
+}

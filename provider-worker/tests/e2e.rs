@@ -1,0 +1,465 @@
+//! End to end with real parts: a `compute-node --dev --sealing instant`, the `compute-worker`
+//! binary serving SmolLM2, and a client that signs vouchers and checks receipts (reqwest).
+//! Needs the node built (`cargo test --workspace --no-run`) and the model (`make model`).
+
+use compute_client::{
+    wire::{self, ReceiptJson},
+    Chain, Signer,
+};
+use compute_primitives::{Balance, SignedReceipt, Voucher};
+use polkadot_sdk::sp_core::H256;
+use serde_json::{json, Value};
+use std::{
+    net::TcpListener,
+    path::{Path, PathBuf},
+    process::{Child, Command, Stdio},
+    time::{Duration, Instant},
+};
+
+const WORKER: &str = env!("CARGO_BIN_EXE_compute-worker");
+const UNIT: Balance = 1_000_000_000_000;
+const INPUT_PRICE: Balance = 1_000_000;
+const OUTPUT_PRICE: Balance = 4_000_000;
+const CAP: Balance = UNIT / 100;
+
+fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0").and_then(|l| l.local_addr()).map(|a| a.port()).expect("port")
+}
+
+fn node_binary() -> PathBuf {
+    std::env::var_os("COMPUTE_NODE").map(PathBuf::from).unwrap_or_else(|| {
+        Path::new(env!("CARGO_MANIFEST_DIR")).join("../target/debug/compute-node")
+    })
+}
+
+struct Proc(Child);
+impl Drop for Proc {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+fn temp_dir(tag: &str) -> PathBuf {
+    let d = std::env::temp_dir().join(format!("compute-worker-{tag}-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&d);
+    std::fs::create_dir_all(&d).expect("temp dir");
+    d
+}
+
+fn start_node(dir: &Path, rpc: u16) -> Proc {
+    let log = std::fs::File::create(dir.join("node.log")).expect("log");
+    Proc(
+        Command::new(node_binary())
+            .args(["--dev", "--sealing", "instant", "--no-telemetry", "--no-mdns", "--base-path"])
+            .arg(dir.join("chain"))
+            .args(["--rpc-port", &rpc.to_string(), "--port", &free_port().to_string()])
+            .args(["--prometheus-port", &free_port().to_string()])
+            .stdout(Stdio::null())
+            .stderr(log)
+            .spawn()
+            .expect("node starts (build it with `cargo test --workspace --no-run`)"),
+    )
+}
+
+fn write_config(dir: &Path, rpc: u16, http: u16, model: &Path, max_age: u64) -> PathBuf {
+    let path = dir.join("worker.toml");
+    std::fs::write(
+        &path,
+        format!(
+            r#"node_url = "ws://127.0.0.1:{rpc}"
+listen = "127.0.0.1:{http}"
+provider_key = "//Bob"
+data_dir = "{data}"
+model = "{model}"
+parallel = 2
+max_body_bytes = 65536
+max_tokens = 64
+[[services]]
+id = 7
+model_name = "SmolLM2-135M-Instruct"
+input_price = "{INPUT_PRICE}"
+output_price = "{OUTPUT_PRICE}"
+verifiability = "none"
+[settlement]
+threshold_share = 1.0
+max_age_secs = {max_age}
+tick_ms = 500
+"#,
+            data = dir.join("data").display(),
+            model = model.display(),
+        ),
+    )
+    .expect("config");
+    path
+}
+
+fn start_worker(dir: &Path, config: &Path, tag: &str) -> Proc {
+    let log = std::fs::File::create(dir.join(format!("worker-{tag}.log"))).expect("log");
+    Proc(
+        Command::new(WORKER)
+            .arg("--config")
+            .arg(config)
+            .stdout(Stdio::null())
+            .stderr(log)
+            .spawn()
+            .expect("worker starts"),
+    )
+}
+
+async fn wait_healthy(http: &reqwest::Client, base: &str, dir: &Path, tag: &str) {
+    let deadline = Instant::now() + Duration::from_secs(180);
+    while Instant::now() < deadline {
+        if let Ok(r) = http.get(format!("{base}/health")).send().await {
+            if r.status().is_success() {
+                return;
+            }
+        }
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+    let log = std::fs::read_to_string(dir.join(format!("worker-{tag}.log"))).unwrap_or_default();
+    panic!("worker never became healthy:\n{log}");
+}
+
+/// A user's side of the protocol: nonce and verified total.
+struct User {
+    key: Signer,
+    provider: compute_primitives::AccountId,
+    genesis: H256,
+    nonce: u64,
+    total: Balance,
+    receipts: Vec<SignedReceipt>,
+}
+
+impl User {
+    fn voucher(&self, body: &[u8], cap: Balance) -> Voucher {
+        Voucher {
+            user: self.key.account_id(),
+            provider: self.provider.clone(),
+            service_id: 7,
+            price_version: 0,
+            nonce: self.nonce + 1,
+            request_hash: wire::request_hash(body),
+            spent: self.total,
+            cap,
+        }
+    }
+
+    fn header(&self, v: Voucher) -> String {
+        wire::to_hex(&wire::sign_voucher(&self.key, v, &self.genesis))
+    }
+
+    /// Verify and take a receipt for `v`.
+    fn accept(&mut self, r: &ReceiptJson, v: &Voucher) -> SignedReceipt {
+        let signed: SignedReceipt = wire::from_hex("receipt", &r.signed).expect("receipt decodes");
+        wire::check_receipt(&signed, v, &self.genesis, (INPUT_PRICE, OUTPUT_PRICE), self.total)
+            .expect("receipt verifies");
+        self.nonce = v.nonce;
+        self.total = signed.receipt.total;
+        self.receipts.push(signed.clone());
+        signed
+    }
+}
+
+fn chat_body(text: &str, max_tokens: u64, stream: bool) -> Vec<u8> {
+    serde_json::to_vec(&json!({
+        "model": "SmolLM2-135M-Instruct",
+        "messages": [{ "role": "user", "content": text }],
+        "max_tokens": max_tokens, "temperature": 0, "stream": stream,
+    }))
+    .expect("json")
+}
+
+async fn post(
+    http: &reqwest::Client,
+    url: &str,
+    body: Vec<u8>,
+    voucher: Option<String>,
+) -> (u16, Value) {
+    let mut req = http.post(url).header("content-type", "application/json").body(body);
+    if let Some(v) = voucher {
+        req = req.header(wire::VOUCHER_HEADER, v);
+    }
+    let resp = req.send().await.expect("request");
+    let status = resp.status().as_u16();
+    let text = resp.text().await.expect("body");
+    (status, serde_json::from_str(&text).unwrap_or(Value::String(text)))
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn paid_chats_settle_exactly_once_across_a_worker_crash() {
+    let Some(model) = provider_worker::model::default_model_path() else {
+        panic!("model missing: run `make model`");
+    };
+    let dir = temp_dir("e2e");
+    let rpc = free_port();
+    let _node = start_node(&dir, rpc);
+    let chain = Chain::connect(&format!("ws://127.0.0.1:{rpc}"), Duration::from_secs(120))
+        .await
+        .expect("node up");
+    let http_port = free_port();
+    let base = format!("http://127.0.0.1:{http_port}");
+    let config = write_config(&dir, rpc, http_port, &model, 100_000);
+    let mut worker = start_worker(&dir, &config, "1");
+    let http = reqwest::Client::new();
+    wait_healthy(&http, &base, &dir, "1").await;
+
+    let bob = Signer::from_uri("//Bob").unwrap();
+    let charlie = Signer::from_uri("//Charlie").unwrap();
+    let services = chain.services_of(&bob.account_id()).await.expect("services");
+    assert_eq!(services.len(), 1, "the worker registered its service");
+    assert_eq!((services[0].input_price, services[0].output_price), (INPUT_PRICE, OUTPUT_PRICE));
+    let models: Value =
+        http.get(format!("{base}/v1/models")).send().await.unwrap().json().await.unwrap();
+    assert_eq!(models["data"][0]["id"], "SmolLM2-135M-Instruct");
+
+    let deposit = UNIT;
+    chain.deposit(&charlie, &bob.account_id(), deposit).await.expect("deposit");
+    let mut user = User {
+        key: charlie.clone(),
+        provider: bob.account_id(),
+        genesis: chain.genesis_hash(),
+        nonce: 0,
+        total: 0,
+        receipts: vec![],
+    };
+    let url = format!("{base}/v1/chat/completions");
+
+    // 1. Non-streaming chat.
+    let body = chat_body("What is the capital of France?", 24, false);
+    let v = user.voucher(&body, CAP);
+    let (status, resp) = post(&http, &url, body.clone(), Some(user.header(v.clone()))).await;
+    assert_eq!(status, 200, "{resp}");
+    let receipt: ReceiptJson = serde_json::from_value(resp["receipt"].clone()).unwrap();
+    let signed = user.accept(&receipt, &v);
+    let text = resp["choices"][0]["message"]["content"].as_str().unwrap();
+    assert!(!text.is_empty());
+    assert_eq!(signed.receipt.response_hash, wire::response_hash(text));
+    assert_eq!(resp["usage"]["prompt_tokens"], signed.receipt.input_tokens);
+    assert_eq!(resp["usage"]["completion_tokens"], signed.receipt.output_tokens);
+    assert!(signed.receipt.output_tokens > 0 && signed.receipt.output_tokens <= 24);
+
+    // A retry of the same request gets the same answer and receipt, charged once.
+    let (status2, resp2) = post(&http, &url, body, Some(user.header(v.clone()))).await;
+    assert_eq!(status2, 200);
+    assert_eq!(resp2, resp);
+
+    // 2. Streaming chat: deltas, then usage and the receipt in the last chunk.
+    let body = chat_body("Name three colours.", 16, true);
+    let v = user.voucher(&body, CAP);
+    let resp = http
+        .post(&url)
+        .header(wire::VOUCHER_HEADER, user.header(v.clone()))
+        .body(body)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 200);
+    let sse = resp.text().await.unwrap();
+    let chunks: Vec<Value> = sse
+        .lines()
+        .filter_map(|l| l.strip_prefix("data: "))
+        .filter(|d| *d != "[DONE]")
+        .map(|d| serde_json::from_str(d).expect("chunk json"))
+        .collect();
+    assert!(sse.trim_end().ends_with("data: [DONE]"));
+    let streamed: String =
+        chunks.iter().filter_map(|c| c["choices"][0]["delta"]["content"].as_str()).collect();
+    let last = chunks.last().unwrap();
+    let receipt: ReceiptJson = serde_json::from_value(last["receipt"].clone()).unwrap();
+    let signed = user.accept(&receipt, &v);
+    assert_eq!(signed.receipt.response_hash, wire::response_hash(&streamed));
+    assert_eq!(last["usage"]["completion_tokens"], signed.receipt.output_tokens);
+
+    // 3. A cap that only fits a few output tokens lowers max_tokens instead of overcharging.
+    let body = chat_body("Tell me a long story about a dragon.", 64, false);
+    let prompt_cap = 60 * INPUT_PRICE + 3 * OUTPUT_PRICE;
+    let v = user.voucher(&body, prompt_cap);
+    let (status, resp) = post(&http, &url, body, Some(user.header(v.clone()))).await;
+    assert_eq!(status, 200, "{resp}");
+    let receipt: ReceiptJson = serde_json::from_value(resp["receipt"].clone()).unwrap();
+    let signed = user.accept(&receipt, &v);
+    assert!(signed.receipt.fee <= prompt_cap);
+
+    // Bad input: each refused with its code; none charges anything.
+    let good = chat_body("Hi", 4, false);
+    let cases: Vec<(&str, Vec<u8>, Option<String>, u16, &str, bool)> = vec![
+        ("no voucher", good.clone(), None, 401, "missing_voucher", false),
+        (
+            "garbled voucher",
+            good.clone(),
+            Some("0xdeadbeef".into()),
+            400,
+            "malformed_voucher",
+            false,
+        ),
+        (
+            "forged signature",
+            good.clone(),
+            {
+                let v = user.voucher(&good, CAP);
+                Some(wire::to_hex(&wire::sign_voucher(&bob, v, &user.genesis)))
+            },
+            401,
+            "bad_signature",
+            false,
+        ),
+        (
+            "wrong provider",
+            good.clone(),
+            {
+                let mut v = user.voucher(&good, CAP);
+                v.provider = charlie.account_id();
+                Some(user.header(v))
+            },
+            401,
+            "wrong_provider",
+            false,
+        ),
+        (
+            "replayed nonce",
+            good.clone(),
+            {
+                let mut v = user.voucher(&good, CAP);
+                v.nonce = 1;
+                Some(user.header(v))
+            },
+            409,
+            "stale_nonce",
+            false,
+        ),
+        (
+            "oversized body",
+            vec![b' '; 70_000],
+            Some(user.header(user.voucher(&good, CAP))),
+            413,
+            "body_too_large",
+            false,
+        ),
+        (
+            "malformed json",
+            b"{nope".to_vec(),
+            Some(user.header(user.voucher(b"{nope", CAP))),
+            400,
+            "invalid_json",
+            true,
+        ),
+        (
+            "spent too low",
+            good.clone(),
+            {
+                let mut v = user.voucher(&good, CAP);
+                v.spent = user.total - 1;
+                Some(user.header(v))
+            },
+            409,
+            "spent_mismatch",
+            true,
+        ),
+        (
+            "cap too low",
+            good.clone(),
+            Some(user.header(user.voucher(&good, INPUT_PRICE))),
+            402,
+            "cap_too_low",
+            true,
+        ),
+        (
+            "unknown model",
+            br#"{"model":"gpt-9","messages":[{"role":"user","content":"x"}]}"#.to_vec(),
+            None,
+            404,
+            "model_not_found",
+            true,
+        ),
+    ];
+    for (what, body, header, want_status, want_code, uses_nonce) in cases {
+        let header = header.or_else(|| Some(user.header(user.voucher(&body, CAP))));
+        let v: Option<Voucher> = header
+            .as_deref()
+            .and_then(|h| wire::from_hex::<compute_primitives::SignedVoucher>("v", h).ok())
+            .map(|s| s.voucher);
+        let (status, resp) = post(&http, &url, body, header).await;
+        assert_eq!(status, want_status, "{what}: {resp}");
+        assert_eq!(resp["error"]["code"], want_code, "{what}: {resp}");
+        if uses_nonce {
+            let receipt: ReceiptJson = serde_json::from_value(resp["error"]["receipt"].clone())
+                .unwrap_or_else(|_| panic!("{what}: a fee-0 receipt: {resp}"));
+            let signed = user.accept(&receipt, &v.unwrap());
+            assert_eq!(signed.receipt.fee, 0, "{what}");
+        } else {
+            assert!(resp["error"].get("receipt").is_none(), "{what}");
+        }
+    }
+    // The worker still serves.
+    let body = chat_body("Say hello.", 8, false);
+    let v = user.voucher(&body, CAP);
+    let (status, resp) = post(&http, &url, body, Some(user.header(v.clone()))).await;
+    assert_eq!(status, 200, "{resp}");
+    let receipt: ReceiptJson = serde_json::from_value(resp["receipt"].clone()).unwrap();
+    user.accept(&receipt, &v);
+
+    // Receipts can be fetched back with a signed challenge.
+    let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_secs();
+    let auth = wire::SignedAuth::new(&charlie, bob.account_id(), now, &user.genesis);
+    let listed: Value = http
+        .get(format!("{base}/v1/receipts?after=0"))
+        .header(wire::AUTH_HEADER, wire::to_hex(&auth))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(listed["data"].as_array().unwrap().len(), user.receipts.len());
+    let forged = wire::SignedAuth::new(&bob, bob.account_id(), now, &user.genesis);
+    let mut forged = forged;
+    forged.challenge.user = charlie.account_id();
+    let status = http
+        .get(format!("{base}/v1/receipts"))
+        .header(wire::AUTH_HEADER, wire::to_hex(&forged))
+        .send()
+        .await
+        .unwrap()
+        .status();
+    assert_eq!(status, 401);
+
+    // Nothing settled yet (policy: an old-enough receipt only). Crash the worker.
+    let escrow =
+        chain.escrow(&charlie.account_id(), &bob.account_id(), None).await.unwrap().unwrap();
+    assert_eq!(escrow.settled_total, 0);
+    worker.0.kill().expect("kill -9");
+    let _ = worker.0.wait();
+
+    // Restart with a policy that settles at once: the chain pays exactly the verified total.
+    let config = write_config(&dir, rpc, http_port, &model, 0);
+    worker = start_worker(&dir, &config, "2");
+    wait_healthy(&http, &base, &dir, "2").await;
+    let deadline = Instant::now() + Duration::from_secs(120);
+    let escrow = loop {
+        let e =
+            chain.escrow(&charlie.account_id(), &bob.account_id(), None).await.unwrap().unwrap();
+        if e.settled_nonce == user.nonce || Instant::now() > deadline {
+            break e;
+        }
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    };
+    assert_eq!(escrow.settled_nonce, user.nonce, "settled through the last voucher");
+    assert_eq!(escrow.settled_total, user.total);
+    assert_eq!(escrow.balance, deposit - user.total);
+    let stats = chain.provider(&bob.account_id()).await.unwrap().unwrap();
+    assert_eq!(stats.earned, user.total);
+    assert_eq!(stats.claims_settled, 1);
+
+    // Later ticks and another restart never pay again.
+    drop(worker);
+    let worker = start_worker(&dir, &config, "3");
+    wait_healthy(&http, &base, &dir, "3").await;
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    let again =
+        chain.escrow(&charlie.account_id(), &bob.account_id(), None).await.unwrap().unwrap();
+    assert_eq!(again, escrow);
+    assert_eq!(chain.provider(&bob.account_id()).await.unwrap().unwrap().claims_settled, 1);
+    drop(worker);
+    let _ = std::fs::remove_dir_all(&dir);
+}
