@@ -513,8 +513,13 @@ impl Chain {
         provider: &AccountId,
         amount: Balance,
     ) -> Result<TxOutcome, ChainError> {
-        self.submit(signer, "deposit", (Scale(provider.clone()), Scale(amount)), Wait::Finalized)
-            .await
+        self.submit(
+            signer,
+            "deposit",
+            (Scale(provider.clone()), Scale(codec::Compact(amount))),
+            Wait::Finalized,
+        )
+        .await
     }
 
     /// Ask for part of the escrow back.
@@ -524,7 +529,7 @@ impl Chain {
         provider: &AccountId,
         amount: Balance,
     ) -> Result<TxOutcome, ChainError> {
-        let args = (Scale(provider.clone()), Scale(amount));
+        let args = (Scale(provider.clone()), Scale(codec::Compact(amount)));
         self.submit(signer, "request_refund", args, Wait::Finalized).await
     }
 

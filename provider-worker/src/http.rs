@@ -164,7 +164,8 @@ fn voucher_of(w: &Worker, headers: &HeaderMap) -> Result<SignedVoucher, Response
 /// nonce is refused.
 fn replay(w: &Worker, sv: &SignedVoucher) -> Option<Response> {
     match w.store.trace(&sv.voucher.user, sv.voucher.nonce) {
-        Ok(Some(t)) if t.voucher == *sv => Some(match (t.response, t.receipt) {
+        // sr25519 signatures are randomised: a retry re-signs the same voucher.
+        Ok(Some(t)) if t.voucher.voucher == sv.voucher => Some(match (t.response, t.receipt) {
             (Some((status, body)), receipt) => stored(status, body, receipt.as_ref()),
             (None, _) => error(
                 StatusCode::CONFLICT,

@@ -283,98 +283,62 @@ async fn paid_chats_settle_exactly_once_across_a_worker_crash() {
 
     // Bad input: each refused with its code; none charges anything.
     let good = chat_body("Hi", 4, false);
-    let cases: Vec<(&str, Vec<u8>, Option<String>, u16, &str, bool)> = vec![
-        ("no voucher", good.clone(), None, 401, "missing_voucher", false),
+    type Header = Box<dyn Fn(&User, &[u8]) -> Option<String>>;
+    let signed = |f: fn(&User, &mut Voucher)| -> Header {
+        Box::new(move |u: &User, body: &[u8]| {
+            let mut v = u.voucher(body, CAP);
+            f(u, &mut v);
+            Some(u.header(v))
+        })
+    };
+    let bob2 = bob.clone();
+    let forged: Header = Box::new(move |u: &User, body: &[u8]| {
+        Some(wire::to_hex(&wire::sign_voucher(&bob2, u.voucher(body, CAP), &u.genesis)))
+    });
+    let unknown_model = br#"{"model":"gpt-9","messages":[{"role":"user","content":"x"}]}"#.to_vec();
+    let cases: Vec<(&str, Vec<u8>, Header, u16, &str, bool)> = vec![
+        (
+            "no voucher",
+            good.clone(),
+            Box::new(|_: &User, _: &[u8]| None),
+            401,
+            "missing_voucher",
+            false,
+        ),
         (
             "garbled voucher",
             good.clone(),
-            Some("0xdeadbeef".into()),
+            Box::new(|_: &User, _: &[u8]| Some("0xdeadbeef".into())),
             400,
             "malformed_voucher",
             false,
         ),
-        (
-            "forged signature",
-            good.clone(),
-            {
-                let v = user.voucher(&good, CAP);
-                Some(wire::to_hex(&wire::sign_voucher(&bob, v, &user.genesis)))
-            },
-            401,
-            "bad_signature",
-            false,
-        ),
+        ("forged signature", good.clone(), forged, 401, "bad_signature", false),
         (
             "wrong provider",
             good.clone(),
-            {
-                let mut v = user.voucher(&good, CAP);
-                v.provider = charlie.account_id();
-                Some(user.header(v))
-            },
+            signed(|u, v| v.provider = u.key.account_id()),
             401,
             "wrong_provider",
             false,
         ),
-        (
-            "replayed nonce",
-            good.clone(),
-            {
-                let mut v = user.voucher(&good, CAP);
-                v.nonce = 1;
-                Some(user.header(v))
-            },
-            409,
-            "stale_nonce",
-            false,
-        ),
-        (
-            "oversized body",
-            vec![b' '; 70_000],
-            Some(user.header(user.voucher(&good, CAP))),
-            413,
-            "body_too_large",
-            false,
-        ),
-        (
-            "malformed json",
-            b"{nope".to_vec(),
-            Some(user.header(user.voucher(b"{nope", CAP))),
-            400,
-            "invalid_json",
-            true,
-        ),
+        ("replayed nonce", good.clone(), signed(|_, v| v.nonce = 1), 409, "stale_nonce", false),
+        ("nonce gap", good.clone(), signed(|_, v| v.nonce += 5), 409, "nonce_gap", false),
+        ("oversized body", vec![b' '; 70_000], signed(|_, _| ()), 413, "body_too_large", false),
+        ("malformed json", b"{nope".to_vec(), signed(|_, _| ()), 400, "invalid_json", true),
         (
             "spent too low",
             good.clone(),
-            {
-                let mut v = user.voucher(&good, CAP);
-                v.spent = user.total - 1;
-                Some(user.header(v))
-            },
+            signed(|u, v| v.spent = u.total - 1),
             409,
             "spent_mismatch",
             true,
         ),
-        (
-            "cap too low",
-            good.clone(),
-            Some(user.header(user.voucher(&good, INPUT_PRICE))),
-            402,
-            "cap_too_low",
-            true,
-        ),
-        (
-            "unknown model",
-            br#"{"model":"gpt-9","messages":[{"role":"user","content":"x"}]}"#.to_vec(),
-            None,
-            404,
-            "model_not_found",
-            true,
-        ),
+        ("cap too low", good.clone(), signed(|_, v| v.cap = INPUT_PRICE), 402, "cap_too_low", true),
+        ("unknown model", unknown_model, signed(|_, _| ()), 404, "model_not_found", true),
     ];
-    for (what, body, header, want_status, want_code, uses_nonce) in cases {
-        let header = header.or_else(|| Some(user.header(user.voucher(&body, CAP))));
+    for (what, body, make_header, want_status, want_code, uses_nonce) in cases {
+        let header = make_header(&user, &body);
         let v: Option<Voucher> = header
             .as_deref()
             .and_then(|h| wire::from_hex::<compute_primitives::SignedVoucher>("v", h).ok())

@@ -44,7 +44,7 @@ impl<T: polkadot_sdk::frame_system::Config> WeightInfo for SubstrateWeight<T> {
     /// Proof: `Balances::Holds` (`max_values`: None, `max_size`: Some(85), added: 2560, mode: `MaxEncodedLen`)
     fn register_service() -> Weight {
         // Proof size summary in bytes: measured 158, estimated 4016.
-        // Minimum execution time: 374_371 ps.
+        // Minimum execution time: 374_371 ns.
         Weight::from_parts(414_666_000, 4016)
             .saturating_add(T::DbWeight::get().reads(4_u64))
             .saturating_add(T::DbWeight::get().writes(4_u64))
@@ -53,7 +53,7 @@ impl<T: polkadot_sdk::frame_system::Config> WeightInfo for SubstrateWeight<T> {
     /// Proof: `Compute::Services` (`max_values`: None, `max_size`: Some(551), added: 3026, mode: `MaxEncodedLen`)
     fn update_service() -> Weight {
         // Proof size summary in bytes: measured 664, estimated 4016.
-        // Minimum execution time: 126_387 ps.
+        // Minimum execution time: 126_387 ns.
         Weight::from_parts(151_955_000, 4016)
             .saturating_add(T::DbWeight::get().reads(1_u64))
             .saturating_add(T::DbWeight::get().writes(1_u64))
@@ -64,7 +64,7 @@ impl<T: polkadot_sdk::frame_system::Config> WeightInfo for SubstrateWeight<T> {
     /// Proof: `Compute::Providers` (`max_values`: None, `max_size`: Some(109), added: 2584, mode: `MaxEncodedLen`)
     fn remove_service() -> Weight {
         // Proof size summary in bytes: measured 301, estimated 4016.
-        // Minimum execution time: 163_256 ps.
+        // Minimum execution time: 163_256 ns.
         Weight::from_parts(190_978_000, 4016)
             .saturating_add(T::DbWeight::get().reads(2_u64))
             .saturating_add(T::DbWeight::get().writes(2_u64))
@@ -79,7 +79,7 @@ impl<T: polkadot_sdk::frame_system::Config> WeightInfo for SubstrateWeight<T> {
     /// Proof: `Balances::Holds` (`max_values`: None, `max_size`: Some(85), added: 2560, mode: `MaxEncodedLen`)
     fn withdraw_bond() -> Weight {
         // Proof size summary in bytes: measured 346, estimated 3593.
-        // Minimum execution time: 320_210 ps.
+        // Minimum execution time: 320_210 ns.
         Weight::from_parts(353_341_000, 3593)
             .saturating_add(T::DbWeight::get().reads(4_u64))
             .saturating_add(T::DbWeight::get().writes(3_u64))
@@ -94,7 +94,7 @@ impl<T: polkadot_sdk::frame_system::Config> WeightInfo for SubstrateWeight<T> {
     /// Proof: `Balances::Holds` (`max_values`: None, `max_size`: Some(85), added: 2560, mode: `MaxEncodedLen`)
     fn deposit() -> Weight {
         // Proof size summary in bytes: measured 416, estimated 3649.
-        // Minimum execution time: 391_614 ps.
+        // Minimum execution time: 391_614 ns.
         Weight::from_parts(442_379_000, 3649)
             .saturating_add(T::DbWeight::get().reads(4_u64))
             .saturating_add(T::DbWeight::get().writes(3_u64))
@@ -105,7 +105,7 @@ impl<T: polkadot_sdk::frame_system::Config> WeightInfo for SubstrateWeight<T> {
     /// Proof: `Compute::RefundLock` (`max_values`: Some(1), `max_size`: Some(4), added: 499, mode: `MaxEncodedLen`)
     fn request_refund() -> Weight {
         // Proof size summary in bytes: measured 330, estimated 3649.
-        // Minimum execution time: 136_486 ps.
+        // Minimum execution time: 136_486 ns.
         Weight::from_parts(166_712_000, 3649)
             .saturating_add(T::DbWeight::get().reads(2_u64))
             .saturating_add(T::DbWeight::get().writes(1_u64))
@@ -114,7 +114,7 @@ impl<T: polkadot_sdk::frame_system::Config> WeightInfo for SubstrateWeight<T> {
     /// Proof: `Compute::Escrows` (`max_values`: None, `max_size`: Some(184), added: 2659, mode: `MaxEncodedLen`)
     fn cancel_refund() -> Weight {
         // Proof size summary in bytes: measured 330, estimated 3649.
-        // Minimum execution time: 121_097 ps.
+        // Minimum execution time: 121_097 ns.
         Weight::from_parts(133_951_000, 3649)
             .saturating_add(T::DbWeight::get().reads(1_u64))
             .saturating_add(T::DbWeight::get().writes(1_u64))
@@ -127,7 +127,7 @@ impl<T: polkadot_sdk::frame_system::Config> WeightInfo for SubstrateWeight<T> {
     /// Proof: `Balances::Holds` (`max_values`: None, `max_size`: Some(85), added: 2560, mode: `MaxEncodedLen`)
     fn withdraw_refund() -> Weight {
         // Proof size summary in bytes: measured 563, estimated 3649.
-        // Minimum execution time: 338_253 ps.
+        // Minimum execution time: 338_253 ns.
         Weight::from_parts(373_099_000, 3649)
             .saturating_add(T::DbWeight::get().reads(3_u64))
             .saturating_add(T::DbWeight::get().writes(3_u64))
@@ -145,7 +145,7 @@ impl<T: polkadot_sdk::frame_system::Config> WeightInfo for SubstrateWeight<T> {
     /// The range of component `n` is `[1, 1024]`.
     fn settle(n: u32) -> Weight {
         // Proof size summary in bytes: measured 411, estimated 3593.
-        // Minimum execution time: 576_950 ps.
+        // Minimum execution time: 576_950 ns.
         Weight::from_parts(588_412_000, 3593)
             .saturating_add(Weight::from_parts(441_958_858, 0).saturating_mul(n.into()))
             .saturating_add(T::DbWeight::get().reads(3_u64))
@@ -168,7 +168,7 @@ impl<T: polkadot_sdk::frame_system::Config> WeightInfo for SubstrateWeight<T> {
     /// Proof: `System::Account` (`max_values`: None, `max_size`: Some(128), added: 2603, mode: `MaxEncodedLen`)
     fn dispute() -> Weight {
         // Proof size summary in bytes: measured 860, estimated 6196.
-        // Minimum execution time: 939_430 ps.
+        // Minimum execution time: 939_430 ns.
         Weight::from_parts(1_027_635_000, 6196)
             .saturating_add(T::DbWeight::get().reads(8_u64))
             .saturating_add(T::DbWeight::get().writes(6_u64))
@@ -177,14 +177,14 @@ impl<T: polkadot_sdk::frame_system::Config> WeightInfo for SubstrateWeight<T> {
     /// Proof: `Compute::RefundLock` (`max_values`: Some(1), `max_size`: Some(4), added: 499, mode: `MaxEncodedLen`)
     fn set_refund_lock() -> Weight {
         // Proof size summary in bytes: measured 0, estimated 0.
-        // Minimum execution time: 51_496 ps.
+        // Minimum execution time: 51_496 ns.
         Weight::from_parts(55_574_000, 0).saturating_add(T::DbWeight::get().writes(1_u64))
     }
     /// Storage: `Compute::DisputeWindow` (r:0 w:1)
     /// Proof: `Compute::DisputeWindow` (`max_values`: Some(1), `max_size`: Some(4), added: 499, mode: `MaxEncodedLen`)
     fn set_dispute_window() -> Weight {
         // Proof size summary in bytes: measured 0, estimated 0.
-        // Minimum execution time: 51_557 ps.
+        // Minimum execution time: 51_557 ns.
         Weight::from_parts(56_035_000, 0).saturating_add(T::DbWeight::get().writes(1_u64))
     }
 }
