@@ -2,6 +2,8 @@
 //! the store (the sequencer transaction), sign the receipt, seal it durably.
 //! `cargo bench -p provider-worker --bench admission`
 
+#![allow(clippy::unwrap_used)]
+
 use compute_client::{wire, EscrowState, ServiceInfo, Signer};
 use compute_primitives::{ServiceKind, SignedVoucher, Voucher};
 use criterion::{criterion_group, criterion_main, Criterion};

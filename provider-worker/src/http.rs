@@ -1,5 +1,9 @@
 //! The OpenAI-compatible HTTP API.
 
+// Handler helpers return the error response itself (`Result<_, Response>`); it is sent at once,
+// never propagated far, so boxing it would only add noise.
+#![allow(clippy::result_large_err)]
+
 use crate::{
     admission::{self, Needs, Rejection},
     model::{ChatMessage, FinishReason, GenParams, Generation},
@@ -529,7 +533,7 @@ async fn chat(State(w): State<Arc<Worker>>, headers: HeaderMap, body: Body) -> R
         .header("content-type", "text/event-stream")
         .header("cache-control", "no-cache")
         .body(Body::from_stream(tokio_stream::wrappers::ReceiverStream::new(out_rx)))
-        .unwrap_or_else(|e| internal(e))
+        .unwrap_or_else(internal)
 }
 
 fn usage(g: &Generation) -> Value {

@@ -65,6 +65,9 @@ pub struct Trace {
     pub created_at: u64,
 }
 
+/// A trace row: voucher, receipt, status, response body, creation time.
+type RawTrace = (Vec<u8>, Option<Vec<u8>>, Option<u16>, Option<String>, i64);
+
 /// The store.
 pub struct Store {
     conn: Mutex<Connection>,
@@ -299,15 +302,11 @@ impl Store {
         Ok(true)
     }
 
-    fn trace_of(
-        row: &rusqlite::Row<'_>,
-    ) -> rusqlite::Result<(Vec<u8>, Option<Vec<u8>>, Option<u16>, Option<String>, i64)> {
+    fn trace_of(row: &rusqlite::Row<'_>) -> rusqlite::Result<RawTrace> {
         Ok((row.get(0)?, row.get(1)?, row.get(2)?, row.get(3)?, row.get(4)?))
     }
 
-    fn decode_trace(
-        raw: (Vec<u8>, Option<Vec<u8>>, Option<u16>, Option<String>, i64),
-    ) -> Result<Trace, StoreError> {
+    fn decode_trace(raw: RawTrace) -> Result<Trace, StoreError> {
         let (v, r, status, body, created) = raw;
         let voucher =
             SignedVoucher::decode(&mut &v[..]).map_err(|_| StoreError::Corrupt("voucher"))?;

@@ -2,6 +2,8 @@
 //! binary serving SmolLM2, and a client that signs vouchers and checks receipts (reqwest).
 //! Needs the node built (`cargo test --workspace --no-run`) and the model (`make model`).
 
+#![allow(clippy::unwrap_used, clippy::type_complexity)]
+
 use compute_client::{
     wire::{self, ReceiptJson},
     Chain, Signer,

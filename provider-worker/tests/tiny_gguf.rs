@@ -1,5 +1,7 @@
 //! GGUF loading, re-quantization and sampling on a tiny llama model this test writes.
 
+#![allow(clippy::unwrap_used)]
+
 use candle_core::{
     quantized::{gguf_file, GgmlDType, QTensor},
     Device, Tensor,
