@@ -16,6 +16,7 @@ command -v pkg-config >/dev/null || need_apt+=(pkg-config)
 command -v curl >/dev/null || need_apt+=(curl)
 [ -e /usr/include/openssl/ssl.h ] || need_apt+=(libssl-dev)
 command -v python3 >/dev/null || need_apt+=(python3)
+ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1 || need_apt+=(postgresql)
 command -v pip >/dev/null || command -v pip3 >/dev/null || need_apt+=(python3-pip)
 if [ ${#need_apt[@]} -gt 0 ]; then
     log "Installing Debian packages: ${need_apt[*]}"

@@ -10,11 +10,11 @@ use criterion::{criterion_group, criterion_main, Criterion};
 use polkadot_sdk::sp_core::H256;
 use provider_worker::{
     admission::{self, Needs},
-    store::{Durability, Store},
+    store::{Durability, SqliteStore},
 };
 use std::time::{Duration, Instant};
 
-fn run(c: &mut Criterion, name: &str, store: Store) {
+fn run(c: &mut Criterion, name: &str, store: SqliteStore) {
     let user = Signer::from_uri("//Alice").unwrap();
     let provider = Signer::from_uri("//Bob").unwrap();
     let genesis = H256::repeat_byte(1);
@@ -98,9 +98,13 @@ fn overhead(c: &mut Criterion) {
     run(
         c,
         "request_overhead/fsync",
-        Store::open(&dir.join("a.sqlite"), Durability::Fsync).unwrap(),
+        SqliteStore::open(&dir.join("a.sqlite"), Durability::Fsync).unwrap(),
     );
-    run(c, "request_overhead/os", Store::open(&dir.join("b.sqlite"), Durability::Os).unwrap());
+    run(
+        c,
+        "request_overhead/os",
+        SqliteStore::open(&dir.join("b.sqlite"), Durability::Os).unwrap(),
+    );
     let _ = std::fs::remove_dir_all(dir);
 }
 

@@ -93,6 +93,10 @@ pub struct Config {
     /// Where the trace store lives.
     #[serde(default = "default_data_dir")]
     pub data_dir: PathBuf,
+    /// PostgreSQL URL of a trace store shared by several worker processes of this provider
+    /// (`postgres://user@host:port/db`); SQLite in `data_dir` when unset.
+    #[serde(default)]
+    pub database_url: Option<String>,
     /// Commit durability of the trace store.
     #[serde(default)]
     pub durability: Durability,

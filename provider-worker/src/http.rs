@@ -166,8 +166,8 @@ fn voucher_of(w: &Worker, headers: &HeaderMap) -> Result<SignedVoucher, Response
 
 /// A retry of a request already answered gets the stored answer; another voucher with a used
 /// nonce is refused.
-fn replay(w: &Worker, sv: &SignedVoucher) -> Option<Response> {
-    match w.store.trace(&sv.voucher.user, sv.voucher.nonce) {
+async fn replay(w: &Worker, sv: &SignedVoucher) -> Option<Response> {
+    match w.store.trace(&sv.voucher.user, sv.voucher.nonce).await {
         // sr25519 signatures are randomised: a retry re-signs the same voucher.
         Ok(Some(t)) if t.voucher.voucher == sv.voucher => Some(match (t.response, t.receipt) {
             (Some((status, body)), receipt) => stored(status, body, receipt.as_ref()),
@@ -197,7 +197,12 @@ fn internal(e: impl std::fmt::Display) -> Response {
 }
 
 /// Refuse; if the rejection uses the nonce, sign and store a fee-0 receipt and return it.
-fn refuse(w: &Worker, sv: &SignedVoucher, r: Rejection, last_total: Option<u128>) -> Response {
+async fn refuse(
+    w: &Worker,
+    sv: &SignedVoucher,
+    r: Rejection,
+    last_total: Option<u128>,
+) -> Response {
     w.metrics.rejected(r.code);
     let status = StatusCode::from_u16(r.status).unwrap_or(StatusCode::BAD_REQUEST);
     let receipt = match (r.uses_nonce, last_total) {
@@ -211,7 +216,7 @@ fn refuse(w: &Worker, sv: &SignedVoucher, r: Rejection, last_total: Option<u128>
             if let Some(e) = &r.expected {
                 stored_body["error"]["expected"] = e.clone();
             }
-            match w.store.admit_and_seal(sv, &receipt, r.status, &stored_body.to_string()) {
+            match w.store.admit_and_seal(sv, &receipt, r.status, &stored_body.to_string()).await {
                 Ok(true) => Some(receipt),
                 Ok(false) => None,
                 Err(e) => return internal(e),
@@ -354,7 +359,7 @@ async fn chat(State(w): State<Arc<Worker>>, headers: HeaderMap, body: Body) -> R
         Ok(sv) => sv,
         Err(r) => return r,
     };
-    if let Some(r) = replay(&w, &sv) {
+    if let Some(r) = replay(&w, &sv).await {
         return r;
     }
     let v = sv.voucher.clone();
@@ -400,26 +405,29 @@ async fn chat(State(w): State<Arc<Worker>>, headers: HeaderMap, body: Body) -> R
     let body_hash = wire::request_hash(&body);
     let mut outcome = None;
     let mut last_total = None;
-    let admitted = w.store.admit(&sv, w.config.window, |view| {
-        admission::check_sequence(&v, view, escrow.as_ref(), w.config.window)?;
-        // From here on a refusal uses the nonce and carries a fee-0 receipt.
-        last_total = Some(view.seq.last_total);
-        let p = prompt.as_ref().map_err(Clone::clone)?;
-        let parsed = parsed.as_ref().map_err(Clone::clone)?;
-        let needs = Needs {
-            service: service.as_ref(),
-            kind: ServiceKind::Chat,
-            body_hash,
-            model: &parsed.model,
-            prompt_tokens: p.len() as u64,
-            max_tokens: parsed.params.max_tokens as u64,
-        };
-        outcome = Some(admission::admit(&v, &needs, view, escrow.as_ref(), w.config.window)?);
-        Ok(())
-    });
+    let admitted = w
+        .store
+        .admit(&sv, w.config.window, |view| {
+            admission::check_sequence(&v, view, escrow.as_ref(), w.config.window)?;
+            // From here on a refusal uses the nonce and carries a fee-0 receipt.
+            last_total = Some(view.seq.last_total);
+            let p = prompt.as_ref().map_err(Clone::clone)?;
+            let parsed = parsed.as_ref().map_err(Clone::clone)?;
+            let needs = Needs {
+                service: service.as_ref(),
+                kind: ServiceKind::Chat,
+                body_hash,
+                model: &parsed.model,
+                prompt_tokens: p.len() as u64,
+                max_tokens: parsed.params.max_tokens as u64,
+            };
+            outcome = Some(admission::admit(&v, &needs, view, escrow.as_ref(), w.config.window)?);
+            Ok(())
+        })
+        .await;
     match admitted {
         Err(e) => return internal(e),
-        Ok(Err(rejection)) => return refuse(&w, &sv, rejection, last_total),
+        Ok(Err(rejection)) => return refuse(&w, &sv, rejection, last_total).await,
         Ok(Ok(())) => {}
     }
     let (Some(admitted), Ok(prompt), Ok(parsed), Some(service)) =
@@ -460,13 +468,14 @@ async fn chat(State(w): State<Arc<Worker>>, headers: HeaderMap, body: Body) -> R
         let _slot = SlotGuard { w: &w };
         let generation = match result {
             Ok(Ok(g)) => g,
-            Ok(Err(e)) => return generation_failed(&w, &v, e.to_string()),
-            Err(e) => return generation_failed(&w, &v, e.to_string()),
+            Ok(Err(e)) => return generation_failed(&w, &v, e.to_string()).await,
+            Err(e) => return generation_failed(&w, &v, e.to_string()).await,
         };
-        let (receipt, body) = match finish(&w, &v, &service, &generation, &id, created, &model) {
-            Ok(x) => x,
-            Err(r) => return r,
-        };
+        let (receipt, body) =
+            match finish(&w, &v, &service, &generation, &id, created, &model).await {
+                Ok(x) => x,
+                Err(r) => return r,
+            };
         w.metrics.observe_latency(started.elapsed().as_secs_f64());
         return stored(200, body, Some(&receipt));
     }
@@ -496,7 +505,7 @@ async fn chat(State(w): State<Arc<Worker>>, headers: HeaderMap, body: Body) -> R
         let generation = match result {
             Ok(Ok(g)) => g,
             Ok(Err(e)) => {
-                let _ = generation_failed(&w, &v, e.to_string());
+                let _ = generation_failed(&w, &v, e.to_string()).await;
                 let _ = out_tx
                     .send(Ok(Bytes::from(format!(
                         "data: {}\n\n",
@@ -506,11 +515,11 @@ async fn chat(State(w): State<Arc<Worker>>, headers: HeaderMap, body: Body) -> R
                 return;
             }
             Err(e) => {
-                let _ = generation_failed(&w, &v, e.to_string());
+                let _ = generation_failed(&w, &v, e.to_string()).await;
                 return;
             }
         };
-        match finish(&w, &v, &service, &generation, &id, created, &model) {
+        match finish(&w, &v, &service, &generation, &id, created, &model).await {
             Ok((receipt, _)) => {
                 let mut last = json!({ "id": id, "object": "chat.completion.chunk",
                     "created": created, "model": model,
@@ -550,24 +559,24 @@ fn unix_now() -> u64 {
 
 /// Wait until every lower nonce of this user is sealed (only matters with a window above 1),
 /// then return the total to build on.
-fn sealed_total_before(w: &Worker, v: &Voucher) -> Result<u128, Response> {
+async fn sealed_total_before(w: &Worker, v: &Voucher) -> Result<u128, Response> {
     let deadline = Instant::now() + Duration::from_secs(w.config.request_timeout_secs);
     loop {
-        let seq = w.store.sequence(&v.user).map_err(internal)?;
-        let pending_before = w.store.in_flight_before(&v.user, v.nonce).map_err(internal)?;
+        let seq = w.store.sequence(&v.user).await.map_err(internal)?;
+        let pending_before = w.store.in_flight_before(&v.user, v.nonce).await.map_err(internal)?;
         if !pending_before {
             return Ok(seq.last_total);
         }
         if Instant::now() > deadline {
             return Err(internal("an earlier request of this user never finished"));
         }
-        std::thread::sleep(Duration::from_millis(5));
+        tokio::time::sleep(Duration::from_millis(5)).await;
     }
 }
 
 /// Price the generation, sign and store the receipt with the response; the body returned is
 /// what a retry gets too.
-fn finish(
+async fn finish(
     w: &Worker,
     v: &Voucher,
     service: &compute_client::ServiceInfo,
@@ -580,7 +589,7 @@ fn finish(
         .fee(g.prompt_tokens, g.completion_tokens)
         .filter(|f| *f <= v.cap)
         .ok_or_else(|| internal("fee above the cap: max_tokens was not limited"))?;
-    let previous = sealed_total_before(w, v)?;
+    let previous = sealed_total_before(w, v).await?;
     let total = previous.checked_add(fee).ok_or_else(|| internal("total overflows"))?;
     let receipt = w.receipt(
         v,
@@ -598,7 +607,7 @@ fn finish(
         "receipt": ReceiptJson::from(&receipt),
     })
     .to_string();
-    w.store.seal(&receipt, 200, &body).map_err(internal)?;
+    w.store.seal(&receipt, 200, &body).await.map_err(internal)?;
     w.metrics.requests_ok.fetch_add(1, Relaxed);
     w.metrics.prompt_tokens.fetch_add(g.prompt_tokens, Relaxed);
     w.metrics.completion_tokens.fetch_add(g.completion_tokens, Relaxed);
@@ -609,9 +618,9 @@ fn finish(
 }
 
 /// The model failed: seal a fee-0 receipt so the nonce is not left hanging.
-fn generation_failed(w: &Worker, v: &Voucher, reason: String) -> Response {
+async fn generation_failed(w: &Worker, v: &Voucher, reason: String) -> Response {
     tracing::error!(user = %v.user, nonce = v.nonce, %reason, "generation failed");
-    let total = match sealed_total_before(w, v) {
+    let total = match sealed_total_before(w, v).await {
         Ok(t) => t,
         Err(r) => return r,
     };
@@ -620,7 +629,7 @@ fn generation_failed(w: &Worker, v: &Voucher, reason: String) -> Response {
         "type": "server_error", "code": "generation_failed",
         "receipt": ReceiptJson::from(&receipt) } })
     .to_string();
-    if let Err(e) = w.store.seal(&receipt, 500, &body) {
+    if let Err(e) = w.store.seal(&receipt, 500, &body).await {
         return internal(e);
     }
     w.metrics.rejected("generation_failed");
@@ -632,29 +641,32 @@ async fn ack(State(w): State<Arc<Worker>>, headers: HeaderMap) -> Response {
         Ok(sv) => sv,
         Err(r) => return r,
     };
-    if let Some(r) = replay(&w, &sv) {
+    if let Some(r) = replay(&w, &sv).await {
         return r;
     }
     let v = sv.voucher.clone();
     let escrow = w.escrow(&v.user).await.ok().flatten();
     let mut last_total = None;
-    let admitted = w.store.admit(&sv, w.config.window, |view| {
-        admission::check_sequence(&v, view, escrow.as_ref(), w.config.window)?;
-        last_total = Some(view.seq.last_total);
-        admission::admit_ack(&v, view, escrow.as_ref(), w.config.window)
-    });
+    let admitted = w
+        .store
+        .admit(&sv, w.config.window, |view| {
+            admission::check_sequence(&v, view, escrow.as_ref(), w.config.window)?;
+            last_total = Some(view.seq.last_total);
+            admission::admit_ack(&v, view, escrow.as_ref(), w.config.window)
+        })
+        .await;
     match admitted {
         Err(e) => internal(e),
         Ok(Err(rejection)) => {
             // A malformed ack uses nothing: the user just sends a correct one.
             let rejection = rejection.keeps_nonce();
-            refuse(&w, &sv, rejection, last_total)
+            refuse(&w, &sv, rejection, last_total).await
         }
         Ok(Ok(())) => {
             let total = last_total.unwrap_or(0);
             let receipt = w.receipt(&v, H256::zero(), 0, 0, 0, total);
             let body = json!({ "receipt": ReceiptJson::from(&receipt) }).to_string();
-            match w.store.seal(&receipt, 200, &body) {
+            match w.store.seal(&receipt, 200, &body).await {
                 Ok(()) => stored(200, body, Some(&receipt)),
                 Err(e) => internal(e),
             }
@@ -706,7 +718,7 @@ async fn receipts(
         );
     }
     let limit = q.limit.unwrap_or(100).min(1000);
-    match w.store.receipts(&auth.challenge.user, q.after.unwrap_or(0), limit) {
+    match w.store.receipts(&auth.challenge.user, q.after.unwrap_or(0), limit).await {
         Ok(list) => {
             let list: Vec<ReceiptJson> = list.iter().map(ReceiptJson::from).collect();
             Json(json!({ "object": "list", "data": list })).into_response()

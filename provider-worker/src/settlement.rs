@@ -103,7 +103,10 @@ pub async fn run(worker: Arc<Worker>) {
 /// Returns the number of claims submitted.
 pub async fn settle_due(worker: &Worker, all: bool) -> Result<usize, ChainError> {
     let policy = &worker.config.settlement;
-    let users = worker.store.unsettled_users().map_err(store_err)?;
+    if !worker.store.settlement_turn().await.map_err(store_err)? {
+        return Ok(0);
+    }
+    let users = worker.store.unsettled_users().await.map_err(store_err)?;
     let now = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .map(|d| d.as_secs())
@@ -116,9 +119,9 @@ pub async fn settle_due(worker: &Worker, all: bool) -> Result<usize, ChainError>
         let partial = escrow.settled_total < escrow.last_claimed_total;
         let from =
             if partial { escrow.settled_nonce.saturating_sub(1) } else { escrow.settled_nonce };
-        let traces = worker.store.sealed_after(&user, from).map_err(store_err)?;
+        let traces = worker.store.sealed_after(&user, from).await.map_err(store_err)?;
         let Some(plan) = plan_claim(&escrow, &traces) else {
-            worker.store.mark_settled(&user, escrow.settled_nonce).map_err(store_err)?;
+            worker.store.mark_settled(&user, escrow.settled_nonce).await.map_err(store_err)?;
             continue;
         };
         let claimed = plan.claim.voucher.voucher.spent.saturating_add(plan.claim.fee_claim);
@@ -149,13 +152,10 @@ async fn submit(worker: &Worker, batch: &[(AccountId, PlannedClaim)]) -> Result<
     let outcome = match worker.chain.settle(&worker.signer, claims, root).await {
         Ok(o) => o,
         Err(e) => {
-            let _ = worker.store.record_batch(
-                root.as_bytes(),
-                batch.len() as u32,
-                None,
-                None,
-                Some(&e.to_string()),
-            );
+            let _ = worker
+                .store
+                .record_batch(root.as_bytes(), batch.len() as u32, None, None, Some(&e.to_string()))
+                .await;
             return Err(e);
         }
     };
@@ -164,7 +164,7 @@ async fn submit(worker: &Worker, batch: &[(AccountId, PlannedClaim)]) -> Result<
     for event in &outcome.events {
         match event {
             ComputeEvent::ClaimSettled { user, nonce, paid, .. } => {
-                worker.store.mark_settled(user, *nonce).map_err(store_err)?;
+                worker.store.mark_settled(user, *nonce).await.map_err(store_err)?;
                 worker.invalidate(user);
                 tracing::info!(%user, nonce, paid, "claim settled");
             }
@@ -184,7 +184,7 @@ async fn submit(worker: &Worker, batch: &[(AccountId, PlannedClaim)]) -> Result<
                     } else {
                         *nonce
                     };
-                    worker.store.mark_settled(user, upto).map_err(store_err)?;
+                    worker.store.mark_settled(user, upto).await.map_err(store_err)?;
                 }
             }
             ComputeEvent::BatchSettled { paid, .. } => paid_total = *paid,
@@ -192,13 +192,16 @@ async fn submit(worker: &Worker, batch: &[(AccountId, PlannedClaim)]) -> Result<
         }
     }
     *worker.metrics.earned.lock().unwrap_or_else(|p| p.into_inner()) += paid_total;
-    let _ = worker.store.record_batch(
-        root.as_bytes(),
-        batch.len() as u32,
-        Some(outcome.block_hash.as_bytes()),
-        Some(paid_total),
-        None,
-    );
+    let _ = worker
+        .store
+        .record_batch(
+            root.as_bytes(),
+            batch.len() as u32,
+            Some(outcome.block_hash.as_bytes()),
+            Some(paid_total),
+            None,
+        )
+        .await;
     Ok(batch.len())
 }
 

@@ -72,8 +72,13 @@ impl Worker {
         std::fs::create_dir_all(&config.data_dir).map_err(|e| {
             StartError::Other(format!("data dir {}: {e}", config.data_dir.display()))
         })?;
-        let store =
-            Arc::new(Store::open(&config.data_dir.join("traces.sqlite"), config.durability)?);
+        let store = Arc::new(match &config.database_url {
+            Some(url) => {
+                tracing::info!("trace store: PostgreSQL (shared)");
+                Store::postgres(url).await?
+            }
+            None => Store::sqlite(&config.data_dir.join("traces.sqlite"), config.durability)?,
+        });
 
         tracing::info!(model = %config.model.display(), "loading the model");
         let device = device(config.cuda)?;
@@ -112,7 +117,7 @@ impl Worker {
             model_name,
         });
         worker.register_services().await?;
-        worker.recover()?;
+        worker.recover().await?;
         Ok(worker)
     }
 
@@ -173,17 +178,17 @@ impl Worker {
 
     /// Requests admitted before a stop and never answered get a fee-0 receipt: the user was
     /// not served, so nothing is charged, and the nonce stays used.
-    pub fn recover(&self) -> Result<(), StoreError> {
-        for sv in self.store.in_flight()? {
+    pub async fn recover(&self) -> Result<(), StoreError> {
+        for sv in self.store.in_flight().await? {
             let v = &sv.voucher;
-            let seq = self.store.sequence(&v.user)?;
+            let seq = self.store.sequence(&v.user).await?;
             let receipt = self.receipt(v, H256::zero(), 0, 0, 0, seq.last_total);
             let body = serde_json::json!({ "error": {
                 "message": "the worker stopped before answering; nothing was charged",
                 "type": "server_error", "code": "interrupted",
                 "receipt": wire::ReceiptJson::from(&receipt) } })
             .to_string();
-            self.store.seal(&receipt, 500, &body)?;
+            self.store.seal(&receipt, 500, &body).await?;
             tracing::warn!(user = %v.user, nonce = v.nonce, "sealed an interrupted request at fee 0");
         }
         Ok(())

@@ -1,88 +1,20 @@
-//! The durable trace store: every admitted voucher, every receipt and the response it went
-//! with, the per-user sequencer, and settlement bookkeeping.
-//!
-//! Embedded SQLite (WAL journal) by default: one file, ACID transactions, crash-safe after a
-//! `kill -9`, and `synchronous=FULL` makes each commit reach the disk before the response is
-//! sent. The sequencer is a row per user updated inside an immediate (write-locking)
-//! transaction, so exactly one request can take each nonce even under concurrency.
+//! The embedded backend: SQLite in WAL mode.
 
+use super::{Durability, Sequence, StoreError, Trace, UserView};
 use codec::{Decode, Encode};
 use compute_primitives::{AccountId, Balance, Nonce, SignedReceipt, SignedVoucher};
 use rusqlite::{params, Connection, OptionalExtension, TransactionBehavior};
 use std::{path::Path, sync::Mutex};
 
-/// A store failure.
-#[derive(Debug, thiserror::Error)]
-pub enum StoreError {
-    #[error("trace store: {0}")]
-    Sql(#[from] rusqlite::Error),
-    #[error("trace store holds a corrupt {0}")]
-    Corrupt(&'static str),
-}
-
-/// How hard each commit is pushed to disk.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Deserialize, serde::Serialize, Default)]
-#[serde(rename_all = "snake_case")]
-pub enum Durability {
-    /// fsync on every commit: survives power loss.
-    #[default]
-    Fsync,
-    /// Written to the OS: survives a crash of the worker, not of the machine.
-    Os,
-}
-
-/// A user's sequencer row.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
-pub struct Sequence {
-    /// Highest nonce taken (sealed or in flight); 0 when none.
-    pub last_nonce: Nonce,
-    /// Total of the highest sealed receipt.
-    pub last_total: Balance,
-    /// Highest sealed nonce.
-    pub sealed_nonce: Nonce,
-}
-
-/// What admission sees about a user, read in the same transaction that takes the nonce.
-#[derive(Debug, Clone, Default)]
-pub struct UserView {
-    /// The sequencer row.
-    pub seq: Sequence,
-    /// `(nonce, total)` of the sealed receipts with the highest nonces (up to the window).
-    pub recent_totals: Vec<(Nonce, Balance)>,
-    /// Caps of requests in flight.
-    pub in_flight_caps: Balance,
-    /// Number of requests in flight.
-    pub in_flight: u32,
-}
-
-/// A stored trace.
-#[derive(Debug, Clone)]
-pub struct Trace {
-    pub voucher: SignedVoucher,
-    pub receipt: Option<SignedReceipt>,
-    /// HTTP status and JSON body sent (for retries).
-    pub response: Option<(u16, String)>,
-    pub created_at: u64,
-}
-
 /// A trace row: voucher, receipt, status, response body, creation time.
 type RawTrace = (Vec<u8>, Option<Vec<u8>>, Option<u16>, Option<String>, i64);
 
 /// The store.
-pub struct Store {
+pub struct SqliteStore {
     conn: Mutex<Connection>,
 }
 
-fn u128_of(s: String) -> Result<Balance, StoreError> {
-    s.parse().map_err(|_| StoreError::Corrupt("amount"))
-}
-
-fn now() -> u64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_secs())
-        .unwrap_or(0)
-}
+use super::{now, u128_of};
 
 const SCHEMA: &str = "
 CREATE TABLE IF NOT EXISTS sequencer (
@@ -116,7 +48,7 @@ CREATE TABLE IF NOT EXISTS batches (
 );
 ";
 
-impl Store {
+impl SqliteStore {
     /// Open (or create) the store at `path`.
     pub fn open(path: &Path, durability: Durability) -> Result<Self, StoreError> {
         let conn = Connection::open(path)?;
@@ -137,7 +69,7 @@ impl Store {
         conn.pragma_update(None, "synchronous", sync)?;
         conn.busy_timeout(std::time::Duration::from_secs(10))?;
         conn.execute_batch(SCHEMA)?;
-        Ok(Store { conn: Mutex::new(conn) })
+        Ok(SqliteStore { conn: Mutex::new(conn) })
     }
 
     fn conn(&self) -> std::sync::MutexGuard<'_, Connection> {

@@ -1,0 +1,219 @@
+//! The durable trace store: every admitted voucher, every receipt and the response it went
+//! with, the per-user sequencer, and settlement bookkeeping.
+//!
+//! Two backends with one schema: embedded SQLite (WAL journal) for a single worker process, and
+//! PostgreSQL when several worker processes serve one provider account. Either way the
+//! sequencer is a row per user changed inside one transaction (SQLite: an immediate
+//! transaction; PostgreSQL: `SELECT … FOR UPDATE` on the row), so exactly one request can take
+//! each nonce, whichever process receives it.
+
+mod postgres;
+mod sqlite;
+
+pub use postgres::PgStore;
+pub use sqlite::SqliteStore;
+
+use compute_primitives::{AccountId, Balance, Nonce, SignedReceipt, SignedVoucher};
+use std::path::Path;
+
+/// A store failure.
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    #[error("trace store: {0}")]
+    Sql(#[from] rusqlite::Error),
+    #[error("trace store (PostgreSQL): {0}")]
+    Postgres(#[from] tokio_postgres::Error),
+    #[error("trace store holds a corrupt {0}")]
+    Corrupt(&'static str),
+}
+
+/// How hard each commit is pushed to disk.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Deserialize, serde::Serialize, Default)]
+#[serde(rename_all = "snake_case")]
+pub enum Durability {
+    /// fsync on every commit: survives power loss.
+    #[default]
+    Fsync,
+    /// Written to the OS: survives a crash of the worker, not of the machine.
+    Os,
+}
+
+/// A user's sequencer row.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Sequence {
+    /// Highest nonce taken (sealed or in flight); 0 when none.
+    pub last_nonce: Nonce,
+    /// Total of the highest sealed receipt.
+    pub last_total: Balance,
+    /// Highest sealed nonce.
+    pub sealed_nonce: Nonce,
+}
+
+/// What admission sees about a user, read in the same transaction that takes the nonce.
+#[derive(Debug, Clone, Default)]
+pub struct UserView {
+    /// The sequencer row.
+    pub seq: Sequence,
+    /// `(nonce, total)` of the sealed receipts with the highest nonces (up to the window).
+    pub recent_totals: Vec<(Nonce, Balance)>,
+    /// Caps of requests in flight.
+    pub in_flight_caps: Balance,
+    /// Number of requests in flight.
+    pub in_flight: u32,
+}
+
+/// A stored trace.
+#[derive(Debug, Clone)]
+pub struct Trace {
+    pub voucher: SignedVoucher,
+    pub receipt: Option<SignedReceipt>,
+    /// HTTP status and JSON body sent (for retries).
+    pub response: Option<(u16, String)>,
+    pub created_at: u64,
+}
+
+pub(crate) fn u128_of(s: String) -> Result<Balance, StoreError> {
+    s.parse().map_err(|_| StoreError::Corrupt("amount"))
+}
+
+pub(crate) fn now() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0)
+}
+
+/// The store, whichever backend.
+pub enum Store {
+    /// One worker process.
+    Sqlite(SqliteStore),
+    /// Several worker processes behind one provider account.
+    Postgres(PgStore),
+}
+
+macro_rules! both {
+    ($self:ident, $s:ident => $e:expr, $p:ident => $pe:expr) => {
+        match $self {
+            Store::Sqlite($s) => $e,
+            Store::Postgres($p) => $pe,
+        }
+    };
+}
+
+impl Store {
+    /// SQLite at `path`.
+    pub fn sqlite(path: &Path, durability: Durability) -> Result<Self, StoreError> {
+        Ok(Store::Sqlite(SqliteStore::open(path, durability)?))
+    }
+
+    /// PostgreSQL at `url` (`postgres://user@host:port/db` or key=value form).
+    pub async fn postgres(url: &str) -> Result<Self, StoreError> {
+        Ok(Store::Postgres(PgStore::connect(url).await?))
+    }
+
+    /// Take `voucher`'s nonce if `check` accepts the user's current view, atomically.
+    pub async fn admit<E>(
+        &self,
+        voucher: &SignedVoucher,
+        window: u32,
+        check: impl FnOnce(&UserView) -> Result<(), E>,
+    ) -> Result<Result<(), E>, StoreError> {
+        both!(self, s => s.admit(voucher, window, check), p => p.admit(voucher, window, check).await)
+    }
+
+    /// The user's sequencer row.
+    pub async fn sequence(&self, user: &AccountId) -> Result<Sequence, StoreError> {
+        both!(self, s => s.sequence(user), p => p.sequence(user).await)
+    }
+
+    /// Seal an admitted request with its receipt and response.
+    pub async fn seal(
+        &self,
+        receipt: &SignedReceipt,
+        status: u16,
+        response: &str,
+    ) -> Result<(), StoreError> {
+        both!(self, s => s.seal(receipt, status, response), p => p.seal(receipt, status, response).await)
+    }
+
+    /// Take a nonce and seal it at once with a fee-0 receipt.
+    pub async fn admit_and_seal(
+        &self,
+        voucher: &SignedVoucher,
+        receipt: &SignedReceipt,
+        status: u16,
+        response: &str,
+    ) -> Result<bool, StoreError> {
+        both!(self,
+            s => s.admit_and_seal(voucher, receipt, status, response),
+            p => p.admit_and_seal(voucher, receipt, status, response).await)
+    }
+
+    /// The trace of (user, nonce).
+    pub async fn trace(&self, user: &AccountId, nonce: Nonce) -> Result<Option<Trace>, StoreError> {
+        both!(self, s => s.trace(user, nonce), p => p.trace(user, nonce).await)
+    }
+
+    /// A user's receipts above `after`, oldest first.
+    pub async fn receipts(
+        &self,
+        user: &AccountId,
+        after: Nonce,
+        limit: u32,
+    ) -> Result<Vec<SignedReceipt>, StoreError> {
+        both!(self, s => s.receipts(user, after, limit), p => p.receipts(user, after, limit).await)
+    }
+
+    /// Whether a lower nonce of `user` is still being served.
+    pub async fn in_flight_before(
+        &self,
+        user: &AccountId,
+        nonce: Nonce,
+    ) -> Result<bool, StoreError> {
+        both!(self, s => s.in_flight_before(user, nonce), p => p.in_flight_before(user, nonce).await)
+    }
+
+    /// Requests admitted but never sealed, in order.
+    pub async fn in_flight(&self) -> Result<Vec<SignedVoucher>, StoreError> {
+        both!(self, s => s.in_flight(), p => p.in_flight().await)
+    }
+
+    /// Users with sealed, unsettled traces.
+    pub async fn unsettled_users(&self) -> Result<Vec<(AccountId, u64, u32)>, StoreError> {
+        both!(self, s => s.unsettled_users(), p => p.unsettled_users().await)
+    }
+
+    /// A user's sealed traces above `after`.
+    pub async fn sealed_after(
+        &self,
+        user: &AccountId,
+        after: Nonce,
+    ) -> Result<Vec<(SignedVoucher, SignedReceipt)>, StoreError> {
+        both!(self, s => s.sealed_after(user, after), p => p.sealed_after(user, after).await)
+    }
+
+    /// Mark a user's traces up to `nonce` as settled.
+    pub async fn mark_settled(&self, user: &AccountId, nonce: Nonce) -> Result<(), StoreError> {
+        both!(self, s => s.mark_settled(user, nonce), p => p.mark_settled(user, nonce).await)
+    }
+
+    /// Record a submitted batch.
+    pub async fn record_batch(
+        &self,
+        trace_root: &[u8],
+        claims: u32,
+        block_hash: Option<&[u8]>,
+        paid: Option<Balance>,
+        error: Option<&str>,
+    ) -> Result<(), StoreError> {
+        both!(self,
+            s => s.record_batch(trace_root, claims, block_hash, paid, error),
+            p => p.record_batch(trace_root, claims, block_hash, paid, error).await)
+    }
+
+    /// Run `f` only if no other process is settling for this provider (PostgreSQL advisory
+    /// lock); SQLite has one process, so always.
+    pub async fn settlement_turn(&self) -> Result<bool, StoreError> {
+        both!(self, _s => Ok(true), p => p.settlement_turn().await)
+    }
+}

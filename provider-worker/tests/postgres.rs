@@ -1,0 +1,200 @@
+//! The shared trace store against a real PostgreSQL server this test starts (initdb + pg_ctl
+//! from the `postgresql` package, which `make setup` installs): two connections stand for two
+//! worker processes of one provider.
+
+#![allow(clippy::unwrap_used)]
+
+use compute_client::{wire, Signer};
+use compute_primitives::{Receipt, SignedVoucher, Voucher};
+use polkadot_sdk::sp_core::H256;
+use provider_worker::store::Store;
+use std::{
+    net::TcpListener,
+    path::{Path, PathBuf},
+    process::Command,
+    sync::Arc,
+};
+
+fn pg_bin(name: &str) -> PathBuf {
+    let mut versions: Vec<PathBuf> = std::fs::read_dir("/usr/lib/postgresql")
+        .map(|d| d.filter_map(|e| e.ok()).map(|e| e.path().join("bin").join(name)).collect())
+        .unwrap_or_default();
+    versions.sort();
+    versions
+        .pop()
+        .filter(|p| p.exists())
+        .expect("PostgreSQL server binaries (apt-get install postgresql; `make setup` does)")
+}
+
+/// A throwaway PostgreSQL server; stopped and removed on drop.
+struct Server {
+    dir: PathBuf,
+    port: u16,
+}
+
+fn as_postgres(cmd: &str) -> Command {
+    // initdb refuses to run as root: switch to the `postgres` account when we are root.
+    let root = Command::new("id").arg("-u").output().map(|o| o.stdout == b"0\n").unwrap_or(false);
+    if root {
+        let mut c = Command::new("su");
+        c.args(["postgres", "-s", "/bin/sh", "-c", cmd]);
+        c
+    } else {
+        let mut c = Command::new("sh");
+        c.args(["-c", cmd]);
+        c
+    }
+}
+
+impl Server {
+    fn start() -> Server {
+        let dir = std::env::temp_dir().join(format!("compute-pg-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).unwrap();
+        let _ = Command::new("chmod").arg("777").arg(&dir).status();
+        let port = TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+        let data = dir.join("data");
+        let init = format!(
+            "{} -D {} -U compute --auth=trust -E UTF8 >{}/initdb.log 2>&1",
+            pg_bin("initdb").display(),
+            data.display(),
+            dir.display()
+        );
+        assert!(
+            as_postgres(&init).status().unwrap().success(),
+            "initdb failed: {}",
+            log(&dir, "initdb.log")
+        );
+        let start = format!(
+            "{} -D {} -w -l {}/server.log -o \"-p {port} -k {} -c listen_addresses=127.0.0.1 -c fsync=off\" start",
+            pg_bin("pg_ctl").display(),
+            data.display(),
+            dir.display(),
+            dir.display()
+        );
+        assert!(
+            as_postgres(&start).status().unwrap().success(),
+            "pg_ctl start failed: {}",
+            log(&dir, "server.log")
+        );
+        Server { dir, port }
+    }
+
+    fn url(&self) -> String {
+        format!("host=127.0.0.1 port={} user=compute dbname=postgres", self.port)
+    }
+}
+
+fn log(dir: &Path, name: &str) -> String {
+    std::fs::read_to_string(dir.join(name)).unwrap_or_default()
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        let stop = format!(
+            "{} -D {} -m immediate stop",
+            pg_bin("pg_ctl").display(),
+            self.dir.join("data").display()
+        );
+        let _ = as_postgres(&stop).status();
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+fn voucher(user: &Signer, provider: &Signer, nonce: u64, spent: u128) -> SignedVoucher {
+    let v = Voucher {
+        user: user.account_id(),
+        provider: provider.account_id(),
+        service_id: 0,
+        price_version: 0,
+        nonce,
+        request_hash: H256::repeat_byte(1),
+        spent,
+        cap: 100,
+    };
+    wire::sign_voucher(user, v, &H256::zero())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn two_processes_share_one_sequencer() {
+    let server = Server::start();
+    let a = Arc::new(Store::postgres(&server.url()).await.expect("connects"));
+    let b = Arc::new(Store::postgres(&server.url()).await.expect("connects"));
+    let user = Signer::from_uri("//Alice").unwrap();
+    let provider = Signer::from_uri("//Bob").unwrap();
+
+    // Both "processes" race for every nonce: exactly one takes each.
+    for nonce in 1..=20u64 {
+        let sv = voucher(&user, &provider, nonce, 0);
+        let take = |store: Arc<Store>, sv: SignedVoucher| async move {
+            store
+                .admit(&sv, 100, |view| {
+                    if sv.voucher.nonce == view.seq.last_nonce + 1 {
+                        Ok(())
+                    } else {
+                        Err(())
+                    }
+                })
+                .await
+                .unwrap()
+                .is_ok()
+        };
+        let (x, y) = tokio::join!(take(a.clone(), sv.clone()), take(b.clone(), sv.clone()));
+        assert!(x ^ y, "nonce {nonce}: exactly one process admits it ({x}, {y})");
+    }
+    let seq = b.sequence(&user.account_id()).await.unwrap();
+    assert_eq!(seq.last_nonce, 20);
+    assert_eq!(b.in_flight().await.unwrap().len(), 20);
+
+    // Sealing in order from either process continues one running total.
+    let mut total = 0u128;
+    for nonce in 1..=20u64 {
+        let sv = a.trace(&user.account_id(), nonce).await.unwrap().unwrap().voucher;
+        total += 5;
+        let r = Receipt {
+            user: user.account_id(),
+            provider: provider.account_id(),
+            service_id: 0,
+            nonce,
+            request_hash: sv.voucher.request_hash,
+            response_hash: H256::zero(),
+            input_tokens: 1,
+            output_tokens: 1,
+            fee: 5,
+            total,
+        };
+        let store = if nonce % 2 == 0 { &a } else { &b };
+        store.seal(&wire::sign_receipt(&provider, r, &H256::zero()), 200, "{}").await.unwrap();
+    }
+    // A receipt that does not continue the total is refused.
+    let bad = Receipt {
+        user: user.account_id(),
+        provider: provider.account_id(),
+        service_id: 0,
+        nonce: 21,
+        request_hash: H256::zero(),
+        response_hash: H256::zero(),
+        input_tokens: 0,
+        output_tokens: 0,
+        fee: 5,
+        total: 1,
+    };
+    assert!(a.seal(&wire::sign_receipt(&provider, bad, &H256::zero()), 200, "{}").await.is_err());
+
+    let seq = a.sequence(&user.account_id()).await.unwrap();
+    assert_eq!((seq.sealed_nonce, seq.last_total), (20, 100));
+    assert!(a.in_flight().await.unwrap().is_empty());
+    assert_eq!(b.receipts(&user.account_id(), 15, 100).await.unwrap().len(), 5);
+    assert_eq!(a.unsettled_users().await.unwrap()[0].2, 20);
+    a.mark_settled(&user.account_id(), 12).await.unwrap();
+    assert_eq!(b.unsettled_users().await.unwrap()[0].2, 8);
+    assert_eq!(b.sealed_after(&user.account_id(), 12).await.unwrap().len(), 8);
+
+    // One process settles at a time; when it goes away, another takes over.
+    assert!(a.settlement_turn().await.unwrap());
+    assert!(!b.settlement_turn().await.unwrap());
+    drop(a);
+    tokio::time::sleep(std::time::Duration::from_millis(300)).await;
+    assert!(b.settlement_turn().await.unwrap());
+    drop(server);
+}
