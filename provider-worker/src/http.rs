@@ -422,12 +422,21 @@ async fn chat(State(w): State<Arc<Worker>>, headers: HeaderMap, body: Body) -> R
                 max_tokens: parsed.params.max_tokens as u64,
             };
             outcome = Some(admission::admit(&v, &needs, view, escrow.as_ref(), w.config.window)?);
-            Ok(())
+            Ok::<(), Rejection>(())
         })
         .await;
     match admitted {
         Err(e) => return internal(e),
-        Ok(Err(rejection)) => return refuse(&w, &sv, rejection, last_total).await,
+        Ok(Err(rejection)) => {
+            // The same voucher may have just been admitted by another request (another worker
+            // process, or a retry racing the first try): answer as a retry.
+            if rejection.code == "stale_nonce" {
+                if let Some(r) = replay(&w, &sv).await {
+                    return r;
+                }
+            }
+            return refuse(&w, &sv, rejection, last_total).await;
+        }
         Ok(Ok(())) => {}
     }
     let (Some(admitted), Ok(prompt), Ok(parsed), Some(service)) =

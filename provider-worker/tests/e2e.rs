@@ -18,6 +18,8 @@ use std::{
     time::{Duration, Instant},
 };
 
+mod common;
+
 const WORKER: &str = env!("CARGO_BIN_EXE_compute-worker");
 const UNIT: Balance = 1_000_000_000_000;
 const INPUT_PRICE: Balance = 1_000_000;
@@ -427,5 +429,107 @@ async fn paid_chats_settle_exactly_once_across_a_worker_crash() {
     assert_eq!(again, escrow);
     assert_eq!(chain.provider(&bob.account_id()).await.unwrap().unwrap().claims_settled, 1);
     drop(worker);
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// Two worker processes of one provider share a PostgreSQL trace store: one user's requests
+/// alternate between them and form one receipt chain; the same voucher sent to both at once is
+/// served once; one settlement pays the exact total.
+#[tokio::test(flavor = "multi_thread")]
+async fn two_workers_share_one_postgres_sequencer() {
+    let Some(model) = provider_worker::model::default_model_path() else {
+        panic!("model missing: run `make model`");
+    };
+    let pg = common::pg::Server::start();
+    let dir = temp_dir("pg-e2e");
+    let rpc = free_port();
+    let _node = start_node(&dir, rpc);
+    let chain = Chain::connect(&format!("ws://127.0.0.1:{rpc}"), Duration::from_secs(120))
+        .await
+        .expect("node up");
+    let http = reqwest::Client::new();
+    let mut workers = Vec::new();
+    let mut bases = Vec::new();
+    for tag in ["a", "b"] {
+        let port = free_port();
+        let wdir = dir.join(tag);
+        std::fs::create_dir_all(&wdir).unwrap();
+        let config = write_config(&wdir, rpc, port, &model, 0);
+        let mut text = std::fs::read_to_string(&config).unwrap();
+        // Behind one load balancer: the same public URL, so neither updates the service.
+        text = format!(
+            "database_url = \"{}\"\npublic_url = \"http://compute.example\"\n{text}",
+            pg.url()
+        );
+        std::fs::write(&config, text).unwrap();
+        workers.push(start_worker(&wdir, &config, tag));
+        let base = format!("http://127.0.0.1:{port}");
+        wait_healthy(&http, &base, &wdir, tag).await;
+        bases.push(base);
+    }
+
+    let bob = Signer::from_uri("//Bob").unwrap();
+    let charlie = Signer::from_uri("//Charlie").unwrap();
+    let deposit = UNIT;
+    chain.deposit(&charlie, &bob.account_id(), deposit).await.expect("deposit");
+    let mut user = User {
+        key: charlie.clone(),
+        provider: bob.account_id(),
+        genesis: chain.genesis_hash(),
+        nonce: 0,
+        total: 0,
+        receipts: vec![],
+    };
+    for i in 0..4 {
+        let url = format!("{}/v1/chat/completions", bases[i % 2]);
+        let body = chat_body(&format!("Count to {}.", i + 2), 6, false);
+        let v = user.voucher(&body, CAP);
+        let (status, resp) = post(&http, &url, body, Some(user.header(v.clone()))).await;
+        assert_eq!(status, 200, "worker {}: {resp}", i % 2);
+        let receipt: ReceiptJson = serde_json::from_value(resp["receipt"].clone()).unwrap();
+        user.accept(&receipt, &v);
+    }
+    // The same voucher to both workers at once: one admission, one receipt.
+    let body = chat_body("Say yes.", 4, false);
+    let v = user.voucher(&body, CAP);
+    let h = user.header(v.clone());
+    let (url_a, url_b) =
+        (format!("{}/v1/chat/completions", bases[0]), format!("{}/v1/chat/completions", bases[1]));
+    let (ra, rb) = tokio::join!(
+        post(&http, &url_a, body.clone(), Some(h.clone())),
+        post(&http, &url_b, body, Some(h)),
+    );
+    let served: Vec<&Value> =
+        [&ra, &rb].iter().filter(|(s, _)| *s == 200).map(|(_, r)| r).collect();
+    assert!(!served.is_empty(), "{ra:?} {rb:?}");
+    for (s, r) in [&ra, &rb] {
+        assert!(*s == 200 || (*s == 409 && r["error"]["code"] == "in_progress"), "{s}: {r}");
+    }
+    let receipt: ReceiptJson = serde_json::from_value(served[0]["receipt"].clone()).unwrap();
+    if served.len() == 2 {
+        assert_eq!(served[0]["receipt"], served[1]["receipt"], "the retry gets the same receipt");
+    }
+    user.accept(&receipt, &v);
+
+    // max_age 0: one of the two settles, once, for the exact total.
+    let deadline = Instant::now() + Duration::from_secs(120);
+    let escrow = loop {
+        let e =
+            chain.escrow(&charlie.account_id(), &bob.account_id(), None).await.unwrap().unwrap();
+        if e.settled_nonce == user.nonce || Instant::now() > deadline {
+            break e;
+        }
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    };
+    assert_eq!(escrow.settled_nonce, user.nonce);
+    assert_eq!(escrow.settled_total, user.total);
+    assert_eq!(escrow.balance, deposit - user.total);
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    let stats = chain.provider(&bob.account_id()).await.unwrap().unwrap();
+    assert_eq!(stats.earned, user.total);
+    // max_age 0 settles after each request; what matters is that every nonce was settled
+    // exactly once and the chain paid exactly the verified total.
+    assert_eq!(stats.requests_settled, user.nonce);
+    drop(workers);
     let _ = std::fs::remove_dir_all(&dir);
 }
