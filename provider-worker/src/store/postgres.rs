@@ -34,6 +34,7 @@ CREATE TABLE IF NOT EXISTS traces (
     PRIMARY KEY (usr, nonce)
 );
 CREATE INDEX IF NOT EXISTS traces_unsettled ON traces (settled, usr, nonce);
+CREATE INDEX IF NOT EXISTS traces_in_flight ON traces (usr, nonce) WHERE receipt IS NULL;
 CREATE TABLE IF NOT EXISTS batches (
     id BIGSERIAL PRIMARY KEY,
     submitted_at BIGINT NOT NULL,

@@ -37,6 +37,7 @@ CREATE TABLE IF NOT EXISTS traces (
     PRIMARY KEY (user, nonce)
 );
 CREATE INDEX IF NOT EXISTS traces_unsettled ON traces (settled, user, nonce);
+CREATE INDEX IF NOT EXISTS traces_in_flight ON traces (user, nonce) WHERE receipt IS NULL;
 CREATE TABLE IF NOT EXISTS batches (
     id INTEGER PRIMARY KEY AUTOINCREMENT,
     submitted_at INTEGER NOT NULL,
