@@ -37,7 +37,10 @@ fn main() -> anyhow::Result<()> {
                 let engine = Arc::clone(&engine);
                 let topic = topics[i % topics.len()];
                 std::thread::spawn(move || {
-                    let msg = ChatMessage { role: "user".into(), content: format!("Write about {topic}.") };
+                    let msg = ChatMessage {
+                        role: "user".into(),
+                        content: format!("Write about {topic}."),
+                    };
                     let ids = engine.chat_prompt(&[msg]).expect("prompt");
                     let params = GenParams { max_tokens: 32, ..GenParams::default() };
                     engine.generate(&ids, &params, |_| true).expect("generates")
