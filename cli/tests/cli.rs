@@ -1,0 +1,164 @@
+//! The `compute` CLI against real parts: a dev node (instant seal) and a `compute-worker`
+//! serving SmolLM2 (both built by `cargo test --workspace --no-run`; the model by `make model`).
+
+#![allow(clippy::unwrap_used)]
+
+use std::{
+    net::TcpListener,
+    path::{Path, PathBuf},
+    process::{Child, Command, Output, Stdio},
+    time::{Duration, Instant},
+};
+
+const CLI: &str = env!("CARGO_BIN_EXE_compute");
+const BOB: &str = "5FHneW46xGXgs5mUiveU4sbTyGBzmstUspZC92UhjJM694ty";
+
+fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+}
+
+fn built(name: &str) -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("../target/debug").join(name)
+}
+
+struct Proc(Child);
+impl Drop for Proc {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+fn run(dir: &Path, rpc: u16, args: &[&str]) -> Output {
+    Command::new(CLI)
+        .args(args)
+        .env("COMPUTE_NODE", format!("ws://127.0.0.1:{rpc}"))
+        .env("COMPUTE_KEY", "//Charlie")
+        .env("COMPUTE_STATE", dir.join("state.json"))
+        .output()
+        .unwrap()
+}
+
+fn ok(out: &Output) -> String {
+    let (o, e) = (String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+    assert!(out.status.success(), "stdout: {o}\nstderr: {e}");
+    o.into_owned()
+}
+
+fn fails(out: &Output) -> String {
+    assert!(!out.status.success());
+    let e = String::from_utf8_lossy(&out.stderr).into_owned();
+    assert!(!e.contains("panicked"), "{e}");
+    e
+}
+
+#[test]
+fn fund_chat_ack_and_refund_through_the_cli() {
+    let model =
+        Path::new(env!("CARGO_MANIFEST_DIR")).join("../models/SmolLM2-135M-Instruct.Q4_1.gguf");
+    assert!(model.exists(), "model missing: run `make model`");
+    let dir = std::env::temp_dir().join(format!("compute-cli-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).unwrap();
+
+    // The node is not there yet: a clear error, no panic.
+    let rpc = free_port();
+    let e = fails(&run(&dir, rpc, &["services"]));
+    assert!(e.contains("is a node running"), "{e}");
+
+    let _node = Proc(
+        Command::new(built("compute-node"))
+            .args(["--dev", "--sealing", "instant", "--no-telemetry", "--no-mdns", "--base-path"])
+            .arg(dir.join("chain"))
+            .args([
+                "--rpc-port",
+                &rpc.to_string(),
+                "--port",
+                &free_port().to_string(),
+                "--no-prometheus",
+            ])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap(),
+    );
+    let http = free_port();
+    std::fs::write(
+        dir.join("worker.toml"),
+        format!(
+            "node_url = \"ws://127.0.0.1:{rpc}\"\nlisten = \"127.0.0.1:{http}\"\nprovider_key = \"//Bob\"\n\
+             data_dir = \"{}\"\nmodel = \"{}\"\n[[services]]\nid = 0\nmodel_name = \"SmolLM2-135M-Instruct\"\n\
+             input_price = \"1000000\"\noutput_price = \"4000000\"\n[settlement]\nmax_age_secs = 1\ntick_ms = 500\n",
+            dir.join("worker").display(),
+            model.display()
+        ),
+    )
+    .unwrap();
+    let _worker = Proc(
+        Command::new(built("compute-worker"))
+            .arg("--config")
+            .arg(dir.join("worker.toml"))
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap(),
+    );
+    let deadline = Instant::now() + Duration::from_secs(180);
+    while !ok_services(&dir, rpc) {
+        assert!(Instant::now() < deadline, "worker never registered its service");
+        std::thread::sleep(Duration::from_millis(500));
+    }
+    while std::net::TcpStream::connect(("127.0.0.1", http)).is_err() {
+        assert!(Instant::now() < deadline, "worker never listened");
+        std::thread::sleep(Duration::from_millis(250));
+    }
+
+    // No escrow yet: the error says what to deposit.
+    let e = fails(&run(&dir, rpc, &["chat", BOB, "Hi"]));
+    assert!(e.contains("no escrow") && e.contains("compute deposit"), "{e}");
+    let e = fails(&run(&dir, rpc, &["deposit", "5Nope", "1unit"]));
+    assert!(e.contains("not an SS58 address"), "{e}");
+
+    ok(&run(&dir, rpc, &["deposit", BOB, "0.5unit"]));
+    let out = ok(&run(&dir, rpc, &["--json", "chat", BOB, "Say hello.", "--max-tokens", "8"]));
+    let v: serde_json::Value = serde_json::from_str(out.trim()).unwrap();
+    let total1: u128 = v["receipt"]["total"].as_str().unwrap().parse().unwrap();
+    assert!(total1 > 0 && !v["text"].as_str().unwrap().is_empty());
+    // A second chat continues from the stored nonce and total (a new process each time).
+    let out = ok(&run(&dir, rpc, &["--json", "chat", BOB, "Name a colour.", "--max-tokens", "6"]));
+    let v: serde_json::Value = serde_json::from_str(out.trim()).unwrap();
+    assert_eq!(v["receipt"]["nonce"], 2);
+    let total2: u128 = v["receipt"]["total"].as_str().unwrap().parse().unwrap();
+    assert!(total2 > total1);
+    // A cap too small for the prompt: refused with a fee-0 receipt, the state moves on.
+    let e = fails(&run(&dir, rpc, &["chat", BOB, "Hi", "--cap", "1"]));
+    assert!(e.contains("cap_too_low"), "{e}");
+    ok(&run(&dir, rpc, &["ack", BOB]));
+
+    // The worker settles the ack (max age 1 s): the chain shows the exact total.
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let out = ok(&run(&dir, rpc, &["--json", "escrow", BOB]));
+        let e: serde_json::Value = serde_json::from_str(out.trim()).unwrap();
+        if e["settled_nonce"] == 4 {
+            assert_eq!(e["settled_total"], total2.to_string());
+            assert_eq!(e["balance"], (500_000_000_000u128 - total2).to_string());
+            break;
+        }
+        assert!(Instant::now() < deadline, "not settled: {e}");
+        std::thread::sleep(Duration::from_millis(500));
+    }
+
+    // Refund: withdrawing before the unlock names the block.
+    ok(&run(&dir, rpc, &["refund", "request", BOB, "0.1unit"]));
+    let e = fails(&run(&dir, rpc, &["refund", "withdraw", BOB]));
+    assert!(e.contains("unlocks at block"), "{e}");
+    let e = fails(&run(&dir, rpc, &["refund", "request", BOB, "10unit"]));
+    assert!(e.contains("escrow balance is"), "{e}");
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+fn ok_services(dir: &Path, rpc: u16) -> bool {
+    let out = run(dir, rpc, &["--json", "services"]);
+    out.status.success() && String::from_utf8_lossy(&out.stdout).contains("SmolLM2")
+}
