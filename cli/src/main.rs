@@ -73,6 +73,15 @@ enum Command {
     },
     /// Close the session with PROVIDER: a signed ack of the latest total.
     Ack { provider: String },
+    /// Your receipts held by PROVIDER (fetched with a signed challenge, each verified).
+    Receipts {
+        provider: String,
+        /// Only receipts with a nonce above this.
+        #[arg(long, default_value_t = 0)]
+        after: u64,
+    },
+    /// Prove an over-claim: submit your last verified receipt from PROVIDER to the chain.
+    Dispute { provider: String },
 }
 
 #[derive(Subcommand)]
@@ -186,6 +195,10 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                 .await?
         }
         Command::Ack { provider } => ack(&ctx, &account(&provider)?).await?,
+        Command::Receipts { provider, after } => {
+            receipts(&ctx, &account(&provider)?, after).await?
+        }
+        Command::Dispute { provider } => dispute(&ctx, &account(&provider)?).await?,
     }
     Ok(())
 }
@@ -322,6 +335,7 @@ fn verify(
         Ok(r) => {
             st.nonce = v.nonce;
             st.total = r.receipt.total;
+            st.last_receipt = Some(json.signed.clone());
             Ok(r)
         }
         Err(e) => {
@@ -476,6 +490,83 @@ async fn ack(ctx: &Ctx, provider: &AccountId) -> anyhow::Result<()> {
     let total = st.total;
     all.save()?;
     ctx.out(json!({ "receipt": receipt }), format!("acknowledged total {}", show(total)));
+    Ok(())
+}
+
+async fn receipts(ctx: &Ctx, provider: &AccountId, after: u64) -> anyhow::Result<()> {
+    let signer = ctx.signer()?;
+    let svc = ctx
+        .chain
+        .services_of(provider)
+        .await?
+        .into_iter()
+        .next()
+        .ok_or_else(|| anyhow!("{provider} has no services"))?;
+    let genesis = ctx.chain.genesis_hash();
+    let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH)?.as_secs();
+    let auth = wire::SignedAuth::new(signer, provider.clone(), now, &genesis);
+    let resp = reqwest::Client::new()
+        .get(format!("{}/v1/receipts?after={after}", svc.url.trim_end_matches('/')))
+        .header(wire::AUTH_HEADER, wire::to_hex(&auth))
+        .send()
+        .await
+        .with_context(|| format!("cannot reach the provider at {}", svc.url))?;
+    let status = resp.status();
+    let value: Value = resp.json().await?;
+    if !status.is_success() {
+        bail!("provider refused ({status}): {value}");
+    }
+    let list: Vec<ReceiptJson> = serde_json::from_value(value["data"].clone())?;
+    let mut text = String::new();
+    for r in &list {
+        let signed: SignedReceipt =
+            wire::from_hex("receipt", &r.signed).map_err(|e| anyhow!("{e}"))?;
+        if !signed.verify(&genesis) || signed.receipt.provider != *provider {
+            bail!("receipt {} from {provider} does not verify", r.nonce);
+        }
+        text.push_str(&format!(
+            "#{} fee {} total {} ({} + {} tokens)\n",
+            r.nonce, r.fee, r.total, r.input_tokens, r.output_tokens
+        ));
+    }
+    ctx.out(
+        serde_json::to_value(&list)?,
+        format!("{}{} receipt(s), all verified", text, list.len()),
+    );
+    Ok(())
+}
+
+async fn dispute(ctx: &Ctx, provider: &AccountId) -> anyhow::Result<()> {
+    let signer = ctx.signer()?;
+    let user = signer.account_id();
+    let mut all = state::State::load(ctx.state_path.clone())?;
+    let st = all.entry(&user.to_string(), &provider.to_string());
+    let hex = st
+        .last_receipt
+        .clone()
+        .ok_or_else(|| anyhow!("no verified receipt from {provider} in the state file"))?;
+    let receipt: SignedReceipt = wire::from_hex("receipt", &hex).map_err(|e| anyhow!("{e}"))?;
+    let e = ctx
+        .chain
+        .escrow(&user, provider, None)
+        .await?
+        .ok_or_else(|| anyhow!("no escrow with {provider}"))?;
+    if e.settled_total <= receipt.receipt.total {
+        bail!(
+            "nothing to dispute: the chain settled {} and your receipt shows a total of {}",
+            show(e.settled_total),
+            show(receipt.receipt.total)
+        );
+    }
+    eprintln!(
+        "submitting a dispute with receipt #{}, waiting for finality…",
+        receipt.receipt.nonce
+    );
+    let out = ctx.chain.dispute(signer, provider, receipt).await?;
+    ctx.out(
+        json!({ "block": format!("{:?}", out.block_hash) }),
+        format!("dispute included in {:?}", out.block_hash),
+    );
     Ok(())
 }
 

@@ -13,6 +13,9 @@ pub struct ProviderState {
     /// Total of the last receipt verified (decimal string in the file).
     #[serde(with = "amount")]
     pub total: Balance,
+    /// The last verified receipt (hex SCALE), kept for disputes.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_receipt: Option<String>,
     /// Why vouchers to this provider are refused, if a receipt failed verification.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub distrusted: Option<String>,
