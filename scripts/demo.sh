@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # The main job: start a development chain (Alice authoring with Aura, GRANDPA finalizing), start
 # a provider worker (Bob) serving SmolLM2-135M-Instruct, and run a scripted paid chat as Charlie:
-# deposit, signed voucher, verified receipt, closing ack, settlement on chain.
+# deposit, a streamed chat with the `compute` CLI, a request through `compute proxy` (the local
+# OpenAI-compatible endpoint), closing ack, settlement on chain, refund request.
 #   BLOCKS=N   how many finalized blocks to wait for (default 3)
 #   KEEP=1     leave the node running afterwards (Ctrl-C to stop)
 set -euo pipefail
@@ -74,9 +75,44 @@ for _ in $(seq 1 240); do
     kill -0 "$WPID" 2>/dev/null || { echo "worker exited:"; tail -20 "$BASE/worker.log"; exit 1; }
     sleep 0.5
 done
-echo "==> A paid chat as Charlie"
-target/debug/examples/paid_chat "ws://127.0.0.1:$RPC_PORT" "http://127.0.0.1:$WORKER_PORT" \
-    "${QUESTION:-What is the capital of France?}"
+BOB=5FHneW46xGXgs5mUiveU4sbTyGBzmstUspZC92UhjJM694ty
+compute() { target/debug/compute --node "ws://127.0.0.1:$RPC_PORT" --key //Charlie \
+    --state "$BASE/state.json" "$@"; }
+for _ in $(seq 1 120); do
+    compute --json services 2>/dev/null | grep -q SmolLM2 && break
+    sleep 1
+done
+echo "==> The services on chain (registered by the worker at start-up)"
+compute services
+echo "==> Charlie's account"
+compute account
+echo "==> Charlie deposits 0.5 unit into escrow with Bob"
+compute deposit "$BOB" 0.5unit
+echo "==> A paid chat, streamed: signed voucher, receipt verified"
+compute chat "$BOB" "${QUESTION:-What is the capital of France?}" --max-tokens 48 --temperature 0
+PROXY_PORT=${PROXY_PORT:-8788}
+echo "==> The same account through the local OpenAI-compatible proxy (any OpenAI client works)"
+compute proxy "$BOB" --listen "127.0.0.1:$PROXY_PORT" 2>"$BASE/proxy.log" &
+PPID_=$!
+trap 'kill "$PPID_" 2>/dev/null; cleanup' EXIT
+for _ in $(seq 1 60); do curl -sf "http://127.0.0.1:$PROXY_PORT/health" >/dev/null && break; sleep 0.5; done
+curl -s "http://127.0.0.1:$PROXY_PORT/v1/chat/completions" -H 'content-type: application/json' \
+    -d '{"model":"SmolLM2-135M-Instruct","max_tokens":24,"messages":[{"role":"user","content":"Name three colours."}]}' |
+    python3 -c 'import json,sys; r=json.load(sys.stdin); print(r["choices"][0]["message"]["content"]); print("-- usage", r["usage"], "fee", r["receipt"]["fee"], "total", r["receipt"]["total"])'
+kill "$PPID_" 2>/dev/null || true
+echo "==> Charlie closes the session with a signed ack of the total"
+compute ack "$BOB"
+total=$(python3 -c 'import json,sys; s=json.load(open(sys.argv[1])); print(list(s["providers"].values())[0]["total"])' "$BASE/state.json")
+echo "==> Waiting for Bob's worker to settle $total on chain"
+for _ in $(seq 1 90); do
+    compute --json escrow "$BOB" | grep -q "\"settled_total\":\"$total\"" && break
+    sleep 1
+done
+compute escrow "$BOB"
+compute --json escrow "$BOB" | grep -q "\"settled_total\":\"$total\"" || { echo "not settled"; tail -20 "$BASE/worker.log"; exit 1; }
+echo "==> Charlie asks for 0.1 unit back (withdrawable after the refund lock)"
+compute refund request "$BOB" 0.1unit
+echo "==> Done: paid, verified, settled exactly once."
 if [ "${KEEP:-0}" = "1" ]; then
     echo "==> Node running on ws://127.0.0.1:$RPC_PORT; Ctrl-C to stop"
     wait "$PID"

@@ -32,7 +32,14 @@ fi
 log "Rust toolchain from rust-toolchain.toml"
 rustup toolchain install >/dev/null 2>&1 || true
 toolchain_targets=$(rustup target list --installed)
-grep -q '^wasm32v1-none$' <<<"$toolchain_targets" || rustup target add wasm32v1-none
+# The runtime's wasm prefers wasm32v1-none; where a registry mirror does not carry it,
+# substrate-wasm-builder falls back to wasm32-unknown-unknown with rust-src.
+if ! grep -q '^wasm32v1-none$' <<<"$toolchain_targets"; then
+    if ! rustup target add wasm32v1-none >/dev/null 2>&1; then
+        log "wasm32v1-none is not downloadable here; using wasm32-unknown-unknown"
+        grep -q '^wasm32-unknown-unknown$' <<<"$toolchain_targets" || rustup target add wasm32-unknown-unknown
+    fi
+fi
 rustup component list --installed | grep -q '^rust-src' || rustup component add rust-src
 rustup component list --installed | grep -q '^clippy' || rustup component add clippy rustfmt
 
@@ -46,5 +53,14 @@ if [ "${SKIP_NPM:-0}" != "1" ]; then
         log "Installing @zombienet/cli (npm)"
         (cd zombienet && npm ci --no-audit --no-fund --loglevel=error)
     fi
+fi
+if [ "${SKIP_NPM:-0}" != "1" ] && [ ! -d clients/js/node_modules/@polkadot/api ]; then
+    log "Installing the polkadot.js client's packages (clients/js)"
+    (cd clients/js && npm ci --no-audit --no-fund --loglevel=error)
+fi
+if [ ! -x clients/python/.venv/bin/python ] || ! clients/python/.venv/bin/python -c 'import openai' 2>/dev/null; then
+    log "Installing the OpenAI Python client (clients/python/.venv)"
+    python3 -m venv clients/python/.venv
+    clients/python/.venv/bin/pip install -q --disable-pip-version-check -r clients/python/requirements.txt
 fi
 log "Setup complete"

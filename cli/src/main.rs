@@ -1,20 +1,19 @@
 //! `compute`: the user's command line for the compute marketplace.
 
+mod chat;
+mod proxy;
+mod session;
+mod sse;
 mod state;
 
 use anyhow::{anyhow, bail, Context};
 use clap::{Parser, Subcommand};
-use compute_client::{
-    wire::{self, ErrorBody, ReceiptJson},
-    Chain, Signer,
-};
-use compute_primitives::{AccountId, Balance, ServiceId, SignedReceipt, Voucher};
+use compute_client::{wire, Chain, Signer};
+use compute_primitives::{AccountId, Balance, ServiceId, SignedReceipt};
 use polkadot_sdk::sp_core::H256;
 use serde_json::{json, Value};
-use std::{path::PathBuf, time::Duration};
-
-/// Smallest units per token.
-const UNIT: Balance = 1_000_000_000_000;
+use session::{show, Session, UNIT};
+use std::{net::SocketAddr, path::PathBuf, time::Duration};
 /// Seconds per block at the chain's target block time.
 const BLOCK_SECS: u64 = 6;
 
@@ -57,17 +56,35 @@ enum Command {
     Refund(Refund),
     /// Your escrow with PROVIDER: balance, pending refund, unlock time.
     Escrow { provider: String },
-    /// Send one chat message to PROVIDER's service and verify the receipt.
+    /// Chat with PROVIDER: one MESSAGE, or a conversation on stdin when MESSAGE is left out.
+    /// Every answer streams as it is generated and its receipt is verified.
     Chat {
         provider: String,
-        message: String,
+        message: Option<String>,
         /// Service id (default: the provider's first chat service).
         #[arg(long)]
         service: Option<ServiceId>,
-        /// Most output tokens.
+        /// Most output tokens per answer.
         #[arg(long, default_value_t = 128)]
         max_tokens: u64,
-        /// Most this request may cost (e.g. `0.01unit`).
+        /// Most one request may cost (e.g. `0.01unit`).
+        #[arg(long, default_value = "0.01unit")]
+        cap: String,
+        /// Sampling temperature (0 = greedy).
+        #[arg(long)]
+        temperature: Option<f64>,
+        /// Wait for the whole answer instead of streaming it.
+        #[arg(long)]
+        no_stream: bool,
+    },
+    /// Serve a local OpenAI-compatible endpoint that pays PROVIDER: point any OpenAI client's
+    /// base URL at http://LISTEN/v1.
+    Proxy {
+        provider: String,
+        /// Address to listen on.
+        #[arg(long, default_value = "127.0.0.1:8788")]
+        listen: SocketAddr,
+        /// Most one request may cost (e.g. `0.01unit`); the provider lowers `max_tokens` to fit.
         #[arg(long, default_value = "0.01unit")]
         cap: String,
     },
@@ -111,10 +128,6 @@ fn parse_amount(s: &str) -> anyhow::Result<Balance> {
     s.parse().map_err(|_| anyhow!("`{s}` is not an amount (smallest units, or e.g. `0.5unit`)"))
 }
 
-fn show(amount: Balance) -> String {
-    format!("{}.{:012} unit", amount / UNIT, amount % UNIT)
-}
-
 fn account(s: &str) -> anyhow::Result<AccountId> {
     s.parse().map_err(|_| anyhow!("`{s}` is not an SS58 address"))
 }
@@ -129,6 +142,15 @@ struct Ctx {
 impl Ctx {
     fn signer(&self) -> anyhow::Result<&Signer> {
         self.signer.as_ref().ok_or_else(|| anyhow!("give your key with --key or --key-file"))
+    }
+
+    fn session(&self, provider: &str) -> anyhow::Result<Session> {
+        Ok(Session::new(
+            self.chain.clone(),
+            self.signer()?.clone(),
+            account(provider)?,
+            self.state_path.clone(),
+        ))
     }
 
     fn out(&self, value: Value, text: String) {
@@ -156,7 +178,8 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
     };
     let chain = Chain::connect(&cli.node, Duration::from_secs(10))
         .await
-        .with_context(|| format!("is a node running at {}?", cli.node))?;
+        .with_context(|| format!("is a node running at {}?", cli.node))?
+        .with_progress(|stage| eprintln!("  {stage}"));
     let state_path = cli.state.clone().unwrap_or_else(|| {
         let home = std::env::var_os("HOME").map(PathBuf::from).unwrap_or_default();
         home.join(".compute").join("state.json")
@@ -190,14 +213,25 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         }
         Command::Refund(r) => refund(&ctx, r).await?,
         Command::Escrow { provider } => escrow(&ctx, &account(&provider)?).await?,
-        Command::Chat { provider, message, service, max_tokens, cap } => {
-            chat(&ctx, &account(&provider)?, &message, service, max_tokens, parse_amount(&cap)?)
-                .await?
+        Command::Chat { provider, message, service, max_tokens, cap, temperature, no_stream } => {
+            let sess = ctx.session(&provider)?;
+            let svc = sess.service(service, None).await?;
+            let opts = chat::Options {
+                max_tokens,
+                cap: parse_amount(&cap)?,
+                stream: !no_stream,
+                temperature,
+            };
+            match message {
+                Some(m) => chat::one_shot(&sess, &svc, &m, &opts, ctx.cli_json).await?,
+                None => chat::interactive(&sess, &svc, &opts).await?,
+            }
         }
-        Command::Ack { provider } => ack(&ctx, &account(&provider)?).await?,
-        Command::Receipts { provider, after } => {
-            receipts(&ctx, &account(&provider)?, after).await?
+        Command::Proxy { provider, listen, cap } => {
+            proxy::serve(ctx.session(&provider)?, parse_amount(&cap)?, listen).await?
         }
+        Command::Ack { provider } => ack(&ctx, &provider).await?,
+        Command::Receipts { provider, after } => receipts(&ctx, &provider, after).await?,
         Command::Dispute { provider } => dispute(&ctx, &account(&provider)?).await?,
     }
     Ok(())
@@ -316,221 +350,40 @@ async fn refund(ctx: &Ctx, r: Refund) -> anyhow::Result<()> {
     }
 }
 
-/// Check a receipt; on failure remember to refuse the provider from now on.
-fn verify(
-    st: &mut state::ProviderState,
-    json: &ReceiptJson,
-    v: &Voucher,
-    genesis: &H256,
-    prices: (Balance, Balance),
-) -> anyhow::Result<SignedReceipt> {
-    let checked = wire::from_hex::<SignedReceipt>("receipt", &json.signed)
-        .map_err(|e| anyhow!("{e}"))
-        .and_then(|r| {
-            wire::check_receipt(&r, v, genesis, prices, st.total)
-                .map(|()| r)
-                .map_err(|e| anyhow!("{e}"))
-        });
-    match checked {
-        Ok(r) => {
-            st.nonce = v.nonce;
-            st.total = r.receipt.total;
-            st.last_receipt = Some(json.signed.clone());
-            Ok(r)
-        }
-        Err(e) => {
-            st.distrusted = Some(e.to_string());
-            Err(anyhow!("the provider's receipt does not verify ({e}); no more vouchers will be signed for it"))
-        }
-    }
-}
-
-async fn chat(
-    ctx: &Ctx,
-    provider: &AccountId,
-    message: &str,
-    service: Option<ServiceId>,
-    max_tokens: u64,
-    cap: Balance,
-) -> anyhow::Result<()> {
-    let signer = ctx.signer()?;
-    let user = signer.account_id();
-    let services = ctx.chain.services_of(provider).await?;
-    let svc = match service {
-        Some(id) => services.iter().find(|s| s.service_id == id),
-        None => services.first(),
-    }
-    .ok_or_else(|| anyhow!("{provider} has no such service (see `compute services`)"))?
-    .clone();
-    let escrow = ctx.chain.escrow(&user, provider, None).await?.ok_or_else(|| {
-        anyhow!("no escrow with {provider}; deposit at least {} first: `compute deposit {provider} <amount>`", show(cap))
-    })?;
-    let mut all = state::State::load(ctx.state_path.clone())?;
-    let st = all.entry(&user.to_string(), &provider.to_string());
-    if let Some(why) = &st.distrusted {
-        bail!(
-            "refusing to sign vouchers for {provider}: an earlier receipt did not verify ({why})"
-        );
-    }
-    if st.nonce < escrow.settled_nonce {
-        // Another client used this account: continue from the chain's view.
-        st.nonce = escrow.settled_nonce;
-        st.total = st.total.max(escrow.last_claimed_total);
-    }
-    let body = serde_json::to_vec(&json!({
-        "model": svc.model, "max_tokens": max_tokens,
-        "messages": [{ "role": "user", "content": message }] }))?;
-    let v = Voucher {
-        user: user.clone(),
-        provider: provider.clone(),
-        service_id: svc.service_id,
-        price_version: svc.price_version,
-        nonce: st.nonce + 1,
-        request_hash: wire::request_hash(&body),
-        spent: st.total,
-        cap,
-    };
-    let genesis = ctx.chain.genesis_hash();
-    let resp = reqwest::Client::new()
-        .post(format!("{}/v1/chat/completions", svc.url.trim_end_matches('/')))
-        .header(
-            wire::VOUCHER_HEADER,
-            wire::to_hex(&wire::sign_voucher(signer, v.clone(), &genesis)),
-        )
-        .header("content-type", "application/json")
-        .body(body)
-        .send()
-        .await
-        .with_context(|| format!("cannot reach the provider at {}", svc.url))?;
+async fn ack(ctx: &Ctx, provider: &str) -> anyhow::Result<()> {
+    let sess = ctx.session(provider)?;
+    let svc = sess.service(None, None).await?;
+    // An ack covers no request: no request hash, nothing may be charged.
+    let signed = sess.sign_with(&svc, H256::zero(), 0).await?;
+    let resp = sess.send(&signed, "/v1/ack", Vec::new()).await?;
     let status = resp.status();
     let value: Value = resp.json().await.context("the provider's answer is not JSON")?;
-    let prices = (svc.input_price, svc.output_price);
     if !status.is_success() {
-        let err: ErrorBody = serde_json::from_value(value.clone())
-            .map_err(|_| anyhow!("provider answered {status}: {value}"))?;
-        if let Some(r) = &err.error.receipt {
-            verify(st, r, &v, &genesis, prices)?;
-        }
-        all.save()?;
-        let hint = match err.error.code.as_str() {
-            "insufficient_escrow" | "no_escrow" => format!(
-                "; deposit at least {} more: `compute deposit {provider} <amount>`",
-                err.error
-                    .expected
-                    .as_ref()
-                    .and_then(|e| e["deposit"].as_str())
-                    .and_then(|d| d.parse().ok())
-                    .map_or("?".into(), show)
-            ),
-            _ => String::new(),
-        };
-        bail!("provider refused ({status} {}): {}{hint}", err.error.code, err.error.message);
+        return Err(sess.refused(&signed, status.as_u16(), value).into());
     }
-    let receipt: ReceiptJson =
-        serde_json::from_value(value["receipt"].clone()).context("answer without a receipt")?;
-    let checked = verify(st, &receipt, &v, &genesis, prices);
-    all.save()?;
-    let r = checked?;
-    let text = value["choices"][0]["message"]["content"].as_str().unwrap_or_default();
-    if r.receipt.response_hash != wire::response_hash(text) {
-        bail!("the receipt's response hash does not match the text received");
-    }
-    ctx.out(
-        json!({ "text": text, "receipt": receipt }),
-        format!(
-            "{text}\n-- {} prompt + {} completion tokens, fee {}, total {}",
-            r.receipt.input_tokens,
-            r.receipt.output_tokens,
-            show(r.receipt.fee),
-            show(r.receipt.total)
-        ),
-    );
+    let receipt: wire::ReceiptJson = serde_json::from_value(value["receipt"].clone())
+        .context("the answer carries no receipt")?;
+    let r = sess.record(&signed, &receipt, None)?;
+    ctx.out(json!({ "receipt": receipt }), format!("acknowledged total {}", show(r.receipt.total)));
     Ok(())
 }
 
-async fn ack(ctx: &Ctx, provider: &AccountId) -> anyhow::Result<()> {
-    let signer = ctx.signer()?;
-    let user = signer.account_id();
-    let svc = ctx
-        .chain
-        .services_of(provider)
-        .await?
-        .into_iter()
-        .next()
-        .ok_or_else(|| anyhow!("{provider} has no services"))?;
-    let mut all = state::State::load(ctx.state_path.clone())?;
-    let st = all.entry(&user.to_string(), &provider.to_string());
-    let v = Voucher {
-        user,
-        provider: provider.clone(),
-        service_id: svc.service_id,
-        price_version: svc.price_version,
-        nonce: st.nonce + 1,
-        request_hash: H256::zero(),
-        spent: st.total,
-        cap: 0,
-    };
-    let genesis = ctx.chain.genesis_hash();
-    let resp = reqwest::Client::new()
-        .post(format!("{}/v1/ack", svc.url.trim_end_matches('/')))
-        .header(
-            wire::VOUCHER_HEADER,
-            wire::to_hex(&wire::sign_voucher(signer, v.clone(), &genesis)),
-        )
-        .send()
-        .await
-        .with_context(|| format!("cannot reach the provider at {}", svc.url))?;
-    let status = resp.status();
-    let value: Value = resp.json().await?;
-    if !status.is_success() {
-        bail!("ack refused ({status}): {value}");
-    }
-    let receipt: ReceiptJson = serde_json::from_value(value["receipt"].clone())?;
-    verify(st, &receipt, &v, &genesis, (svc.input_price, svc.output_price))?;
-    let total = st.total;
-    all.save()?;
-    ctx.out(json!({ "receipt": receipt }), format!("acknowledged total {}", show(total)));
-    Ok(())
-}
-
-async fn receipts(ctx: &Ctx, provider: &AccountId, after: u64) -> anyhow::Result<()> {
-    let signer = ctx.signer()?;
-    let svc = ctx
-        .chain
-        .services_of(provider)
-        .await?
-        .into_iter()
-        .next()
-        .ok_or_else(|| anyhow!("{provider} has no services"))?;
-    let genesis = ctx.chain.genesis_hash();
-    let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH)?.as_secs();
-    let auth = wire::SignedAuth::new(signer, provider.clone(), now, &genesis);
-    let resp = reqwest::Client::new()
-        .get(format!("{}/v1/receipts?after={after}", svc.url.trim_end_matches('/')))
-        .header(wire::AUTH_HEADER, wire::to_hex(&auth))
-        .send()
-        .await
-        .with_context(|| format!("cannot reach the provider at {}", svc.url))?;
-    let status = resp.status();
-    let value: Value = resp.json().await?;
-    if !status.is_success() {
-        bail!("provider refused ({status}): {value}");
-    }
-    let list: Vec<ReceiptJson> = serde_json::from_value(value["data"].clone())?;
+async fn receipts(ctx: &Ctx, provider: &str, after: u64) -> anyhow::Result<()> {
+    let sess = ctx.session(provider)?;
+    let list = sess.fetch_receipts(after).await?;
     let mut text = String::new();
-    for r in &list {
-        let signed: SignedReceipt =
-            wire::from_hex("receipt", &r.signed).map_err(|e| anyhow!("{e}"))?;
-        if !signed.verify(&genesis) || signed.receipt.provider != *provider {
-            bail!("receipt {} from {provider} does not verify", r.nonce);
-        }
+    for (r, _) in &list {
         text.push_str(&format!(
             "#{} fee {} total {} ({} + {} tokens)\n",
-            r.nonce, r.fee, r.total, r.input_tokens, r.output_tokens
+            r.nonce,
+            show(r.fee.parse().unwrap_or_default()),
+            show(r.total.parse().unwrap_or_default()),
+            r.input_tokens,
+            r.output_tokens
         ));
     }
     ctx.out(
-        serde_json::to_value(&list)?,
+        serde_json::to_value(list.iter().map(|(r, _)| r).collect::<Vec<_>>())?,
         format!("{}{} receipt(s), all verified", text, list.len()),
     );
     Ok(())

@@ -39,6 +39,34 @@ fn run(dir: &Path, rpc: u16, args: &[&str]) -> Output {
         .unwrap()
 }
 
+fn run_with_stdin(dir: &Path, rpc: u16, args: &[&str], input: &str) -> Output {
+    use std::io::Write;
+    let mut child = Command::new(CLI)
+        .args(args)
+        .env("COMPUTE_NODE", format!("ws://127.0.0.1:{rpc}"))
+        .env("COMPUTE_KEY", "//Charlie")
+        .env("COMPUTE_STATE", dir.join("state.json"))
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    child.stdin.take().unwrap().write_all(input.as_bytes()).unwrap();
+    child.wait_with_output().unwrap()
+}
+
+/// `curl` a URL (POST with a JSON body when given): status code and JSON answer.
+fn curl(url: &str, body: Option<&str>) -> (u16, serde_json::Value) {
+    let mut cmd = Command::new("curl");
+    cmd.args(["-s", "-w", "\n%{http_code}", url]);
+    if let Some(b) = body {
+        cmd.args(["-H", "content-type: application/json", "--data-binary", b]);
+    }
+    let out = String::from_utf8(cmd.output().unwrap().stdout).unwrap();
+    let (json, code) = out.rsplit_once('\n').unwrap();
+    (code.trim().parse().unwrap(), serde_json::from_str(json).unwrap_or(serde_json::Value::Null))
+}
+
 fn ok(out: &Output) -> String {
     let (o, e) = (String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
     assert!(out.status.success(), "stdout: {o}\nstderr: {e}");
@@ -130,24 +158,91 @@ fn fund_chat_ack_and_refund_through_the_cli() {
     assert_eq!(v["receipt"]["nonce"], 2);
     let total2: u128 = v["receipt"]["total"].as_str().unwrap().parse().unwrap();
     assert!(total2 > total1);
+    // Streamed to the terminal, and not streamed: the text, then the receipt's figures.
+    let out = ok(&run(&dir, rpc, &["chat", BOB, "Count to three.", "--max-tokens", "6"]));
+    assert!(out.contains("completion tokens, fee"), "{out}");
+    let out = ok(&run(&dir, rpc, &["chat", BOB, "Hi", "--max-tokens", "4", "--no-stream"]));
+    assert!(out.contains("completion tokens, fee"), "{out}");
+    // An interactive session: two paid turns, history kept, /reset and /quit understood.
+    let out = run_with_stdin(
+        &dir,
+        rpc,
+        &["chat", BOB, "--max-tokens", "5"],
+        "Hello there.\n/reset\n\nName a fruit.\n/quit\nnever sent\n",
+    );
+    let (o, e) = (ok(&out), String::from_utf8_lossy(&out.stderr).into_owned());
+    assert_eq!(e.matches("completion tokens, fee").count(), 2, "stdout {o}\nstderr {e}");
+    assert!(e.contains("history cleared"), "{e}");
     // A cap too small for the prompt: refused with a fee-0 receipt, the state moves on.
     let e = fails(&run(&dir, rpc, &["chat", BOB, "Hi", "--cap", "1"]));
     assert!(e.contains("cap_too_low"), "{e}");
+
+    // The local OpenAI proxy: its own errors in OpenAI's shape, then a paid request.
+    let proxy_port = free_port();
+    let _proxy = Proc(
+        Command::new(CLI)
+            .args(["proxy", BOB, "--listen", &format!("127.0.0.1:{proxy_port}")])
+            .env("COMPUTE_NODE", format!("ws://127.0.0.1:{rpc}"))
+            .env("COMPUTE_KEY", "//Charlie")
+            .env("COMPUTE_STATE", dir.join("state.json"))
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap(),
+    );
+    let base = format!("http://127.0.0.1:{proxy_port}/v1");
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while std::net::TcpStream::connect(("127.0.0.1", proxy_port)).is_err() {
+        assert!(Instant::now() < deadline, "proxy never listened");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let (code, body) = curl(&format!("{base}/chat/completions"), Some("{not json"));
+    assert_eq!((code, body["error"]["code"].as_str()), (400, Some("invalid_json")), "{body}");
+    let (code, body) = curl(
+        &format!("{base}/chat/completions"),
+        Some(r#"{"model":"gpt-4o","messages":[{"role":"user","content":"hi"}]}"#),
+    );
+    assert_eq!((code, body["error"]["code"].as_str()), (404, Some("model_not_found")), "{body}");
+    let (code, body) = curl(&format!("{base}/models"), None);
+    assert_eq!((code, body["data"][0]["id"].as_str()), (200, Some("SmolLM2-135M-Instruct")));
+    let (code, body) = curl(
+        &format!("{base}/chat/completions"),
+        Some(
+            r#"{"model":"SmolLM2-135M-Instruct","max_tokens":5,"messages":[{"role":"user","content":"Hi"}]}"#,
+        ),
+    );
+    assert_eq!(code, 200, "{body}");
+    assert_eq!(body["receipt"]["nonce"], 8, "the proxy continues the CLI's sequence: {body}");
+
     ok(&run(&dir, rpc, &["ack", BOB]));
+    let state: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(dir.join("state.json")).unwrap()).unwrap();
+    let entry = state["providers"].as_object().unwrap().values().next().unwrap().clone();
+    assert_eq!(entry["nonce"], 9);
+    let total: u128 = entry["total"].as_str().unwrap().parse().unwrap();
+    assert!(total > total2);
+    // Every receipt the worker holds for Charlie, fetched with a signed challenge and verified.
+    let out = ok(&run(&dir, rpc, &["--json", "receipts", BOB]));
+    let list: Vec<serde_json::Value> = serde_json::from_str(out.trim()).unwrap();
+    assert_eq!(list.len(), 9);
+    assert_eq!(list[8]["total"], total.to_string());
 
     // The worker settles the ack (max age 1 s): the chain shows the exact total.
     let deadline = Instant::now() + Duration::from_secs(60);
     loop {
         let out = ok(&run(&dir, rpc, &["--json", "escrow", BOB]));
         let e: serde_json::Value = serde_json::from_str(out.trim()).unwrap();
-        if e["settled_nonce"] == 4 {
-            assert_eq!(e["settled_total"], total2.to_string());
-            assert_eq!(e["balance"], (500_000_000_000u128 - total2).to_string());
+        if e["settled_nonce"] == 9 {
+            assert_eq!(e["settled_total"], total.to_string());
+            assert_eq!(e["balance"], (500_000_000_000u128 - total).to_string());
             break;
         }
         assert!(Instant::now() < deadline, "not settled: {e}");
         std::thread::sleep(Duration::from_millis(500));
     }
+    // Nothing was over-claimed: a dispute is refused before it reaches the chain.
+    let e = fails(&run(&dir, rpc, &["dispute", BOB]));
+    assert!(e.contains("nothing to dispute"), "{e}");
 
     // Refund: withdrawing before the unlock names the block.
     ok(&run(&dir, rpc, &["refund", "request", BOB, "0.1unit"]));

@@ -139,9 +139,13 @@ pub enum Wait {
     Finalized,
 }
 
+/// Called with a line of text at each stage of a transaction (pool, block, finality).
+pub type ProgressFn = std::sync::Arc<dyn Fn(&str) + Send + Sync>;
+
 /// A connection to a compute node.
 #[derive(Clone)]
 pub struct Chain {
+    progress: Option<ProgressFn>,
     api: OnlineClient<PolkadotConfig>,
     rpc: RpcClient,
     genesis: H256,
@@ -274,13 +278,25 @@ impl Chain {
             match attempt.await {
                 Ok((rpc, api)) => {
                     let genesis = H256(api.genesis_hash().0);
-                    return Ok(Chain { api, rpc, genesis, url: url.to_string() });
+                    return Ok(Chain { progress: None, api, rpc, genesis, url: url.to_string() });
                 }
                 Err(reason) if Instant::now() >= deadline => {
                     return Err(ChainError::Unreachable { url: url.to_string(), reason })
                 }
                 Err(_) => tokio::time::sleep(Duration::from_millis(250)).await,
             }
+        }
+    }
+
+    /// Report each stage of the transactions this client submits (for progress output).
+    pub fn with_progress(mut self, f: impl Fn(&str) + Send + Sync + 'static) -> Self {
+        self.progress = Some(std::sync::Arc::new(f));
+        self
+    }
+
+    fn report(&self, stage: &str) {
+        if let Some(f) = &self.progress {
+            f(stage);
         }
     }
 
@@ -453,15 +469,35 @@ impl Chain {
         let fail = |e: String| ChainError::Transaction { call, reason: e };
         let tx = subxt::dynamic::transaction("Compute", call, args);
         let at = self.api.at_current_block().await.map_err(|e| fail(e.to_string()))?;
-        let progress = at
+        let mut progress = at
             .transactions()
             .sign_and_submit_then_watch_default(&tx, signer.keypair())
             .await
             .map_err(|e| fail(e.to_string()))?;
-        let in_block = match wait {
-            Wait::Finalized => progress.wait_for_finalized().await,
-        }
-        .map_err(|e| fail(e.to_string()))?;
+        let Wait::Finalized = wait;
+        let in_block = loop {
+            use subxt::transactions::TransactionStatus as S;
+            match progress.next().await {
+                Some(Ok(S::Validated)) => self.report(&format!("{call}: accepted into the pool")),
+                Some(Ok(S::Broadcasted)) => self.report(&format!("{call}: broadcast to peers")),
+                Some(Ok(S::InBestBlock(b))) => self.report(&format!(
+                    "{call}: in block {:?}, waiting for finality",
+                    H256(b.block_hash().0)
+                )),
+                Some(Ok(S::NoLongerInBestBlock)) => {
+                    self.report(&format!("{call}: block retracted, waiting for another"))
+                }
+                Some(Ok(S::InFinalizedBlock(b))) => {
+                    self.report(&format!("{call}: finalized in {:?}", H256(b.block_hash().0)));
+                    break b;
+                }
+                Some(Ok(S::Error { message }))
+                | Some(Ok(S::Invalid { message }))
+                | Some(Ok(S::Dropped { message })) => return Err(fail(message)),
+                Some(Err(e)) => return Err(fail(e.to_string())),
+                None => return Err(fail("the node closed the transaction's status stream".into())),
+            }
+        };
         let block_hash = H256(in_block.block_hash().0);
         let events = in_block.wait_for_success().await.map_err(|e| fail(e.to_string()))?;
         let mut out = Vec::new();

@@ -1,5 +1,6 @@
 //! Aggregate generation throughput with 1, 4 and 16 concurrent streams over one loaded model
-//! (each stream its own KV cache, weights shared), plus peak memory. Greedy, 32 tokens each.
+//! (each stream its own KV cache, weights shared, running streams decoded together in batches of
+//! up to `MAX_BATCH`, default 16), plus peak memory. Greedy, 32 tokens each.
 //! `cargo run --release -p provider-worker --example throughput -- [MODEL] [STREAMS...]`
 
 use provider_worker::model::{ChatMessage, Engine, GenParams, WeightFormat};
@@ -27,7 +28,13 @@ fn main() -> anyhow::Result<()> {
     if streams.is_empty() {
         streams = vec![1, 4, 16];
     }
-    let engine = Arc::new(Engine::load(&model, WeightFormat::FastCpu, candle_core::Device::Cpu)?);
+    let max_batch = std::env::var("MAX_BATCH").ok().and_then(|b| b.parse().ok()).unwrap_or(16);
+    let engine = Arc::new(Engine::load_with(
+        &model,
+        WeightFormat::FastCpu,
+        candle_core::Device::Cpu,
+        max_batch,
+    )?);
     println!("model loaded; peak RSS {:.0} MiB", peak_rss_mib());
     let topics = ["the sea", "a city", "music", "trees", "the moon", "bread", "rain", "chess"];
     for n in streams {

@@ -111,7 +111,8 @@ pub struct Config {
     /// Requests of one user that may be in flight at once (the protocol's `W`).
     #[serde(default = "one")]
     pub window: u32,
-    /// Generations that run at the same time.
+    /// Generations that run at the same time: the most requests decoded together in one batched
+    /// forward pass.
     #[serde(default = "default_parallel")]
     pub parallel: usize,
     /// Requests that may wait for a generation slot before 503.
@@ -147,7 +148,7 @@ fn one() -> u32 {
     1
 }
 fn default_parallel() -> usize {
-    std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1).clamp(1, 16)
+    crate::model::DEFAULT_MAX_BATCH
 }
 fn default_queue() -> usize {
     64

@@ -85,9 +85,11 @@ impl Worker {
         let t = Instant::now();
         let path = config.model.clone();
         let format: WeightFormat = config.weights;
-        let engine = tokio::task::spawn_blocking(move || Engine::load(&path, format, device))
-            .await
-            .map_err(|e| StartError::Other(e.to_string()))??;
+        let parallel = config.parallel;
+        let engine =
+            tokio::task::spawn_blocking(move || Engine::load_with(&path, format, device, parallel))
+                .await
+                .map_err(|e| StartError::Other(e.to_string()))??;
         tracing::info!(
             secs = t.elapsed().as_secs_f32(),
             requantized = engine.requantized,

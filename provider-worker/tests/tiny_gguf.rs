@@ -71,7 +71,9 @@ fn write_tiny_model() -> PathBuf {
         ("tokenizer.ggml.token_type", types),
         ("tokenizer.ggml.eos_token_id", V::U32(0)),
     ];
-    let path = std::env::temp_dir().join(format!("tiny-llama-{}.gguf", std::process::id()));
+    static N: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+    let n = N.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    let path = std::env::temp_dir().join(format!("tiny-llama-{}-{n}.gguf", std::process::id()));
     let mut file = std::fs::File::create(&path).unwrap();
     let md_refs: Vec<(&str, &V)> = md.iter().map(|(k, v)| (*k, v)).collect();
     let t_refs: Vec<(&str, &QTensor)> = tensors.iter().map(|(k, t)| (k.as_str(), t)).collect();
@@ -140,5 +142,88 @@ fn loads_requantizes_and_samples_deterministically() {
     // Prompts that do not fit are refused.
     let long = vec![3u32; 48];
     assert!(fast.generate(&long, &greedy, |_| true).is_err());
+    let _ = std::fs::remove_file(path);
+}
+
+/// Largest absolute difference between two tensors of the same shape.
+fn max_diff(a: &Tensor, b: &Tensor) -> f32 {
+    (a - b).unwrap().abs().unwrap().flatten_all().unwrap().max(0).unwrap().to_scalar().unwrap()
+}
+
+#[test]
+fn batched_forward_matches_candles_reference_llama() {
+    use candle_transformers::models::quantized_llama::ModelWeights;
+    use provider_worker::model::{llama::Llama, read_gguf};
+    let path = write_tiny_model();
+    for format in [WeightFormat::AsStored, WeightFormat::FastCpu] {
+        let loaded = read_gguf(&path, format).unwrap();
+        let ours = Llama::from_gguf(&loaded.content, &loaded.bytes, &Device::Cpu).unwrap();
+        let content = read_gguf(&path, format).unwrap().content;
+        let mut reference = ModelWeights::from_gguf(
+            content,
+            &mut std::io::Cursor::new(&loaded.bytes),
+            &Device::Cpu,
+        )
+        .unwrap();
+        let row = |ids: &[u32]| Tensor::new(ids, &Device::Cpu).unwrap().unsqueeze(0).unwrap();
+
+        // The prompt in one pass, then three tokens one at a time.
+        let prompt = [1u32, 3, 4, 5, 6];
+        let mut cache = ours.new_cache(16).unwrap();
+        let got = ours.prefill(&mut cache, &prompt).unwrap();
+        let want = reference.forward(&row(&prompt), 0).unwrap().squeeze(0).unwrap();
+        assert!(max_diff(&got, &want) < 1e-4, "{format:?} prefill differs");
+        for (i, t) in [7u32, 8, 9].into_iter().enumerate() {
+            let got = ours.decode(&mut [(&mut cache, t)]).unwrap().squeeze(0).unwrap();
+            let want = reference.forward(&row(&[t]), prompt.len() + i).unwrap().squeeze(0).unwrap();
+            assert!(max_diff(&got, &want) < 1e-4, "{format:?} decode step {i} differs");
+        }
+        assert_eq!(cache.len(), 8);
+
+        // Two sequences at different positions in one batch: each row is what the sequence
+        // gets alone.
+        let (mut a, mut b) = (ours.new_cache(16).unwrap(), ours.new_cache(16).unwrap());
+        ours.prefill(&mut a, &prompt).unwrap();
+        ours.prefill(&mut b, &[1, 10, 11]).unwrap();
+        let (mut a1, mut b1) = (ours.new_cache(16).unwrap(), ours.new_cache(16).unwrap());
+        ours.prefill(&mut a1, &prompt).unwrap();
+        ours.prefill(&mut b1, &[1, 10, 11]).unwrap();
+        for (ta, tb) in [(12u32, 13u32), (14, 15)] {
+            let both = ours.decode(&mut [(&mut a, ta), (&mut b, tb)]).unwrap();
+            let alone_a = ours.decode(&mut [(&mut a1, ta)]).unwrap();
+            let alone_b = ours.decode(&mut [(&mut b1, tb)]).unwrap();
+            assert!(max_diff(&both.get(0).unwrap(), &alone_a.get(0).unwrap()) < 1e-4);
+            assert!(max_diff(&both.get(1).unwrap(), &alone_b.get(0).unwrap()) < 1e-4);
+        }
+        // A full cache is an error, not a panic.
+        let mut tiny = ours.new_cache(5).unwrap();
+        ours.prefill(&mut tiny, &prompt).unwrap();
+        assert!(ours.decode(&mut [(&mut tiny, 3)]).is_err());
+    }
+    let _ = std::fs::remove_file(path);
+}
+
+#[test]
+fn concurrent_requests_share_decode_steps_and_match_running_alone() {
+    let path = write_tiny_model();
+    let engine = std::sync::Arc::new(
+        Engine::load_with(&path, WeightFormat::FastCpu, Device::Cpu, 4).unwrap(),
+    );
+    let greedy = GenParams { max_tokens: 10, ..GenParams::default() };
+    let prompts: Vec<Vec<u32>> =
+        vec![vec![1, 3, 4], vec![1, 5, 6, 7, 8], vec![1, 9], vec![1, 10, 11, 12]];
+    let alone: Vec<String> =
+        prompts.iter().map(|p| engine.generate(p, &greedy, |_| true).unwrap().text).collect();
+    let together: Vec<String> = std::thread::scope(|s| {
+        let handles: Vec<_> = prompts
+            .iter()
+            .map(|p| {
+                let (engine, greedy) = (&engine, &greedy);
+                s.spawn(move || engine.generate(p, greedy, |_| true).unwrap().text)
+            })
+            .collect();
+        handles.into_iter().map(|h| h.join().unwrap()).collect()
+    });
+    assert_eq!(alone, together, "batching does not change greedy output");
     let _ = std::fs::remove_file(path);
 }

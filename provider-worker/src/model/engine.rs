@@ -1,29 +1,36 @@
-//! The generation loop: prompt in one forward pass, then one token at a time with the model's KV
-//! cache, sampling by temperature/top-p/seed, stop tokens and stop strings, text streamed as it
-//! becomes final. Each request gets its own copy of the model (weights shared, cache private),
-//! so requests can run side by side.
+//! The generation scheduler: one thread owns the model and every running request. A new request
+//! is prefilled (its whole prompt in one forward pass), then all running requests advance
+//! together, one token each per batched forward pass ([`Llama::decode`]), so concurrent users
+//! share each pass over the weights instead of queueing behind one another. Per request:
+//! sampling by temperature/top-p/seed, stop tokens and stop strings, text streamed as it becomes
+//! final, cancellation when the consumer stops listening.
 
+use super::llama::{Llama, SeqCache};
 use super::WeightFormat;
 use super::{read_gguf, tokenizer::ModelTokenizer, ChatMessage, ChatTemplate, LoadError};
 use candle_core::{DType, Device, Tensor};
-use candle_transformers::{
-    generation::{LogitsProcessor, Sampling},
-    models::quantized_llama::{ModelWeights, MAX_SEQ_LEN},
-};
+use candle_transformers::generation::{LogitsProcessor, Sampling};
 use std::{
-    io::Cursor,
     path::Path,
-    sync::Arc,
+    sync::{
+        atomic::{AtomicBool, Ordering},
+        mpsc, Arc,
+    },
     time::{Duration, Instant},
 };
 
+/// Requests decoded together by default.
+pub const DEFAULT_MAX_BATCH: usize = 8;
+
 /// Why generation failed.
-#[derive(Debug, thiserror::Error)]
+#[derive(Debug, Clone, thiserror::Error)]
 pub enum EngineError {
     #[error("model: {0}")]
-    Candle(#[from] candle_core::Error),
-    #[error(transparent)]
-    Tokenizer(#[from] super::tokenizer::TokenizerError),
+    Model(String),
+    #[error("tokenizer: {0}")]
+    Tokenizer(String),
+    #[error("the generation thread has stopped")]
+    Stopped,
     #[error("prompt of {prompt} tokens does not fit the context of {context}")]
     PromptTooLong { prompt: usize, context: usize },
 }
@@ -87,43 +94,84 @@ pub struct Generation {
     pub elapsed: Duration,
 }
 
+impl From<candle_core::Error> for EngineError {
+    fn from(e: candle_core::Error) -> Self {
+        EngineError::Model(e.to_string())
+    }
+}
+
+impl From<super::tokenizer::TokenizerError> for EngineError {
+    fn from(e: super::tokenizer::TokenizerError) -> Self {
+        EngineError::Tokenizer(e.to_string())
+    }
+}
+
 /// A loaded model ready to serve.
 pub struct Engine {
-    base: ModelWeights,
     /// The model's tokenizer.
     pub tokenizer: Arc<ModelTokenizer>,
     /// The chat template.
     pub template: ChatTemplate,
-    device: Device,
     /// Longest prompt plus completion.
     pub context_len: usize,
     /// Tensors re-quantized at load.
     pub requantized: usize,
+    /// Most requests decoded in one forward pass.
+    pub max_batch: usize,
+    jobs: mpsc::Sender<Job>,
+}
+
+/// What the scheduler sends back to a waiting [`Engine::generate`].
+enum Event {
+    Text(String),
+    Done(Result<Generation, EngineError>),
+}
+
+struct Job {
+    prompt: Vec<u32>,
+    params: GenParams,
+    cancel: Arc<AtomicBool>,
+    events: mpsc::Sender<Event>,
+    queued: Instant,
 }
 
 impl Engine {
-    /// Load a llama-architecture GGUF.
+    /// Load a llama-architecture GGUF and start its scheduler (batches of up to
+    /// [`DEFAULT_MAX_BATCH`]).
     pub fn load(path: &Path, format: WeightFormat, device: Device) -> Result<Self, LoadError> {
+        Self::load_with(path, format, device, DEFAULT_MAX_BATCH)
+    }
+
+    /// Load with at most `max_batch` requests decoded together.
+    pub fn load_with(
+        path: &Path,
+        format: WeightFormat,
+        device: Device,
+        max_batch: usize,
+    ) -> Result<Self, LoadError> {
         let loaded = read_gguf(path, format)?;
-        let tokenizer = ModelTokenizer::from_gguf(&loaded.content)?;
-        let context = loaded
-            .content
-            .metadata
-            .get("llama.context_length")
-            .and_then(|v| v.to_u32().ok())
-            .map(|c| c as usize)
-            .unwrap_or(MAX_SEQ_LEN);
+        let tokenizer = Arc::new(ModelTokenizer::from_gguf(&loaded.content)?);
         let shown = path.display().to_string();
-        let base =
-            ModelWeights::from_gguf(loaded.content, &mut Cursor::new(&loaded.bytes), &device)
-                .map_err(|e| LoadError::Format { path: shown, reason: e.to_string() })?;
+        let model = Llama::from_gguf(&loaded.content, &loaded.bytes, &device)
+            .map_err(|e| LoadError::Format { path: shown, reason: e.to_string() })?;
+        let context_len = model.config.context;
+        let (jobs, queue) = mpsc::channel();
+        let max_batch = max_batch.max(1);
+        let tok = Arc::clone(&tokenizer);
+        std::thread::Builder::new()
+            .name("generation".into())
+            .spawn(move || Scheduler { model, tokenizer: tok, max_batch }.run(queue))
+            .map_err(|e| LoadError::Format {
+                path: path.display().to_string(),
+                reason: e.to_string(),
+            })?;
         Ok(Engine {
-            base,
-            tokenizer: Arc::new(tokenizer),
+            tokenizer,
             template: ChatTemplate::default(),
-            device,
-            context_len: context.min(MAX_SEQ_LEN),
+            context_len,
             requantized: loaded.requantized,
+            max_batch,
+            jobs,
         })
     }
 
@@ -132,82 +180,227 @@ impl Engine {
         Ok(self.tokenizer.encode(&self.template.render(messages))?)
     }
 
-    /// Generate a completion of `prompt`. `on_text` receives each piece of final text; when it
-    /// returns false, generation stops (finish [`FinishReason::Cancelled`]).
+    /// Generate a completion of `prompt` (blocking until it is done). `on_text` receives each
+    /// piece of final text; when it returns false, generation stops (finish
+    /// [`FinishReason::Cancelled`], the tokens generated so far still counted).
     pub fn generate(
         &self,
         prompt: &[u32],
         params: &GenParams,
         mut on_text: impl FnMut(&str) -> bool,
     ) -> Result<Generation, EngineError> {
-        let started = Instant::now();
         if prompt.is_empty() || prompt.len() >= self.context_len {
             return Err(EngineError::PromptTooLong {
                 prompt: prompt.len(),
                 context: self.context_len,
             });
         }
-        let max_tokens = params.max_tokens.min(self.context_len - prompt.len());
-        let sampling = if params.temperature <= 0.0 {
-            Sampling::ArgMax
-        } else if params.top_p < 1.0 {
-            Sampling::TopP { p: params.top_p, temperature: params.temperature }
-        } else {
-            Sampling::All { temperature: params.temperature }
+        let (tx, rx) = mpsc::channel();
+        let cancel = Arc::new(AtomicBool::new(false));
+        let job = Job {
+            prompt: prompt.to_vec(),
+            params: params.clone(),
+            cancel: Arc::clone(&cancel),
+            events: tx,
+            queued: Instant::now(),
         };
-        let mut sampler = LogitsProcessor::from_sampling(params.seed, sampling);
-        let mut model = self.base.clone();
-        let hold_back = params.stop.iter().map(|s| s.len()).max().unwrap_or(1).saturating_sub(1);
-
-        let input = Tensor::new(prompt, &self.device)?.unsqueeze(0)?;
-        let mut logits = model.forward(&input, 0)?;
-        let mut pos = prompt.len();
-        let mut ids: Vec<u32> = Vec::new();
-        let mut text = String::new();
-        let mut emitted = 0usize;
-        let mut first_token = None;
-        let finish = loop {
-            if ids.len() >= max_tokens {
-                break FinishReason::Length;
-            }
-            let next = sampler.sample(&logits.squeeze(0)?.to_dtype(DType::F32)?)?;
-            first_token.get_or_insert_with(|| started.elapsed());
-            if self.tokenizer.stop_ids.contains(&next) {
-                break FinishReason::Stop;
-            }
-            ids.push(next);
-            text = self.tokenizer.decode(&ids)?;
-            if let Some(at) = params.stop.iter().filter_map(|s| text.find(s.as_str())).min() {
-                text.truncate(at.max(emitted));
-                break FinishReason::Stop;
-            }
-            // Emit what can no longer change: not an incomplete UTF-8 sequence (decoded as
-            // U+FFFD) and not the tail that could still begin a stop string.
-            let stable = if text.ends_with('\u{FFFD}') { text.len() - 3 } else { text.len() };
-            let mut upto = stable.saturating_sub(hold_back);
-            while upto > emitted && !text.is_char_boundary(upto) {
-                upto -= 1;
-            }
-            if upto > emitted {
-                if !on_text(&text[emitted..upto]) {
-                    emitted = upto;
-                    break FinishReason::Cancelled;
+        self.jobs.send(job).map_err(|_| EngineError::Stopped)?;
+        let mut listening = true;
+        for event in rx {
+            match event {
+                Event::Text(piece) => {
+                    if listening && !on_text(&piece) {
+                        listening = false;
+                        cancel.store(true, Ordering::Relaxed);
+                    }
                 }
-                emitted = upto;
+                Event::Done(result) => return result,
             }
-            logits = model.forward(&Tensor::new(&[next], &self.device)?.unsqueeze(0)?, pos)?;
-            pos += 1;
-        };
-        if finish != FinishReason::Cancelled && text.len() > emitted {
-            on_text(&text[emitted..]);
         }
-        Ok(Generation {
-            text,
-            prompt_tokens: prompt.len() as u64,
-            completion_tokens: ids.len() as u64,
+        Err(EngineError::Stopped)
+    }
+}
+
+/// One running request.
+struct Seq {
+    job: Job,
+    cache: SeqCache,
+    sampler: LogitsProcessor,
+    max_tokens: usize,
+    hold_back: usize,
+    ids: Vec<u32>,
+    text: String,
+    emitted: usize,
+    first_token: Option<Duration>,
+    /// The token to feed in the next decode step.
+    next: u32,
+}
+
+struct Scheduler {
+    model: Llama,
+    tokenizer: Arc<ModelTokenizer>,
+    max_batch: usize,
+}
+
+impl Scheduler {
+    fn run(self, queue: mpsc::Receiver<Job>) {
+        let mut active: Vec<Seq> = Vec::new();
+        loop {
+            if active.is_empty() {
+                match queue.recv() {
+                    Ok(job) => self.start(job, &mut active),
+                    Err(_) => return,
+                }
+            }
+            while active.len() < self.max_batch {
+                match queue.try_recv() {
+                    Ok(job) => self.start(job, &mut active),
+                    Err(_) => break,
+                }
+            }
+            if active.is_empty() {
+                continue;
+            }
+            let logits = {
+                let mut batch: Vec<(&mut SeqCache, u32)> =
+                    active.iter_mut().map(|s| (&mut s.cache, s.next)).collect();
+                self.model.decode(&mut batch)
+            };
+            let logits = match logits {
+                Ok(l) => l,
+                Err(e) => {
+                    let e = EngineError::from(e);
+                    for s in active.drain(..) {
+                        let _ = s.job.events.send(Event::Done(Err(e.clone())));
+                    }
+                    continue;
+                }
+            };
+            let mut i = 0;
+            let mut row = 0;
+            while i < active.len() {
+                let step = logits
+                    .get(row)
+                    .map_err(EngineError::from)
+                    .and_then(|l| self.accept(&mut active[i], &l));
+                row += 1;
+                match step {
+                    Ok(None) => i += 1,
+                    Ok(Some(finish)) => {
+                        let s = active.remove(i);
+                        self.finish(s, finish);
+                    }
+                    Err(e) => {
+                        let s = active.remove(i);
+                        let _ = s.job.events.send(Event::Done(Err(e)));
+                    }
+                }
+            }
+        }
+    }
+
+    /// Prefill a new request and sample its first token.
+    fn start(&self, job: Job, active: &mut Vec<Seq>) {
+        let p = &job.params;
+        let context = self.model.config.context;
+        let max_tokens = p.max_tokens.min(context.saturating_sub(job.prompt.len()));
+        let sampling = if p.temperature <= 0.0 {
+            Sampling::ArgMax
+        } else if p.top_p < 1.0 {
+            Sampling::TopP { p: p.top_p, temperature: p.temperature }
+        } else {
+            Sampling::All { temperature: p.temperature }
+        };
+        let hold_back = p.stop.iter().map(|s| s.len()).max().unwrap_or(1).saturating_sub(1);
+        let sampler = LogitsProcessor::from_sampling(p.seed, sampling);
+        let prefilled =
+            self.model.new_cache(job.prompt.len() + max_tokens).and_then(|mut cache| {
+                let logits = self.model.prefill(&mut cache, &job.prompt)?;
+                Ok((cache, logits))
+            });
+        let (cache, logits) = match prefilled {
+            Ok(x) => x,
+            Err(e) => {
+                let _ = job.events.send(Event::Done(Err(e.into())));
+                return;
+            }
+        };
+        let mut seq = Seq {
+            job,
+            cache,
+            sampler,
+            max_tokens,
+            hold_back,
+            ids: Vec::new(),
+            text: String::new(),
+            emitted: 0,
+            first_token: None,
+            next: 0,
+        };
+        match self.accept(&mut seq, &logits) {
+            Ok(None) => active.push(seq),
+            Ok(Some(finish)) => self.finish(seq, finish),
+            Err(e) => {
+                let _ = seq.job.events.send(Event::Done(Err(e)));
+            }
+        }
+    }
+
+    /// Sample the next token from `logits` and stream what text became final; `Some` when the
+    /// request is finished.
+    fn accept(&self, s: &mut Seq, logits: &Tensor) -> Result<Option<FinishReason>, EngineError> {
+        if s.job.cancel.load(Ordering::Relaxed) {
+            return Ok(Some(FinishReason::Cancelled));
+        }
+        if s.ids.len() >= s.max_tokens {
+            return Ok(Some(FinishReason::Length));
+        }
+        let next = s.sampler.sample(&logits.to_dtype(DType::F32)?)?;
+        s.first_token.get_or_insert_with(|| s.job.queued.elapsed());
+        if self.tokenizer.stop_ids.contains(&next) {
+            return Ok(Some(FinishReason::Stop));
+        }
+        s.ids.push(next);
+        s.text = self.tokenizer.decode(&s.ids)?;
+        if let Some(at) = s.job.params.stop.iter().filter_map(|x| s.text.find(x.as_str())).min() {
+            let keep = at.max(s.emitted);
+            s.text.truncate(keep);
+            return Ok(Some(FinishReason::Stop));
+        }
+        // Emit what can no longer change: not an incomplete UTF-8 sequence (decoded as U+FFFD)
+        // and not the tail that could still begin a stop string.
+        let text = &s.text;
+        let stable = if text.ends_with('\u{FFFD}') { text.len() - 3 } else { text.len() };
+        let mut upto = stable.saturating_sub(s.hold_back);
+        while upto > s.emitted && !text.is_char_boundary(upto) {
+            upto -= 1;
+        }
+        if upto > s.emitted {
+            let piece = text[s.emitted..upto].to_string();
+            s.emitted = upto;
+            if s.job.events.send(Event::Text(piece)).is_err() {
+                return Ok(Some(FinishReason::Cancelled));
+            }
+        }
+        if s.ids.len() >= s.max_tokens {
+            return Ok(Some(FinishReason::Length));
+        }
+        s.next = next;
+        Ok(None)
+    }
+
+    fn finish(&self, s: Seq, finish: FinishReason) {
+        if finish != FinishReason::Cancelled && s.text.len() > s.emitted {
+            let _ = s.job.events.send(Event::Text(s.text[s.emitted..].to_string()));
+        }
+        let elapsed = s.job.queued.elapsed();
+        let _ = s.job.events.send(Event::Done(Ok(Generation {
+            prompt_tokens: s.job.prompt.len() as u64,
+            completion_tokens: s.ids.len() as u64,
             finish,
-            time_to_first_token: first_token.unwrap_or_else(|| started.elapsed()),
-            elapsed: started.elapsed(),
-        })
+            time_to_first_token: s.first_token.unwrap_or(elapsed),
+            elapsed,
+            text: s.text,
+        })));
     }
 }

@@ -2,10 +2,11 @@
 //! kernels for), the tokenizer, the chat template, sampling and the generation loop.
 
 pub mod engine;
+pub mod llama;
 pub mod template;
 pub mod tokenizer;
 
-pub use engine::{Engine, EngineError, FinishReason, GenParams, Generation};
+pub use engine::{Engine, EngineError, FinishReason, GenParams, Generation, DEFAULT_MAX_BATCH};
 pub use template::{ChatMessage, ChatTemplate};
 pub use tokenizer::ModelTokenizer;
 

@@ -1,0 +1,252 @@
+//! `compute proxy`: a local OpenAI-compatible endpoint that pays one provider. Any OpenAI client
+//! (any language) points its base URL here; the proxy signs a voucher for each request, forwards
+//! the exact body to the provider, passes streams through chunk by chunk, and verifies and
+//! records every receipt before the client sees the end of the answer. Requests are sent one at a
+//! time (the protocol's in-flight window is one voucher per user and provider).
+
+// Handlers return their error response directly; boxing it would only add noise.
+#![allow(clippy::result_large_err)]
+
+use crate::{
+    session::{show, AnswerError, Session, Signed},
+    sse::SseReader,
+};
+use anyhow::Context;
+use axum::{
+    body::{Body, Bytes},
+    extract::State,
+    http::StatusCode,
+    response::{IntoResponse, Response},
+    routing::{get, post},
+    Json, Router,
+};
+use compute_client::wire::ReceiptJson;
+use compute_primitives::Balance;
+use futures::StreamExt;
+use serde_json::{json, Value};
+use std::{net::SocketAddr, sync::Arc};
+use tokio::sync::{mpsc, Mutex};
+
+/// Largest request body accepted from local clients.
+const MAX_BODY: usize = 1 << 20;
+
+struct Proxy {
+    sess: Session,
+    cap: Balance,
+    /// Held from signing a voucher until its receipt is recorded.
+    turn: Arc<Mutex<()>>,
+}
+
+/// Serve on `listen` until the process is stopped.
+pub async fn serve(sess: Session, cap: Balance, listen: SocketAddr) -> anyhow::Result<()> {
+    let services = sess.chain.services_of(&sess.provider).await?;
+    if services.is_empty() {
+        anyhow::bail!("{} has no services (see `compute services`)", sess.provider);
+    }
+    let listener = tokio::net::TcpListener::bind(listen)
+        .await
+        .with_context(|| format!("cannot listen on {listen}"))?;
+    eprintln!(
+        "OpenAI-compatible proxy for {} on http://{}/v1 (models: {}; at most {} per request)",
+        sess.provider,
+        listener.local_addr()?,
+        services.iter().map(|s| s.model.as_str()).collect::<Vec<_>>().join(", "),
+        show(cap)
+    );
+    let state = Arc::new(Proxy { sess, cap, turn: Arc::new(Mutex::new(())) });
+    let app = Router::new()
+        .route("/health", get(|| async { Json(json!({ "status": "ok" })) }))
+        .route("/v1/models", get(models))
+        .route("/v1/chat/completions", post(chat))
+        .fallback(|| async { error(StatusCode::NOT_FOUND, "not_found", "no such endpoint".into()) })
+        .layer(axum::extract::DefaultBodyLimit::max(MAX_BODY))
+        .with_state(state);
+    axum::serve(listener, app).await.context("the proxy stopped")
+}
+
+fn error(status: StatusCode, code: &str, message: String) -> Response {
+    let kind = match status.as_u16() {
+        402 => "insufficient_funds",
+        500..=599 => "server_error",
+        _ => "invalid_request_error",
+    };
+    (status, Json(json!({ "error": { "message": message, "type": kind, "code": code } })))
+        .into_response()
+}
+
+async fn models(State(p): State<Arc<Proxy>>) -> Response {
+    match p.sess.chain.services_of(&p.sess.provider).await {
+        Ok(list) => Json(json!({ "object": "list", "data": list.iter().map(|s| json!({
+            "id": s.model, "object": "model", "created": 0, "owned_by": s.provider.to_string(),
+            "service_id": s.service_id, "input_price": s.input_price.to_string(),
+            "output_price": s.output_price.to_string() })).collect::<Vec<_>>() }))
+        .into_response(),
+        Err(e) => error(StatusCode::BAD_GATEWAY, "node_unreachable", e.to_string()),
+    }
+}
+
+async fn chat(State(p): State<Arc<Proxy>>, body: Bytes) -> Response {
+    let request: Value = match serde_json::from_slice(&body) {
+        Ok(v @ Value::Object(_)) => v,
+        Ok(_) => {
+            return error(
+                StatusCode::BAD_REQUEST,
+                "invalid_json",
+                "the body must be a JSON object".into(),
+            )
+        }
+        Err(e) => {
+            return error(StatusCode::BAD_REQUEST, "invalid_json", format!("request body: {e}"))
+        }
+    };
+    let Some(model) = request["model"].as_str() else {
+        return error(StatusCode::BAD_REQUEST, "missing_model", "`model` is required".into());
+    };
+    let svc = match p.sess.service(None, Some(model)).await {
+        Ok(s) => s,
+        Err(e) => return error(StatusCode::NOT_FOUND, "model_not_found", format!("{e:#}")),
+    };
+    let guard = Arc::clone(&p.turn).lock_owned().await;
+    let mut resynced = false;
+    loop {
+        let signed = match p.sess.sign(&svc, &body, p.cap).await {
+            Ok(s) => s,
+            Err(e) => return error(StatusCode::PAYMENT_REQUIRED, "cannot_sign", format!("{e:#}")),
+        };
+        let resp = match p.sess.send(&signed, "/v1/chat/completions", body.to_vec()).await {
+            Ok(r) => r,
+            Err(e) => {
+                return error(StatusCode::BAD_GATEWAY, "provider_unreachable", format!("{e:#}"))
+            }
+        };
+        let status = resp.status();
+        let is_sse = resp
+            .headers()
+            .get("content-type")
+            .and_then(|v| v.to_str().ok())
+            .is_some_and(|v| v.starts_with("text/event-stream"));
+        if status.is_success() && is_sse {
+            let (tx, rx) = mpsc::channel::<Result<Bytes, std::io::Error>>(64);
+            let p = Arc::clone(&p);
+            tokio::spawn(async move {
+                let _turn = guard;
+                pass_stream(&p.sess, &signed, resp, tx).await;
+            });
+            return Response::builder()
+                .header("content-type", "text/event-stream")
+                .header("cache-control", "no-cache")
+                .body(Body::from_stream(tokio_stream::wrappers::ReceiverStream::new(rx)))
+                .unwrap_or_else(|e| {
+                    error(StatusCode::INTERNAL_SERVER_ERROR, "internal", e.to_string())
+                });
+        }
+        let value: Value = match resp.json().await {
+            Ok(v) => v,
+            Err(e) => {
+                return error(
+                    StatusCode::BAD_GATEWAY,
+                    "bad_provider_answer",
+                    format!("not JSON: {e}"),
+                )
+            }
+        };
+        if !status.is_success() {
+            match p.sess.refused(&signed, status.as_u16(), value.clone()) {
+                AnswerError::Refused { code, .. }
+                    if !resynced && (code == "stale_nonce" || code == "nonce_gap") =>
+                {
+                    if let Err(e) = p.sess.resync().await {
+                        return error(StatusCode::BAD_GATEWAY, "resync_failed", format!("{e:#}"));
+                    }
+                    resynced = true;
+                    continue;
+                }
+                AnswerError::Refused { status, message, hint, mut body, .. } => {
+                    body["error"]["message"] = json!(format!("{message}{hint}"));
+                    let status = StatusCode::from_u16(status).unwrap_or(StatusCode::BAD_GATEWAY);
+                    return (status, Json(body)).into_response();
+                }
+                e @ AnswerError::BadReceipt(_) => {
+                    return error(StatusCode::BAD_GATEWAY, "receipt_invalid", e.to_string())
+                }
+                AnswerError::Other(e) => {
+                    return error(StatusCode::BAD_GATEWAY, "bad_provider_answer", format!("{e:#}"))
+                }
+            }
+        }
+        let text = value["choices"][0]["message"]["content"].as_str().unwrap_or_default();
+        let recorded = serde_json::from_value::<ReceiptJson>(value["receipt"].clone())
+            .map_err(|_| AnswerError::BadReceipt("the answer carries no receipt".into()))
+            .and_then(|r| p.sess.record(&signed, &r, Some(text)));
+        drop(guard);
+        return match recorded {
+            Ok(_) => (StatusCode::OK, Json(value)).into_response(),
+            Err(e) => error(StatusCode::BAD_GATEWAY, "receipt_invalid", e.to_string()),
+        };
+    }
+}
+
+/// Forward the provider's events as they come; check the receipt of the final chunk against the
+/// text streamed. The client going away does not stop the reading: the request is paid for, so
+/// its receipt is still verified and recorded.
+async fn pass_stream(
+    sess: &Session,
+    signed: &Signed,
+    resp: reqwest::Response,
+    tx: mpsc::Sender<Result<Bytes, std::io::Error>>,
+) {
+    let mut reader = SseReader::default();
+    let mut text = String::new();
+    let mut receipt: Option<ReceiptJson> = None;
+    let mut bytes = resp.bytes_stream();
+    let fail = |message: String, code: &str| {
+        Bytes::from(format!(
+            "data: {}\n\n",
+            json!({ "error": { "message": message, "type": "server_error", "code": code } })
+        ))
+    };
+    while let Some(chunk) = bytes.next().await {
+        let chunk = match chunk {
+            Ok(c) => c,
+            Err(e) => {
+                let _ = tx
+                    .send(Ok(fail(format!("the provider's stream broke: {e}"), "provider_stream")))
+                    .await;
+                return;
+            }
+        };
+        for ev in reader.push(&chunk) {
+            if ev.is_done() {
+                let verdict = match &receipt {
+                    Some(r) => sess.record(signed, r, Some(&text)).map(|_| ()),
+                    None => {
+                        Err(AnswerError::BadReceipt("the stream ended without a receipt".into()))
+                    }
+                };
+                let last = match verdict {
+                    Ok(()) => Bytes::from(ev.raw),
+                    Err(e) => {
+                        eprintln!("warning: {e}");
+                        fail(e.to_string(), "receipt_invalid")
+                    }
+                };
+                let _ = tx.send(Ok(last)).await;
+                return;
+            }
+            if let Ok(v) = serde_json::from_str::<Value>(&ev.data) {
+                if let Some(piece) = v["choices"][0]["delta"]["content"].as_str() {
+                    text.push_str(piece);
+                }
+                if let Some(r) = v.get("receipt").filter(|r| !r.is_null()) {
+                    receipt = serde_json::from_value(r.clone()).ok();
+                }
+            }
+            let _ = tx.send(Ok(Bytes::from(ev.raw))).await;
+        }
+    }
+    // No end marker: still keep a receipt that arrived (the request was paid for).
+    if let Some(r) = &receipt {
+        let _ = sess.record(signed, r, Some(&text));
+    }
+    let _ = tx.send(Ok(fail("the provider's stream ended early".into(), "provider_stream"))).await;
+}

@@ -1,0 +1,313 @@
+//! A paying session with one provider: picks the service, signs each voucher from the local
+//! state (next nonce, `spent` = the last verified total), checks every receipt the provider
+//! returns, and records it. Shared by `chat` (one-shot and interactive) and `proxy`.
+
+use crate::state::{ProviderState, State};
+use anyhow::{anyhow, bail, Context};
+use compute_client::{
+    wire::{self, ErrorBody, ReceiptJson},
+    Chain, ServiceInfo, Signer,
+};
+use compute_primitives::{AccountId, Balance, ServiceId, SignedReceipt, Voucher};
+use polkadot_sdk::sp_core::H256;
+use std::path::PathBuf;
+
+/// Smallest units per token.
+pub const UNIT: Balance = 1_000_000_000_000;
+
+/// An amount as `1.500000000000 unit`.
+pub fn show(amount: Balance) -> String {
+    format!("{}.{:012} unit", amount / UNIT, amount % UNIT)
+}
+
+/// One user paying one provider.
+pub struct Session {
+    pub chain: Chain,
+    pub signer: Signer,
+    pub provider: AccountId,
+    pub genesis: H256,
+    pub state_path: PathBuf,
+    pub http: reqwest::Client,
+}
+
+/// A voucher signed for one request, waiting for its receipt.
+pub struct Signed {
+    pub voucher: Voucher,
+    /// The `x-compute-voucher` header value.
+    pub header: String,
+    pub service: ServiceInfo,
+}
+
+/// Why a provider's answer was not accepted.
+#[derive(Debug, thiserror::Error)]
+pub enum AnswerError {
+    /// The provider refused the request (OpenAI-style error, with a fee-0 receipt when the
+    /// nonce was used); the state has been updated.
+    #[error("provider refused ({status} {code}): {message}{hint}")]
+    Refused { status: u16, code: String, message: String, hint: String, body: serde_json::Value },
+    /// The receipt did not verify: the provider is now distrusted.
+    #[error(
+        "the provider's receipt does not verify ({0}); no more vouchers will be signed for it"
+    )]
+    BadReceipt(String),
+    /// Anything else (transport, state file, malformed answer).
+    #[error(transparent)]
+    Other(#[from] anyhow::Error),
+}
+
+impl Session {
+    /// Connect the pieces; `provider` must have at least one service.
+    pub fn new(chain: Chain, signer: Signer, provider: AccountId, state_path: PathBuf) -> Self {
+        let genesis = chain.genesis_hash();
+        let http = reqwest::Client::builder()
+            .connect_timeout(std::time::Duration::from_secs(10))
+            .build()
+            .unwrap_or_default();
+        Session { chain, signer, provider, genesis, state_path, http }
+    }
+
+    /// The provider's service: by id, else by model name, else its first chat service.
+    pub async fn service(
+        &self,
+        id: Option<ServiceId>,
+        model: Option<&str>,
+    ) -> anyhow::Result<ServiceInfo> {
+        let services = self.chain.services_of(&self.provider).await?;
+        let found = match (id, model) {
+            (Some(id), _) => services.iter().find(|s| s.service_id == id),
+            (None, Some(m)) => services.iter().find(|s| s.model == m),
+            (None, None) => services.first(),
+        };
+        found.cloned().ok_or_else(|| {
+            let models: Vec<_> = services.iter().map(|s| s.model.as_str()).collect();
+            match (id, model) {
+                (Some(id), _) => {
+                    anyhow!("{} has no service #{id} (see `compute services`)", self.provider)
+                }
+                (None, Some(m)) => anyhow!(
+                    "{} serves no model `{m}`; it serves: {}",
+                    self.provider,
+                    if models.is_empty() { "nothing".into() } else { models.join(", ") }
+                ),
+                (None, None) => {
+                    anyhow!("{} has no services (see `compute services`)", self.provider)
+                }
+            }
+        })
+    }
+
+    /// Sign the voucher of the next request with `body` (the exact bytes sent) and `cap`.
+    /// Refuses when the provider is distrusted or the escrow is missing.
+    pub async fn sign(
+        &self,
+        service: &ServiceInfo,
+        body: &[u8],
+        cap: Balance,
+    ) -> anyhow::Result<Signed> {
+        self.sign_with(service, wire::request_hash(body), cap).await
+    }
+
+    /// Sign the next voucher with an explicit request hash (zero for an ack).
+    pub async fn sign_with(
+        &self,
+        service: &ServiceInfo,
+        request_hash: H256,
+        cap: Balance,
+    ) -> anyhow::Result<Signed> {
+        let user = self.signer.account_id();
+        let escrow = self.chain.escrow(&user, &self.provider, None).await?.ok_or_else(|| {
+            anyhow!(
+                "no escrow with {p}; deposit at least {} first: `compute deposit {p} <amount>`",
+                show(cap),
+                p = self.provider
+            )
+        })?;
+        let mut all = State::load(self.state_path.clone())?;
+        let st = all.entry(&user.to_string(), &self.provider.to_string());
+        if let Some(why) = &st.distrusted {
+            bail!(
+                "refusing to sign vouchers for {}: an earlier receipt did not verify ({why})",
+                self.provider
+            );
+        }
+        if st.nonce < escrow.settled_nonce {
+            // Another client used this account: continue from the chain's view.
+            st.nonce = escrow.settled_nonce;
+            st.total = st.total.max(escrow.last_claimed_total);
+            all.save()?;
+        }
+        let st = all.entry(&user.to_string(), &self.provider.to_string());
+        let voucher = Voucher {
+            user,
+            provider: self.provider.clone(),
+            service_id: service.service_id,
+            price_version: service.price_version,
+            nonce: st.nonce + 1,
+            request_hash,
+            spent: st.total,
+            cap,
+        };
+        let header =
+            wire::to_hex(&wire::sign_voucher(&self.signer, voucher.clone(), &self.genesis));
+        Ok(Signed { voucher, header, service: service.clone() })
+    }
+
+    /// Check the receipt for `signed` (and, with `text`, that it covers exactly that text);
+    /// record it, or distrust the provider when it does not verify.
+    pub fn record(
+        &self,
+        signed: &Signed,
+        receipt: &ReceiptJson,
+        text: Option<&str>,
+    ) -> Result<SignedReceipt, AnswerError> {
+        let mut all = State::load(self.state_path.clone())?;
+        let user = self.signer.account_id().to_string();
+        let st = all.entry(&user, &self.provider.to_string());
+        let checked = check(st, signed, receipt, &self.genesis).and_then(|r| match text {
+            Some(t) if r.receipt.response_hash != wire::response_hash(t) => {
+                Err("its response hash does not match the text received".to_string())
+            }
+            _ => Ok(r),
+        });
+        let result = match checked {
+            Ok(r) => {
+                st.nonce = signed.voucher.nonce;
+                st.total = r.receipt.total;
+                st.last_receipt = Some(receipt.signed.clone());
+                Ok(r)
+            }
+            Err(why) => {
+                st.distrusted = Some(why.clone());
+                Err(AnswerError::BadReceipt(why))
+            }
+        };
+        all.save()?;
+        result
+    }
+
+    /// A non-2xx answer: record its fee-0 receipt (if the nonce was used) and explain.
+    pub fn refused(&self, signed: &Signed, status: u16, body: serde_json::Value) -> AnswerError {
+        let Ok(err) = serde_json::from_value::<ErrorBody>(body.clone()) else {
+            return AnswerError::Other(anyhow!("provider answered {status}: {body}"));
+        };
+        if let Some(r) = &err.error.receipt {
+            if let Err(e) = self.record(signed, r, None) {
+                return e;
+            }
+        }
+        let hint = match err.error.code.as_str() {
+            "insufficient_escrow" | "no_escrow" => format!(
+                "; deposit at least {} more: `compute deposit {} <amount>`",
+                err.error
+                    .expected
+                    .as_ref()
+                    .and_then(|e| e["deposit"].as_str())
+                    .and_then(|d| d.parse().ok())
+                    .map_or("?".into(), show),
+                self.provider
+            ),
+            _ => String::new(),
+        };
+        AnswerError::Refused {
+            status,
+            code: err.error.code,
+            message: err.error.message,
+            hint,
+            body,
+        }
+    }
+
+    /// POST `body` to the service's `path` with the voucher.
+    pub async fn send(
+        &self,
+        signed: &Signed,
+        path: &str,
+        body: Vec<u8>,
+    ) -> anyhow::Result<reqwest::Response> {
+        let url = format!("{}{path}", signed.service.url.trim_end_matches('/'));
+        self.http
+            .post(&url)
+            .header(wire::VOUCHER_HEADER, &signed.header)
+            .header("content-type", "application/json")
+            .body(body)
+            .send()
+            .await
+            .with_context(|| format!("cannot reach the provider at {}", signed.service.url))
+    }
+
+    /// The receipts the provider holds for us after `after` (signed challenge), each verified.
+    pub async fn fetch_receipts(
+        &self,
+        after: u64,
+    ) -> anyhow::Result<Vec<(ReceiptJson, SignedReceipt)>> {
+        let svc = self.service(None, None).await?;
+        let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH)?.as_secs();
+        let auth = wire::SignedAuth::new(&self.signer, self.provider.clone(), now, &self.genesis);
+        let resp = self
+            .http
+            .get(format!("{}/v1/receipts?after={after}", svc.url.trim_end_matches('/')))
+            .header(wire::AUTH_HEADER, wire::to_hex(&auth))
+            .send()
+            .await
+            .with_context(|| format!("cannot reach the provider at {}", svc.url))?;
+        let status = resp.status();
+        let value: serde_json::Value =
+            resp.json().await.context("the provider's answer is not JSON")?;
+        if !status.is_success() {
+            bail!("provider refused ({status}): {value}");
+        }
+        let list: Vec<ReceiptJson> = serde_json::from_value(value["data"].clone())?;
+        let user = self.signer.account_id();
+        list.into_iter()
+            .map(|r| {
+                let signed: SignedReceipt =
+                    wire::from_hex("receipt", &r.signed).map_err(|e| anyhow!("{e}"))?;
+                if !signed.verify(&self.genesis)
+                    || signed.receipt.provider != self.provider
+                    || signed.receipt.user != user
+                {
+                    bail!("receipt #{} from {} does not verify", r.nonce, self.provider);
+                }
+                Ok((r, signed))
+            })
+            .collect()
+    }
+
+    /// After a `stale_nonce`/`nonce_gap` refusal (another client of this account, or an answer
+    /// lost in transit): adopt the provider's latest receipt for us, once its signature and the
+    /// running totals check out. Returns the nonce now continued from.
+    pub async fn resync(&self) -> anyhow::Result<u64> {
+        let user = self.signer.account_id();
+        let mut all = State::load(self.state_path.clone())?;
+        let st = all.entry(&user.to_string(), &self.provider.to_string());
+        let receipts = self.fetch_receipts(st.nonce).await?;
+        let (mut nonce, mut total) = (st.nonce, st.total);
+        for (json, r) in receipts {
+            let r = &r.receipt;
+            if r.nonce != nonce + 1 || total.checked_add(r.fee) != Some(r.total) {
+                bail!(
+                    "the provider's receipts do not continue from nonce {nonce} and total {}",
+                    show(total)
+                );
+            }
+            (nonce, total) = (r.nonce, r.total);
+            st.last_receipt = Some(json.signed);
+        }
+        (st.nonce, st.total) = (nonce, total);
+        all.save()?;
+        Ok(nonce)
+    }
+}
+
+fn check(
+    st: &ProviderState,
+    signed: &Signed,
+    json: &ReceiptJson,
+    genesis: &H256,
+) -> Result<SignedReceipt, String> {
+    let r = wire::from_hex::<SignedReceipt>("receipt", &json.signed).map_err(|e| e.to_string())?;
+    let prices = (signed.service.input_price, signed.service.output_price);
+    wire::check_receipt(&r, &signed.voucher, genesis, prices, st.total)
+        .map_err(|e| e.to_string())?;
+    Ok(r)
+}

@@ -1,0 +1,207 @@
+"""The official OpenAI Python client pays for inference through `compute proxy`.
+
+Real parts only: a dev node (instant seal), a `compute-worker` serving SmolLM2 as provider Bob,
+`compute proxy` signing vouchers for Charlie, and the `openai` package talking to the proxy as it
+would to api.openai.com. After a plain and a streamed chat, the chain must show exactly the fees
+of the receipts the client received as settled (read through the node's `compute_escrow` RPC).
+
+Run: clients/python/.venv/bin/python -m unittest -v clients/python/test_openai_proxy.py
+(binaries from `cargo test --workspace --no-run`, the model from `make model`).
+"""
+
+import json
+import os
+import shutil
+import socket
+import subprocess
+import tempfile
+import time
+import unittest
+import urllib.error
+import urllib.request
+from pathlib import Path
+
+import openai
+
+ROOT = Path(__file__).resolve().parents[2]
+BIN = Path(os.environ.get("COMPUTE_BIN_DIR", ROOT / "target" / "debug"))
+MODEL = Path(os.environ.get("COMPUTE_MODEL", ROOT / "models" / "SmolLM2-135M-Instruct.Q4_1.gguf"))
+MODEL_NAME = "SmolLM2-135M-Instruct"
+BOB = "5FHneW46xGXgs5mUiveU4sbTyGBzmstUspZC92UhjJM694ty"
+CHARLIE = "5FLSigC9HGRKVhB9FiEo4Y3koPsNmBmLJbpXg2mp1hXcS59Y"
+INPUT_PRICE, OUTPUT_PRICE = 1_000_000, 4_000_000
+DEPOSIT = 500_000_000_000  # 0.5 unit
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def wait_for(what, check, timeout=180.0, every=0.5):
+    deadline = time.monotonic() + timeout
+    while True:
+        value = check()
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out waiting for {what}")
+        time.sleep(every)
+
+
+class OpenAIThroughProxy(unittest.TestCase):
+    procs: list = []
+    fees: list = []
+
+    @classmethod
+    def setUpClass(cls):
+        for b in ("compute-node", "compute-worker", "compute"):
+            if not (BIN / b).exists():
+                raise RuntimeError(f"{BIN / b} missing: run `cargo test --workspace --no-run`")
+        if not MODEL.exists():
+            raise RuntimeError(f"{MODEL} missing: run `make model`")
+        cls.dir = Path(tempfile.mkdtemp(prefix="compute-openai-"))
+        cls.rpc = free_port()
+        cls.env = dict(os.environ, COMPUTE_NODE=f"ws://127.0.0.1:{cls.rpc}",
+                       COMPUTE_KEY="//Charlie", COMPUTE_STATE=str(cls.dir / "state.json"))
+        log = open(cls.dir / "processes.log", "wb")
+        cls.spawn([BIN / "compute-node", "--dev", "--sealing", "instant", "--base-path",
+                   cls.dir / "chain", "--rpc-port", cls.rpc, "--port", free_port(),
+                   "--no-prometheus", "--no-telemetry", "--no-mdns"], log)
+        http = free_port()
+        (cls.dir / "worker.toml").write_text(
+            f'node_url = "ws://127.0.0.1:{cls.rpc}"\nlisten = "127.0.0.1:{http}"\n'
+            f'provider_key = "//Bob"\ndata_dir = "{cls.dir / "worker"}"\nmodel = "{MODEL}"\n'
+            f'[[services]]\nid = 0\nmodel_name = "{MODEL_NAME}"\n'
+            f'input_price = "{INPUT_PRICE}"\noutput_price = "{OUTPUT_PRICE}"\n'
+            f'[settlement]\nmax_age_secs = 1\ntick_ms = 500\n')
+        cls.spawn([BIN / "compute-worker", "--config", cls.dir / "worker.toml"], log)
+        wait_for("the worker's service on chain",
+                 lambda: MODEL_NAME in cls.cli("--json", "services", check=False))
+        wait_for("the worker to listen", lambda: cls.port_open(http))
+        cls.cli("deposit", BOB, str(DEPOSIT))
+        proxy = free_port()
+        cls.spawn([BIN / "compute", "proxy", BOB, "--listen", f"127.0.0.1:{proxy}",
+                   "--cap", "0.01unit"], log)
+        wait_for("the proxy to listen", lambda: cls.port_open(proxy))
+        cls.base = f"http://127.0.0.1:{proxy}/v1"
+        cls.client = openai.OpenAI(base_url=cls.base, api_key="not-needed", max_retries=0)
+
+    @classmethod
+    def tearDownClass(cls):
+        for p in reversed(cls.procs):
+            p.kill()
+            p.wait()
+        shutil.rmtree(cls.dir, ignore_errors=True)
+
+    @classmethod
+    def spawn(cls, args, log):
+        cls.procs.append(subprocess.Popen([str(a) for a in args], env=cls.env,
+                                          stdout=log, stderr=subprocess.STDOUT))
+
+    @classmethod
+    def cli(cls, *args, check=True) -> str:
+        out = subprocess.run([str(BIN / "compute"), *args], env=cls.env,
+                             capture_output=True, text=True)
+        if check and out.returncode != 0:
+            raise AssertionError(f"compute {' '.join(args)}: {out.stderr}")
+        return out.stdout
+
+    @staticmethod
+    def port_open(port) -> bool:
+        with socket.socket() as s:
+            return s.connect_ex(("127.0.0.1", port)) == 0
+
+    def node_rpc(self, method, params):
+        req = urllib.request.Request(
+            f"http://127.0.0.1:{self.rpc}",
+            data=json.dumps({"jsonrpc": "2.0", "id": 1, "method": method, "params": params}).encode(),
+            headers={"content-type": "application/json"})
+        with urllib.request.urlopen(req, timeout=10) as r:
+            answer = json.load(r)
+        self.assertNotIn("error", answer)
+        return answer["result"]
+
+    def check_receipt(self, receipt, usage):
+        """The receipt the provider signed matches the usage reported and the prices on chain."""
+        self.assertEqual(receipt["user"], CHARLIE)
+        self.assertEqual(receipt["provider"], BOB)
+        self.assertEqual(receipt["input_tokens"], usage["prompt_tokens"])
+        self.assertEqual(receipt["output_tokens"], usage["completion_tokens"])
+        fee = int(receipt["fee"])
+        self.assertEqual(fee, usage["prompt_tokens"] * INPUT_PRICE
+                         + usage["completion_tokens"] * OUTPUT_PRICE)
+        self.assertEqual(int(receipt["total"]), sum(self.fees) + fee)
+        self.fees.append(fee)
+
+    def test_1_models(self):
+        ids = [m.id for m in self.client.models.list()]
+        self.assertEqual(ids, [MODEL_NAME])
+
+    def test_2_chat(self):
+        r = self.client.chat.completions.create(
+            model=MODEL_NAME, max_tokens=12, temperature=0,
+            messages=[{"role": "user", "content": "What is the capital of France?"}])
+        text = r.choices[0].message.content
+        self.assertTrue(text.strip(), r)
+        self.assertGreater(r.usage.prompt_tokens, 0)
+        self.assertGreater(r.usage.completion_tokens, 0)
+        self.assertLessEqual(r.usage.completion_tokens, 12)
+        self.check_receipt(r.model_extra["receipt"], r.usage.model_dump())
+
+    def test_3_stream(self):
+        pieces, receipt, usage = [], None, None
+        stream = self.client.chat.completions.create(
+            model=MODEL_NAME, max_tokens=16, stream=True,
+            messages=[{"role": "user", "content": "Count from one to five."}])
+        chunks = 0
+        for chunk in stream:
+            chunks += 1
+            if chunk.choices and chunk.choices[0].delta.content:
+                pieces.append(chunk.choices[0].delta.content)
+            if chunk.usage:
+                usage = chunk.usage.model_dump()
+            if (chunk.model_extra or {}).get("receipt"):
+                receipt = chunk.model_extra["receipt"]
+        self.assertGreater(chunks, 3, "streamed in several chunks")
+        self.assertTrue("".join(pieces).strip())
+        self.assertIsNotNone(receipt, "the final chunk carries the receipt")
+        self.check_receipt(receipt, usage)
+
+    def test_4_bad_input(self):
+        with self.assertRaises(openai.NotFoundError) as e:
+            self.client.chat.completions.create(
+                model="gpt-4o", messages=[{"role": "user", "content": "hi"}])
+        self.assertIn("serves no model", str(e.exception))
+        req = urllib.request.Request(f"{self.base}/chat/completions", data=b"{not json",
+                                     headers={"content-type": "application/json"})
+        with self.assertRaises(urllib.error.HTTPError) as e:
+            urllib.request.urlopen(req, timeout=10)
+        self.assertEqual(e.exception.code, 400)
+        self.assertEqual(json.load(e.exception)["error"]["code"], "invalid_json")
+        # The worker refuses an empty conversation: the error passes through, nothing is charged.
+        with self.assertRaises(openai.BadRequestError) as e:
+            self.client.chat.completions.create(model=MODEL_NAME, messages=[])
+        self.assertIn("invalid_messages", str(e.exception))
+
+    def test_5_settled_on_chain(self):
+        self.assertEqual(len(self.fees), 2, "the chats ran first")
+        total = sum(self.fees)
+
+        def settled():
+            e = self.node_rpc("compute_escrow", [CHARLIE, BOB, None])
+            return e if e and int(e["settled_total"]) == total else None
+
+        e = wait_for("the worker's settlement", settled, timeout=60)
+        self.assertEqual(int(e["balance"]), DEPOSIT - total)
+        # The proxy kept the sequence in the user's state file.
+        state = json.loads((self.dir / "state.json").read_text())
+        entry = state["providers"][f"{CHARLIE}/{BOB}"]
+        self.assertEqual(int(entry["total"]), total)
+        self.assertEqual(entry["nonce"], 3, "two paid chats and one refused with a fee-0 receipt")
+        self.assertGreaterEqual(e["settled_nonce"], 2)
+
+
+if __name__ == "__main__":
+    unittest.main(verbosity=2)
