@@ -20,19 +20,19 @@ export const UNIT = 10n ** 12n;
 /** Connect to a node; rejects after `timeoutMs` when nothing answers. */
 export async function connect(url = 'ws://127.0.0.1:9944', timeoutMs = 10_000) {
   const provider = new WsProvider(url, 250);
-  const timer = setTimeout(() => provider.disconnect(), timeoutMs);
+  let timer;
   try {
-    const api = await Promise.race([
+    return await Promise.race([
       ApiPromise.create({ provider, noInitWarn: true, throwOnConnect: false }),
-      new Promise((_, reject) =>
-        setTimeout(() => reject(new Error(`cannot reach the node at ${url}`)), timeoutMs)),
+      new Promise((_, reject) => {
+        timer = setTimeout(() => reject(new Error(`cannot reach the node at ${url}`)), timeoutMs);
+      }),
     ]);
-    clearTimeout(timer);
-    return api;
   } catch (e) {
-    clearTimeout(timer);
     await provider.disconnect().catch(() => {});
     throw e;
+  } finally {
+    clearTimeout(timer);
   }
 }
 
