@@ -7,7 +7,13 @@ cd "$(dirname "$0")/.."
 MODEL=${MODEL:-models/SmolLM2-135M-Instruct.Q4_1.gguf}
 PROFILE=${PROFILE:-dev}
 scripts/fetch-model.sh >/dev/null
-cargo build -q --profile "$PROFILE" -p provider-worker --example generate
+# In the dev profile the examples come from the same build as the tests (a `-p` build would
+# resolve features differently and rebuild candle).
+if [ "$PROFILE" = dev ]; then
+    cargo test -q --workspace --no-run 2>/dev/null
+else
+    cargo build -q --profile "$PROFILE" -p provider-worker --example generate --example throughput
+fi
 BIN=target/$([ "$PROFILE" = dev ] && echo debug || echo "$PROFILE")/examples/generate
 if [ ! -d bench/llama-cpp/node_modules/node-llama-cpp ]; then
     echo "==> installing node-llama-cpp 3.22.1 (prebuilt llama.cpp binaries)"

@@ -260,6 +260,7 @@ impl Llama {
     /// Advance every sequence of `batch` by its one token in a single forward pass; return the
     /// logits `[batch, vocab]` (row `i` for `batch[i]`).
     pub fn decode(&self, batch: &mut [(&mut SeqCache, u32)]) -> Result<Tensor> {
+        let c = &self.config;
         let b = batch.len();
         let positions: Vec<u32> = batch.iter().map(|(c, _)| c.len as u32).collect();
         if let Some(full) = batch.iter().find(|(c, _)| c.len >= c.capacity) {
@@ -268,20 +269,26 @@ impl Llama {
         let tokens: Vec<u32> = batch.iter().map(|(_, t)| *t).collect();
         let ids = Tensor::new(tokens.as_slice(), &self.device)?;
         let pos = Tensor::new(positions.as_slice(), &self.device)?;
-        let cos = self.cos.index_select(&pos, 0)?;
-        let sin = self.sin.index_select(&pos, 0)?;
+        // One row of angles per sequence: [b, 1, hd/2], each rotating its own position.
+        let cos = self.cos.index_select(&pos, 0)?.unsqueeze(1)?;
+        let sin = self.sin.index_select(&pos, 0)?.unsqueeze(1)?;
         let mut x = self.embed.index_select(&ids, 0)?;
         for (l, layer) in self.layers.iter().enumerate() {
-            let h = candle_nn::ops::rms_norm(&x, &layer.attn_norm, self.config.rms_eps as f32)?;
-            // Rotated along the batch axis: row i uses position i's angles.
-            let (q, k, v) = self.qkv_rotated(layer, &h, &cos, &sin)?;
+            let h = candle_nn::ops::rms_norm(&x, &layer.attn_norm, c.rms_eps as f32)?;
+            let mut out = layer.qkv.forward(&h)?.into_iter();
+            let (Some(q), Some(k), Some(v)) = (out.next(), out.next(), out.next()) else {
+                candle_core::bail!("q/k/v projection returned too few outputs");
+            };
+            // [b, heads, 1, hd]: sequence i's heads are one contiguous block.
+            let q = q.reshape((b, c.n_head, 1, c.head_dim))?;
+            let k = k.reshape((b, c.n_kv_head, 1, c.head_dim))?;
+            let q = candle_nn::rotary_emb::rope_i(&q.contiguous()?, &cos, &sin)?;
+            let k = candle_nn::rotary_emb::rope_i(&k.contiguous()?, &cos, &sin)?;
+            let v = v.contiguous()?.reshape((b, c.n_kv_head, 1, c.head_dim))?;
             let mut ys = Vec::with_capacity(b);
             for (i, (cache, _)) in batch.iter_mut().enumerate() {
-                let q_i = q.narrow(1, i, 1)?;
-                let k_i = k.narrow(1, i, 1)?.contiguous()?;
-                let v_i = v.narrow(1, i, 1)?.contiguous()?;
-                let (k_all, v_all) = cache.append(l, &k_i, &v_i)?;
-                ys.push(self.attend(&q_i.contiguous()?, &k_all, &v_all, cache.len)?);
+                let (k_all, v_all) = cache.append(l, &k.get(i)?, &v.get(i)?)?;
+                ys.push(self.attend(&q.get(i)?, &k_all, &v_all, cache.len)?);
             }
             let y = Tensor::cat(&ys, 0)?;
             x = self.finish_layer(layer, &x, &y)?;
@@ -350,7 +357,10 @@ impl Llama {
                 att
             };
         let att = candle_nn::ops::softmax_last_dim(&att)?;
-        let y = att.matmul(&v.contiguous()?)?; // [n_kv, rep * t, hd]
+        let y = att.matmul(v)?; // [n_kv, rep * t, hd]
+        if t == 1 {
+            return y.reshape((1, c.n_head * c.head_dim));
+        }
         y.reshape((c.n_head, t, c.head_dim))?.transpose(0, 1)?.reshape((t, c.n_head * c.head_dim))
     }
 
