@@ -42,14 +42,15 @@ pub async fn turn(
     if let Some(t) = opts.temperature {
         body["temperature"] = json!(t);
     }
-    let body = serde_json::to_vec(&body).map_err(anyhow::Error::from)?;
-    match once(sess, svc, &body, opts, on_text).await {
+    let asked = body;
+    let body = serde_json::to_vec(&asked).map_err(anyhow::Error::from)?;
+    match once(sess, svc, &body, &asked, opts, on_text).await {
         Err(AnswerError::Refused { code, .. }) if code == "stale_nonce" || code == "nonce_gap" => {
             let nonce = sess.resync().await?;
             eprintln!(
                 "(continuing after nonce {nonce}, resynchronised from the provider's receipts)"
             );
-            once(sess, svc, &body, opts, on_text).await
+            once(sess, svc, &body, &asked, opts, on_text).await
         }
         other => other,
     }
@@ -59,6 +60,7 @@ async fn once(
     sess: &Session,
     svc: &ServiceInfo,
     body: &[u8],
+    asked: &Value,
     opts: &Options,
     on_text: &mut dyn FnMut(&str),
 ) -> Result<Turn, AnswerError> {
@@ -75,13 +77,13 @@ async fn once(
         return Err(sess.refused(&signed, status.as_u16(), value));
     }
     if is_sse {
-        return read_stream(sess, &signed, resp, on_text).await;
+        return read_stream(sess, &signed, asked, resp, on_text).await;
     }
     let value: Value = resp.json().await.context("the provider's answer is not JSON")?;
     let receipt_json: ReceiptJson = serde_json::from_value(value["receipt"].clone())
         .context("the answer carries no receipt")?;
     let text = value["choices"][0]["message"]["content"].as_str().unwrap_or_default().to_string();
-    let receipt = sess.record(&signed, &receipt_json, Some(&text))?;
+    let receipt = sess.record(&signed, &receipt_json, Some(&text), Some(asked))?;
     on_text(&text);
     Ok(Turn { text, receipt_json, receipt })
 }
@@ -89,6 +91,7 @@ async fn once(
 async fn read_stream(
     sess: &Session,
     signed: &Signed,
+    asked: &Value,
     resp: reqwest::Response,
     on_text: &mut dyn FnMut(&str),
 ) -> Result<Turn, AnswerError> {
@@ -120,7 +123,7 @@ async fn read_stream(
         }
     }
     let receipt_json = receipt_json.ok_or_else(|| anyhow!("the stream ended without a receipt"))?;
-    let receipt = sess.record(signed, &receipt_json, Some(&text))?;
+    let receipt = sess.record(signed, &receipt_json, Some(&text), Some(asked))?;
     Ok(Turn { text, receipt_json, receipt })
 }
 

@@ -2,6 +2,7 @@
 
 mod chat;
 mod proxy;
+mod recount;
 mod session;
 mod sse;
 mod state;
@@ -39,6 +40,10 @@ struct Cli {
     /// Machine-readable output.
     #[arg(long, global = true)]
     json: bool,
+    /// Recount every answer's tokens with this GGUF's tokenizer and chat template (the model the
+    /// provider serves) and refuse receipts that over-count.
+    #[arg(long, global = true, env = "COMPUTE_RECOUNT_MODEL")]
+    recount_model: Option<PathBuf>,
     #[command(subcommand)]
     command: Command,
 }
@@ -134,6 +139,7 @@ fn account(s: &str) -> anyhow::Result<AccountId> {
 
 struct Ctx {
     cli_json: bool,
+    recount_model: Option<PathBuf>,
     chain: Chain,
     signer: Option<Signer>,
     state_path: PathBuf,
@@ -145,12 +151,19 @@ impl Ctx {
     }
 
     fn session(&self, provider: &str) -> anyhow::Result<Session> {
-        Ok(Session::new(
+        let mut sess = Session::new(
             self.chain.clone(),
             self.signer()?.clone(),
             account(provider)?,
             self.state_path.clone(),
-        ))
+        );
+        if let Some(path) = &self.recount_model {
+            sess.recount = Some(
+                recount::Recounter::load(path)
+                    .with_context(|| format!("cannot read a tokenizer from {}", path.display()))?,
+            );
+        }
+        Ok(sess)
     }
 
     fn out(&self, value: Value, text: String) {
@@ -184,7 +197,13 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         let home = std::env::var_os("HOME").map(PathBuf::from).unwrap_or_default();
         home.join(".compute").join("state.json")
     });
-    let ctx = Ctx { cli_json: cli.json, chain, signer, state_path };
+    let ctx = Ctx {
+        cli_json: cli.json,
+        recount_model: cli.recount_model.clone(),
+        chain,
+        signer,
+        state_path,
+    };
     match cli.command {
         Command::Account => {
             let who = ctx.signer()?.account_id();
@@ -363,7 +382,7 @@ async fn ack(ctx: &Ctx, provider: &str) -> anyhow::Result<()> {
     }
     let receipt: wire::ReceiptJson = serde_json::from_value(value["receipt"].clone())
         .context("the answer carries no receipt")?;
-    let r = sess.record(&signed, &receipt, None)?;
+    let r = sess.record(&signed, &receipt, None, None)?;
     ctx.out(json!({ "receipt": receipt }), format!("acknowledged total {}", show(r.receipt.total)));
     Ok(())
 }

@@ -130,7 +130,7 @@ async fn chat(State(p): State<Arc<Proxy>>, body: Bytes) -> Response {
             let p = Arc::clone(&p);
             tokio::spawn(async move {
                 let _turn = guard;
-                pass_stream(&p.sess, &signed, resp, tx).await;
+                pass_stream(&p.sess, &signed, &request, resp, tx).await;
             });
             return Response::builder()
                 .header("content-type", "text/event-stream")
@@ -177,7 +177,7 @@ async fn chat(State(p): State<Arc<Proxy>>, body: Bytes) -> Response {
         let text = value["choices"][0]["message"]["content"].as_str().unwrap_or_default();
         let recorded = serde_json::from_value::<ReceiptJson>(value["receipt"].clone())
             .map_err(|_| AnswerError::BadReceipt("the answer carries no receipt".into()))
-            .and_then(|r| p.sess.record(&signed, &r, Some(text)));
+            .and_then(|r| p.sess.record(&signed, &r, Some(text), Some(&request)));
         drop(guard);
         return match recorded {
             Ok(_) => (StatusCode::OK, Json(value)).into_response(),
@@ -192,6 +192,7 @@ async fn chat(State(p): State<Arc<Proxy>>, body: Bytes) -> Response {
 async fn pass_stream(
     sess: &Session,
     signed: &Signed,
+    asked: &Value,
     resp: reqwest::Response,
     tx: mpsc::Sender<Result<Bytes, std::io::Error>>,
 ) {
@@ -218,7 +219,7 @@ async fn pass_stream(
         for ev in reader.push(&chunk) {
             if ev.is_done() {
                 let verdict = match &receipt {
-                    Some(r) => sess.record(signed, r, Some(&text)).map(|_| ()),
+                    Some(r) => sess.record(signed, r, Some(&text), Some(asked)).map(|_| ()),
                     None => {
                         Err(AnswerError::BadReceipt("the stream ended without a receipt".into()))
                     }
@@ -246,7 +247,7 @@ async fn pass_stream(
     }
     // No end marker: still keep a receipt that arrived (the request was paid for).
     if let Some(r) = &receipt {
-        let _ = sess.record(signed, r, Some(&text));
+        let _ = sess.record(signed, r, Some(&text), Some(asked));
     }
     let _ = tx.send(Ok(fail("the provider's stream ended early".into(), "provider_stream"))).await;
 }

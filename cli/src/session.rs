@@ -28,6 +28,8 @@ pub struct Session {
     pub genesis: H256,
     pub state_path: PathBuf,
     pub http: reqwest::Client,
+    /// Recount every answer's tokens with the model's tokenizer (`--recount-model`).
+    pub recount: Option<crate::recount::Recounter>,
 }
 
 /// A voucher signed for one request, waiting for its receipt.
@@ -63,7 +65,7 @@ impl Session {
             .connect_timeout(std::time::Duration::from_secs(10))
             .build()
             .unwrap_or_default();
-        Session { chain, signer, provider, genesis, state_path, http }
+        Session { chain, signer, provider, genesis, state_path, http, recount: None }
     }
 
     /// The provider's service: by id, else by model name, else its first chat service.
@@ -152,13 +154,15 @@ impl Session {
         Ok(Signed { voucher, header, service: service.clone() })
     }
 
-    /// Check the receipt for `signed` (and, with `text`, that it covers exactly that text);
-    /// record it, or distrust the provider when it does not verify.
+    /// Check the receipt for `signed` (and, with `text`, that it covers exactly that text; with
+    /// `asked`, the request's JSON, and a recounter, that its token counts hold up); record it,
+    /// or distrust the provider when it does not verify.
     pub fn record(
         &self,
         signed: &Signed,
         receipt: &ReceiptJson,
         text: Option<&str>,
+        asked: Option<&serde_json::Value>,
     ) -> Result<SignedReceipt, AnswerError> {
         let mut all = State::load(self.state_path.clone())?;
         let user = self.signer.account_id().to_string();
@@ -167,7 +171,14 @@ impl Session {
             Some(t) if r.receipt.response_hash != wire::response_hash(t) => {
                 Err("its response hash does not match the text received".to_string())
             }
-            _ => Ok(r),
+            Some(t) => match (&self.recount, asked) {
+                (Some(rc), Some(req)) if r.receipt.fee != 0 => {
+                    let max = req["max_tokens"].as_u64().or(req["max_completion_tokens"].as_u64());
+                    rc.check(&req["messages"], max, t, &r.receipt).map(|()| r)
+                }
+                _ => Ok(r),
+            },
+            None => Ok(r),
         });
         let result = match checked {
             Ok(r) => {
@@ -191,7 +202,7 @@ impl Session {
             return AnswerError::Other(anyhow!("provider answered {status}: {body}"));
         };
         if let Some(r) = &err.error.receipt {
-            if let Err(e) = self.record(signed, r, None) {
+            if let Err(e) = self.record(signed, r, None, None) {
                 return e;
             }
         }

@@ -159,7 +159,20 @@ fn fund_chat_ack_and_refund_through_the_cli() {
     let total2: u128 = v["receipt"]["total"].as_str().unwrap().parse().unwrap();
     assert!(total2 > total1);
     // Streamed to the terminal, and not streamed: the text, then the receipt's figures.
-    let out = ok(&run(&dir, rpc, &["chat", BOB, "Count to three.", "--max-tokens", "6"]));
+    // Recounted with the model's own tokenizer: the worker's receipt holds up.
+    let out = ok(&run(
+        &dir,
+        rpc,
+        &[
+            "chat",
+            BOB,
+            "Count to three.",
+            "--max-tokens",
+            "6",
+            "--recount-model",
+            model.to_str().unwrap(),
+        ],
+    ));
     assert!(out.contains("completion tokens, fee"), "{out}");
     let out = ok(&run(&dir, rpc, &["chat", BOB, "Hi", "--max-tokens", "4", "--no-stream"]));
     assert!(out.contains("completion tokens, fee"), "{out}");

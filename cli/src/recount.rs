@@ -1,0 +1,117 @@
+//! `--recount-model`: count the tokens of a request and its answer with the model's own tokenizer
+//! and chat template, and hold the provider's receipt to them.
+//!
+//! The prompt count must match exactly (same tokenizer, same template). The completion can only
+//! be bounded: re-tokenizing generated text need not give back the very tokens the model chose,
+//! so the receipt may claim at most a tenth (plus two) more than the recount, and never more than
+//! the `max_tokens` asked for.
+
+use compute_primitives::Receipt;
+use provider_worker::model::{read_gguf, ChatMessage, ChatTemplate, ModelTokenizer, WeightFormat};
+use serde_json::Value;
+use std::path::Path;
+
+/// The model's tokenizer and chat template.
+pub struct Recounter {
+    tokenizer: ModelTokenizer,
+    template: ChatTemplate,
+}
+
+impl Recounter {
+    /// Read the tokenizer from a GGUF file (the one the provider serves).
+    pub fn load(path: &Path) -> anyhow::Result<Self> {
+        let loaded = read_gguf(path, WeightFormat::AsStored)?;
+        Ok(Recounter {
+            tokenizer: ModelTokenizer::from_gguf(&loaded.content)?,
+            template: ChatTemplate::default(),
+        })
+    }
+
+    /// Check the receipt's token counts against `messages` (the OpenAI `messages` array sent),
+    /// the `text` received and the `max_tokens` asked for.
+    pub fn check(
+        &self,
+        messages: &Value,
+        max_tokens: Option<u64>,
+        text: &str,
+        r: &Receipt,
+    ) -> Result<(), String> {
+        let msgs: Vec<ChatMessage> = messages
+            .as_array()
+            .ok_or("the request has no messages to recount")?
+            .iter()
+            .map(|m| ChatMessage {
+                role: m["role"].as_str().unwrap_or_default().to_string(),
+                content: match &m["content"] {
+                    Value::String(s) => s.clone(),
+                    Value::Array(parts) => {
+                        parts.iter().filter_map(|p| p["text"].as_str()).collect::<String>()
+                    }
+                    _ => String::new(),
+                },
+            })
+            .collect();
+        let count = |s: &str| self.tokenizer.encode(s).map(|ids| ids.len() as u64);
+        let prompt = count(&self.template.render(&msgs)).map_err(|e| e.to_string())?;
+        if r.input_tokens != prompt {
+            return Err(format!(
+                "it counts {} prompt tokens where the model's tokenizer counts {prompt}",
+                r.input_tokens
+            ));
+        }
+        let completion = count(text).map_err(|e| e.to_string())?;
+        let bound = completion + completion / 10 + 2;
+        if r.output_tokens > bound || max_tokens.is_some_and(|m| r.output_tokens > m) {
+            return Err(format!(
+                "it counts {} completion tokens for a text of {completion} tokens{}",
+                r.output_tokens,
+                max_tokens.map(|m| format!(" (max_tokens {m})")).unwrap_or_default()
+            ));
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use compute_primitives::AccountId;
+    use polkadot_sdk::sp_core::H256;
+    use serde_json::json;
+
+    #[test]
+    fn receipts_are_held_to_the_recount() {
+        let path = provider_worker::model::default_model_path()
+            .expect("the model is missing: run `make model`");
+        let rc = Recounter::load(&path).unwrap();
+        let messages = json!([{ "role": "user", "content": "What is 12 + 30?" }]);
+        let prompt =
+            rc.tokenizer
+                .encode(&rc.template.render(&[ChatMessage {
+                    role: "user".into(),
+                    content: "What is 12 + 30?".into(),
+                }]))
+                .unwrap()
+                .len() as u64;
+        let text = "12 + 30 is 42.";
+        let out = rc.tokenizer.encode(text).unwrap().len() as u64;
+        let receipt = |input_tokens, output_tokens| Receipt {
+            user: AccountId::new([1; 32]),
+            provider: AccountId::new([2; 32]),
+            service_id: 0,
+            nonce: 1,
+            request_hash: H256::zero(),
+            response_hash: H256::zero(),
+            input_tokens,
+            output_tokens,
+            fee: 0,
+            total: 0,
+        };
+        assert_eq!(rc.check(&messages, Some(64), text, &receipt(prompt, out)), Ok(()));
+        // One prompt token too many, a padded completion, more than max_tokens: all refused.
+        assert!(rc.check(&messages, Some(64), text, &receipt(prompt + 1, out)).is_err());
+        assert!(rc.check(&messages, Some(64), text, &receipt(prompt, out * 2 + 3)).is_err());
+        assert!(rc.check(&messages, Some(out - 1), text, &receipt(prompt, out)).is_err());
+        assert!(rc.check(&json!("nope"), None, text, &receipt(prompt, out)).is_err());
+    }
+}
