@@ -94,7 +94,7 @@ PROXY_PORT=${PROXY_PORT:-8788}
 echo "==> The same account through the local OpenAI-compatible proxy (any OpenAI client works)"
 compute proxy "$BOB" --listen "127.0.0.1:$PROXY_PORT" 2>"$BASE/proxy.log" &
 PPID_=$!
-trap 'kill "$PPID_" 2>/dev/null; cleanup' EXIT
+trap 'kill "$PPID_" 2>/dev/null || true; cleanup' EXIT
 for _ in $(seq 1 60); do curl -sf "http://127.0.0.1:$PROXY_PORT/health" >/dev/null && break; sleep 0.5; done
 curl -s "http://127.0.0.1:$PROXY_PORT/v1/chat/completions" -H 'content-type: application/json' \
     -d '{"model":"SmolLM2-135M-Instruct","max_tokens":24,"messages":[{"role":"user","content":"Name three colours."}]}' |
