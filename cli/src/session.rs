@@ -126,12 +126,7 @@ impl Session {
         })?;
         let mut all = State::load(self.state_path.clone())?;
         let st = all.entry(&user.to_string(), &self.provider.to_string());
-        if let Some(why) = &st.distrusted {
-            bail!(
-                "refusing to sign vouchers for {}: an earlier receipt did not verify ({why})",
-                self.provider
-            );
-        }
+        refuse_if_distrusted(st, &self.provider)?;
         if st.nonce < escrow.settled_nonce {
             // Another client used this account: continue from the chain's view.
             st.nonce = escrow.settled_nonce;
@@ -164,36 +159,14 @@ impl Session {
         text: Option<&str>,
         asked: Option<&serde_json::Value>,
     ) -> Result<SignedReceipt, AnswerError> {
-        let mut all = State::load(self.state_path.clone())?;
-        let user = self.signer.account_id().to_string();
-        let st = all.entry(&user, &self.provider.to_string());
-        let checked = check(st, signed, receipt, &self.genesis).and_then(|r| match text {
-            Some(t) if r.receipt.response_hash != wire::response_hash(t) => {
-                Err("its response hash does not match the text received".to_string())
-            }
-            Some(t) => match (&self.recount, asked) {
-                (Some(rc), Some(req)) if r.receipt.fee != 0 => {
-                    let max = req["max_tokens"].as_u64().or(req["max_completion_tokens"].as_u64());
-                    rc.check(&req["messages"], max, t, &r.receipt).map(|()| r)
-                }
-                _ => Ok(r),
-            },
-            None => Ok(r),
-        });
-        let result = match checked {
-            Ok(r) => {
-                st.nonce = signed.voucher.nonce;
-                st.total = r.receipt.total;
-                st.last_receipt = Some(receipt.signed.clone());
-                Ok(r)
-            }
-            Err(why) => {
-                st.distrusted = Some(why.clone());
-                Err(AnswerError::BadReceipt(why))
-            }
+        let ledger = Ledger {
+            state_path: &self.state_path,
+            user: self.signer.account_id(),
+            provider: &self.provider,
+            genesis: &self.genesis,
+            recount: self.recount.as_ref(),
         };
-        all.save()?;
-        result
+        ledger.record(signed, receipt, text, asked)
     }
 
     /// A non-2xx answer: record its fee-0 receipt (if the nonce was used) and explain.
@@ -310,6 +283,65 @@ impl Session {
     }
 }
 
+/// What `record` needs: the state file, whose receipts, and how to check them.
+struct Ledger<'a> {
+    state_path: &'a std::path::Path,
+    user: AccountId,
+    provider: &'a AccountId,
+    genesis: &'a H256,
+    recount: Option<&'a crate::recount::Recounter>,
+}
+
+impl Ledger<'_> {
+    fn record(
+        &self,
+        signed: &Signed,
+        receipt: &ReceiptJson,
+        text: Option<&str>,
+        asked: Option<&serde_json::Value>,
+    ) -> Result<SignedReceipt, AnswerError> {
+        let mut all = State::load(self.state_path.to_path_buf())?;
+        let st = all.entry(&self.user.to_string(), &self.provider.to_string());
+        let checked = check(st, signed, receipt, self.genesis).and_then(|r| match text {
+            Some(t) if r.receipt.response_hash != wire::response_hash(t) => {
+                Err("its response hash does not match the text received".to_string())
+            }
+            Some(t) => match (self.recount, asked) {
+                (Some(rc), Some(req)) if r.receipt.fee != 0 => {
+                    let max = req["max_tokens"].as_u64().or(req["max_completion_tokens"].as_u64());
+                    rc.check(&req["messages"], max, t, &r.receipt).map(|()| r)
+                }
+                _ => Ok(r),
+            },
+            None => Ok(r),
+        });
+        let result = match checked {
+            Ok(r) => {
+                st.nonce = signed.voucher.nonce;
+                st.total = r.receipt.total;
+                st.last_receipt = Some(receipt.signed.clone());
+                Ok(r)
+            }
+            Err(why) => {
+                st.distrusted = Some(why.clone());
+                Err(AnswerError::BadReceipt(why))
+            }
+        };
+        all.save()?;
+        result
+    }
+}
+
+/// No voucher for a provider whose receipt once failed: say why.
+fn refuse_if_distrusted(st: &ProviderState, provider: &AccountId) -> anyhow::Result<()> {
+    match &st.distrusted {
+        Some(why) => bail!(
+            "refusing to sign vouchers for {provider}: an earlier receipt did not verify ({why})"
+        ),
+        None => Ok(()),
+    }
+}
+
 fn check(
     st: &ProviderState,
     signed: &Signed,
@@ -321,4 +353,116 @@ fn check(
     wire::check_receipt(&r, &signed.voucher, genesis, prices, st.total)
         .map_err(|e| e.to_string())?;
     Ok(r)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use compute_primitives::{Receipt, ServiceKind};
+
+    fn service(provider: &Signer) -> ServiceInfo {
+        ServiceInfo {
+            provider: provider.account_id(),
+            service_id: 0,
+            kind: ServiceKind::Chat,
+            model: "m".into(),
+            url: "http://127.0.0.1:1".into(),
+            input_price: 2,
+            output_price: 10,
+            verifiability: "none".into(),
+            price_version: 0,
+        }
+    }
+
+    fn voucher(user: &Signer, provider: &Signer, nonce: u64, spent: Balance) -> Voucher {
+        Voucher {
+            user: user.account_id(),
+            provider: provider.account_id(),
+            service_id: 0,
+            price_version: 0,
+            nonce,
+            request_hash: wire::request_hash(b"{}"),
+            spent,
+            cap: 1_000,
+        }
+    }
+
+    fn receipt(v: &Voucher, text: &str, fee: Balance) -> Receipt {
+        Receipt {
+            user: v.user.clone(),
+            provider: v.provider.clone(),
+            service_id: 0,
+            nonce: v.nonce,
+            request_hash: v.request_hash,
+            response_hash: wire::response_hash(text),
+            input_tokens: 10,
+            output_tokens: 5,
+            fee,
+            total: v.spent + fee,
+        }
+    }
+
+    #[test]
+    fn a_receipt_that_does_not_verify_distrusts_the_provider() {
+        let dir = std::env::temp_dir().join(format!("compute-ledger-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        let [user, bob, eve] = ["//Alice", "//Bob", "//Eve"].map(|k| Signer::from_uri(k).unwrap());
+        let genesis = H256::repeat_byte(3);
+        let path = dir.join("state.json");
+        let provider = bob.account_id();
+        let ledger = Ledger {
+            state_path: &path,
+            user: user.account_id(),
+            provider: &provider,
+            genesis: &genesis,
+            recount: None,
+        };
+        let signed =
+            |v: Voucher| Signed { voucher: v, header: String::new(), service: service(&bob) };
+        let json =
+            |r: Receipt, by: &Signer| ReceiptJson::from(&wire::sign_receipt(by, r, &genesis));
+        let state = || {
+            State::load(path.clone())
+                .unwrap()
+                .entry(&user.account_id().to_string(), &provider.to_string())
+                .clone()
+        };
+
+        // A good receipt (10 x 2 + 5 x 10 = 70) is recorded.
+        let v1 = voucher(&user, &bob, 1, 0);
+        let ok = ledger.record(
+            &signed(v1.clone()),
+            &json(receipt(&v1, "hi", 70), &bob),
+            Some("hi"),
+            None,
+        );
+        assert!(ok.is_ok());
+        assert_eq!((state().nonce, state().total, state().distrusted), (1, 70, None));
+
+        // The text received is not what the receipt covers.
+        let v2 = voucher(&user, &bob, 2, 70);
+        let e = ledger
+            .record(&signed(v2.clone()), &json(receipt(&v2, "hello", 70), &bob), Some("hi"), None)
+            .unwrap_err();
+        assert!(e.to_string().contains("response hash"), "{e}");
+        let st = state();
+        assert_eq!((st.nonce, st.total), (1, 70), "nothing recorded from a bad receipt");
+        assert!(refuse_if_distrusted(&st, &provider)
+            .unwrap_err()
+            .to_string()
+            .contains("response hash"));
+
+        // Signed by someone else: refused and distrusted with the reason.
+        std::fs::remove_file(&path).unwrap();
+        let e = ledger
+            .record(&signed(v1.clone()), &json(receipt(&v1, "hi", 70), &eve), Some("hi"), None)
+            .unwrap_err();
+        assert!(
+            matches!(e, AnswerError::BadReceipt(_)) && e.to_string().contains("signature"),
+            "{e}"
+        );
+        let why = refuse_if_distrusted(&state(), &provider).unwrap_err().to_string();
+        assert!(why.contains("refusing to sign vouchers") && why.contains("signature"), "{why}");
+        let _ = std::fs::remove_dir_all(&dir);
+    }
 }
