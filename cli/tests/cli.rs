@@ -189,6 +189,9 @@ fn fund_chat_ack_and_refund_through_the_cli() {
     // A cap too small for the prompt: refused with a fee-0 receipt, the state moves on.
     let e = fails(&run(&dir, rpc, &["chat", BOB, "Hi", "--cap", "1"]));
     assert!(e.contains("cap_too_low"), "{e}");
+    // A cap above what the escrow can cover: refused, with how much more to deposit.
+    let e = fails(&run(&dir, rpc, &["chat", BOB, "Hi", "--cap", "1unit"]));
+    assert!(e.contains("insufficient_escrow") && e.contains("deposit at least 0.5"), "{e}");
 
     // The local OpenAI proxy: its own errors in OpenAI's shape, then a paid request.
     let proxy_port = free_port();
@@ -225,27 +228,27 @@ fn fund_chat_ack_and_refund_through_the_cli() {
         ),
     );
     assert_eq!(code, 200, "{body}");
-    assert_eq!(body["receipt"]["nonce"], 8, "the proxy continues the CLI's sequence: {body}");
+    assert_eq!(body["receipt"]["nonce"], 9, "the proxy continues the CLI's sequence: {body}");
 
     ok(&run(&dir, rpc, &["ack", BOB]));
     let state: serde_json::Value =
         serde_json::from_str(&std::fs::read_to_string(dir.join("state.json")).unwrap()).unwrap();
     let entry = state["providers"].as_object().unwrap().values().next().unwrap().clone();
-    assert_eq!(entry["nonce"], 9);
+    assert_eq!(entry["nonce"], 10);
     let total: u128 = entry["total"].as_str().unwrap().parse().unwrap();
     assert!(total > total2);
     // Every receipt the worker holds for Charlie, fetched with a signed challenge and verified.
     let out = ok(&run(&dir, rpc, &["--json", "receipts", BOB]));
     let list: Vec<serde_json::Value> = serde_json::from_str(out.trim()).unwrap();
-    assert_eq!(list.len(), 9);
-    assert_eq!(list[8]["total"], total.to_string());
+    assert_eq!(list.len(), 10);
+    assert_eq!(list[9]["total"], total.to_string());
 
     // The worker settles the ack (max age 1 s): the chain shows the exact total.
     let deadline = Instant::now() + Duration::from_secs(60);
     loop {
         let out = ok(&run(&dir, rpc, &["--json", "escrow", BOB]));
         let e: serde_json::Value = serde_json::from_str(out.trim()).unwrap();
-        if e["settled_nonce"] == 9 {
+        if e["settled_nonce"] == 10 {
             assert_eq!(e["settled_total"], total.to_string());
             assert_eq!(e["balance"], (500_000_000_000u128 - total).to_string());
             break;
