@@ -67,11 +67,7 @@ async fn once(
     let signed = sess.sign(svc, body, opts.cap).await?;
     let resp = sess.send(&signed, "/v1/chat/completions", body.to_vec()).await?;
     let status = resp.status();
-    let is_sse = resp
-        .headers()
-        .get("content-type")
-        .and_then(|v| v.to_str().ok())
-        .is_some_and(|v| v.starts_with("text/event-stream"));
+    let is_sse = crate::sse::is_event_stream(&resp);
     if !status.is_success() {
         let value: Value = resp.json().await.context("the provider's answer is not JSON")?;
         return Err(sess.refused(&signed, status.as_u16(), value));

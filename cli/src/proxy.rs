@@ -120,11 +120,7 @@ async fn chat(State(p): State<Arc<Proxy>>, body: Bytes) -> Response {
             }
         };
         let status = resp.status();
-        let is_sse = resp
-            .headers()
-            .get("content-type")
-            .and_then(|v| v.to_str().ok())
-            .is_some_and(|v| v.starts_with("text/event-stream"));
+        let is_sse = crate::sse::is_event_stream(&resp);
         if status.is_success() && is_sse {
             let (tx, rx) = mpsc::channel::<Result<Bytes, std::io::Error>>(64);
             let p = Arc::clone(&p);

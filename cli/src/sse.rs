@@ -45,6 +45,14 @@ impl Event {
     }
 }
 
+/// Whether an HTTP answer is an event stream.
+pub fn is_event_stream(resp: &reqwest::Response) -> bool {
+    resp.headers()
+        .get("content-type")
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| v.starts_with("text/event-stream"))
+}
+
 /// Position and length of the first event separator (`\n\n` or `\r\n\r\n`).
 fn find_boundary(buf: &[u8]) -> Option<(usize, usize)> {
     let lf = buf.windows(2).position(|w| w == b"\n\n").map(|p| (p, 2));
