@@ -140,6 +140,18 @@ export async function escrowViaRuntimeApi(api, user, provider) {
   return e.isSome ? plainEscrow(e.unwrap()) : null;
 }
 
+/**
+ * The account that keeps every escrow's funds: `modl` ++ the pallet's `PalletId` constant,
+ * zero-padded to 32 bytes (FRAME's `into_account_truncating`).
+ */
+export function escrowAccount(api) {
+  const id = api.consts.compute.palletId.toU8a();
+  const raw = new Uint8Array(32);
+  raw.set(new TextEncoder().encode('modl'), 0);
+  raw.set(id, 4);
+  return api.createType('AccountId', raw).toString();
+}
+
 /** All registered services through the runtime API. */
 export async function services(api) {
   const out = [];

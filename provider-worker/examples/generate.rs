@@ -1,12 +1,14 @@
 //! Generate from a GGUF with the worker's engine and report speed: time to first token and
 //! decode tokens per second. `cargo run --release -p provider-worker --example generate --
-//! [MODEL] [fast_cpu|as_stored] [PROMPT]`
+//! [MODEL] [fast_cpu|as_stored] [PROMPT]`; `--cuda` anywhere runs on the first CUDA GPU (build with
+//! `--features cuda`).
 
 use provider_worker::model::{ChatMessage, Engine, GenParams, WeightFormat};
 use std::path::PathBuf;
 
 fn main() -> anyhow::Result<()> {
-    let mut args = std::env::args().skip(1);
+    let cuda = std::env::args().any(|a| a == "--cuda");
+    let mut args = std::env::args().skip(1).filter(|a| a != "--cuda");
     let model = args
         .next()
         .map(PathBuf::from)
@@ -17,14 +19,16 @@ fn main() -> anyhow::Result<()> {
         _ => WeightFormat::FastCpu,
     };
     let prompt = args.next().unwrap_or_else(|| "What is the capital of France?".into());
-    let engine = Engine::load(&model, format, candle_core::Device::Cpu)?;
+    let device = if cuda { candle_core::Device::new_cuda(0)? } else { candle_core::Device::Cpu };
+    let engine = Engine::load(&model, format, device)?;
     let ids = engine.chat_prompt(&[ChatMessage { role: "user".into(), content: prompt }])?;
     let params = GenParams { max_tokens: 64, ..GenParams::default() };
     let g = engine.generate(&ids, &params, |_| true)?;
     let decode = g.elapsed - g.time_to_first_token;
     println!("{}", g.text);
     println!(
-        "{format:?}: prompt {} tokens, completion {} tokens, first token {:.0} ms, decode {:.1} tokens/s",
+        "{format:?} on {}: prompt {} tokens, completion {} tokens, first token {:.0} ms, decode {:.1} tokens/s",
+        if cuda { "cuda" } else { "cpu" },
         g.prompt_tokens,
         g.completion_tokens,
         g.time_to_first_token.as_secs_f64() * 1e3,

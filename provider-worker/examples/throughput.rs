@@ -1,7 +1,8 @@
 //! Aggregate generation throughput with 1, 4 and 16 concurrent streams over one loaded model
 //! (each stream its own KV cache, weights shared, running streams decoded together in batches of
 //! up to `MAX_BATCH`, default 16), plus peak memory. Greedy, 32 tokens each.
-//! `cargo run --release -p provider-worker --example throughput -- [MODEL] [STREAMS...]`
+//! `cargo run --release -p provider-worker --example throughput -- [MODEL] [STREAMS...]`;
+//! `--cuda` anywhere runs on the first CUDA GPU (build with `--features cuda`; weights as stored).
 
 use provider_worker::model::{ChatMessage, Engine, GenParams, WeightFormat};
 use std::{path::PathBuf, sync::Arc, time::Instant};
@@ -18,7 +19,8 @@ fn peak_rss_mib() -> f64 {
 }
 
 fn main() -> anyhow::Result<()> {
-    let mut args = std::env::args().skip(1);
+    let cuda = std::env::args().any(|a| a == "--cuda");
+    let mut args = std::env::args().skip(1).filter(|a| a != "--cuda");
     let model = args
         .next()
         .map(PathBuf::from)
@@ -29,12 +31,12 @@ fn main() -> anyhow::Result<()> {
         streams = vec![1, 4, 16];
     }
     let max_batch = std::env::var("MAX_BATCH").ok().and_then(|b| b.parse().ok()).unwrap_or(16);
-    let engine = Arc::new(Engine::load_with(
-        &model,
-        WeightFormat::FastCpu,
-        candle_core::Device::Cpu,
-        max_batch,
-    )?);
+    let (format, device) = if cuda {
+        (WeightFormat::AsStored, candle_core::Device::new_cuda(0)?)
+    } else {
+        (WeightFormat::FastCpu, candle_core::Device::Cpu)
+    };
+    let engine = Arc::new(Engine::load_with(&model, format, device, max_batch)?);
     println!("model loaded; peak RSS {:.0} MiB", peak_rss_mib());
     let topics = ["the sea", "a city", "music", "trees", "the moon", "bread", "rain", "chess"];
     for n in streams {

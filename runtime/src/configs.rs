@@ -7,7 +7,7 @@ use frame_support::{
     parameter_types,
     traits::{ConstBool, ConstU128, ConstU32, ConstU64, ConstU8, VariantCountOf},
     weights::{
-        constants::{RocksDbWeight, WEIGHT_REF_TIME_PER_SECOND},
+        constants::{ParityDbWeight, WEIGHT_REF_TIME_PER_SECOND},
         IdentityFee, Weight,
     },
 };
@@ -46,7 +46,8 @@ impl frame_system::Config for Runtime {
     type Nonce = Nonce;
     type Hash = Hash;
     type BlockHashCount = BlockHashCount;
-    type DbWeight = RocksDbWeight;
+    // The node's only database backend is ParityDB (`sc-cli` without its `rocksdb` feature).
+    type DbWeight = ParityDbWeight;
     type Version = Version;
     type AccountData = pallet_balances::AccountData<Balance>;
     type SS58Prefix = SS58Prefix;
@@ -117,6 +118,8 @@ impl pallet_sudo::Config for Runtime {
 
 parameter_types! {
     pub const DisputePenalty: Perbill = Perbill::from_percent(10);
+    /// Derives the account that keeps every escrow's funds.
+    pub const ComputePalletId: frame_support::PalletId = frame_support::PalletId(*b"cmp/escr");
 }
 
 /// Bond a provider holds while it offers services.
@@ -131,6 +134,7 @@ pub const MAX_BATCH: u32 = 1_024;
 impl pallet_compute::Config for Runtime {
     type Currency = Balances;
     type RuntimeHoldReason = RuntimeHoldReason;
+    type PalletId = ComputePalletId;
     type ProviderBond = ConstU128<PROVIDER_BOND>;
     type MinBond = ConstU128<MIN_BOND>;
     type MinDeposit = ConstU128<MIN_DEPOSIT>;

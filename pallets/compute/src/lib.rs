@@ -1,7 +1,8 @@
 //! # Compute marketplace pallet
 //!
-//! Providers bond and register AI services; users hold funds in escrow per provider; providers
-//! settle batches of user-signed cumulative vouchers; users get unspent funds back after a lock
+//! Providers bond and register AI services; users keep funds in escrow per provider (in this
+//! pallet's escrow account, see [`Pallet::escrow_account`]); providers settle batches of
+//! user-signed cumulative vouchers; users get unspent funds back after a lock
 //! window and can dispute an over-claim with a provider-signed receipt, which slashes the bond.
 //! The rules are specified in `shared/design/protocol.md`; this file declares the pallet and the
 //! call logic lives in [`dispatchable_impls`].
@@ -37,6 +38,7 @@ pub mod pallet {
         frame_support::{
             pallet_prelude::*,
             traits::fungible::{Inspect, InspectHold, Mutate, MutateHold},
+            PalletId,
         },
         frame_system::pallet_prelude::*,
         sp_core::H256,
@@ -58,7 +60,7 @@ pub mod pallet {
         RuntimeEvent: From<Event<Self>>,
     >
     {
-        /// The currency escrows and bonds are held in.
+        /// The currency of escrows (kept in the escrow account) and bonds (held).
         type Currency: Inspect<Self::AccountId, Balance = Balance>
             + Mutate<Self::AccountId>
             + InspectHold<Self::AccountId, Reason = Self::RuntimeHoldReason>
@@ -66,6 +68,12 @@ pub mod pallet {
 
         /// The overarching hold reason.
         type RuntimeHoldReason: From<HoldReason>;
+
+        /// Derives the keyless account that keeps every escrow's funds. Only this pallet's
+        /// calls move funds out of it; genesis endows it with the existential deposit so that
+        /// it never dies (see `GenesisConfig`).
+        #[pallet::constant]
+        type PalletId: Get<PalletId>;
 
         /// Bond held from a provider when it registers its first service.
         #[pallet::constant]
@@ -118,8 +126,6 @@ pub mod pallet {
     /// Why this pallet holds funds.
     #[pallet::composite_enum]
     pub enum HoldReason {
-        /// A user's escrow with a provider.
-        Escrow,
         /// A provider's bond.
         ProviderBond,
     }
@@ -168,6 +174,16 @@ pub mod pallet {
     #[pallet::genesis_build]
     impl<T: Config> BuildGenesisConfig for GenesisConfig<T> {
         fn build(&self) {
+            // The escrow account starts with the existential deposit and never goes below it
+            // (every transfer out of it preserves it), so it can never be reaped with escrowed
+            // funds in it.
+            let escrow = Pallet::<T>::escrow_account();
+            let missing =
+                T::Currency::minimum_balance().saturating_sub(T::Currency::balance(&escrow));
+            if missing > 0 {
+                T::Currency::mint_into(&escrow, missing)
+                    .expect("genesis can endow the escrow account");
+            }
             if let Some(lock) = self.refund_lock {
                 assert!(
                     lock >= T::MinRefundLock::get() && lock <= T::MaxRefundLock::get(),

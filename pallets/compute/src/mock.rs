@@ -47,11 +47,14 @@ pub const MAX_BATCH: u32 = 16;
 
 parameter_types! {
     pub const DisputePenalty: Perbill = Perbill::from_percent(10);
+    pub const ComputePalletId: polkadot_sdk::frame_support::PalletId =
+        polkadot_sdk::frame_support::PalletId(*b"cmp/escr");
 }
 
 impl pallet_compute::Config for Test {
     type Currency = Balances;
     type RuntimeHoldReason = RuntimeHoldReason;
+    type PalletId = ComputePalletId;
     type ProviderBond = ConstU128<PROVIDER_BOND>;
     type MinBond = ConstU128<MIN_BOND>;
     type MinDeposit = ConstU128<MIN_DEPOSIT>;
@@ -97,6 +100,7 @@ pub fn new_test_ext() -> TestExternalities {
     }
     .assimilate_storage(&mut storage)
     .unwrap();
+    pallet_compute::GenesisConfig::<Test>::default().assimilate_storage(&mut storage).unwrap();
     let mut ext = TestExternalities::new(storage);
     ext.execute_with(|| System::set_block_number(1));
     ext

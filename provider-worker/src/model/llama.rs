@@ -36,17 +36,55 @@ pub struct Config {
     pub rope_dim: usize,
 }
 
+/// A weight matrix: our q4_1 kernel on CPUs that run it, else candle's quantized matmul.
+enum Mat {
+    Q41(super::q4_1::Q41Matrix),
+    /// candle's matrix and its input width.
+    Candle(QMatMul, usize),
+}
+
+impl Mat {
+    /// `t` (in host memory) as a matrix on `device`.
+    fn new(t: QTensor, device: &Device) -> Result<Self> {
+        if device.is_cpu() {
+            if let Some(m) = super::q4_1::Q41Matrix::new(&t)? {
+                return Ok(Mat::Q41(m));
+            }
+        }
+        let cols = t.shape().dims().get(1).copied().unwrap_or(0);
+        Ok(Mat::Candle(QMatMul::from_qtensor(to_device(t, device)?)?, cols))
+    }
+
+    fn forward(&self, x: &Tensor) -> Result<Tensor> {
+        match self {
+            Mat::Q41(m) => m.forward(x),
+            Mat::Candle(m, _) => m.forward(x),
+        }
+    }
+
+    /// Rows of inputs in host memory times the matrix: rows of outputs (CPU only).
+    fn forward_host(&self, xs: &[f32]) -> Result<Vec<f32>> {
+        match self {
+            Mat::Q41(m) => m.forward_rows(xs),
+            Mat::Candle(m, cols) => {
+                let x = Tensor::from_slice(xs, (xs.len() / cols.max(&1), *cols), &Device::Cpu)?;
+                m.forward(&x)?.flatten_all()?.to_vec1()
+            }
+        }
+    }
+}
+
 /// Output rows of several projections stored as one matrix.
 struct Fused {
-    parts: Vec<QMatMul>,
+    parts: Vec<Mat>,
     /// Output width of each logical projection.
     widths: Vec<usize>,
 }
 
 impl Fused {
-    /// Concatenate `ts` (each `[out_i, in]`) into one `[Σ out_i, in]` matrix when they share a
-    /// format; otherwise keep them apart.
-    fn new(ts: Vec<QTensor>) -> Result<Self> {
+    /// Concatenate `ts` (each `[out_i, in]`, read into host memory) into one `[Σ out_i, in]`
+    /// matrix on `device` when they share a format; otherwise move them there apart.
+    fn new(ts: Vec<QTensor>, device: &Device) -> Result<Self> {
         let widths: Vec<usize> = ts.iter().map(|t| t.shape().dims()[0]).collect();
         let same = ts.windows(2).all(|w| {
             w[0].dtype() == w[1].dtype() && w[0].shape().dims()[1..] == w[1].shape().dims()[1..]
@@ -61,10 +99,26 @@ impl Fused {
             let storage = QStorage::from_data(Cow::Owned(bytes), &Device::Cpu, dtype)?;
             let rows: usize = widths.iter().sum();
             let fused = QTensor::new(storage, (rows, cols))?;
-            return Ok(Fused { parts: vec![QMatMul::from_qtensor(fused)?], widths });
+            return Ok(Fused { parts: vec![Mat::new(fused, device)?], widths });
         }
-        let parts = ts.into_iter().map(QMatMul::from_qtensor).collect::<Result<_>>()?;
+        let parts = ts.into_iter().map(|t| Mat::new(t, device)).collect::<Result<_>>()?;
         Ok(Fused { parts, widths })
+    }
+
+    /// Rows of inputs in host memory: rows of all the projections side by side (`[n, Σ w]`).
+    fn forward_host(&self, xs: &[f32], n: usize) -> Result<Vec<f32>> {
+        if self.parts.len() == 1 {
+            return self.parts[0].forward_host(xs);
+        }
+        let outs = self.parts.iter().map(|p| p.forward_host(xs)).collect::<Result<Vec<_>>>()?;
+        let total: usize = self.widths.iter().sum();
+        let mut rows = Vec::with_capacity(n * total);
+        for i in 0..n {
+            for (o, &w) in outs.iter().zip(&self.widths) {
+                rows.extend_from_slice(&o[i * w..(i + 1) * w]);
+            }
+        }
+        Ok(rows)
     }
 
     fn forward(&self, x: &Tensor) -> Result<Vec<Tensor>> {
@@ -85,10 +139,10 @@ impl Fused {
 struct Layer {
     attn_norm: Tensor,
     qkv: Fused,
-    wo: QMatMul,
+    wo: Mat,
     ffn_norm: Tensor,
     gate_up: Fused,
-    down: QMatMul,
+    down: Mat,
 }
 
 /// The model's weights (shared by every sequence).
@@ -97,19 +151,39 @@ pub struct Llama {
     embed: Tensor,
     layers: Vec<Layer>,
     norm: Tensor,
-    output: QMatMul,
+    output: Mat,
     cos: Tensor,
     sin: Tensor,
     device: Device,
+    /// On the CPU: host copies for the decode path that runs without tensor operations.
+    host: Option<HostParts>,
+}
+
+/// What [`Llama::decode_host`] reads besides the weight matrices: the embedding table, the norm
+/// weights and the rotary tables, as plain vectors.
+struct HostParts {
+    /// `[vocab, hidden]`.
+    embed: Vec<f32>,
+    attn_norm: Vec<Vec<f32>>,
+    ffn_norm: Vec<Vec<f32>>,
+    norm: Vec<f32>,
+    /// `[context, head_dim / 2]`.
+    cos: Vec<f32>,
+    sin: Vec<f32>,
 }
 
 /// One sequence's key/value cache: per layer `[n_kv_head, capacity, head_dim]`, filled up to
-/// `len` positions.
+/// `len` positions; in host memory on the CPU (read directly by the decode path), as tensors on
+/// other devices.
 pub struct SeqCache {
-    k: Vec<Tensor>,
-    v: Vec<Tensor>,
+    store: KvStore,
     len: usize,
     capacity: usize,
+}
+
+enum KvStore {
+    Host { k: Vec<Vec<f32>>, v: Vec<Vec<f32>>, n_kv: usize, head_dim: usize },
+    Device { k: Vec<Tensor>, v: Vec<Tensor> },
 }
 
 impl SeqCache {
@@ -135,10 +209,41 @@ impl SeqCache {
         if self.len + t > self.capacity {
             candle_core::bail!("KV cache full: {} + {t} > {}", self.len, self.capacity);
         }
-        self.k[l].slice_set(k, 1, self.len)?;
-        self.v[l].slice_set(v, 1, self.len)?;
-        Ok((self.k[l].narrow(1, 0, self.len + t)?, self.v[l].narrow(1, 0, self.len + t)?))
+        let (len, cap) = (self.len, self.capacity);
+        match &mut self.store {
+            KvStore::Device { k: ks, v: vs } => {
+                ks[l].slice_set(k, 1, len)?;
+                vs[l].slice_set(v, 1, len)?;
+                Ok((ks[l].narrow(1, 0, len + t)?, vs[l].narrow(1, 0, len + t)?))
+            }
+            KvStore::Host { k: ks, v: vs, n_kv, head_dim } => {
+                let (n_kv, hd) = (*n_kv, *head_dim);
+                let mut out = Vec::with_capacity(2);
+                for (store, new) in [(&mut ks[l], k), (&mut vs[l], v)] {
+                    let new = new.flatten_all()?.to_vec1::<f32>()?; // [n_kv, t, hd]
+                    let mut all = Vec::with_capacity(n_kv * (len + t) * hd);
+                    for h in 0..n_kv {
+                        let at = (h * cap + len) * hd;
+                        store[at..at + t * hd].copy_from_slice(&new[h * t * hd..(h + 1) * t * hd]);
+                        all.extend_from_slice(&store[h * cap * hd..(h * cap + len + t) * hd]);
+                    }
+                    out.push(Tensor::from_vec(all, (n_kv, len + t, hd), &Device::Cpu)?);
+                }
+                let v_all = out.pop().expect("two tensors pushed");
+                let k_all = out.pop().expect("two tensors pushed");
+                Ok((k_all, v_all))
+            }
+        }
     }
+}
+
+/// `t` (in host memory) moved to `device`, its blocks unchanged.
+fn to_device(t: QTensor, device: &Device) -> Result<QTensor> {
+    if device.is_cpu() {
+        return Ok(t);
+    }
+    let storage = QStorage::from_data(t.data()?, device, t.dtype())?;
+    QTensor::new(storage, t.shape())
 }
 
 fn md<'a>(c: &'a gguf_file::Content, key: &str) -> Result<&'a gguf_file::Value> {
@@ -157,7 +262,8 @@ impl Llama {
         let hidden = u("llama.embedding_length")?;
         let head_dim = hidden / n_head;
         let mut reader = Cursor::new(bytes);
-        let mut tensor = |name: &str| content.tensor(&mut reader, name, device);
+        // Read into host memory: fusing concatenates blocks there before the upload.
+        let mut tensor = |name: &str| content.tensor(&mut reader, name, &Device::Cpu);
         let embed_q = tensor("token_embd.weight")?;
         let vocab = embed_q.shape().dims()[0];
         let config = Config {
@@ -177,20 +283,17 @@ impl Llama {
         }
         let embed = embed_q.dequantize(device)?;
         let norm = tensor("output_norm.weight")?.dequantize(device)?;
-        let output = match tensor("output.weight") {
-            Ok(t) => t,
-            Err(_) => embed_q,
-        };
+        let output = Mat::new(tensor("output.weight").unwrap_or(embed_q), device)?;
         let mut layers = Vec::with_capacity(config.n_layer);
         for i in 0..config.n_layer {
             let mut w = |n: &str| tensor(&format!("blk.{i}.{n}.weight"));
             layers.push(Layer {
                 attn_norm: w("attn_norm")?.dequantize(device)?,
-                qkv: Fused::new(vec![w("attn_q")?, w("attn_k")?, w("attn_v")?])?,
-                wo: QMatMul::from_qtensor(w("attn_output")?)?,
+                qkv: Fused::new(vec![w("attn_q")?, w("attn_k")?, w("attn_v")?], device)?,
+                wo: Mat::new(w("attn_output")?, device)?,
                 ffn_norm: w("ffn_norm")?.dequantize(device)?,
-                gate_up: Fused::new(vec![w("ffn_gate")?, w("ffn_up")?])?,
-                down: QMatMul::from_qtensor(w("ffn_down")?)?,
+                gate_up: Fused::new(vec![w("ffn_gate")?, w("ffn_up")?], device)?,
+                down: Mat::new(w("ffn_down")?, device)?,
             });
         }
         // RoPE tables for every position of the context.
@@ -203,29 +306,44 @@ impl Llama {
             .to_dtype(DType::F32)?
             .reshape((config.context, 1))?;
         let angles = pos.broadcast_mul(&inv)?;
-        Ok(Llama {
-            config,
-            embed,
-            layers,
-            norm,
-            output: QMatMul::from_qtensor(output)?,
-            cos: angles.cos()?,
-            sin: angles.sin()?,
-            device: device.clone(),
-        })
+        let (cos, sin) = (angles.cos()?, angles.sin()?);
+        let host = if device.is_cpu() {
+            let flat = |t: &Tensor| t.flatten_all()?.to_vec1::<f32>();
+            Some(HostParts {
+                embed: flat(&embed)?,
+                attn_norm: layers.iter().map(|l| flat(&l.attn_norm)).collect::<Result<_>>()?,
+                ffn_norm: layers.iter().map(|l| flat(&l.ffn_norm)).collect::<Result<_>>()?,
+                norm: flat(&norm)?,
+                cos: flat(&cos)?,
+                sin: flat(&sin)?,
+            })
+        } else {
+            None
+        };
+        Ok(Llama { config, embed, layers, norm, output, cos, sin, device: device.clone(), host })
     }
 
     /// An empty cache for a sequence of at most `capacity` positions.
     pub fn new_cache(&self, capacity: usize) -> Result<SeqCache> {
         let c = &self.config;
         let capacity = capacity.min(c.context);
-        let zeros = || Tensor::zeros((c.n_kv_head, capacity, c.head_dim), DType::F32, &self.device);
-        Ok(SeqCache {
-            k: (0..c.n_layer).map(|_| zeros()).collect::<Result<_>>()?,
-            v: (0..c.n_layer).map(|_| zeros()).collect::<Result<_>>()?,
-            len: 0,
-            capacity,
-        })
+        let store = if self.host.is_some() {
+            let zeros = || vec![0f32; c.n_kv_head * capacity * c.head_dim];
+            KvStore::Host {
+                k: (0..c.n_layer).map(|_| zeros()).collect(),
+                v: (0..c.n_layer).map(|_| zeros()).collect(),
+                n_kv: c.n_kv_head,
+                head_dim: c.head_dim,
+            }
+        } else {
+            let zeros =
+                || Tensor::zeros((c.n_kv_head, capacity, c.head_dim), DType::F32, &self.device);
+            KvStore::Device {
+                k: (0..c.n_layer).map(|_| zeros()).collect::<Result<_>>()?,
+                v: (0..c.n_layer).map(|_| zeros()).collect::<Result<_>>()?,
+            }
+        };
+        Ok(SeqCache { store, len: 0, capacity })
     }
 
     /// Feed `tokens` to one sequence (a prompt, or any continuation); return the logits after
@@ -266,6 +384,11 @@ impl Llama {
         if let Some(full) = batch.iter().find(|(c, _)| c.len >= c.capacity) {
             candle_core::bail!("KV cache full at {} positions", full.0.len);
         }
+        if let Some(host) = &self.host {
+            // On one of rayon's threads, so that the matrix products' tasks start there instead
+            // of waking the pool from outside a hundred times a step.
+            return rayon::scope(|_| self.decode_host(host, batch));
+        }
         let tokens: Vec<u32> = batch.iter().map(|(_, t)| *t).collect();
         let ids = Tensor::new(tokens.as_slice(), &self.device)?;
         let pos = Tensor::new(positions.as_slice(), &self.device)?;
@@ -297,6 +420,68 @@ impl Llama {
             cache.len += 1;
         }
         self.logits(&x)
+    }
+
+    /// [`Self::decode`] on the CPU, on plain vectors: the same arithmetic without a tensor
+    /// operation per step (a decode step of a small model is otherwise dominated by the cost of
+    /// dispatching and allocating for some twenty small operations per layer and sequence). The
+    /// weight products are the same matrices as the tensor path's.
+    fn decode_host(&self, h: &HostParts, batch: &mut [(&mut SeqCache, u32)]) -> Result<Tensor> {
+        let c = &self.config;
+        let (b, d, hd) = (batch.len(), c.hidden, c.head_dim);
+        let (q_w, kv_w) = (c.n_head * hd, c.n_kv_head * hd);
+        let eps = c.rms_eps as f32;
+        let mut x = Vec::with_capacity(b * d);
+        for (_, token) in batch.iter() {
+            let t = *token as usize;
+            if t >= c.vocab {
+                candle_core::bail!("token {t} outside the vocabulary of {}", c.vocab);
+            }
+            x.extend_from_slice(&h.embed[t * d..(t + 1) * d]);
+        }
+        let mut normed = vec![0f32; b * d];
+        for (l, layer) in self.layers.iter().enumerate() {
+            rms_norm_rows(&x, &h.attn_norm[l], eps, &mut normed);
+            let mut qkv = layer.qkv.forward_host(&normed, b)?;
+            let width = q_w + 2 * kv_w;
+            let mut y = vec![0f32; b * q_w];
+            for (i, (cache, _)) in batch.iter_mut().enumerate() {
+                let pos = cache.len;
+                let row = &mut qkv[i * width..(i + 1) * width];
+                let (q, rest) = row.split_at_mut(q_w);
+                let (k, v) = rest.split_at_mut(kv_w);
+                rope_rows(q, hd, pos, h);
+                rope_rows(k, hd, pos, h);
+                let KvStore::Host { k: ks, v: vs, .. } = &mut cache.store else {
+                    candle_core::bail!("a device cache given to the CPU decode path");
+                };
+                let cap = cache.capacity;
+                for kv in 0..c.n_kv_head {
+                    let at = (kv * cap + pos) * hd;
+                    ks[l][at..at + hd].copy_from_slice(&k[kv * hd..(kv + 1) * hd]);
+                    vs[l][at..at + hd].copy_from_slice(&v[kv * hd..(kv + 1) * hd]);
+                }
+                attend_host(c, q, &ks[l], &vs[l], cap, pos + 1, &mut y[i * q_w..(i + 1) * q_w]);
+            }
+            let o = layer.wo.forward_host(&y)?;
+            x.iter_mut().zip(&o).for_each(|(x, o)| *x += o);
+            rms_norm_rows(&x, &h.ffn_norm[l], eps, &mut normed);
+            let gu = layer.gate_up.forward_host(&normed, b)?;
+            let ff = gu.len() / b / 2;
+            let mut m = Vec::with_capacity(b * ff);
+            for row in gu.chunks_exact(2 * ff) {
+                let (g, u) = row.split_at(ff);
+                m.extend(g.iter().zip(u).map(|(g, u)| g / (1.0 + (-g).exp()) * u));
+            }
+            let down = layer.down.forward_host(&m)?;
+            x.iter_mut().zip(&down).for_each(|(x, o)| *x += o);
+        }
+        for (cache, _) in batch.iter_mut() {
+            cache.len += 1;
+        }
+        rms_norm_rows(&x, &h.norm, eps, &mut normed);
+        let logits = self.output.forward_host(&normed)?;
+        Tensor::from_vec(logits, (b, c.vocab), &Device::Cpu)
     }
 
     /// q, k, v of `h` (`[t, hidden]`), rotated with `cos`/`sin` (`[t, hd/2]`): q as
@@ -384,8 +569,64 @@ impl Llama {
     /// The quantization of the largest weight matrix (for logs).
     pub fn weight_format(&self) -> Option<GgmlDType> {
         match &self.layers.first()?.down {
-            QMatMul::QTensor(t) => Some(t.dtype()),
-            _ => None,
+            Mat::Q41(_) => Some(GgmlDType::Q4_1),
+            Mat::Candle(QMatMul::QTensor(t), _) => Some(t.dtype()),
+            Mat::Candle(..) => None,
+        }
+    }
+}
+
+/// candle's RMSNorm of each row of `x` into `out`: `x / sqrt(mean(x²) + eps) · w`.
+fn rms_norm_rows(x: &[f32], w: &[f32], eps: f32, out: &mut [f32]) {
+    let d = w.len();
+    for (x, out) in x.chunks_exact(d).zip(out.chunks_exact_mut(d)) {
+        let mean = x.iter().map(|v| v * v).sum::<f32>() / d as f32;
+        let scale = 1.0 / (mean + eps).sqrt();
+        for ((o, v), w) in out.iter_mut().zip(x).zip(w) {
+            *o = v * scale * w;
+        }
+    }
+}
+
+/// Interleaved rotary embedding (`rope_i`, as GGUF llama files expect) of every head in `x`
+/// (heads of `hd` values) at position `pos`.
+fn rope_rows(x: &mut [f32], hd: usize, pos: usize, h: &HostParts) {
+    let half = hd / 2;
+    let (cos, sin) = (&h.cos[pos * half..(pos + 1) * half], &h.sin[pos * half..(pos + 1) * half]);
+    for head in x.chunks_exact_mut(hd) {
+        for (pair, (c, s)) in head.as_chunks_mut::<2>().0.iter_mut().zip(cos.iter().zip(sin)) {
+            let (a, b) = (pair[0], pair[1]);
+            pair[0] = a * c - b * s;
+            pair[1] = a * s + b * c;
+        }
+    }
+}
+
+/// Attention of one position's query heads `q` over the first `len` cached positions
+/// (`[n_kv, cap, hd]` keys and values), written to `y` (`[n_head · hd]`).
+fn attend_host(c: &Config, q: &[f32], k: &[f32], v: &[f32], cap: usize, len: usize, y: &mut [f32]) {
+    let hd = c.head_dim;
+    let rep = c.n_head / c.n_kv_head;
+    let scale = 1.0 / (hd as f32).sqrt();
+    let mut scores = vec![0f32; len];
+    for (head, (q, y)) in q.chunks_exact(hd).zip(y.chunks_exact_mut(hd)).enumerate() {
+        let base = (head / rep) * cap * hd;
+        let keys = &k[base..base + len * hd];
+        let values = &v[base..base + len * hd];
+        let mut max = f32::NEG_INFINITY;
+        for (s, key) in scores.iter_mut().zip(keys.chunks_exact(hd)) {
+            *s = q.iter().zip(key).map(|(a, b)| a * b).sum::<f32>() * scale;
+            max = max.max(*s);
+        }
+        let mut total = 0f32;
+        for s in scores.iter_mut() {
+            *s = (*s - max).exp();
+            total += *s;
+        }
+        y.iter_mut().for_each(|y| *y = 0.0);
+        for (s, value) in scores.iter().zip(values.chunks_exact(hd)) {
+            let p = s / total;
+            y.iter_mut().zip(value).for_each(|(y, v)| *y += p * v);
         }
     }
 }

@@ -3,6 +3,7 @@
 
 pub mod engine;
 pub mod llama;
+pub mod q4_1;
 pub mod template;
 pub mod tokenizer;
 
@@ -36,9 +37,10 @@ pub fn default_model_path() -> Option<PathBuf> {
 #[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Deserialize, serde::Serialize, Default)]
 #[serde(rename_all = "snake_case")]
 pub enum WeightFormat {
-    /// Re-quantize tensors whose format has no vectorised CPU kernel in candle (q4_1, q5_0,
-    /// q5_1) to q8_0, which has one. Nearly lossless (8-bit blocks of 32 over 4/5-bit data),
-    /// about twice the memory of q4_1 for those tensors, several times faster on CPU.
+    /// Re-quantize tensors whose format has no vectorised CPU kernel (q5_0, q5_1; q4_1 too
+    /// where the CPU cannot run [`q4_1`]'s AVX2 kernel) to q8_0, which candle vectorises.
+    /// Nearly lossless (8-bit blocks of 32 over 4/5-bit data), about twice the memory of
+    /// those tensors, several times faster on CPU.
     #[default]
     FastCpu,
     /// Keep the file's own formats.
@@ -67,7 +69,11 @@ pub struct LoadedGguf {
 }
 
 fn needs_requant(dtype: GgmlDType) -> bool {
-    matches!(dtype, GgmlDType::Q4_1 | GgmlDType::Q5_0 | GgmlDType::Q5_1)
+    match dtype {
+        GgmlDType::Q4_1 => !q4_1::supported(),
+        GgmlDType::Q5_0 | GgmlDType::Q5_1 => true,
+        _ => false,
+    }
 }
 
 /// Read a GGUF file, re-quantizing per `format`.

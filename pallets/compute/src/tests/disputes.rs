@@ -25,7 +25,7 @@ fn a_won_dispute_refunds_the_excess_and_slashes_the_bond() {
         // 200 back from the bond onto the escrow, then 10% of the remaining 800 slashed to Alice.
         let e = escrow(Alice, Bob);
         assert_eq!((e.balance, e.settled_total), (900, 100));
-        assert_eq!(escrow_held(Alice), 900);
+        assert_eq!(escrowed(), 900);
         assert_eq!(bond_held(Bob), PROVIDER_BOND - 200 - 80);
         assert_eq!(free(Alice), alice_free + 80);
         assert_eq!(free(Bob), bob_free);

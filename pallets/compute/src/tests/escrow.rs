@@ -10,7 +10,7 @@ fn deposit_holds_funds_in_the_escrow() {
         deposit(Alice, Bob, 300);
         deposit(Alice, Bob, 200);
         assert_eq!(escrow(Alice, Bob).balance, 500);
-        assert_eq!(escrow_held(Alice), 500);
+        assert_eq!(escrowed(), 500);
         assert_eq!(free(Alice), ENDOWMENT - 500);
         assert_eq!(
             events().last(),

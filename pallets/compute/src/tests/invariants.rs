@@ -163,8 +163,15 @@ fn apply(action: &Action, model: &mut Model) -> bool {
 
 fn check(model: &mut Model, issuance: Balance, disputed: bool) -> Result<(), TestCaseError> {
     prop_assert_eq!(Balances::total_issuance(), issuance, "total issuance changed");
+    let escrow_account = Balances::total_balance(&Compute::escrow_account());
     let total: Balance = KEYS.iter().map(|k| Balances::total_balance(&account(*k))).sum();
-    prop_assert_eq!(total, issuance, "funds left the dev accounts");
+    prop_assert_eq!(total + escrow_account, issuance, "funds left the dev accounts");
+    let escrows: Balance = Escrows::<Test>::iter_values().map(|e| e.balance).sum();
+    prop_assert_eq!(
+        escrow_account,
+        escrows + Balances::minimum_balance(),
+        "the escrow account keeps exactly the escrows"
+    );
     Compute::do_try_state().map_err(|e| TestCaseError::fail(format!("try_state: {e:?}")))?;
     for (u, user) in USERS.iter().enumerate() {
         for (p, provider) in PROVIDERS.iter().enumerate() {

@@ -116,8 +116,10 @@ pub(crate) fn free(k: Sr25519Keyring) -> Balance {
     Balances::free_balance(account(k))
 }
 
-pub(crate) fn escrow_held(k: Sr25519Keyring) -> Balance {
-    Balances::balance_on_hold(&HoldReason::Escrow.into(), &account(k))
+/// What the escrow account keeps above its existential deposit: the sum of all escrows.
+pub(crate) fn escrowed() -> Balance {
+    use polkadot_sdk::frame_support::traits::fungible::Inspect;
+    Balances::balance(&Compute::escrow_account()) - Balances::minimum_balance()
 }
 
 pub(crate) fn bond_held(k: Sr25519Keyring) -> Balance {

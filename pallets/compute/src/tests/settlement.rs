@@ -37,7 +37,7 @@ fn a_valid_claim_pays_the_provider_from_the_hold() {
             }]
         );
         assert_eq!(free(Bob), bob_free + 150);
-        assert_eq!(escrow_held(Alice), 850);
+        assert_eq!(escrowed(), 850);
         let e = escrow(Alice, Bob);
         assert_eq!(
             (
