@@ -41,8 +41,13 @@ before(async () => {
 
 after(async () => {
   await api?.disconnect();
-  node?.kill();
-  if (dir) rmSync(dir, { recursive: true, force: true });
+  if (node && node.exitCode === null) {
+    // Wait for the node to exit: it may still be writing its database when killed.
+    const exited = new Promise((resolve) => node.once('exit', resolve));
+    node.kill();
+    await exited;
+  }
+  if (dir) rmSync(dir, { recursive: true, force: true, maxRetries: 5 });
 });
 
 test('a node that is not there is a clear error', async () => {
