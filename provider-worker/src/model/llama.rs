@@ -148,7 +148,8 @@ struct Layer {
 /// The model's weights (shared by every sequence).
 pub struct Llama {
     pub config: Config,
-    embed: Tensor,
+    /// The embedding table on the device; on the CPU only the host copy is kept.
+    embed: Option<Tensor>,
     layers: Vec<Layer>,
     norm: Tensor,
     output: Mat,
@@ -320,6 +321,7 @@ impl Llama {
         } else {
             None
         };
+        let embed = if host.is_some() { None } else { Some(embed) };
         Ok(Llama { config, embed, layers, norm, output, cos, sin, device: device.clone(), host })
     }
 
@@ -358,10 +360,9 @@ impl Llama {
                 self.config.context
             );
         }
-        let ids = Tensor::new(tokens, &self.device)?;
         let cos = self.cos.narrow(0, start, t)?;
         let sin = self.sin.narrow(0, start, t)?;
-        let mut x = self.embed.index_select(&ids, 0)?;
+        let mut x = self.embed_rows(tokens)?;
         for (l, layer) in self.layers.iter().enumerate() {
             let h = candle_nn::ops::rms_norm(&x, &layer.attn_norm, self.config.rms_eps as f32)?;
             let (q, k, v) = self.qkv_rotated(layer, &h, &cos, &sin)?;
@@ -390,12 +391,11 @@ impl Llama {
             return rayon::scope(|_| self.decode_host(host, batch));
         }
         let tokens: Vec<u32> = batch.iter().map(|(_, t)| *t).collect();
-        let ids = Tensor::new(tokens.as_slice(), &self.device)?;
         let pos = Tensor::new(positions.as_slice(), &self.device)?;
         // One row of angles per sequence: [b, 1, hd/2], each rotating its own position.
         let cos = self.cos.index_select(&pos, 0)?.unsqueeze(1)?;
         let sin = self.sin.index_select(&pos, 0)?.unsqueeze(1)?;
-        let mut x = self.embed.index_select(&ids, 0)?;
+        let mut x = self.embed_rows(&tokens)?;
         for (l, layer) in self.layers.iter().enumerate() {
             let h = candle_nn::ops::rms_norm(&x, &layer.attn_norm, c.rms_eps as f32)?;
             let mut out = layer.qkv.forward(&h)?.into_iter();
@@ -420,6 +420,27 @@ impl Llama {
             cache.len += 1;
         }
         self.logits(&x)
+    }
+
+    /// The embeddings of `tokens` (`[t, hidden]`).
+    fn embed_rows(&self, tokens: &[u32]) -> Result<Tensor> {
+        let c = &self.config;
+        if let Some(bad) = tokens.iter().find(|t| **t as usize >= c.vocab) {
+            candle_core::bail!("token {bad} outside the vocabulary of {}", c.vocab);
+        }
+        match (&self.host, &self.embed) {
+            (Some(h), _) => {
+                let d = c.hidden;
+                let mut rows = Vec::with_capacity(tokens.len() * d);
+                for t in tokens {
+                    let t = *t as usize;
+                    rows.extend_from_slice(&h.embed[t * d..(t + 1) * d]);
+                }
+                Tensor::from_vec(rows, (tokens.len(), d), &Device::Cpu)
+            }
+            (None, Some(e)) => e.index_select(&Tensor::new(tokens, &self.device)?, 0),
+            (None, None) => candle_core::bail!("no embedding table"),
+        }
     }
 
     /// [`Self::decode`] on the CPU, on plain vectors: the same arithmetic without a tensor
