@@ -22,7 +22,7 @@ fn setup() {
 }
 
 #[test]
-fn a_valid_claim_pays_the_provider_from_the_hold() {
+fn a_valid_claim_pays_the_provider_from_the_escrow_account() {
     new_test_ext().execute_with(|| {
         setup();
         let bob_free = free(Bob);
@@ -284,4 +284,58 @@ fn an_oversized_batch_is_refused_at_decode() {
     assert!(crate::Call::<Test>::decode(&mut &fits[..]).is_ok());
     let too_big = encode_call(MAX_BATCH as usize + 1);
     assert!(crate::Call::<Test>::decode(&mut &too_big[..]).is_err());
+}
+
+/// A batch moves funds once: one transfer of its total from the escrow account to the provider,
+/// whatever the number of claims; the escrow account keeps the rest of every escrow.
+#[test]
+fn a_batch_pays_its_provider_with_one_transfer() {
+    new_test_ext().execute_with(|| {
+        register(Bob, 0);
+        deposit(Alice, Bob, 1_000);
+        deposit(Charlie, Bob, 500);
+        deposit(Dave, Bob, 300);
+        let bob_free = free(Bob);
+        System::reset_events();
+        settle(
+            Bob,
+            vec![
+                claim(Alice, Bob, 1, 0, 200, 120),
+                claim(Charlie, Bob, 2, 0, 200, 80),
+                claim(Dave, Bob, 1, 0, 400, 400), // above the escrow: 300 paid, 100 owed
+            ],
+        );
+        let transfers: Vec<_> = System::events()
+            .into_iter()
+            .filter_map(|r| match r.event {
+                RuntimeEvent::Balances(polkadot_sdk::pallet_balances::Event::Transfer {
+                    from,
+                    to,
+                    amount,
+                }) => Some((from, to, amount)),
+                _ => None,
+            })
+            .collect();
+        assert_eq!(transfers, vec![(Compute::escrow_account(), account(Bob), 120 + 80 + 300)]);
+        assert_eq!(free(Bob), bob_free + 500);
+        assert_eq!(escrowed(), 1_800 - 500);
+        assert_eq!(escrow(Dave, Bob).balance, 0);
+    });
+}
+
+/// A deposit must leave the user alive (it may not take the existential deposit), and a
+/// refused deposit moves nothing.
+#[test]
+fn a_deposit_keeps_the_user_alive() {
+    new_test_ext().execute_with(|| {
+        register(Bob, 0);
+        let all = free(Alice);
+        assert_noop!(
+            Compute::deposit(RuntimeOrigin::signed(account(Alice)), account(Bob), all),
+            Error::<Test>::InsufficientBalance
+        );
+        assert_eq!(escrowed(), 0);
+        deposit(Alice, Bob, all - 1);
+        assert_eq!((free(Alice), escrowed()), (1, all - 1));
+    });
 }
