@@ -422,6 +422,20 @@ impl Llama {
         self.logits(&x)
     }
 
+    /// The embeddings of `tokens` from the host table, row after row.
+    fn embed_host(&self, h: &HostParts, tokens: &[u32]) -> Result<Vec<f32>> {
+        let (vocab, d) = (self.config.vocab, self.config.hidden);
+        let mut rows = Vec::with_capacity(tokens.len() * d);
+        for t in tokens {
+            let t = *t as usize;
+            if t >= vocab {
+                candle_core::bail!("token {t} outside the vocabulary of {vocab}");
+            }
+            rows.extend_from_slice(&h.embed[t * d..(t + 1) * d]);
+        }
+        Ok(rows)
+    }
+
     /// The embeddings of `tokens` (`[t, hidden]`).
     fn embed_rows(&self, tokens: &[u32]) -> Result<Tensor> {
         let c = &self.config;
@@ -429,15 +443,11 @@ impl Llama {
             candle_core::bail!("token {bad} outside the vocabulary of {}", c.vocab);
         }
         match (&self.host, &self.embed) {
-            (Some(h), _) => {
-                let d = c.hidden;
-                let mut rows = Vec::with_capacity(tokens.len() * d);
-                for t in tokens {
-                    let t = *t as usize;
-                    rows.extend_from_slice(&h.embed[t * d..(t + 1) * d]);
-                }
-                Tensor::from_vec(rows, (tokens.len(), d), &Device::Cpu)
-            }
+            (Some(h), _) => Tensor::from_vec(
+                self.embed_host(h, tokens)?,
+                (tokens.len(), c.hidden),
+                &Device::Cpu,
+            ),
             (None, Some(e)) => e.index_select(&Tensor::new(tokens, &self.device)?, 0),
             (None, None) => candle_core::bail!("no embedding table"),
         }
@@ -452,14 +462,8 @@ impl Llama {
         let (b, d, hd) = (batch.len(), c.hidden, c.head_dim);
         let (q_w, kv_w) = (c.n_head * hd, c.n_kv_head * hd);
         let eps = c.rms_eps as f32;
-        let mut x = Vec::with_capacity(b * d);
-        for (_, token) in batch.iter() {
-            let t = *token as usize;
-            if t >= c.vocab {
-                candle_core::bail!("token {t} outside the vocabulary of {}", c.vocab);
-            }
-            x.extend_from_slice(&h.embed[t * d..(t + 1) * d]);
-        }
+        let tokens: Vec<u32> = batch.iter().map(|(_, t)| *t).collect();
+        let mut x = self.embed_host(h, &tokens)?;
         let mut normed = vec![0f32; b * d];
         for (l, layer) in self.layers.iter().enumerate() {
             rms_norm_rows(&x, &h.attn_norm[l], eps, &mut normed);

@@ -16,6 +16,7 @@
 #![allow(unsafe_code)]
 
 use candle_core::{quantized::QTensor, DType, Device, Result, Tensor};
+use half::f16;
 use rayon::{
     iter::{IndexedParallelIterator, ParallelIterator},
     slice::ParallelSliceMut,
@@ -152,64 +153,7 @@ fn quantize_row(xs: &[f32], out: &mut Vec<Q8>) {
 
 /// `x` rounded to the nearest f16 (as candle stores q8_1 scales), back in f32.
 fn round_f16(x: f32) -> f32 {
-    f16_to_f32(f32_to_f16(x))
-}
-
-fn f32_to_f16(x: f32) -> u16 {
-    // Round to nearest even, with subnormals and overflow to infinity.
-    let bits = x.to_bits();
-    let sign = ((bits >> 16) & 0x8000) as u16;
-    let exp = ((bits >> 23) & 0xff) as i32;
-    let man = bits & 0x007f_ffff;
-    if exp == 0xff {
-        return sign | 0x7c00 | if man != 0 { 0x200 } else { 0 };
-    }
-    let e = exp - 127 + 15;
-    if e >= 0x1f {
-        return sign | 0x7c00;
-    }
-    if e <= 0 {
-        if e < -10 {
-            return sign;
-        }
-        let man = man | 0x0080_0000;
-        let shift = (14 - e) as u32;
-        let half = 1u32 << (shift - 1);
-        let rest = man & ((1 << shift) - 1);
-        let mut h = man >> shift;
-        if rest > half || (rest == half && h & 1 == 1) {
-            h += 1;
-        }
-        return sign | h as u16;
-    }
-    let mut h = ((e as u32) << 10) | (man >> 13);
-    let rest = man & 0x1fff;
-    if rest > 0x1000 || (rest == 0x1000 && h & 1 == 1) {
-        h += 1; // may carry into the exponent, which is the correct rounding
-    }
-    sign | h as u16
-}
-
-fn f16_to_f32(h: u16) -> f32 {
-    let sign = ((h & 0x8000) as u32) << 16;
-    let exp = ((h >> 10) & 0x1f) as u32;
-    let man = (h & 0x3ff) as u32;
-    let bits = match (exp, man) {
-        (0, 0) => sign,
-        (0, _) => {
-            // Subnormal: normalise.
-            let mut e = 127 - 15 + 1;
-            let mut m = man;
-            while m & 0x400 == 0 {
-                m <<= 1;
-                e -= 1;
-            }
-            sign | ((e as u32) << 23) | ((m & 0x3ff) << 13)
-        }
-        (0x1f, _) => sign | 0x7f80_0000 | (man << 13),
-        _ => sign | ((exp + 127 - 15) << 23) | (man << 13),
-    };
-    f32::from_bits(bits)
+    f16::from_f32(x).to_f32()
 }
 
 /// Dot product of one weight row (its q4_1 blocks as bytes) with one quantized activation row.
@@ -237,8 +181,8 @@ fn dot_scalar_bytes(w: &[u8], x: &[f32]) -> f32 {
 fn dot_scalar(w: &[u8], y: &[Q8]) -> f32 {
     let mut sum = 0f32;
     for (block, y) in w.as_chunks::<BLOCK_BYTES>().0.iter().zip(y) {
-        let d = f16_to_f32(u16::from_le_bytes([block[0], block[1]]));
-        let m = f16_to_f32(u16::from_le_bytes([block[2], block[3]]));
+        let d = f16::from_le_bytes([block[0], block[1]]).to_f32();
+        let m = f16::from_le_bytes([block[2], block[3]]).to_f32();
         let mut sumi = 0i32;
         for j in 0..QK / 2 {
             let q = block[4 + j];
@@ -339,7 +283,7 @@ mod tests {
                 _mm_cvtss_f32(_mm_cvtph_ps(h))
             };
         }
-        f16_to_f32(f32_to_f16(x))
+        round_f16(x)
     }
 
     #[test]
