@@ -85,7 +85,7 @@ fn write_tiny_model() -> PathBuf {
 fn loads_requantizes_and_samples_deterministically() {
     let path = write_tiny_model();
     let fast = Engine::load(&path, WeightFormat::FastCpu, Device::Cpu).expect("loads");
-    let requantized = if provider_worker::model::q4_1::supported() { 0 } else { 9 };
+    let requantized = if provider_worker::model::qmatmul::supported() { 0 } else { 9 };
     assert_eq!(fast.requantized, requantized, "q4_1 stays where our kernel runs, else q8_0");
     assert_eq!(fast.context_len, 48);
     let stored = Engine::load(&path, WeightFormat::AsStored, Device::Cpu).expect("loads");
@@ -138,7 +138,15 @@ fn loads_requantizes_and_samples_deterministically() {
         assert!(a.text.starts_with(&cut.text));
     }
     let cancelled = fast.generate(&prompt, &greedy, |_| false).unwrap();
-    assert!(cancelled.finish == FinishReason::Cancelled || cancelled.completion_tokens <= 1);
+    // The refusal travels back to the scheduler thread, which may have finished this tiny
+    // request meanwhile; either way nothing past what the consumer refused is produced twice.
+    assert!(
+        cancelled.finish == FinishReason::Cancelled
+            || (cancelled.finish == a.finish && cancelled.text == a.text),
+        "{:?} after {} tokens",
+        cancelled.finish,
+        cancelled.completion_tokens
+    );
 
     // Prompts that do not fit are refused.
     let long = vec![3u32; 48];

@@ -36,9 +36,10 @@ pub struct Config {
     pub rope_dim: usize,
 }
 
-/// A weight matrix: our q4_1 kernel on CPUs that run it, else candle's quantized matmul.
+/// A weight matrix: our kernels on CPUs that run them (q4_1, q8_0), else candle's quantized
+/// matmul.
 enum Mat {
-    Q41(super::q4_1::Q41Matrix),
+    Ours(super::qmatmul::QMatrix),
     /// candle's matrix and its input width.
     Candle(QMatMul, usize),
 }
@@ -47,8 +48,8 @@ impl Mat {
     /// `t` (in host memory) as a matrix on `device`.
     fn new(t: QTensor, device: &Device) -> Result<Self> {
         if device.is_cpu() {
-            if let Some(m) = super::q4_1::Q41Matrix::new(&t)? {
-                return Ok(Mat::Q41(m));
+            if let Some(m) = super::qmatmul::QMatrix::new(&t)? {
+                return Ok(Mat::Ours(m));
             }
         }
         let cols = t.shape().dims().get(1).copied().unwrap_or(0);
@@ -57,7 +58,7 @@ impl Mat {
 
     fn forward(&self, x: &Tensor) -> Result<Tensor> {
         match self {
-            Mat::Q41(m) => m.forward(x),
+            Mat::Ours(m) => m.forward(x),
             Mat::Candle(m, _) => m.forward(x),
         }
     }
@@ -65,7 +66,7 @@ impl Mat {
     /// Rows of inputs in host memory times the matrix: rows of outputs (CPU only).
     fn forward_host(&self, xs: &[f32]) -> Result<Vec<f32>> {
         match self {
-            Mat::Q41(m) => m.forward_rows(xs),
+            Mat::Ours(m) => m.forward_rows(xs),
             Mat::Candle(m, cols) => {
                 let x = Tensor::from_slice(xs, (xs.len() / cols.max(&1), *cols), &Device::Cpu)?;
                 m.forward(&x)?.flatten_all()?.to_vec1()
@@ -386,9 +387,7 @@ impl Llama {
             candle_core::bail!("KV cache full at {} positions", full.0.len);
         }
         if let Some(host) = &self.host {
-            // On one of rayon's threads, so that the matrix products' tasks start there instead
-            // of waking the pool from outside a hundred times a step.
-            return rayon::scope(|_| self.decode_host(host, batch));
+            return self.decode_host(host, batch);
         }
         let tokens: Vec<u32> = batch.iter().map(|(_, t)| *t).collect();
         let pos = Tensor::new(positions.as_slice(), &self.device)?;
@@ -469,7 +468,6 @@ impl Llama {
             rms_norm_rows(&x, &h.attn_norm[l], eps, &mut normed);
             let mut qkv = layer.qkv.forward_host(&normed, b)?;
             let width = q_w + 2 * kv_w;
-            let mut y = vec![0f32; b * q_w];
             for (i, (cache, _)) in batch.iter_mut().enumerate() {
                 let pos = cache.len;
                 let row = &mut qkv[i * width..(i + 1) * width];
@@ -486,8 +484,26 @@ impl Llama {
                     ks[l][at..at + hd].copy_from_slice(&k[kv * hd..(kv + 1) * hd]);
                     vs[l][at..at + hd].copy_from_slice(&v[kv * hd..(kv + 1) * hd]);
                 }
-                attend_host(c, q, &ks[l], &vs[l], cap, pos + 1, &mut y[i * q_w..(i + 1) * q_w]);
             }
+            // Attention: one task per sequence and query head, spread over the team.
+            let caches = batch
+                .iter()
+                .map(|(cache, _)| match &cache.store {
+                    KvStore::Host { k, v, .. } => {
+                        Ok((&k[l][..], &v[l][..], cache.capacity, cache.len + 1))
+                    }
+                    KvStore::Device { .. } => {
+                        candle_core::bail!("a device cache given to the CPU decode path")
+                    }
+                })
+                .collect::<Result<Vec<_>>>()?;
+            let mut y = vec![0f32; b * q_w];
+            super::team::global().for_each_chunk_mut(&mut y, hd, &|task, out| {
+                let (i, head) = (task / c.n_head, task % c.n_head);
+                let (k, v, cap, len) = caches[i];
+                let q = &qkv[i * width + head * hd..i * width + (head + 1) * hd];
+                attend_head(c, head, q, k, v, cap, len, out);
+            });
             let o = layer.wo.forward_host(&y)?;
             x.iter_mut().zip(&o).for_each(|(x, o)| *x += o);
             rms_norm_rows(&x, &h.ffn_norm[l], eps, &mut normed);
@@ -594,18 +610,43 @@ impl Llama {
     /// The quantization of the largest weight matrix (for logs).
     pub fn weight_format(&self) -> Option<GgmlDType> {
         match &self.layers.first()?.down {
-            Mat::Q41(_) => Some(GgmlDType::Q4_1),
+            Mat::Ours(m) => Some(m.dtype()),
             Mat::Candle(QMatMul::QTensor(t), _) => Some(t.dtype()),
             Mat::Candle(..) => None,
         }
     }
 }
 
+/// `Σ a_i·b_i` over sixteen independent partial sums: the compiler keeps them in vector registers,
+/// where one running sum would be a chain of dependent additions (a float sum is not reordered
+/// on its own).
+fn dot(a: &[f32], b: &[f32]) -> f32 {
+    let mut acc = [0f32; 16];
+    let (a16, a_rest) = a.as_chunks::<16>();
+    let (b16, b_rest) = b.as_chunks::<16>();
+    for (x, y) in a16.iter().zip(b16) {
+        for k in 0..16 {
+            acc[k] += x[k] * y[k];
+        }
+    }
+    let tail: f32 = a_rest.iter().zip(b_rest).map(|(x, y)| x * y).sum();
+    // Pairwise, so the reduction is three vector additions rather than a chain of sixteen.
+    let mut half = [0f32; 8];
+    for k in 0..8 {
+        half[k] = acc[k] + acc[k + 8];
+    }
+    let mut quarter = [0f32; 4];
+    for k in 0..4 {
+        quarter[k] = half[k] + half[k + 4];
+    }
+    (quarter[0] + quarter[2]) + (quarter[1] + quarter[3]) + tail
+}
+
 /// candle's RMSNorm of each row of `x` into `out`: `x / sqrt(mean(x²) + eps) · w`.
 fn rms_norm_rows(x: &[f32], w: &[f32], eps: f32, out: &mut [f32]) {
     let d = w.len();
     for (x, out) in x.chunks_exact(d).zip(out.chunks_exact_mut(d)) {
-        let mean = x.iter().map(|v| v * v).sum::<f32>() / d as f32;
+        let mean = dot(x, x) / d as f32;
         let scale = 1.0 / (mean + eps).sqrt();
         for ((o, v), w) in out.iter_mut().zip(x).zip(w) {
             *o = v * scale * w;
@@ -627,31 +668,35 @@ fn rope_rows(x: &mut [f32], hd: usize, pos: usize, h: &HostParts) {
     }
 }
 
-/// Attention of one position's query heads `q` over the first `len` cached positions
-/// (`[n_kv, cap, hd]` keys and values), written to `y` (`[n_head · hd]`).
-fn attend_host(c: &Config, q: &[f32], k: &[f32], v: &[f32], cap: usize, len: usize, y: &mut [f32]) {
+/// Attention of one position's query head `head` (`q`, `head_dim` values) over the first `len`
+/// cached positions (`[n_kv, cap, hd]` keys and values), written to `y` (`head_dim` values).
+#[allow(clippy::too_many_arguments)]
+fn attend_head(
+    c: &Config,
+    head: usize,
+    q: &[f32],
+    k: &[f32],
+    v: &[f32],
+    cap: usize,
+    len: usize,
+    y: &mut [f32],
+) {
     let hd = c.head_dim;
     let rep = c.n_head / c.n_kv_head;
     let scale = 1.0 / (hd as f32).sqrt();
-    let mut scores = vec![0f32; len];
-    for (head, (q, y)) in q.chunks_exact(hd).zip(y.chunks_exact_mut(hd)).enumerate() {
-        let base = (head / rep) * cap * hd;
-        let keys = &k[base..base + len * hd];
-        let values = &v[base..base + len * hd];
-        let mut max = f32::NEG_INFINITY;
-        for (s, key) in scores.iter_mut().zip(keys.chunks_exact(hd)) {
-            *s = q.iter().zip(key).map(|(a, b)| a * b).sum::<f32>() * scale;
-            max = max.max(*s);
-        }
-        let mut total = 0f32;
-        for s in scores.iter_mut() {
-            *s = (*s - max).exp();
-            total += *s;
-        }
-        y.iter_mut().for_each(|y| *y = 0.0);
-        for (s, value) in scores.iter().zip(values.chunks_exact(hd)) {
-            let p = s / total;
-            y.iter_mut().zip(value).for_each(|(y, v)| *y += p * v);
-        }
+    let base = (head / rep) * cap * hd;
+    let keys = &k[base..base + len * hd];
+    let values = &v[base..base + len * hd];
+    let mut scores: Vec<f32> = keys.chunks_exact(hd).map(|key| dot(q, key) * scale).collect();
+    let max = scores.iter().fold(f32::NEG_INFINITY, |m, s| m.max(*s));
+    let mut total = 0f32;
+    for s in scores.iter_mut() {
+        *s = (*s - max).exp();
+        total += *s;
+    }
+    y.iter_mut().for_each(|y| *y = 0.0);
+    for (s, value) in scores.iter().zip(values.chunks_exact(hd)) {
+        let p = s / total;
+        y.iter_mut().zip(value).for_each(|(y, v)| *y += p * v);
     }
 }

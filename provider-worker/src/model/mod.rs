@@ -3,7 +3,8 @@
 
 pub mod engine;
 pub mod llama;
-pub mod q4_1;
+pub mod qmatmul;
+pub mod team;
 pub mod template;
 pub mod tokenizer;
 
@@ -38,7 +39,7 @@ pub fn default_model_path() -> Option<PathBuf> {
 #[serde(rename_all = "snake_case")]
 pub enum WeightFormat {
     /// Re-quantize tensors whose format has no vectorised CPU kernel (q5_0, q5_1; q4_1 too
-    /// where the CPU cannot run [`q4_1`]'s AVX2 kernel) to q8_0, which candle vectorises.
+    /// where the CPU cannot run [`qmatmul`]'s kernels) to q8_0, which candle vectorises.
     /// Nearly lossless (8-bit blocks of 32 over 4/5-bit data), about twice the memory of
     /// those tensors, several times faster on CPU.
     #[default]
@@ -70,7 +71,7 @@ pub struct LoadedGguf {
 
 fn needs_requant(dtype: GgmlDType) -> bool {
     match dtype {
-        GgmlDType::Q4_1 => !q4_1::supported(),
+        GgmlDType::Q4_1 => !qmatmul::supported(),
         GgmlDType::Q5_0 | GgmlDType::Q5_1 => true,
         _ => false,
     }

@@ -1,0 +1,77 @@
+//! Throughput of the quantized matrix products (`model::qmatmul`, else candle's) on the model's own matrices: for each shape, the time
+//! of one product with a single activation row (a decode step) and with four, on one thread and
+//! on all of rayon's, as weight bytes read per second.
+//! `cargo run --release -p provider-worker --example kernel -- [MODEL]`
+
+use candle_core::quantized::gguf_file;
+use provider_worker::model::qmatmul::{kernel_name, QMatrix};
+use std::{path::PathBuf, time::Instant};
+
+fn main() -> anyhow::Result<()> {
+    let model = std::env::args()
+        .nth(1)
+        .map(PathBuf::from)
+        .or_else(provider_worker::model::default_model_path)
+        .ok_or_else(|| anyhow::anyhow!("no model: run `make model`"))?;
+    let bytes = std::fs::read(&model)?;
+    let mut cursor = std::io::Cursor::new(&bytes);
+    let content = gguf_file::Content::read(&mut cursor)?;
+    println!("kernel: {}", kernel_name().unwrap_or("none (candle's path)"));
+    let team = provider_worker::model::team::global();
+    for total in [2usize, 8] {
+        let iters = 100_000;
+        let start = Instant::now();
+        for _ in 0..iters {
+            team.run(total, &|i| {
+                std::hint::black_box(i);
+            });
+        }
+        println!(
+            "team of {}: {total} empty tasks in {:.2} µs",
+            team.size(),
+            start.elapsed().as_secs_f64() * 1e6 / iters as f64
+        );
+    }
+    for name in [
+        "blk.0.attn_q.weight",
+        "blk.0.ffn_gate.weight",
+        "blk.0.ffn_down.weight",
+        "token_embd.weight",
+    ] {
+        let t = content.tensor(&mut cursor, name, &candle_core::Device::Cpu)?;
+        let (rows, cols) = t.shape().dims2()?;
+        let weight_bytes = (rows * cols / 32) as f64 * t.dtype().type_size() as f64;
+        let m = QMatrix::new(&t)?;
+        let candle = candle_core::quantized::QMatMul::from_qtensor(t)?;
+        for n in [1usize, 4] {
+            let xs: Vec<f32> =
+                (0..n * cols).map(|i| ((i * 7919) % 1000) as f32 / 500.0 - 1.0).collect();
+            let iters = (2e9 / weight_bytes) as usize + 1;
+            let time = |f: &dyn Fn()| {
+                f();
+                let start = Instant::now();
+                for _ in 0..iters {
+                    f();
+                }
+                start.elapsed().as_secs_f64() / iters as f64
+            };
+            let x = candle_core::Tensor::from_slice(&xs, (n, cols), &candle_core::Device::Cpu)?;
+            let product = || match &m {
+                Some(m) => drop(m.forward_rows(&xs)),
+                None => drop(candle_core::Module::forward(&candle, &x)),
+            };
+            let all = time(&product);
+            let single = time(&product);
+            println!(
+                "{name} [{rows}×{cols}] {}, batch {n}: {:.1} µs on 1 thread ({:.1} GB/s), {:.1} µs on {} ({:.1} GB/s)",
+                if m.is_some() { "ours" } else { "candle" },
+                single * 1e6,
+                weight_bytes / single / 1e9,
+                all * 1e6,
+                rayon::current_num_threads(),
+                weight_bytes / all / 1e9,
+            );
+        }
+    }
+    Ok(())
+}
