@@ -465,6 +465,17 @@ impl Llama {
         let mut x = self.embed_host(h, &tokens)?;
         let mut normed = vec![0f32; b * d];
         for (l, layer) in self.layers.iter().enumerate() {
+            // This layer's cached keys and values were evicted by the weights streamed since the
+            // last step: ask for them now, to arrive while the q/k/v product runs.
+            for (cache, _) in batch.iter() {
+                if let KvStore::Host { k, v, n_kv, head_dim } = &cache.store {
+                    for h in 0..*n_kv {
+                        let at = h * cache.capacity * head_dim;
+                        super::simd::prefetch_l2(&k[l][at..at + cache.len * head_dim]);
+                        super::simd::prefetch_l2(&v[l][at..at + cache.len * head_dim]);
+                    }
+                }
+            }
             rms_norm_rows(&x, &h.attn_norm[l], eps, &mut normed);
             let mut qkv = layer.qkv.forward_host(&normed, b)?;
             let width = q_w + 2 * kv_w;
@@ -509,11 +520,8 @@ impl Llama {
             rms_norm_rows(&x, &h.ffn_norm[l], eps, &mut normed);
             let gu = layer.gate_up.forward_host(&normed, b)?;
             let ff = gu.len() / b / 2;
-            let mut m = Vec::with_capacity(b * ff);
-            for row in gu.chunks_exact(2 * ff) {
-                let (g, u) = row.split_at(ff);
-                m.extend(g.iter().zip(u).map(|(g, u)| g / (1.0 + (-g).exp()) * u));
-            }
+            let mut m = vec![0f32; b * ff];
+            swiglu_rows(&gu, ff, &mut m);
             let down = layer.down.forward_host(&m)?;
             x.iter_mut().zip(&down).for_each(|(x, o)| *x += o);
         }
@@ -617,9 +625,28 @@ impl Llama {
     }
 }
 
+/// `e^x` within a few units in the last place (Cephes' single-precision polynomial), written so
+/// the compiler vectorises it (libm's `expf` is a call per value); saturates below −87 and above
+/// 88.
+#[inline(always)]
+fn exp(x: f32) -> f32 {
+    let x = x.clamp(-87.0, 88.0);
+    // x = n·ln 2 + r, |r| ≤ ln 2 / 2, with ln 2 split in two for an exact reduction.
+    let n = (x * std::f32::consts::LOG2_E + 0.5).floor();
+    let r = x - n * 0.693_359_4 + n * 2.121_944_4e-4;
+    let p = ((((1.987_569_1e-4 * r + 1.398_199_9e-3) * r + 8.333_452e-3) * r + 4.166_579_6e-2) * r
+        + 1.666_666_5e-1)
+        * r
+        + 0.5;
+    let e = p * r * r + r + 1.0;
+    // 2^n from its exponent bits (n is within −125..=127 after the clamp).
+    e * f32::from_bits(((n as i32 + 127) as u32) << 23)
+}
+
 /// `Σ a_i·b_i` over sixteen independent partial sums: the compiler keeps them in vector registers,
 /// where one running sum would be a chain of dependent additions (a float sum is not reordered
 /// on its own).
+#[inline(always)]
 fn dot(a: &[f32], b: &[f32]) -> f32 {
     let mut acc = [0f32; 16];
     let (a16, a_rest) = a.as_chunks::<16>();
@@ -642,8 +669,9 @@ fn dot(a: &[f32], b: &[f32]) -> f32 {
     (quarter[0] + quarter[2]) + (quarter[1] + quarter[3]) + tail
 }
 
+super::simd::multiversion! {
 /// candle's RMSNorm of each row of `x` into `out`: `x / sqrt(mean(x²) + eps) · w`.
-fn rms_norm_rows(x: &[f32], w: &[f32], eps: f32, out: &mut [f32]) {
+pub(crate) fn rms_norm_rows(x: &[f32], w: &[f32], eps: f32, out: &mut [f32]) {
     let d = w.len();
     for (x, out) in x.chunks_exact(d).zip(out.chunks_exact_mut(d)) {
         let mean = dot(x, x) / d as f32;
@@ -652,6 +680,7 @@ fn rms_norm_rows(x: &[f32], w: &[f32], eps: f32, out: &mut [f32]) {
             *o = v * scale * w;
         }
     }
+}
 }
 
 /// Interleaved rotary embedding (`rope_i`, as GGUF llama files expect) of every head in `x`
@@ -668,10 +697,11 @@ fn rope_rows(x: &mut [f32], hd: usize, pos: usize, h: &HostParts) {
     }
 }
 
+super::simd::multiversion! {
 /// Attention of one position's query head `head` (`q`, `head_dim` values) over the first `len`
 /// cached positions (`[n_kv, cap, hd]` keys and values), written to `y` (`head_dim` values).
 #[allow(clippy::too_many_arguments)]
-fn attend_head(
+pub(crate) fn attend_head(
     c: &Config,
     head: usize,
     q: &[f32],
@@ -691,12 +721,42 @@ fn attend_head(
     let max = scores.iter().fold(f32::NEG_INFINITY, |m, s| m.max(*s));
     let mut total = 0f32;
     for s in scores.iter_mut() {
-        *s = (*s - max).exp();
+        *s = exp(*s - max);
         total += *s;
     }
     y.iter_mut().for_each(|y| *y = 0.0);
     for (s, value) in scores.iter().zip(values.chunks_exact(hd)) {
         let p = s / total;
         y.iter_mut().zip(value).for_each(|(y, v)| *y += p * v);
+    }
+}
+}
+
+super::simd::multiversion! {
+    /// SiLU-gated product of each row of `gu` (`[gate | up]`, two halves of `ff` values) into
+    /// `out` (rows of `ff` values).
+    pub(crate) fn swiglu_rows(gu: &[f32], ff: usize, out: &mut [f32]) {
+        for (row, out) in gu.chunks_exact(2 * ff).zip(out.chunks_exact_mut(ff)) {
+            let (g, u) = row.split_at(ff);
+            for ((o, g), u) in out.iter_mut().zip(g).zip(u) {
+                *o = g / (1.0 + exp(-g)) * u;
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn exp_matches_libm() {
+        let mut x = -90.0f32;
+        while x < 90.0 {
+            let (got, want) = (exp(x), x.clamp(-87.0, 88.0).exp());
+            assert!((got - want).abs() <= want * 3e-7, "exp({x}) = {got}, libm {want}");
+            x += 0.037;
+        }
+        assert_eq!(exp(0.0), 1.0);
     }
 }

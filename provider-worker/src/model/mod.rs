@@ -4,6 +4,7 @@
 pub mod engine;
 pub mod llama;
 pub mod qmatmul;
+mod simd;
 pub mod team;
 pub mod template;
 pub mod tokenizer;

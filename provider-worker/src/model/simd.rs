@@ -1,0 +1,111 @@
+//! Functions compiled twice more for the vector units this CPU may have (AVX2 with FMA, and
+//! AVX-512) and picked at run time. The crate is built for the baseline x86-64 (SSE2), where the
+//! decode step's small loops — attention's dot products and weighted sums, norms — run four
+//! lanes wide at best; the same plain Rust compiled with AVX2 or AVX-512 enabled runs eight or
+//! sixteen. The bodies are ordinary safe code: only the call into a variant, after the CPU was
+//! checked for its features, is `unsafe`.
+
+// Calling a `#[target_feature]` function from code compiled without those features needs
+// `unsafe`; the workspace denies it everywhere else.
+#![allow(unsafe_code)]
+
+use std::sync::OnceLock;
+
+/// The widest vector units this CPU has that the variants use.
+#[derive(Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Level {
+    Baseline,
+    Avx2,
+    Avx512,
+}
+
+/// This CPU's [`Level`] (detected once).
+pub(crate) fn level() -> Level {
+    static LEVEL: OnceLock<Level> = OnceLock::new();
+    *LEVEL.get_or_init(|| {
+        #[cfg(target_arch = "x86_64")]
+        {
+            if is_x86_feature_detected!("avx512f")
+                && is_x86_feature_detected!("avx512bw")
+                && is_x86_feature_detected!("avx512vl")
+                && is_x86_feature_detected!("avx2")
+                && is_x86_feature_detected!("fma")
+            {
+                return Level::Avx512;
+            }
+            if is_x86_feature_detected!("avx2") && is_x86_feature_detected!("fma") {
+                return Level::Avx2;
+            }
+        }
+        Level::Baseline
+    })
+}
+
+/// Define `pub(crate) fn $name` whose body is compiled three times (baseline, AVX2 + FMA,
+/// AVX-512) and dispatched on [`level`]. Arguments must be plain identifiers.
+macro_rules! multiversion {
+    ($(#[$meta:meta])* pub(crate) fn $name:ident($($arg:ident: $ty:ty),* $(,)?) $(-> $ret:ty)? $body:block) => {
+        $(#[$meta])*
+        // The dispatch below is the only `unsafe` (see the module documentation).
+        #[allow(unsafe_code)]
+        pub(crate) fn $name($($arg: $ty),*) $(-> $ret)? {
+            #[inline(always)]
+            fn generic($($arg: $ty),*) $(-> $ret)? $body
+            #[cfg(target_arch = "x86_64")]
+            {
+                #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx2,fma")]
+                fn avx512($($arg: $ty),*) $(-> $ret)? {
+                    generic($($arg),*)
+                }
+                #[target_feature(enable = "avx2,fma")]
+                fn avx2($($arg: $ty),*) $(-> $ret)? {
+                    generic($($arg),*)
+                }
+                match $crate::model::simd::level() {
+                    // SAFETY: `level()` found the features each variant is compiled for.
+                    $crate::model::simd::Level::Avx512 => return unsafe { avx512($($arg),*) },
+                    $crate::model::simd::Level::Avx2 => return unsafe { avx2($($arg),*) },
+                    $crate::model::simd::Level::Baseline => {}
+                }
+            }
+            generic($($arg),*)
+        }
+    };
+}
+
+pub(crate) use multiversion;
+
+/// Ask for `data` to be brought into the core's L2 cache ahead of its use (a hint: nothing
+/// happens off x86-64).
+pub(crate) fn prefetch_l2(data: &[f32]) {
+    #[cfg(target_arch = "x86_64")]
+    for line in data.chunks(16) {
+        // SAFETY: prefetching reads nothing architecturally and never faults; the address is
+        // inside `data` anyway.
+        unsafe {
+            std::arch::x86_64::_mm_prefetch::<{ std::arch::x86_64::_MM_HINT_T1 }>(
+                line.as_ptr() as *const i8
+            )
+        };
+    }
+    #[cfg(not(target_arch = "x86_64"))]
+    let _ = data;
+}
+
+#[cfg(test)]
+mod tests {
+    multiversion! {
+        /// A sum the compiler may vectorise.
+        pub(crate) fn sum_of_products(a: &[f32], b: &[f32]) -> f32 {
+            a.iter().zip(b).map(|(x, y)| x * y).sum()
+        }
+    }
+
+    #[test]
+    fn every_level_computes_the_same() {
+        let a: Vec<f32> = (0..100).map(|i| i as f32 * 0.5).collect();
+        let b: Vec<f32> = (0..100).map(|i| 1.0 - i as f32 * 0.01).collect();
+        let want: f32 = a.iter().zip(&b).map(|(x, y)| x * y).sum();
+        assert_eq!(sum_of_products(&a, &b), want);
+    }
+}
