@@ -5,7 +5,7 @@ const llama = await getLlama({gpu: false, build: "never", logLevel: "warn"});
 const model = await llama.loadModel({modelPath: process.argv[2]});
 const ctx = await model.createContext({contextSize: 512, threads: 2});
 const seq = ctx.getSequence();
-const prompt = "<|im_start|>system\nYou are a helpful AI assistant named SmolLM, trained by Hugging Face<|im_end|>\n<|im_start|>user\nWhat is the capital of France?<|im_end|>\n<|im_start|>assistant\n";
+const prompt = "<|im_start|>system\nYou are a helpful AI assistant named SmolLM, trained by Hugging Face<|im_end|>\n<|im_start|>user\nWrite a story about a dragon who learns to fly.<|im_end|>\n<|im_start|>assistant\n";
 const tokens = model.tokenize(prompt, true);
 let out = [];
 const t0 = performance.now(); let t1 = 0;

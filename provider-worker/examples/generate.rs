@@ -18,7 +18,8 @@ fn main() -> anyhow::Result<()> {
         Some("as_stored") => WeightFormat::AsStored,
         _ => WeightFormat::FastCpu,
     };
-    let prompt = args.next().unwrap_or_else(|| "What is the capital of France?".into());
+    let prompt =
+        args.next().unwrap_or_else(|| "Write a story about a dragon who learns to fly.".into());
     let device = if cuda { candle_core::Device::new_cuda(0)? } else { candle_core::Device::Cpu };
     let engine = Engine::load(&model, format, device)?;
     let ids = engine.chat_prompt(&[ChatMessage { role: "user".into(), content: prompt }])?;

@@ -239,7 +239,6 @@ fn concurrent_requests_share_decode_steps_and_match_running_alone() {
 
 /// `path`'s model with every tensor dequantized to f32: the exact arithmetic the quantized
 /// paths approximate (weights as quantized, activations unquantized).
-#[cfg(feature = "cuda")]
 fn exact_copy(path: &std::path::Path) -> (gguf_file::Content, Vec<u8>) {
     let bytes = std::fs::read(path).unwrap();
     let mut cursor = std::io::Cursor::new(&bytes);
@@ -400,5 +399,73 @@ fn cuda_serves_the_real_model() {
             "cuda: {n:>2} streams: {tokens} tokens in {secs:.2} s = {:.1} tokens/s",
             tokens as f64 / secs
         );
+    }
+}
+
+/// The real model (`COMPUTE_MODEL` or `make model`'s file), when present, on the CPU, after a
+/// chat prompt and after each of four greedy decode steps:
+/// - with every weight dequantized to f32, our forward pass (plain-vector prefill and decode,
+///   grouped-query attention, rotary tables, KV cache) gives the logits of candle's reference
+///   llama up to float rounding;
+/// - with the file's quantized weights, our kernels stay as close to those exact logits as
+///   candle's reference does with the same weights. (The two quantized passes are not equal to
+///   each other: both round every activation to 8 bits per block, so a last-bit difference in a
+///   sum, such as another summation order, moves a rounding and the logits by a few tenths.)
+#[test]
+fn real_model_matches_candles_reference_llama() {
+    use candle_transformers::models::quantized_llama::ModelWeights;
+    use provider_worker::model::{default_model_path, llama::Llama, read_gguf, ChatMessage};
+    let Some(model) = default_model_path() else {
+        eprintln!("skipped: no model (run `make model`)");
+        return;
+    };
+    let engine = Engine::load(&model, WeightFormat::AsStored, Device::Cpu).unwrap();
+    let msg = ChatMessage { role: "user".into(), content: "What is the capital of France?".into() };
+    let prompt = engine.chat_prompt(&[msg]).unwrap();
+    let reference = |content: gguf_file::Content, bytes: &[u8]| {
+        ModelWeights::from_gguf(content, &mut std::io::Cursor::new(bytes), &Device::Cpu).unwrap()
+    };
+    let (exact_content, exact_bytes) = exact_copy(&model);
+    let loaded = read_gguf(&model, WeightFormat::AsStored).unwrap();
+    let ours_exact = Llama::from_gguf(&exact_content, &exact_bytes, &Device::Cpu).unwrap();
+    let ours = Llama::from_gguf(&loaded.content, &loaded.bytes, &Device::Cpu).unwrap();
+    let mut ref_exact = reference(exact_content, &exact_bytes);
+    let mut ref_quant =
+        reference(read_gguf(&model, WeightFormat::AsStored).unwrap().content, &loaded.bytes);
+    let row = |ids: &[u32]| Tensor::new(ids, &Device::Cpu).unwrap().unsqueeze(0).unwrap();
+    let (mut c_exact, mut c_quant) =
+        (ours_exact.new_cache(64).unwrap(), ours.new_cache(64).unwrap());
+    let mut fed: Vec<u32> = prompt.clone();
+    let mut at = 0;
+    for step in 0..5 {
+        let tokens = &fed[at..];
+        let (a, b) = if step == 0 {
+            (
+                ours_exact.prefill(&mut c_exact, tokens).unwrap(),
+                ours.prefill(&mut c_quant, tokens).unwrap(),
+            )
+        } else {
+            let t = tokens[0];
+            (
+                ours_exact.decode(&mut [(&mut c_exact, t)]).unwrap().squeeze(0).unwrap(),
+                ours.decode(&mut [(&mut c_quant, t)]).unwrap().squeeze(0).unwrap(),
+            )
+        };
+        let want = ref_exact.forward(&row(tokens), at).unwrap().squeeze(0).unwrap();
+        let candle_quant = ref_quant.forward(&row(tokens), at).unwrap().squeeze(0).unwrap();
+        let scale: f32 = want.abs().unwrap().max(0).unwrap().to_scalar().unwrap();
+        let (e_exact, e_ours, e_candle) =
+            (max_diff(&a, &want), max_diff(&b, &want), max_diff(&candle_quant, &want));
+        println!(
+            "step {step}: max |logit| {scale:.2}; f32 weights: ours off candle's by {e_exact:.1e}; \
+             quantized: off the exact logits by ours {e_ours:.2}, candle {e_candle:.2}"
+        );
+        assert!(e_exact <= 1e-4 * scale, "step {step}: with f32 weights ours is {e_exact} off");
+        assert!(
+            e_ours <= 1.5 * e_candle + 0.02 * scale,
+            "step {step}: quantized, ours is {e_ours} off the exact logits, candle's {e_candle}"
+        );
+        at = fed.len();
+        fed.push(want.argmax(0).unwrap().to_scalar::<u32>().unwrap());
     }
 }

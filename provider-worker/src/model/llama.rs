@@ -175,8 +175,8 @@ struct HostParts {
 }
 
 /// One sequence's key/value cache: per layer `[n_kv_head, capacity, head_dim]`, filled up to
-/// `len` positions; in host memory on the CPU (read directly by the decode path), as tensors on
-/// other devices.
+/// `len` positions; in host memory on the CPU (read and written by the plain-vector path), as
+/// tensors on other devices.
 pub struct SeqCache {
     store: KvStore,
     len: usize,
@@ -204,36 +204,22 @@ impl SeqCache {
         self.capacity
     }
 
-    /// Write `k`, `v` (`[n_kv, t, hd]`) of layer `l` at the current end; return the whole
-    /// cached keys and values including them.
+    /// Write `k`, `v` (`[n_kv, t, hd]`) of layer `l` at the current end of a device cache;
+    /// return the whole cached keys and values including them.
     fn append(&mut self, l: usize, k: &Tensor, v: &Tensor) -> Result<(Tensor, Tensor)> {
         let t = k.dim(1)?;
         if self.len + t > self.capacity {
             candle_core::bail!("KV cache full: {} + {t} > {}", self.len, self.capacity);
         }
-        let (len, cap) = (self.len, self.capacity);
+        let len = self.len;
         match &mut self.store {
             KvStore::Device { k: ks, v: vs } => {
                 ks[l].slice_set(k, 1, len)?;
                 vs[l].slice_set(v, 1, len)?;
                 Ok((ks[l].narrow(1, 0, len + t)?, vs[l].narrow(1, 0, len + t)?))
             }
-            KvStore::Host { k: ks, v: vs, n_kv, head_dim } => {
-                let (n_kv, hd) = (*n_kv, *head_dim);
-                let mut out = Vec::with_capacity(2);
-                for (store, new) in [(&mut ks[l], k), (&mut vs[l], v)] {
-                    let new = new.flatten_all()?.to_vec1::<f32>()?; // [n_kv, t, hd]
-                    let mut all = Vec::with_capacity(n_kv * (len + t) * hd);
-                    for h in 0..n_kv {
-                        let at = (h * cap + len) * hd;
-                        store[at..at + t * hd].copy_from_slice(&new[h * t * hd..(h + 1) * t * hd]);
-                        all.extend_from_slice(&store[h * cap * hd..(h * cap + len + t) * hd]);
-                    }
-                    out.push(Tensor::from_vec(all, (n_kv, len + t, hd), &Device::Cpu)?);
-                }
-                let v_all = out.pop().expect("two tensors pushed");
-                let k_all = out.pop().expect("two tensors pushed");
-                Ok((k_all, v_all))
+            KvStore::Host { .. } => {
+                candle_core::bail!("a host cache is fed by the plain-vector path only")
             }
         }
     }
@@ -361,6 +347,9 @@ impl Llama {
                 self.config.context
             );
         }
+        if let Some(host) = &self.host {
+            return self.forward_host(host, &mut [(cache, tokens)])?.squeeze(0);
+        }
         let cos = self.cos.narrow(0, start, t)?;
         let sin = self.sin.narrow(0, start, t)?;
         let mut x = self.embed_rows(tokens)?;
@@ -387,7 +376,10 @@ impl Llama {
             candle_core::bail!("KV cache full at {} positions", full.0.len);
         }
         if let Some(host) = &self.host {
-            return self.decode_host(host, batch);
+            let tokens: Vec<[u32; 1]> = batch.iter().map(|(_, t)| [*t]).collect();
+            let mut seqs: Vec<(&mut SeqCache, &[u32])> =
+                batch.iter_mut().zip(&tokens).map(|((c, _), t)| (&mut **c, &t[..])).collect();
+            return self.forward_host(host, &mut seqs);
         }
         let tokens: Vec<u32> = batch.iter().map(|(_, t)| *t).collect();
         let pos = Tensor::new(positions.as_slice(), &self.device)?;
@@ -452,18 +444,40 @@ impl Llama {
         }
     }
 
-    /// [`Self::decode`] on the CPU, on plain vectors: the same arithmetic without a tensor
-    /// operation per step (a decode step of a small model is otherwise dominated by the cost of
-    /// dispatching and allocating for some twenty small operations per layer and sequence). The
+    /// [`Self::decode`] and [`Self::prefill`] on the CPU, on plain vectors: the same arithmetic
+    /// without a tensor operation per step (a decode step of a small model is otherwise
+    /// dominated by the cost of dispatching and allocating for some twenty small operations per
+    /// layer and sequence). Each sequence of `batch` is fed its tokens (one when decoding, a
+    /// whole prompt when prefilling; the rows of all sequences go through every weight product
+    /// together); returns the logits after each sequence's last token, `[batch, vocab]`. The
     /// weight products are the same matrices as the tensor path's.
-    fn decode_host(&self, h: &HostParts, batch: &mut [(&mut SeqCache, u32)]) -> Result<Tensor> {
+    fn forward_host(&self, h: &HostParts, batch: &mut [(&mut SeqCache, &[u32])]) -> Result<Tensor> {
         let c = &self.config;
-        let (b, d, hd) = (batch.len(), c.hidden, c.head_dim);
+        let (d, hd) = (c.hidden, c.head_dim);
         let (q_w, kv_w) = (c.n_head * hd, c.n_kv_head * hd);
+        let width = q_w + 2 * kv_w;
         let eps = c.rms_eps as f32;
-        let tokens: Vec<u32> = batch.iter().map(|(_, t)| *t).collect();
+        // Row r of every activation matrix: token `rows[r].1` of sequence `rows[r].0`, at
+        // position `rows[r].2`.
+        let mut rows = Vec::new();
+        for (i, (cache, tokens)) in batch.iter().enumerate() {
+            if tokens.is_empty() {
+                candle_core::bail!("no token to feed sequence {i}");
+            }
+            if cache.len + tokens.len() > cache.capacity {
+                candle_core::bail!(
+                    "KV cache full: {} + {} > {}",
+                    cache.len,
+                    tokens.len(),
+                    cache.capacity
+                );
+            }
+            rows.extend(tokens.iter().enumerate().map(|(t, tok)| (i, *tok, cache.len + t)));
+        }
+        let n = rows.len();
+        let tokens: Vec<u32> = rows.iter().map(|r| r.1).collect();
         let mut x = self.embed_host(h, &tokens)?;
-        let mut normed = vec![0f32; b * d];
+        let mut normed = vec![0f32; n * d];
         for (l, layer) in self.layers.iter().enumerate() {
             // This layer's cached keys and values were evicted by the weights streamed since the
             // last step: ask for them now, to arrive while the q/k/v product runs.
@@ -477,59 +491,64 @@ impl Llama {
                 }
             }
             rms_norm_rows(&x, &h.attn_norm[l], eps, &mut normed);
-            let mut qkv = layer.qkv.forward_host(&normed, b)?;
-            let width = q_w + 2 * kv_w;
-            for (i, (cache, _)) in batch.iter_mut().enumerate() {
-                let pos = cache.len;
-                let row = &mut qkv[i * width..(i + 1) * width];
+            let mut qkv = layer.qkv.forward_host(&normed, n)?;
+            // Rotate, and write every new key and value before any query reads them.
+            for (row, &(i, _, pos)) in qkv.chunks_exact_mut(width).zip(&rows) {
                 let (q, rest) = row.split_at_mut(q_w);
                 let (k, v) = rest.split_at_mut(kv_w);
                 rope_rows(q, hd, pos, h);
                 rope_rows(k, hd, pos, h);
+                let cache = &mut *batch[i].0;
+                let cap = cache.capacity;
                 let KvStore::Host { k: ks, v: vs, .. } = &mut cache.store else {
                     candle_core::bail!("a device cache given to the CPU decode path");
                 };
-                let cap = cache.capacity;
                 for kv in 0..c.n_kv_head {
                     let at = (kv * cap + pos) * hd;
                     ks[l][at..at + hd].copy_from_slice(&k[kv * hd..(kv + 1) * hd]);
                     vs[l][at..at + hd].copy_from_slice(&v[kv * hd..(kv + 1) * hd]);
                 }
             }
-            // Attention: one task per sequence and query head, spread over the team.
+            // Attention: one task per row and query head, spread over the team; the token at
+            // position `pos` sees positions `0..=pos` (causal).
             let caches = batch
                 .iter()
                 .map(|(cache, _)| match &cache.store {
-                    KvStore::Host { k, v, .. } => {
-                        Ok((&k[l][..], &v[l][..], cache.capacity, cache.len + 1))
-                    }
+                    KvStore::Host { k, v, .. } => Ok((&k[l][..], &v[l][..], cache.capacity)),
                     KvStore::Device { .. } => {
                         candle_core::bail!("a device cache given to the CPU decode path")
                     }
                 })
                 .collect::<Result<Vec<_>>>()?;
-            let mut y = vec![0f32; b * q_w];
+            let mut y = vec![0f32; n * q_w];
             super::team::global().for_each_chunk_mut(&mut y, hd, &|task, out| {
-                let (i, head) = (task / c.n_head, task % c.n_head);
-                let (k, v, cap, len) = caches[i];
-                let q = &qkv[i * width + head * hd..i * width + (head + 1) * hd];
-                attend_head(c, head, q, k, v, cap, len, out);
+                let (r, head) = (task / c.n_head, task % c.n_head);
+                let (i, _, pos) = rows[r];
+                let (k, v, cap) = caches[i];
+                let q = &qkv[r * width + head * hd..r * width + (head + 1) * hd];
+                attend_head(c, head, q, k, v, cap, pos + 1, out);
             });
             let o = layer.wo.forward_host(&y)?;
             x.iter_mut().zip(&o).for_each(|(x, o)| *x += o);
             rms_norm_rows(&x, &h.ffn_norm[l], eps, &mut normed);
-            let gu = layer.gate_up.forward_host(&normed, b)?;
-            let ff = gu.len() / b / 2;
-            let mut m = vec![0f32; b * ff];
+            let gu = layer.gate_up.forward_host(&normed, n)?;
+            let ff = gu.len() / n / 2;
+            let mut m = vec![0f32; n * ff];
             swiglu_rows(&gu, ff, &mut m);
             let down = layer.down.forward_host(&m)?;
             x.iter_mut().zip(&down).for_each(|(x, o)| *x += o);
         }
-        for (cache, _) in batch.iter_mut() {
-            cache.len += 1;
+        // Only each sequence's last row goes through the output head.
+        let mut last = Vec::with_capacity(batch.len() * d);
+        let mut at = 0;
+        for (cache, tokens) in batch.iter_mut() {
+            cache.len += tokens.len();
+            at += tokens.len();
+            last.extend_from_slice(&x[(at - 1) * d..at * d]);
         }
-        rms_norm_rows(&x, &h.norm, eps, &mut normed);
-        let logits = self.output.forward_host(&normed)?;
+        let b = batch.len();
+        rms_norm_rows(&last, &h.norm, eps, &mut normed[..b * d]);
+        let logits = self.output.forward_host(&normed[..b * d])?;
         Tensor::from_vec(logits, (b, c.vocab), &Device::Cpu)
     }
 
