@@ -845,9 +845,10 @@ mod avx512 {
         }
     }
 
-    /// Bytes ahead of the block being multiplied that are asked into the cache (eight tiled
-    /// q4_1 blocks).
-    const TILE_PREFETCH: usize = 8 * T41_BYTES;
+    /// Bytes ahead of the block being multiplied that are asked into the cache (sixteen tiled
+    /// q4_1 blocks). Measured on SmolLM2 (2 cores, medians of five interleaved runs): 174
+    /// tokens/s at 1.25 KiB, 194 at 2.5, 233 at 5, 215 at 10, 223 at 20.
+    const TILE_PREFETCH: usize = 16 * T41_BYTES;
 
     /// Ask for the `len` bytes [`TILE_PREFETCH`] past `p` to be brought into the cache.
     #[inline(always)]
