@@ -662,38 +662,12 @@ fn exp(x: f32) -> f32 {
     e * f32::from_bits(((n as i32 + 127) as u32) << 23)
 }
 
-/// `Σ a_i·b_i` over sixteen independent partial sums: the compiler keeps them in vector registers,
-/// where one running sum would be a chain of dependent additions (a float sum is not reordered
-/// on its own).
-#[inline(always)]
-fn dot(a: &[f32], b: &[f32]) -> f32 {
-    let mut acc = [0f32; 16];
-    let (a16, a_rest) = a.as_chunks::<16>();
-    let (b16, b_rest) = b.as_chunks::<16>();
-    for (x, y) in a16.iter().zip(b16) {
-        for k in 0..16 {
-            acc[k] += x[k] * y[k];
-        }
-    }
-    let tail: f32 = a_rest.iter().zip(b_rest).map(|(x, y)| x * y).sum();
-    // Pairwise, so the reduction is three vector additions rather than a chain of sixteen.
-    let mut half = [0f32; 8];
-    for k in 0..8 {
-        half[k] = acc[k] + acc[k + 8];
-    }
-    let mut quarter = [0f32; 4];
-    for k in 0..4 {
-        quarter[k] = half[k] + half[k + 4];
-    }
-    (quarter[0] + quarter[2]) + (quarter[1] + quarter[3]) + tail
-}
-
 super::simd::multiversion! {
 /// candle's RMSNorm of each row of `x` into `out`: `x / sqrt(mean(x²) + eps) · w`.
 pub(crate) fn rms_norm_rows(x: &[f32], w: &[f32], eps: f32, out: &mut [f32]) {
     let d = w.len();
     for (x, out) in x.chunks_exact(d).zip(out.chunks_exact_mut(d)) {
-        let mean = dot(x, x) / d as f32;
+        let mean = super::simd::dot(x, x) / d as f32;
         let scale = 1.0 / (mean + eps).sqrt();
         for ((o, v), w) in out.iter_mut().zip(x).zip(w) {
             *o = v * scale * w;
@@ -736,7 +710,7 @@ pub(crate) fn attend_head(
     let base = (head / rep) * cap * hd;
     let keys = &k[base..base + len * hd];
     let values = &v[base..base + len * hd];
-    let mut scores: Vec<f32> = keys.chunks_exact(hd).map(|key| dot(q, key) * scale).collect();
+    let mut scores: Vec<f32> = keys.chunks_exact(hd).map(|key| super::simd::dot(q, key) * scale).collect();
     let max = scores.iter().fold(f32::NEG_INFINITY, |m, s| m.max(*s));
     let mut total = 0f32;
     for s in scores.iter_mut() {
