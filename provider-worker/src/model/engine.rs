@@ -1,7 +1,8 @@
-//! The generation scheduler: one thread owns the model and every running request. A new request
-//! is prefilled (its whole prompt in one forward pass), then all running requests advance
-//! together, one token each per batched forward pass ([`Llama::decode`]), so concurrent users
-//! share each pass over the weights instead of queueing behind one another. Per request:
+//! The generation scheduler: one thread owns the model and every running request. Each forward
+//! pass ([`Llama::step`]) feeds every running request at once: the whole prompt of a request
+//! that just arrived, one token of each request already generating. Concurrent users share each
+//! pass over the weights instead of queueing behind one another, and a new request's prompt
+//! joins the pass of those already running instead of stopping them. Per request:
 //! sampling by temperature/top-p/seed, stop tokens and stop strings, text streamed as it becomes
 //! final, cancellation when the consumer stops listening.
 
@@ -232,8 +233,8 @@ struct Seq {
     text: String,
     emitted: usize,
     first_token: Option<Duration>,
-    /// The token to feed in the next decode step.
-    next: u32,
+    /// What the next forward pass feeds: the prompt, then each sampled token.
+    feed: Vec<u32>,
 }
 
 struct Scheduler {
@@ -248,13 +249,13 @@ impl Scheduler {
         loop {
             if active.is_empty() {
                 match queue.recv() {
-                    Ok(job) => self.start(job, &mut active),
+                    Ok(job) => active.extend(self.admit(job)),
                     Err(_) => return,
                 }
             }
             while active.len() < self.max_batch {
                 match queue.try_recv() {
-                    Ok(job) => self.start(job, &mut active),
+                    Ok(job) => active.extend(self.admit(job)),
                     Err(_) => break,
                 }
             }
@@ -262,9 +263,9 @@ impl Scheduler {
                 continue;
             }
             let logits = {
-                let mut batch: Vec<(&mut SeqCache, u32)> =
-                    active.iter_mut().map(|s| (&mut s.cache, s.next)).collect();
-                self.model.decode(&mut batch)
+                let mut batch: Vec<(&mut SeqCache, &[u32])> =
+                    active.iter_mut().map(|s| (&mut s.cache, &s.feed[..])).collect();
+                self.model.step(&mut batch)
             };
             let logits = match logits {
                 Ok(l) => l,
@@ -299,8 +300,9 @@ impl Scheduler {
         }
     }
 
-    /// Prefill a new request and sample its first token.
-    fn start(&self, job: Job, active: &mut Vec<Seq>) {
+    /// A new request, its KV cache allocated and its prompt to be fed by the next pass; `None`
+    /// (the error sent to the caller) when its cache cannot be allocated.
+    fn admit(&self, job: Job) -> Option<Seq> {
         let p = &job.params;
         let context = self.model.config.context;
         let max_tokens = p.max_tokens.min(context.saturating_sub(job.prompt.len()));
@@ -313,19 +315,15 @@ impl Scheduler {
         };
         let hold_back = p.stop.iter().map(|s| s.len()).max().unwrap_or(1).saturating_sub(1);
         let sampler = LogitsProcessor::from_sampling(p.seed, sampling);
-        let prefilled =
-            self.model.new_cache(job.prompt.len() + max_tokens).and_then(|mut cache| {
-                let logits = self.model.prefill(&mut cache, &job.prompt)?;
-                Ok((cache, logits))
-            });
-        let (cache, logits) = match prefilled {
-            Ok(x) => x,
+        let cache = match self.model.new_cache(job.prompt.len() + max_tokens) {
+            Ok(cache) => cache,
             Err(e) => {
                 let _ = job.events.send(Event::Done(Err(e.into())));
-                return;
+                return None;
             }
         };
-        let mut seq = Seq {
+        let feed = job.prompt.clone();
+        Some(Seq {
             job,
             cache,
             sampler,
@@ -335,15 +333,8 @@ impl Scheduler {
             text: String::new(),
             emitted: 0,
             first_token: None,
-            next: 0,
-        };
-        match self.accept(&mut seq, &logits) {
-            Ok(None) => active.push(seq),
-            Ok(Some(finish)) => self.finish(seq, finish),
-            Err(e) => {
-                let _ = seq.job.events.send(Event::Done(Err(e)));
-            }
-        }
+            feed,
+        })
     }
 
     /// Sample the next token from `logits` and stream what text became final; `Some` when the
@@ -385,7 +376,8 @@ impl Scheduler {
         if s.ids.len() >= s.max_tokens {
             return Ok(Some(FinishReason::Length));
         }
-        s.next = next;
+        s.feed.clear();
+        s.feed.push(next);
         Ok(None)
     }
 

@@ -366,6 +366,35 @@ impl Llama {
         self.logits(&last)?.squeeze(0)
     }
 
+    /// Feed every sequence of `batch` its tokens (a prompt, or the one token sampled last) and
+    /// return the logits after each one's last token, `[batch, vocab]` (row `i` for `batch[i]`).
+    /// On the CPU this is one forward pass whatever the mix; on other devices the prompts are
+    /// fed one by one and the single tokens together.
+    pub fn step(&self, batch: &mut [(&mut SeqCache, &[u32])]) -> Result<Tensor> {
+        if let Some(host) = &self.host {
+            return self.forward_host(host, batch);
+        }
+        let mut rows: Vec<Option<Tensor>> = vec![None; batch.len()];
+        let mut singles: Vec<(usize, &mut SeqCache, u32)> = Vec::new();
+        for (i, (cache, tokens)) in batch.iter_mut().enumerate() {
+            match tokens {
+                [t] => singles.push((i, &mut **cache, *t)),
+                _ => rows[i] = Some(self.prefill(cache, tokens)?),
+            }
+        }
+        if !singles.is_empty() {
+            let at: Vec<usize> = singles.iter().map(|(i, _, _)| *i).collect();
+            let mut decode: Vec<(&mut SeqCache, u32)> =
+                singles.into_iter().map(|(_, c, t)| (c, t)).collect();
+            let out = self.decode(&mut decode)?;
+            for (k, i) in at.into_iter().enumerate() {
+                rows[i] = Some(out.get(k)?);
+            }
+        }
+        let rows = rows.into_iter().collect::<Option<Vec<_>>>().unwrap_or_default();
+        Tensor::stack(&rows, 0)
+    }
+
     /// Advance every sequence of `batch` by its one token in a single forward pass; return the
     /// logits `[batch, vocab]` (row `i` for `batch[i]`).
     pub fn decode(&self, batch: &mut [(&mut SeqCache, u32)]) -> Result<Tensor> {
