@@ -52,13 +52,15 @@ const NIB: usize = QK / 2;
 /// Activation rows are padded to a multiple of this many blocks (the widest step over scales),
 /// so the kernels read them without masks.
 const PAD_BLOCKS: usize = 16;
-/// Activation rows that share one pass over a weight row.
+/// Activation rows that share one pass over a weight tile (AVX-512; eight spilled registers and
+/// ran slower).
 const SHARED: usize = 4;
 
 /// Which instructions run the product.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 enum Kernel {
-    /// AVX-512 with VNNI (and BW, VL): four blocks per step.
+    /// AVX-512 with VNNI (and BW, VL) over 16-row tiles; off with `COMPUTE_NO_AVX512` set (to
+    /// compare, or to test the AVX2 path on such a CPU).
     Avx512Vnni,
     /// AVX2 with FMA and F16C: two blocks per step.
     Avx2,
