@@ -1,18 +1,21 @@
 //! A llama-architecture transformer over GGUF weights, shaped for serving many users at once:
 //!
-//! - **Batched decoding**: one forward pass advances every active sequence by one token, so the
-//!   weight matrices are multiplied against a `[batch, hidden]` matrix instead of one vector per
-//!   user (candle's quantized matmul reads each weight block once per tile of rows).
+//! - **Batched passes**: one forward pass feeds every active sequence — one token of each
+//!   sequence generating, the whole prompt of each that just arrived — so the weight matrices are
+//!   multiplied against all their rows at once and each weight is read once per pass.
+//! - **Plain vectors on the CPU**: there a pass is a few loops per layer (norms, rotary angles,
+//!   the KV cache, attention split per row and head over the thread team) around our matrix
+//!   kernels (`qmatmul`), not some twenty tensor operations per layer and sequence. Other devices
+//!   run candle tensor operations.
 //! - **Fused projections**: q/k/v and gate/up are concatenated at load (their quantized rows are
 //!   simply appended, bit for bit), so a layer runs four weight matmuls instead of seven.
 //! - **Per-sequence KV caches** allocated once at the exact size the request can reach (prompt
-//!   plus `max_tokens`), written in place instead of concatenated every token.
-//! - Grouped-query attention without repeating the key/value heads: the query heads that share a
-//!   key/value head are multiplied against it as one matrix.
+//!   plus `max_tokens`), written in place.
+//! - Grouped-query attention without repeating the key/value heads.
 //!
 //! The arithmetic is the reference llama forward pass (RMSNorm, interleaved RoPE for GGUF llama
-//! files, SiLU-gated MLP, tied or separate output head); `engine.rs` checks it against the
-//! greedy output of llama.cpp through the generation benchmark.
+//! files, SiLU-gated MLP, tied or separate output head); `tests/tiny_gguf.rs` holds it to candle's
+//! reference implementation on a generated model and on the real SmolLM2.
 
 use candle_core::{
     quantized::{gguf_file, GgmlDType, QMatMul, QStorage, QTensor},
@@ -391,7 +394,10 @@ impl Llama {
                 rows[i] = Some(out.get(k)?);
             }
         }
-        let rows = rows.into_iter().collect::<Option<Vec<_>>>().unwrap_or_default();
+        let rows = rows
+            .into_iter()
+            .collect::<Option<Vec<_>>>()
+            .ok_or_else(|| candle_core::Error::Msg("a sequence was fed no token".into()))?;
         Tensor::stack(&rows, 0)
     }
 
