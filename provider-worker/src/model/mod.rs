@@ -1,6 +1,7 @@
 //! The model: GGUF loading (with optional re-quantization to a format candle has fast CPU
 //! kernels for), the tokenizer, the chat template, sampling and the generation loop.
 
+pub mod embedder;
 pub mod engine;
 pub mod llama;
 pub mod qmatmul;
@@ -9,6 +10,7 @@ pub mod team;
 pub mod template;
 pub mod tokenizer;
 
+pub use embedder::{EmbedError, Embedder};
 pub use engine::{Engine, EngineError, FinishReason, GenParams, Generation, DEFAULT_MAX_BATCH};
 pub use template::{ChatMessage, ChatTemplate};
 pub use tokenizer::ModelTokenizer;
