@@ -58,6 +58,18 @@ pub fn response_hash(text: &str) -> H256 {
     H256(blake2_256(text.as_bytes()))
 }
 
+/// blake2-256 of an embeddings response: the little-endian f32 bytes of every vector, in input
+/// order (the bytes `encoding_format: "base64"` carries, concatenated).
+pub fn embedding_hash<V: AsRef<[f32]>>(vectors: &[V]) -> H256 {
+    let mut bytes = Vec::with_capacity(vectors.iter().map(|v| v.as_ref().len() * 4).sum());
+    for v in vectors {
+        for x in v.as_ref() {
+            bytes.extend_from_slice(&x.to_le_bytes());
+        }
+    }
+    H256(blake2_256(&bytes))
+}
+
 /// Sign a voucher for this chain.
 pub fn sign_voucher(signer: &Signer, voucher: Voucher, genesis: &H256) -> SignedVoucher {
     let signature = signer.sign(&voucher.signing_payload(genesis));
@@ -240,6 +252,15 @@ pub struct ErrorDetail {
 mod tests {
     use super::*;
     use compute_primitives::Receipt;
+
+    #[test]
+    fn embedding_hash_covers_the_vector_bytes_in_order() {
+        let a = [1.0f32, -0.5];
+        let b = [0.25f32];
+        let bytes: Vec<u8> = [1.0f32, -0.5, 0.25].iter().flat_map(|x| x.to_le_bytes()).collect();
+        assert_eq!(embedding_hash(&[&a[..], &b[..]]), H256(blake2_256(&bytes)));
+        assert_ne!(embedding_hash(&[&b[..], &a[..]]), embedding_hash(&[&a[..], &b[..]]));
+    }
 
     fn voucher(user: &Signer, provider: &Signer) -> Voucher {
         Voucher {

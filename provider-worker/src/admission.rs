@@ -185,17 +185,23 @@ pub fn admit(
     let input_fee = u128::from(needs.prompt_tokens)
         .checked_mul(service.input_price)
         .ok_or_else(|| Rejection::new(400, "overflow", "input fee overflows".into()))?;
-    let one_token = input_fee.saturating_add(service.output_price);
-    if v.cap < one_token {
+    // A chat must afford its prompt and one output token; embeddings have no output.
+    let (least, what) = match needs.kind {
+        ServiceKind::Chat => {
+            (input_fee.saturating_add(service.output_price), " and one output token")
+        }
+        ServiceKind::Embedding => (input_fee, ""),
+    };
+    if v.cap < least {
         return Err(Rejection::new(
             402,
             "cap_too_low",
             format!(
-                "cap {} does not cover {} prompt tokens and one output token ({one_token})",
+                "cap {} does not cover {} prompt tokens{what} ({least})",
                 v.cap, needs.prompt_tokens
             ),
         )
-        .expecting(json!({ "cap": one_token.to_string() })));
+        .expecting(json!({ "cap": least.to_string() })));
     }
     let budget = v.cap - input_fee;
     let max_tokens = match budget.checked_div(service.output_price) {
@@ -323,6 +329,32 @@ mod tests {
         n.max_tokens = 3;
         let ok = admit(&voucher(1, 0, 1_200), &n, &view(0, 0), Some(&escrow(10_000)), 1);
         assert_eq!(ok, Ok(Admitted { max_tokens: 3 }));
+    }
+
+    #[test]
+    fn an_embedding_needs_only_its_input_fee_and_no_output_budget() {
+        let mut s = service();
+        s.kind = ServiceKind::Embedding;
+        let mut n = needs(&s);
+        n.kind = ServiceKind::Embedding;
+        n.max_tokens = 0;
+        // 20 input tokens at 10 cost exactly 200: a cap of 200 suffices, 199 does not.
+        let ok = admit(&voucher(1, 0, 200), &n, &view(0, 0), Some(&escrow(10_000)), 1);
+        assert_eq!(ok, Ok(Admitted { max_tokens: 0 }));
+        let low = admit(&voucher(1, 0, 199), &n, &view(0, 0), Some(&escrow(10_000)), 1);
+        let low = low.expect_err("refused");
+        assert_eq!((low.status, low.code), (402, "cap_too_low"));
+        assert_eq!(low.expected, Some(json!({ "cap": "200" })));
+        // A chat voucher sent to the embeddings endpoint (or the reverse) names the wrong kind.
+        let chat = service();
+        let wrong = admit(
+            &voucher(1, 0, 200),
+            &Needs { service: Some(&chat), ..n },
+            &view(0, 0),
+            Some(&escrow(10_000)),
+            1,
+        );
+        assert_eq!(wrong.map_err(|r| r.code), Err("wrong_service_kind"));
     }
 
     #[test]

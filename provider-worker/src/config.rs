@@ -22,10 +22,11 @@ pub enum ConfigError {
 pub struct ServiceConfig {
     /// Id on chain (per provider).
     pub id: ServiceId,
-    /// `chat` (only chat is served by this worker so far).
+    /// `chat` (served by `model`) or `embedding` (served by `embedding_model`).
     #[serde(default = "chat", with = "kind")]
     pub kind: ServiceKind,
-    /// Model name clients send; defaults to the GGUF file's stem.
+    /// Model name clients send; defaults to the GGUF file's stem (chat) or the embedding
+    /// model's directory name (embedding).
     #[serde(default)]
     pub model_name: Option<String>,
     /// Price per input token, smallest units (decimal string or integer).
@@ -105,6 +106,13 @@ pub struct Config {
     /// How weights are kept in memory.
     #[serde(default)]
     pub weights: WeightFormat,
+    /// Embedding model: a sentence-transformers directory (`model.safetensors`, `config.json`,
+    /// `tokenizer.json`), needed by `embedding` services.
+    #[serde(default)]
+    pub embedding_model: Option<PathBuf>,
+    /// Most inputs in one embeddings request.
+    #[serde(default = "default_max_inputs")]
+    pub max_embedding_inputs: usize,
     /// Run on the first CUDA GPU (needs the `cuda` feature).
     #[serde(default)]
     pub cuda: bool,
@@ -159,6 +167,9 @@ fn default_body() -> usize {
 fn default_timeout() -> u64 {
     300
 }
+fn default_max_inputs() -> usize {
+    512
+}
 fn default_max_tokens() -> u64 {
     1024
 }
@@ -190,8 +201,15 @@ impl Config {
         if self.settlement.max_batch == 0 {
             return bad("settlement.max_batch must be at least 1");
         }
-        if self.services.iter().any(|s| s.kind != ServiceKind::Chat) {
-            return bad("this worker serves chat services only");
+        if self.embedding_model.is_none()
+            && self.services.iter().any(|s| s.kind == ServiceKind::Embedding)
+        {
+            return bad(
+                "an embedding service needs embedding_model (a sentence-transformers directory)",
+            );
+        }
+        if self.max_embedding_inputs == 0 {
+            return bad("max_embedding_inputs must be at least 1");
         }
         let mut ids: Vec<_> = self.services.iter().map(|s| s.id).collect();
         ids.sort_unstable();
@@ -266,5 +284,11 @@ mod tests {
         let c: Config = toml::from_str("model = \"m\"\nwindow = 0\nprovider_key = \"//Bob\"\n")
             .expect("parses");
         assert!(c.validate().unwrap_err().to_string().contains("window"));
+        let c: Config = toml::from_str(
+            "model = \"m\"\nprovider_key = \"//Bob\"\n[[services]]\nid = 1\nkind = \"embedding\"\n\
+             input_price = 1\noutput_price = 0\n",
+        )
+        .expect("parses");
+        assert!(c.validate().unwrap_err().to_string().contains("embedding_model"));
     }
 }

@@ -18,6 +18,7 @@ use axum::{
     Json, Router,
 };
 use compute_client::wire::{self, ReceiptJson, SignedAuth};
+use compute_client::ServiceInfo;
 use compute_primitives::{ServiceKind, SignedReceipt, SignedVoucher, Voucher};
 use polkadot_sdk::sp_core::H256;
 use serde::Deserialize;
@@ -26,6 +27,7 @@ use std::{
     sync::{atomic::Ordering::Relaxed, Arc},
     time::{Duration, Instant},
 };
+use tokio::sync::Semaphore;
 
 /// The router.
 pub fn router(worker: Arc<Worker>) -> Router {
@@ -34,6 +36,7 @@ pub fn router(worker: Arc<Worker>) -> Router {
         .route("/metrics", get(metrics))
         .route("/v1/models", get(models))
         .route("/v1/chat/completions", post(chat))
+        .route("/v1/embeddings", post(embeddings))
         .route("/v1/ack", post(ack))
         .route("/v1/receipts", get(receipts))
         .fallback(|| async {
@@ -111,7 +114,8 @@ async fn models(State(w): State<Arc<Worker>>) -> Json<Value> {
             json!({
                 "id": s.model, "object": "model", "owned_by": w.provider.to_string(),
                 "created": 0,
-                "service_id": s.service_id, "kind": "chat",
+                "service_id": s.service_id,
+                "kind": match s.kind { ServiceKind::Chat => "chat", ServiceKind::Embedding => "embedding" },
                 "input_price": s.input_price.to_string(),
                 "output_price": s.output_price.to_string(),
                 "price_version": s.price_version,
@@ -340,66 +344,71 @@ impl Drop for SlotGuard<'_> {
     }
 }
 
-async fn chat(State(w): State<Arc<Worker>>, headers: HeaderMap, body: Body) -> Response {
-    let started = Instant::now();
-    let body = match axum::body::to_bytes(body, w.config.max_body_bytes).await {
-        Ok(b) => b,
-        Err(_) => {
-            w.metrics.rejected("body_too_large");
-            return error(
-                StatusCode::PAYLOAD_TOO_LARGE,
-                "body_too_large",
-                format!("request body exceeds {} bytes", w.config.max_body_bytes),
-                None,
-                None,
-            );
-        }
+/// What a paid endpoint measured of its request body before admission.
+struct Measured<T> {
+    /// The parsed request, handed on once admitted.
+    request: T,
+    /// Model named in the body.
+    model: String,
+    /// Input tokens, counted with the model's tokenizer.
+    prompt_tokens: u64,
+    /// Output tokens asked for (0 for embeddings).
+    max_tokens: u64,
+}
+
+/// A paid request that passed admission: its nonce is taken, so it must end in a sealed receipt.
+struct Paid<T> {
+    v: Voucher,
+    service: ServiceInfo,
+    /// Output budget lowered to fit the cap.
+    max_tokens: u64,
+    request: T,
+}
+
+/// Read the body, verify the voucher, answer a retry from the store, measure the request and
+/// run admission inside the store transaction that takes the nonce. A refusal after the nonce
+/// checks carries a signed fee-0 receipt.
+async fn admit_paid<T>(
+    w: &Worker,
+    headers: &HeaderMap,
+    body: Body,
+    kind: ServiceKind,
+    measure: impl FnOnce(&[u8]) -> Result<Measured<T>, Rejection>,
+) -> Result<Paid<T>, Response> {
+    let Ok(body) = axum::body::to_bytes(body, w.config.max_body_bytes).await else {
+        w.metrics.rejected("body_too_large");
+        return Err(error(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            "body_too_large",
+            format!("request body exceeds {} bytes", w.config.max_body_bytes),
+            None,
+            None,
+        ));
     };
-    let sv = match voucher_of(&w, &headers) {
-        Ok(sv) => sv,
-        Err(r) => return r,
-    };
-    if let Some(r) = replay(&w, &sv).await {
-        return r;
+    let sv = voucher_of(w, headers)?;
+    if let Some(r) = replay(w, &sv).await {
+        return Err(r);
     }
     let v = sv.voucher.clone();
-    let escrow = match w.escrow(&v.user).await {
-        Ok(e) => e,
-        Err(e) => {
-            return error(
-                StatusCode::SERVICE_UNAVAILABLE,
-                "chain_unavailable",
-                format!("cannot read the escrow: {e}"),
-                None,
-                None,
-            )
-        }
-    };
-    let parsed = parse_chat(&body, w.config.max_tokens);
-    let prompt = match &parsed {
-        Ok(p) => match w.engine.chat_prompt(&p.messages) {
-            Ok(ids) if ids.len() + 1 < w.engine.context_len => Ok(ids),
-            Ok(ids) => Err(Rejection::bad_request(
-                "context_length_exceeded",
-                format!(
-                    "prompt of {} tokens leaves no room in {}",
-                    ids.len(),
-                    w.engine.context_len
-                ),
-            )),
-            Err(e) => Err(Rejection::bad_request("invalid_messages", e.to_string())),
-        },
-        Err(e) => Err(e.clone()),
-    };
+    let escrow = w.escrow(&v.user).await.map_err(|e| {
+        error(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "chain_unavailable",
+            format!("cannot read the escrow: {e}"),
+            None,
+            None,
+        )
+    })?;
+    let measured = measure(&body);
     if w.waiting.load(Relaxed) >= w.config.queue {
         w.metrics.rejected("overloaded");
-        return error(
+        return Err(error(
             StatusCode::SERVICE_UNAVAILABLE,
             "overloaded",
             "too many requests waiting; retry with the same voucher".into(),
             None,
             None,
-        );
+        ));
     }
     let service = w.service(v.service_id);
     let body_hash = wire::request_hash(&body);
@@ -411,50 +420,92 @@ async fn chat(State(w): State<Arc<Worker>>, headers: HeaderMap, body: Body) -> R
             admission::check_sequence(&v, view, escrow.as_ref(), w.config.window)?;
             // From here on a refusal uses the nonce and carries a fee-0 receipt.
             last_total = Some(view.seq.last_total);
-            let p = prompt.as_ref().map_err(Clone::clone)?;
-            let parsed = parsed.as_ref().map_err(Clone::clone)?;
+            let m = measured.as_ref().map_err(Clone::clone)?;
             let needs = Needs {
                 service: service.as_ref(),
-                kind: ServiceKind::Chat,
+                kind,
                 body_hash,
-                model: &parsed.model,
-                prompt_tokens: p.len() as u64,
-                max_tokens: parsed.params.max_tokens as u64,
+                model: &m.model,
+                prompt_tokens: m.prompt_tokens,
+                max_tokens: m.max_tokens,
             };
             outcome = Some(admission::admit(&v, &needs, view, escrow.as_ref(), w.config.window)?);
             Ok::<(), Rejection>(())
         })
         .await;
     match admitted {
-        Err(e) => return internal(e),
+        Err(e) => return Err(internal(e)),
         Ok(Err(rejection)) => {
             // The same voucher may have just been admitted by another request (another worker
             // process, or a retry racing the first try): answer as a retry.
             if rejection.code == "stale_nonce" {
-                if let Some(r) = replay(&w, &sv).await {
-                    return r;
+                if let Some(r) = replay(w, &sv).await {
+                    return Err(r);
                 }
             }
-            return refuse(&w, &sv, rejection, last_total).await;
+            return Err(refuse(w, &sv, rejection, last_total).await);
         }
         Ok(Ok(())) => {}
     }
-    let (Some(admitted), Ok(prompt), Ok(parsed), Some(service)) =
-        (outcome, prompt, parsed, service)
-    else {
-        return internal("admission passed without its inputs");
+    let (Some(admitted), Ok(m), Some(service)) = (outcome, measured, service) else {
+        return Err(internal("admission passed without its inputs"));
     };
-    let mut params = parsed.params;
-    params.max_tokens = admitted.max_tokens as usize;
+    Ok(Paid { v, service, max_tokens: admitted.max_tokens, request: m.request })
+}
 
-    // Wait for a generation slot (the queue is bounded above).
+/// Wait in the bounded queue (checked at admission) for one of `slots`.
+async fn wait_for_slot(
+    w: &Worker,
+    slots: &Arc<Semaphore>,
+) -> Result<tokio::sync::OwnedSemaphorePermit, Response> {
     w.waiting.fetch_add(1, Relaxed);
     w.metrics.queue_depth.fetch_add(1, Relaxed);
-    let permit = Arc::clone(&w.slots).acquire_owned().await;
+    let permit = Arc::clone(slots).acquire_owned().await;
     w.waiting.fetch_sub(1, Relaxed);
     w.metrics.queue_depth.fetch_sub(1, Relaxed);
-    let Ok(permit) = permit else { return internal("generation slots closed") };
+    let permit = permit.map_err(|_| internal("the worker's slots are closed"))?;
     w.metrics.in_progress.fetch_add(1, Relaxed);
+    Ok(permit)
+}
+
+async fn chat(State(w): State<Arc<Worker>>, headers: HeaderMap, body: Body) -> Response {
+    let started = Instant::now();
+    let measure = |body: &[u8]| {
+        let parsed = parse_chat(body, w.config.max_tokens)?;
+        let prompt = match w.engine.chat_prompt(&parsed.messages) {
+            Ok(ids) if ids.len() + 1 < w.engine.context_len => ids,
+            Ok(ids) => {
+                return Err(Rejection::bad_request(
+                    "context_length_exceeded",
+                    format!(
+                        "prompt of {} tokens leaves no room in {}",
+                        ids.len(),
+                        w.engine.context_len
+                    ),
+                ))
+            }
+            Err(e) => return Err(Rejection::bad_request("invalid_messages", e.to_string())),
+        };
+        Ok(Measured {
+            model: parsed.model.clone(),
+            prompt_tokens: prompt.len() as u64,
+            max_tokens: parsed.params.max_tokens as u64,
+            request: (parsed, prompt),
+        })
+    };
+    let paid = match admit_paid(&w, &headers, body, ServiceKind::Chat, measure).await {
+        Ok(p) => p,
+        Err(r) => return r,
+    };
+    let Paid { v, service, max_tokens, request: (parsed, prompt) } = paid;
+    let mut params = parsed.params;
+    params.max_tokens = max_tokens as usize;
+
+    // Wait for a generation slot (the queue is bounded above).
+    let permit = match wait_for_slot(&w, &w.slots).await {
+        Ok(p) => p,
+        Err(r) => return r,
+    };
 
     let deadline = started + Duration::from_secs(w.config.request_timeout_secs);
     let user_bytes: &[u8] = v.user.as_ref();
@@ -566,6 +617,160 @@ fn unix_now() -> u64 {
         .unwrap_or(0)
 }
 
+#[derive(Deserialize)]
+struct EmbeddingRequest {
+    model: String,
+    input: Value,
+    encoding_format: Option<String>,
+    dimensions: Option<usize>,
+}
+
+/// How vectors are written in the answer.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Encoding {
+    /// JSON numbers (each f32 written in its shortest exact form).
+    Float,
+    /// The little-endian f32 bytes, base64.
+    Base64,
+}
+
+struct ParsedEmbedding {
+    model: String,
+    inputs: Vec<String>,
+    encoding: Encoding,
+}
+
+fn parse_embedding(
+    body: &[u8],
+    dim: usize,
+    max_inputs: usize,
+) -> Result<ParsedEmbedding, Rejection> {
+    let req: EmbeddingRequest = serde_json::from_slice(body)
+        .map_err(|e| Rejection::bad_request("invalid_json", format!("request body: {e}")))?;
+    let inputs = match req.input {
+        Value::String(s) => vec![s],
+        Value::Array(items) if items.iter().all(Value::is_string) => {
+            items.into_iter().filter_map(|x| x.as_str().map(String::from)).collect()
+        }
+        Value::Array(items) if items.iter().all(|x| x.is_number() || x.is_array()) => {
+            return Err(Rejection::bad_request(
+                "token_input_unsupported",
+                "send text: token ids from another tokenizer cannot be embedded by this model",
+            ))
+        }
+        _ => {
+            return Err(Rejection::bad_request(
+                "invalid_input",
+                "input must be a string or an array of strings",
+            ))
+        }
+    };
+    if inputs.is_empty() || inputs.len() > max_inputs {
+        return Err(Rejection::bad_request(
+            "invalid_input",
+            format!("input must hold 1 to {max_inputs} strings, not {}", inputs.len()),
+        ));
+    }
+    let encoding = match req.encoding_format.as_deref() {
+        None | Some("float") => Encoding::Float,
+        Some("base64") => Encoding::Base64,
+        Some(other) => {
+            return Err(Rejection::bad_request(
+                "invalid_encoding_format",
+                format!("encoding_format `{other}` is neither `float` nor `base64`"),
+            ))
+        }
+    };
+    if req.dimensions.is_some_and(|d| d != dim) {
+        return Err(Rejection::bad_request(
+            "unsupported_dimensions",
+            format!("this model's vectors have {dim} dimensions and cannot be shortened"),
+        ));
+    }
+    Ok(ParsedEmbedding { model: req.model, inputs, encoding })
+}
+
+async fn embeddings(State(w): State<Arc<Worker>>, headers: HeaderMap, body: Body) -> Response {
+    use crate::model::EmbedError;
+    use base64::Engine as _;
+    let started = Instant::now();
+    let Some(embedder) = w.embedder.clone() else {
+        return error(
+            StatusCode::NOT_FOUND,
+            "not_found",
+            "this worker serves no embedding model".into(),
+            None,
+            None,
+        );
+    };
+    let measure = |body: &[u8]| {
+        let parsed = parse_embedding(body, embedder.dim, w.config.max_embedding_inputs)?;
+        let ids = embedder.tokenize(&parsed.inputs).map_err(|e| match e {
+            EmbedError::TooLong { .. } => {
+                Rejection::bad_request("context_length_exceeded", e.to_string())
+            }
+            e => Rejection::bad_request("invalid_input", e.to_string()),
+        })?;
+        Ok(Measured {
+            model: parsed.model.clone(),
+            prompt_tokens: ids.iter().map(|x| x.len() as u64).sum(),
+            max_tokens: 0,
+            request: (parsed, ids),
+        })
+    };
+    let paid = match admit_paid(&w, &headers, body, ServiceKind::Embedding, measure).await {
+        Ok(p) => p,
+        Err(r) => return r,
+    };
+    let Paid { v, service, request: (parsed, ids), .. } = paid;
+    let permit = match wait_for_slot(&w, &w.embed_slots).await {
+        Ok(p) => p,
+        Err(r) => return r,
+    };
+    let tokens: u64 = ids.iter().map(|x| x.len() as u64).sum();
+    let result = tokio::task::spawn_blocking(move || {
+        let _permit = permit;
+        embedder.embed(&ids)
+    })
+    .await;
+    let _slot = SlotGuard { w: &w };
+    let vectors = match result {
+        Ok(Ok(v)) => v,
+        Ok(Err(e)) => return generation_failed(&w, &v, e.to_string()).await,
+        Err(e) => return generation_failed(&w, &v, e.to_string()).await,
+    };
+    let data: Vec<Value> = vectors
+        .iter()
+        .enumerate()
+        .map(|(index, vector)| {
+            let embedding = match parsed.encoding {
+                Encoding::Float => json!(vector),
+                Encoding::Base64 => {
+                    let bytes: Vec<u8> = vector.iter().flat_map(|x| x.to_le_bytes()).collect();
+                    json!(base64::engine::general_purpose::STANDARD.encode(bytes))
+                }
+            };
+            json!({ "object": "embedding", "index": index, "embedding": embedding })
+        })
+        .collect();
+    let sealed =
+        seal_paid(&w, &v, &service, wire::embedding_hash(&vectors), tokens, 0, |receipt| {
+            json!({
+                "object": "list", "data": data, "model": parsed.model,
+                "usage": { "prompt_tokens": tokens, "total_tokens": tokens },
+                "receipt": receipt,
+            })
+        })
+        .await;
+    match sealed {
+        Ok((receipt, body)) => {
+            w.metrics.observe_latency(started.elapsed().as_secs_f64());
+            stored(200, body, Some(&receipt))
+        }
+        Err(r) => r,
+    }
+}
+
 /// Wait until every lower nonce of this user is sealed (only matters with a window above 1),
 /// then return the total to build on.
 async fn sealed_total_before(w: &Worker, v: &Voucher) -> Result<u128, Response> {
@@ -583,47 +788,66 @@ async fn sealed_total_before(w: &Worker, v: &Voucher) -> Result<u128, Response> 
     }
 }
 
-/// Price the generation, sign and store the receipt with the response; the body returned is
-/// what a retry gets too.
+/// Price a response, sign its receipt and store both; the body returned (built around the
+/// receipt by `body`) is what a retry gets too.
+#[allow(clippy::too_many_arguments)]
+async fn seal_paid(
+    w: &Worker,
+    v: &Voucher,
+    service: &ServiceInfo,
+    response_hash: H256,
+    input_tokens: u64,
+    output_tokens: u64,
+    body: impl FnOnce(Value) -> Value,
+) -> Result<(SignedReceipt, String), Response> {
+    let fee = service
+        .fee(input_tokens, output_tokens)
+        .filter(|f| *f <= v.cap)
+        .ok_or_else(|| internal("fee above the cap: the request was not limited to it"))?;
+    let previous = sealed_total_before(w, v).await?;
+    let total = previous.checked_add(fee).ok_or_else(|| internal("total overflows"))?;
+    let receipt = w.receipt(v, response_hash, input_tokens, output_tokens, fee, total);
+    let body =
+        body(serde_json::to_value(ReceiptJson::from(&receipt)).unwrap_or(Value::Null)).to_string();
+    w.store.seal(&receipt, 200, &body).await.map_err(internal)?;
+    w.metrics.requests_ok.fetch_add(1, Relaxed);
+    w.metrics.prompt_tokens.fetch_add(input_tokens, Relaxed);
+    w.metrics.completion_tokens.fetch_add(output_tokens, Relaxed);
+    Ok((receipt, body))
+}
+
+/// Price the generation, sign and store the receipt with the response.
 async fn finish(
     w: &Worker,
     v: &Voucher,
-    service: &compute_client::ServiceInfo,
+    service: &ServiceInfo,
     g: &Generation,
     id: &str,
     created: u64,
     model: &str,
 ) -> Result<(SignedReceipt, String), Response> {
-    let fee = service
-        .fee(g.prompt_tokens, g.completion_tokens)
-        .filter(|f| *f <= v.cap)
-        .ok_or_else(|| internal("fee above the cap: max_tokens was not limited"))?;
-    let previous = sealed_total_before(w, v).await?;
-    let total = previous.checked_add(fee).ok_or_else(|| internal("total overflows"))?;
-    let receipt = w.receipt(
+    let sealed = seal_paid(
+        w,
         v,
+        service,
         wire::response_hash(&g.text),
         g.prompt_tokens,
         g.completion_tokens,
-        fee,
-        total,
-    );
-    let body = json!({
-        "id": id, "object": "chat.completion", "created": created, "model": model,
-        "choices": [{ "index": 0, "message": { "role": "assistant", "content": g.text },
-                      "finish_reason": g.finish.as_str() }],
-        "usage": usage(g),
-        "receipt": ReceiptJson::from(&receipt),
-    })
-    .to_string();
-    w.store.seal(&receipt, 200, &body).await.map_err(internal)?;
-    w.metrics.requests_ok.fetch_add(1, Relaxed);
-    w.metrics.prompt_tokens.fetch_add(g.prompt_tokens, Relaxed);
-    w.metrics.completion_tokens.fetch_add(g.completion_tokens, Relaxed);
+        |receipt| {
+            json!({
+                "id": id, "object": "chat.completion", "created": created, "model": model,
+                "choices": [{ "index": 0, "message": { "role": "assistant", "content": g.text },
+                              "finish_reason": g.finish.as_str() }],
+                "usage": usage(g),
+                "receipt": receipt,
+            })
+        },
+    )
+    .await?;
     if g.finish == FinishReason::Cancelled {
         tracing::info!(user = %v.user, nonce = v.nonce, "client went away; billed what was generated");
     }
-    Ok((receipt, body))
+    Ok(sealed)
 }
 
 /// The model failed: seal a fee-0 receipt so the nonce is not left hanging.
@@ -739,6 +963,28 @@ async fn receipts(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn embedding_bodies_are_validated() {
+        let one = parse_embedding(br#"{"model":"m","input":"hi"}"#, 4, 8).expect("valid");
+        assert_eq!((one.inputs, one.encoding), (vec!["hi".to_string()], Encoding::Float));
+        let many = br#"{"model":"m","input":["a","b"],"encoding_format":"base64","dimensions":4}"#;
+        let many = parse_embedding(many, 4, 8).expect("valid");
+        assert_eq!((many.inputs.len(), many.encoding), (2, Encoding::Base64));
+        let cases: [(&[u8], &str); 7] = [
+            (b"[1,2", "invalid_json"),
+            (br#"{"model":"m","input":[]}"#, "invalid_input"),
+            (br#"{"model":"m","input":{"text":"x"}}"#, "invalid_input"),
+            (br#"{"model":"m","input":["a","b","c"]}"#, "invalid_input"),
+            (br#"{"model":"m","input":[[1,2],[3]]}"#, "token_input_unsupported"),
+            (br#"{"model":"m","input":"x","encoding_format":"int8"}"#, "invalid_encoding_format"),
+            (br#"{"model":"m","input":"x","dimensions":2}"#, "unsupported_dimensions"),
+        ];
+        for (body, code) in cases {
+            let r = parse_embedding(body, 4, 2).err().expect("refused");
+            assert_eq!((r.status, r.code), (400, code));
+        }
+    }
 
     #[test]
     fn chat_bodies_are_validated() {

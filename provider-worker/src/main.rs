@@ -31,6 +31,9 @@ struct Args {
     /// GGUF model file.
     #[arg(long)]
     model: Option<PathBuf>,
+    /// Embedding model directory (sentence-transformers layout), for `embedding` services.
+    #[arg(long)]
+    embedding_model: Option<PathBuf>,
     /// Trace store directory.
     #[arg(long)]
     data_dir: Option<PathBuf>,
@@ -73,6 +76,9 @@ fn config(args: &Args) -> anyhow::Result<Config> {
     }
     if let Some(v) = &args.model {
         c.model = v.clone();
+    }
+    if let Some(v) = &args.embedding_model {
+        c.embedding_model = Some(v.clone());
     }
     if let Some(v) = &args.data_dir {
         c.data_dir = v.clone();

@@ -4,11 +4,13 @@
 use crate::{
     config::Config,
     metrics::Metrics,
-    model::{Engine, WeightFormat},
+    model::{Embedder, Engine, WeightFormat},
     store::{Store, StoreError},
 };
 use compute_client::{wire, Chain, ChainError, ComputeEvent, EscrowState, ServiceInfo, Signer};
-use compute_primitives::{AccountId, Balance, Receipt, ServiceId, SignedReceipt, Voucher};
+use compute_primitives::{
+    AccountId, Balance, Receipt, ServiceId, ServiceKind, SignedReceipt, Voucher,
+};
 use polkadot_sdk::sp_core::H256;
 use std::{
     collections::HashMap,
@@ -53,6 +55,12 @@ pub struct Worker {
     pub waiting: AtomicUsize,
     /// Model name clients send.
     pub model_name: String,
+    /// The embedding model, when `embedding_model` is configured.
+    pub embedder: Option<Arc<Embedder>>,
+    /// One embeddings batch runs at a time (each already uses every core).
+    pub embed_slots: Arc<Semaphore>,
+    /// Default model name of embedding services.
+    pub embedding_model_name: String,
 }
 
 impl Worker {
@@ -81,7 +89,8 @@ impl Worker {
         });
 
         tracing::info!(model = %config.model.display(), "loading the model");
-        let device = device(config.cuda)?;
+        let on = device(config.cuda)?;
+        let device = on.clone();
         let t = Instant::now();
         let path = config.model.clone();
         let format: WeightFormat = config.weights;
@@ -96,12 +105,38 @@ impl Worker {
             context = engine.context_len,
             "model loaded"
         );
-        let model_name = config
-            .services
-            .first()
-            .and_then(|s| s.model_name.clone())
-            .or_else(|| config.model.file_stem().map(|s| s.to_string_lossy().into_owned()))
-            .unwrap_or_else(|| "model".into());
+        let embedder = match config.embedding_model.clone() {
+            Some(dir) => {
+                let device = on.clone();
+                let t = Instant::now();
+                let shown = dir.display().to_string();
+                let e = tokio::task::spawn_blocking(move || Embedder::load(&dir, &device))
+                    .await
+                    .map_err(|e| StartError::Other(e.to_string()))?
+                    .map_err(|e| StartError::Other(e.to_string()))?;
+                tracing::info!(model = %shown, dim = e.dim, max_tokens = e.max_tokens,
+                    secs = t.elapsed().as_secs_f32(), "embedding model loaded");
+                Some(Arc::new(e))
+            }
+            None => None,
+        };
+        let stem = |p: &std::path::Path, fallback: &str| {
+            p.file_stem().map_or_else(|| fallback.to_string(), |s| s.to_string_lossy().into_owned())
+        };
+        let first_name = |kind: ServiceKind| {
+            config.services.iter().find(|s| s.kind == kind).and_then(|s| s.model_name.clone())
+        };
+        let model_name =
+            first_name(ServiceKind::Chat).unwrap_or_else(|| stem(&config.model, "model"));
+        let embedding_model_name = first_name(ServiceKind::Embedding).unwrap_or_else(|| {
+            config.embedding_model.as_deref().map_or_else(
+                || "embedding".into(),
+                |p| {
+                    p.file_name()
+                        .map_or_else(|| stem(p, "embedding"), |s| s.to_string_lossy().into())
+                },
+            )
+        });
 
         let worker = Arc::new(Worker {
             slots: Arc::new(Semaphore::new(config.parallel)),
@@ -117,6 +152,9 @@ impl Worker {
             metrics: Metrics::default(),
             waiting: AtomicUsize::new(0),
             model_name,
+            embedder,
+            embed_slots: Arc::new(Semaphore::new(1)),
+            embedding_model_name,
         });
         worker.register_services().await?;
         worker.recover().await?;
@@ -133,7 +171,10 @@ impl Worker {
             .clone()
             .unwrap_or_else(|| format!("http://{}", self.config.listen));
         for s in &self.config.services {
-            let model = s.model_name.clone().unwrap_or_else(|| self.model_name.clone());
+            let model = s.model_name.clone().unwrap_or_else(|| match s.kind {
+                ServiceKind::Chat => self.model_name.clone(),
+                ServiceKind::Embedding => self.embedding_model_name.clone(),
+            });
             let existing = on_chain.iter().find(|c| c.service_id == s.id);
             let same = existing.is_some_and(|c| {
                 c.kind == s.kind
