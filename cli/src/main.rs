@@ -1,6 +1,7 @@
 //! `compute`: the user's command line for the compute marketplace.
 
 mod chat;
+mod embed;
 mod proxy;
 mod recount;
 mod session;
@@ -10,7 +11,7 @@ mod state;
 use anyhow::{anyhow, bail, Context};
 use clap::{Parser, Subcommand};
 use compute_client::{wire, Chain, Signer};
-use compute_primitives::{AccountId, Balance, ServiceId, SignedReceipt};
+use compute_primitives::{AccountId, Balance, ServiceId, ServiceKind, SignedReceipt};
 use polkadot_sdk::sp_core::H256;
 use serde_json::{json, Value};
 use session::{show, Session, UNIT};
@@ -81,6 +82,19 @@ enum Command {
         /// Wait for the whole answer instead of streaming it.
         #[arg(long)]
         no_stream: bool,
+    },
+    /// Embed TEXTS with PROVIDER's embedding service as one paid request; the receipt is checked
+    /// against the exact vectors received.
+    Embed {
+        provider: String,
+        #[arg(required = true)]
+        texts: Vec<String>,
+        /// Service id (default: the provider's first embedding service).
+        #[arg(long)]
+        service: Option<ServiceId>,
+        /// Most the request may cost (e.g. `0.01unit`).
+        #[arg(long, default_value = "0.01unit")]
+        cap: String,
     },
     /// Serve a local OpenAI-compatible endpoint that pays PROVIDER: point any OpenAI client's
     /// base URL at http://LISTEN/v1.
@@ -232,9 +246,14 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         }
         Command::Refund(r) => refund(&ctx, r).await?,
         Command::Escrow { provider } => escrow(&ctx, &account(&provider)?).await?,
+        Command::Embed { provider, texts, service, cap } => {
+            let sess = ctx.session(&provider)?;
+            let svc = sess.service_of_kind(service, ServiceKind::Embedding).await?;
+            embed::run(&sess, &svc, &texts, parse_amount(&cap)?, ctx.cli_json).await?;
+        }
         Command::Chat { provider, message, service, max_tokens, cap, temperature, no_stream } => {
             let sess = ctx.session(&provider)?;
-            let svc = sess.service(service, None).await?;
+            let svc = sess.service_of_kind(service, ServiceKind::Chat).await?;
             let opts = chat::Options {
                 max_tokens,
                 cap: parse_amount(&cap)?,

@@ -21,7 +21,7 @@ use axum::{
     Json, Router,
 };
 use compute_client::wire::ReceiptJson;
-use compute_primitives::Balance;
+use compute_primitives::{Balance, ServiceKind};
 use futures::StreamExt;
 use serde_json::{json, Value};
 use std::{net::SocketAddr, sync::Arc};
@@ -58,6 +58,7 @@ pub async fn serve(sess: Session, cap: Balance, listen: SocketAddr) -> anyhow::R
         .route("/health", get(|| async { Json(json!({ "status": "ok" })) }))
         .route("/v1/models", get(models))
         .route("/v1/chat/completions", post(chat))
+        .route("/v1/embeddings", post(embeddings))
         .fallback(|| async { error(StatusCode::NOT_FOUND, "not_found", "no such endpoint".into()) })
         .layer(axum::extract::DefaultBodyLimit::max(MAX_BODY))
         .with_state(state);
@@ -75,17 +76,54 @@ fn error(status: StatusCode, code: &str, message: String) -> Response {
 }
 
 async fn models(State(p): State<Arc<Proxy>>) -> Response {
-    match p.sess.chain.services_of(&p.sess.provider).await {
-        Ok(list) => Json(json!({ "object": "list", "data": list.iter().map(|s| json!({
-            "id": s.model, "object": "model", "created": 0, "owned_by": s.provider.to_string(),
-            "service_id": s.service_id, "input_price": s.input_price.to_string(),
-            "output_price": s.output_price.to_string() })).collect::<Vec<_>>() }))
-        .into_response(),
-        Err(e) => error(StatusCode::BAD_GATEWAY, "node_unreachable", e.to_string()),
+    let mut list = match p.sess.chain.services_of(&p.sess.provider).await {
+        Ok(list) => list,
+        Err(e) => return error(StatusCode::BAD_GATEWAY, "node_unreachable", e.to_string()),
+    };
+    list.sort_by_key(|s| s.service_id);
+    let data: Vec<Value> = list
+        .iter()
+        .map(|s| {
+            json!({
+                "id": s.model, "object": "model", "created": 0, "owned_by": s.provider.to_string(),
+                "service_id": s.service_id,
+                "kind": match s.kind {
+                    ServiceKind::Chat => "chat",
+                    ServiceKind::Embedding => "embedding",
+                },
+                "input_price": s.input_price.to_string(),
+                "output_price": s.output_price.to_string(),
+            })
+        })
+        .collect();
+    Json(json!({ "object": "list", "data": data })).into_response()
+}
+
+/// The paid endpoints the proxy forwards.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Endpoint {
+    Chat,
+    Embeddings,
+}
+
+impl Endpoint {
+    fn path(self) -> &'static str {
+        match self {
+            Endpoint::Chat => "/v1/chat/completions",
+            Endpoint::Embeddings => "/v1/embeddings",
+        }
     }
 }
 
 async fn chat(State(p): State<Arc<Proxy>>, body: Bytes) -> Response {
+    forward(p, body, Endpoint::Chat).await
+}
+
+async fn embeddings(State(p): State<Arc<Proxy>>, body: Bytes) -> Response {
+    forward(p, body, Endpoint::Embeddings).await
+}
+
+async fn forward(p: Arc<Proxy>, body: Bytes, endpoint: Endpoint) -> Response {
     let request: Value = match serde_json::from_slice(&body) {
         Ok(v @ Value::Object(_)) => v,
         Ok(_) => {
@@ -113,7 +151,7 @@ async fn chat(State(p): State<Arc<Proxy>>, body: Bytes) -> Response {
             Ok(s) => s,
             Err(e) => return error(StatusCode::PAYMENT_REQUIRED, "cannot_sign", format!("{e:#}")),
         };
-        let resp = match p.sess.send(&signed, "/v1/chat/completions", body.to_vec()).await {
+        let resp = match p.sess.send(&signed, endpoint.path(), body.to_vec()).await {
             Ok(r) => r,
             Err(e) => {
                 return error(StatusCode::BAD_GATEWAY, "provider_unreachable", format!("{e:#}"))
@@ -170,10 +208,20 @@ async fn chat(State(p): State<Arc<Proxy>>, body: Bytes) -> Response {
                 }
             }
         }
-        let text = value["choices"][0]["message"]["content"].as_str().unwrap_or_default();
         let recorded = serde_json::from_value::<ReceiptJson>(value["receipt"].clone())
             .map_err(|_| AnswerError::BadReceipt("the answer carries no receipt".into()))
-            .and_then(|r| p.sess.record(&signed, &r, Some(text), Some(&request)));
+            .and_then(|r| match endpoint {
+                Endpoint::Chat => {
+                    let text =
+                        value["choices"][0]["message"]["content"].as_str().unwrap_or_default();
+                    p.sess.record(&signed, &r, Some(text), Some(&request))
+                }
+                Endpoint::Embeddings => {
+                    let hash =
+                        crate::embed::vectors_hash(&value).map_err(AnswerError::BadReceipt)?;
+                    p.sess.record_embeddings(&signed, &r, hash)
+                }
+            });
         drop(guard);
         return match recorded {
             Ok(_) => (StatusCode::OK, Json(value)).into_response(),

@@ -8,7 +8,7 @@ use compute_client::{
     wire::{self, ErrorBody, ReceiptJson},
     Chain, ServiceInfo, Signer,
 };
-use compute_primitives::{AccountId, Balance, ServiceId, SignedReceipt, Voucher};
+use compute_primitives::{AccountId, Balance, ServiceId, ServiceKind, SignedReceipt, Voucher};
 use polkadot_sdk::sp_core::H256;
 use std::path::PathBuf;
 
@@ -98,6 +98,21 @@ impl Session {
         })
     }
 
+    /// The provider's service `id`, else its first service of `kind`.
+    pub async fn service_of_kind(
+        &self,
+        id: Option<ServiceId>,
+        kind: ServiceKind,
+    ) -> anyhow::Result<ServiceInfo> {
+        if id.is_some() {
+            return self.service(id, None).await;
+        }
+        let services = self.chain.services_of(&self.provider).await?;
+        services.into_iter().find(|s| s.kind == kind).ok_or_else(|| {
+            anyhow!("{} has no {kind:?} service (see `compute services`)", self.provider)
+        })
+    }
+
     /// Sign the voucher of the next request with `body` (the exact bytes sent) and `cap`.
     /// Refuses when the provider is distrusted or the escrow is missing.
     pub async fn sign(
@@ -167,6 +182,32 @@ impl Session {
             recount: self.recount.as_ref(),
         };
         ledger.record(signed, receipt, text, asked)
+    }
+
+    /// Check the receipt of an embeddings answer: besides the usual checks, it covers exactly
+    /// the vectors received (`response_hash`, see [`wire::embedding_hash`]) and bills no output.
+    pub fn record_embeddings(
+        &self,
+        signed: &Signed,
+        receipt: &ReceiptJson,
+        vectors_hash: H256,
+    ) -> Result<SignedReceipt, AnswerError> {
+        let ledger = Ledger {
+            state_path: &self.state_path,
+            user: self.signer.account_id(),
+            provider: &self.provider,
+            genesis: &self.genesis,
+            recount: None,
+        };
+        ledger.record_checked(signed, receipt, |r| {
+            if r.receipt.response_hash != vectors_hash {
+                Err("its response hash does not match the vectors received".to_string())
+            } else if r.receipt.output_tokens != 0 {
+                Err("an embeddings receipt bills output tokens".to_string())
+            } else {
+                Ok(r)
+            }
+        })
     }
 
     /// A non-2xx answer: record its fee-0 receipt (if the nonce was used) and explain.
@@ -300,9 +341,7 @@ impl Ledger<'_> {
         text: Option<&str>,
         asked: Option<&serde_json::Value>,
     ) -> Result<SignedReceipt, AnswerError> {
-        let mut all = State::load(self.state_path.to_path_buf())?;
-        let st = all.entry(&self.user.to_string(), &self.provider.to_string());
-        let checked = check(st, signed, receipt, self.genesis).and_then(|r| match text {
+        self.record_checked(signed, receipt, |r| match text {
             Some(t) if r.receipt.response_hash != wire::response_hash(t) => {
                 Err("its response hash does not match the text received".to_string())
             }
@@ -314,7 +353,20 @@ impl Ledger<'_> {
                 _ => Ok(r),
             },
             None => Ok(r),
-        });
+        })
+    }
+
+    /// Check `receipt` (signature, sequence, fee) and then `also`; record it, or distrust the
+    /// provider.
+    fn record_checked(
+        &self,
+        signed: &Signed,
+        receipt: &ReceiptJson,
+        also: impl FnOnce(SignedReceipt) -> Result<SignedReceipt, String>,
+    ) -> Result<SignedReceipt, AnswerError> {
+        let mut all = State::load(self.state_path.to_path_buf())?;
+        let st = all.entry(&self.user.to_string(), &self.provider.to_string());
+        let checked = check(st, signed, receipt, self.genesis).and_then(also);
         let result = match checked {
             Ok(r) => {
                 st.nonce = signed.voucher.nonce;

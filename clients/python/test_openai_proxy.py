@@ -1,19 +1,24 @@
 """The official OpenAI Python client pays for inference through `compute proxy`.
 
-Real parts only: a dev node (instant seal), a `compute-worker` serving SmolLM2 as provider Bob,
-`compute proxy` signing vouchers for Charlie, and the `openai` package talking to the proxy as it
-would to api.openai.com. After a plain and a streamed chat, the chain must show exactly the fees
-of the receipts the client received as settled (read through the node's `compute_escrow` RPC).
+Real parts only: a dev node (instant seal), a `compute-worker` serving SmolLM2 (chat) and
+all-MiniLM-L6-v2 (embeddings) as provider Bob, `compute proxy` signing vouchers for Charlie, and
+the `openai` package talking to the proxy as it would to api.openai.com. After a plain and a
+streamed chat and two embeddings requests, the chain must show exactly the fees of the receipts
+the client received as settled (read through the node's `compute_escrow` RPC). The vectors are
+checked against an independent numpy implementation of the model (minilm_reference.py).
 
 Run: clients/python/.venv/bin/python -m unittest -v clients/python/test_openai_proxy.py
 (binaries from `cargo test --workspace --no-run`, the model from `make model`).
 """
 
+import hashlib
 import json
 import os
 import shutil
 import socket
+import struct
 import subprocess
+import sys
 import tempfile
 import time
 import unittest
@@ -23,10 +28,16 @@ from pathlib import Path
 
 import openai
 
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from minilm_reference import MiniLM  # noqa: E402  (a sibling file, found through the line above)
+
 ROOT = Path(__file__).resolve().parents[2]
 BIN = Path(os.environ.get("COMPUTE_BIN_DIR", ROOT / "target" / "debug"))
 MODEL = Path(os.environ.get("COMPUTE_MODEL", ROOT / "models" / "SmolLM2-135M-Instruct.Q4_1.gguf"))
 MODEL_NAME = "SmolLM2-135M-Instruct"
+EMBED_DIR = Path(os.environ.get("COMPUTE_EMBEDDING_MODEL", ROOT / "models" / "all-MiniLM-L6-v2"))
+EMBED_NAME = "all-MiniLM-L6-v2"
+EMBED_PRICE = 500_000
 BOB = "5FHneW46xGXgs5mUiveU4sbTyGBzmstUspZC92UhjJM694ty"
 CHARLIE = "5FLSigC9HGRKVhB9FiEo4Y3koPsNmBmLJbpXg2mp1hXcS59Y"
 INPUT_PRICE, OUTPUT_PRICE = 1_000_000, 4_000_000
@@ -59,8 +70,8 @@ class OpenAIThroughProxy(unittest.TestCase):
         for b in ("compute-node", "compute-worker", "compute"):
             if not (BIN / b).exists():
                 raise RuntimeError(f"{BIN / b} missing: run `cargo test --workspace --no-run`")
-        if not MODEL.exists():
-            raise RuntimeError(f"{MODEL} missing: run `make model`")
+        if not MODEL.exists() or not (EMBED_DIR / "model.safetensors").exists():
+            raise RuntimeError(f"{MODEL} or {EMBED_DIR} missing: run `make model`")
         cls.dir = Path(tempfile.mkdtemp(prefix="compute-openai-"))
         cls.rpc = free_port()
         cls.env = dict(os.environ, COMPUTE_NODE=f"ws://127.0.0.1:{cls.rpc}",
@@ -73,12 +84,15 @@ class OpenAIThroughProxy(unittest.TestCase):
         (cls.dir / "worker.toml").write_text(
             f'node_url = "ws://127.0.0.1:{cls.rpc}"\nlisten = "127.0.0.1:{http}"\n'
             f'provider_key = "//Bob"\ndata_dir = "{cls.dir / "worker"}"\nmodel = "{MODEL}"\n'
+            f'embedding_model = "{EMBED_DIR}"\n'
             f'[[services]]\nid = 0\nmodel_name = "{MODEL_NAME}"\n'
             f'input_price = "{INPUT_PRICE}"\noutput_price = "{OUTPUT_PRICE}"\n'
+            f'[[services]]\nid = 1\nkind = "embedding"\nmodel_name = "{EMBED_NAME}"\n'
+            f'input_price = "{EMBED_PRICE}"\noutput_price = "0"\n'
             f'[settlement]\nmax_age_secs = 1\ntick_ms = 500\n')
         cls.spawn([BIN / "compute-worker", "--config", cls.dir / "worker.toml"], log)
         wait_for("the worker's service on chain",
-                 lambda: MODEL_NAME in cls.cli("--json", "services", check=False))
+                 lambda: EMBED_NAME in cls.cli("--json", "services", check=False))
         wait_for("the worker to listen", lambda: cls.port_open(http))
         cls.cli("deposit", BOB, str(DEPOSIT))
         proxy = free_port()
@@ -124,21 +138,21 @@ class OpenAIThroughProxy(unittest.TestCase):
         self.assertNotIn("error", answer)
         return answer["result"]
 
-    def check_receipt(self, receipt, usage):
+    def check_receipt(self, receipt, usage, prices=(INPUT_PRICE, OUTPUT_PRICE)):
         """The receipt the provider signed matches the usage reported and the prices on chain."""
         self.assertEqual(receipt["user"], CHARLIE)
         self.assertEqual(receipt["provider"], BOB)
         self.assertEqual(receipt["input_tokens"], usage["prompt_tokens"])
-        self.assertEqual(receipt["output_tokens"], usage["completion_tokens"])
+        self.assertEqual(receipt["output_tokens"], usage.get("completion_tokens", 0))
         fee = int(receipt["fee"])
-        self.assertEqual(fee, usage["prompt_tokens"] * INPUT_PRICE
-                         + usage["completion_tokens"] * OUTPUT_PRICE)
+        self.assertEqual(fee, usage["prompt_tokens"] * prices[0]
+                         + usage.get("completion_tokens", 0) * prices[1])
         self.assertEqual(int(receipt["total"]), sum(self.fees) + fee)
         self.fees.append(fee)
 
     def test_1_models(self):
         ids = [m.id for m in self.client.models.list()]
-        self.assertEqual(ids, [MODEL_NAME])
+        self.assertEqual(ids, [MODEL_NAME, EMBED_NAME])
 
     def test_2_chat(self):
         r = self.client.chat.completions.create(
@@ -170,6 +184,33 @@ class OpenAIThroughProxy(unittest.TestCase):
         self.assertIsNotNone(receipt, "the final chunk carries the receipt")
         self.check_receipt(receipt, usage)
 
+    def test_3b_embeddings(self):
+        texts = ["The quick brown fox jumps over the lazy dog.", "A man is eating food.",
+                 "Stocks fell sharply after the central bank raised rates."]
+        reference = MiniLM(EMBED_DIR)
+        # Left unset, the client asks for base64 and decodes it; then plain JSON numbers.
+        for fmt, extra in (("base64", {}), ("float", {"encoding_format": "float"})):
+            r = self.client.embeddings.create(model=EMBED_NAME, input=texts, **extra)
+            vectors = [d.embedding for d in sorted(r.data, key=lambda d: d.index)]
+            self.assertEqual([len(v) for v in vectors], [384] * 3)
+            for text, got in zip(texts, vectors):
+                want = reference.embed(text)
+                worst = max(abs(a - b) for a, b in zip(got, want))
+                self.assertLess(worst, 1e-4, f"{fmt}: {text!r} differs from the reference by {worst}")
+            tokens = sum(len(reference.ids(t)) for t in texts)
+            self.assertEqual(r.usage.prompt_tokens, tokens)
+            receipt = r.model_extra["receipt"]
+            self.check_receipt(receipt, {"prompt_tokens": tokens}, prices=(EMBED_PRICE, 0))
+            # The receipt covers exactly these vectors: their little-endian f32 bytes, in order.
+            raw = b"".join(struct.pack(f"<{len(v)}f", *v) for v in vectors)
+            self.assertEqual(receipt["response_hash"],
+                             "0x" + hashlib.blake2b(raw, digest_size=32).hexdigest())
+        # An input longer than the model takes is refused, with a fee-0 receipt for the nonce.
+        with self.assertRaises(openai.BadRequestError) as e:
+            self.client.embeddings.create(model=EMBED_NAME, input="word " * 300)
+        self.assertEqual(e.exception.code, "context_length_exceeded")
+        self.assertEqual(int(e.exception.body["receipt"]["fee"]), 0)
+
     def test_4_bad_input(self):
         with self.assertRaises(openai.NotFoundError) as e:
             self.client.chat.completions.create(
@@ -187,7 +228,7 @@ class OpenAIThroughProxy(unittest.TestCase):
         self.assertEqual(e.exception.code, "invalid_messages")
 
     def test_5_settled_on_chain(self):
-        self.assertEqual(len(self.fees), 2, "the chats ran first")
+        self.assertEqual(len(self.fees), 4, "the chats and embeddings ran first")
         total = sum(self.fees)
 
         def settled():
@@ -200,8 +241,9 @@ class OpenAIThroughProxy(unittest.TestCase):
         state = json.loads((self.dir / "state.json").read_text())
         entry = state["providers"][f"{CHARLIE}/{BOB}"]
         self.assertEqual(int(entry["total"]), total)
-        self.assertEqual(entry["nonce"], 3, "two paid chats and one refused with a fee-0 receipt")
-        self.assertGreaterEqual(e["settledNonce"], 2)
+        self.assertEqual(entry["nonce"], 6,
+                         "four paid requests and two refused with fee-0 receipts")
+        self.assertGreaterEqual(e["settledNonce"], 4)
 
 
 if __name__ == "__main__":
