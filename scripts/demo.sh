@@ -98,7 +98,7 @@ compute account
 echo "==> Charlie deposits 0.5 unit into escrow with Bob"
 compute deposit "$BOB" 0.5unit
 echo "==> A paid chat, streamed: signed voucher, receipt verified"
-compute chat "$BOB" "${QUESTION:-What is the capital of France?}" --max-tokens 48 --temperature 0
+compute chat "$BOB" "${QUESTION:-What is a blockchain?}" --max-tokens 48 --temperature 0
 echo "==> Paid embeddings of two sentences: receipt checked against the vectors received"
 compute embed "$BOB" "The quick brown fox jumps over the lazy dog." "A fast auburn fox leaps over a sleepy hound."
 PROXY_PORT=${PROXY_PORT:-8788}
