@@ -1,6 +1,7 @@
 //! End to end with real parts: a `compute-node --dev --sealing instant`, the `compute-worker`
-//! binary serving SmolLM2, and a client that signs vouchers and checks receipts (reqwest).
-//! Needs the node built (`cargo test --workspace --no-run`) and the model (`make model`).
+//! binary serving SmolLM2 (chat) and all-MiniLM-L6-v2 (embeddings), and a client that signs
+//! vouchers and checks receipts (reqwest). Needs the node built (`cargo test --workspace
+//! --no-run`) and the models (`make model`).
 
 #![allow(clippy::unwrap_used, clippy::type_complexity)]
 
@@ -25,6 +26,7 @@ const UNIT: Balance = 1_000_000_000_000;
 const INPUT_PRICE: Balance = 1_000_000;
 const OUTPUT_PRICE: Balance = 4_000_000;
 const CAP: Balance = UNIT / 100;
+const EMBED_PRICE: Balance = 300_000;
 
 fn free_port() -> u16 {
     TcpListener::bind("127.0.0.1:0").and_then(|l| l.local_addr()).map(|a| a.port()).expect("port")
@@ -76,6 +78,7 @@ listen = "127.0.0.1:{http}"
 provider_key = "//Bob"
 data_dir = "{data}"
 model = "{model}"
+embedding_model = "{embedding}"
 parallel = 2
 max_body_bytes = 65536
 max_tokens = 64
@@ -85,6 +88,13 @@ model_name = "SmolLM2-135M-Instruct"
 input_price = "{INPUT_PRICE}"
 output_price = "{OUTPUT_PRICE}"
 verifiability = "none"
+[[services]]
+id = 8
+kind = "embedding"
+model_name = "all-MiniLM-L6-v2"
+input_price = "{EMBED_PRICE}"
+output_price = "0"
+verifiability = "none"
 [settlement]
 threshold_share = 1.0
 max_age_secs = {max_age}
@@ -92,6 +102,9 @@ tick_ms = 500
 "#,
             data = dir.join("data").display(),
             model = model.display(),
+            embedding = provider_worker::model::default_embedding_model_path()
+                .expect("embedding model missing: run `make model`")
+                .display(),
         ),
     )
     .expect("config");
@@ -137,10 +150,14 @@ struct User {
 
 impl User {
     fn voucher(&self, body: &[u8], cap: Balance) -> Voucher {
+        self.voucher_for(7, body, cap)
+    }
+
+    fn voucher_for(&self, service_id: u32, body: &[u8], cap: Balance) -> Voucher {
         Voucher {
             user: self.key.account_id(),
             provider: self.provider.clone(),
-            service_id: 7,
+            service_id,
             price_version: 0,
             nonce: self.nonce + 1,
             request_hash: wire::request_hash(body),
@@ -155,8 +172,18 @@ impl User {
 
     /// Verify and take a receipt for `v`.
     fn accept(&mut self, r: &ReceiptJson, v: &Voucher) -> SignedReceipt {
+        self.accept_priced(r, v, (INPUT_PRICE, OUTPUT_PRICE))
+    }
+
+    /// Verify and take a receipt for `v` at these (input, output) prices.
+    fn accept_priced(
+        &mut self,
+        r: &ReceiptJson,
+        v: &Voucher,
+        prices: (Balance, Balance),
+    ) -> SignedReceipt {
         let signed: SignedReceipt = wire::from_hex("receipt", &r.signed).expect("receipt decodes");
-        wire::check_receipt(&signed, v, &self.genesis, (INPUT_PRICE, OUTPUT_PRICE), self.total)
+        wire::check_receipt(&signed, v, &self.genesis, prices, self.total)
             .expect("receipt verifies");
         self.nonce = v.nonce;
         self.total = signed.receipt.total;
@@ -211,8 +238,9 @@ async fn paid_chats_settle_exactly_once_across_a_worker_crash() {
     let bob = Signer::from_uri("//Bob").unwrap();
     let charlie = Signer::from_uri("//Charlie").unwrap();
     let services = chain.services_of(&bob.account_id()).await.expect("services");
-    assert_eq!(services.len(), 1, "the worker registered its service");
-    assert_eq!((services[0].input_price, services[0].output_price), (INPUT_PRICE, OUTPUT_PRICE));
+    assert_eq!(services.len(), 2, "the worker registered its services");
+    let chat_service = services.iter().find(|s| s.service_id == 7).expect("chat service");
+    assert_eq!((chat_service.input_price, chat_service.output_price), (INPUT_PRICE, OUTPUT_PRICE));
     let models: Value =
         http.get(format!("{base}/v1/models")).send().await.unwrap().json().await.unwrap();
     assert_eq!(models["data"][0]["id"], "SmolLM2-135M-Instruct");
@@ -284,6 +312,56 @@ async fn paid_chats_settle_exactly_once_across_a_worker_crash() {
     let receipt: ReceiptJson = serde_json::from_value(resp["receipt"].clone()).unwrap();
     let signed = user.accept(&receipt, &v);
     assert!(signed.receipt.fee <= prompt_cap);
+
+    // 4. Embeddings, in the same receipt chain: a fee per input token, a receipt over the
+    // vectors' bytes.
+    let emb_url = format!("{base}/v1/embeddings");
+    let texts = ["The quick brown fox jumps over the lazy dog.", "A second text."];
+    let body = serde_json::to_vec(&json!({ "model": "all-MiniLM-L6-v2", "input": texts })).unwrap();
+    let v = user.voucher_for(8, &body, CAP);
+    let (status, resp) = post(&http, &emb_url, body, Some(user.header(v.clone()))).await;
+    assert_eq!(status, 200, "{resp}");
+    let vectors: Vec<Vec<f32>> = resp["data"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|d| {
+            let xs = d["embedding"].as_array().unwrap();
+            xs.iter().map(|x| x.as_f64().unwrap() as f32).collect()
+        })
+        .collect();
+    assert_eq!(vectors.iter().map(Vec::len).collect::<Vec<_>>(), [384, 384]);
+    assert!((vectors[0][0] - 0.043934).abs() < 1e-4, "the numpy reference's first value");
+    let receipt: ReceiptJson = serde_json::from_value(resp["receipt"].clone()).unwrap();
+    let signed = user.accept_priced(&receipt, &v, (EMBED_PRICE, 0));
+    assert_eq!(signed.receipt.response_hash, wire::embedding_hash(&vectors));
+    assert_eq!(signed.receipt.input_tokens, 12 + 6, "WordPiece tokens with [CLS] and [SEP]");
+    assert_eq!(resp["usage"]["prompt_tokens"], signed.receipt.input_tokens);
+    assert_eq!((signed.receipt.output_tokens, signed.receipt.fee), (0, 18 * EMBED_PRICE));
+    // Refusals specific to embeddings: each uses the nonce with a fee-0 receipt.
+    let emb = |input: Value| {
+        serde_json::to_vec(&json!({ "model": "all-MiniLM-L6-v2", "input": input })).unwrap()
+    };
+    let cases: Vec<(&str, Vec<u8>, u32, Balance, u16, &str)> = vec![
+        ("chat voucher", emb(json!("x")), 7, CAP, 400, "wrong_service_kind"),
+        ("too long", emb(json!("word ".repeat(300))), 8, CAP, 400, "context_length_exceeded"),
+        ("token ids", emb(json!([[1, 2, 3]])), 8, CAP, 400, "token_input_unsupported"),
+        // `[CLS] hello [SEP]` costs three tokens; a cap of two falls short.
+        ("cap below the input fee", emb(json!("hello")), 8, 2 * EMBED_PRICE, 402, "cap_too_low"),
+    ];
+    for (what, body, service, cap, want_status, want_code) in cases {
+        let v = user.voucher_for(service, &body, cap);
+        let (status, resp) = post(&http, &emb_url, body, Some(user.header(v.clone()))).await;
+        assert_eq!(
+            (status, resp["error"]["code"].as_str()),
+            (want_status, Some(want_code)),
+            "{what}"
+        );
+        let receipt: ReceiptJson = serde_json::from_value(resp["error"]["receipt"].clone())
+            .unwrap_or_else(|_| panic!("{what}: a fee-0 receipt: {resp}"));
+        let prices = if service == 8 { (EMBED_PRICE, 0) } else { (INPUT_PRICE, OUTPUT_PRICE) };
+        assert_eq!(user.accept_priced(&receipt, &v, prices).receipt.fee, 0, "{what}");
+    }
 
     // Bad input: each refused with its code; none charges anything.
     let good = chat_body("Hi", 4, false);

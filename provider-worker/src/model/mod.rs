@@ -10,7 +10,7 @@ pub mod team;
 pub mod template;
 pub mod tokenizer;
 
-pub use embedder::{EmbedError, Embedder};
+pub use embedder::{default_embedding_model_path, EmbedError, Embedder};
 pub use engine::{Engine, EngineError, FinishReason, GenParams, Generation, DEFAULT_MAX_BATCH};
 pub use template::{ChatMessage, ChatTemplate};
 pub use tokenizer::ModelTokenizer;
