@@ -276,12 +276,20 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
 }
 
 async fn services(ctx: &Ctx) -> anyhow::Result<()> {
-    let list = ctx.chain.services().await?;
+    let mut list = ctx.chain.services().await?;
+    list.sort_by(|a, b| {
+        (a.provider.to_string(), a.service_id).cmp(&(b.provider.to_string(), b.service_id))
+    });
+    let kind = |k: ServiceKind| match k {
+        ServiceKind::Chat => "chat",
+        ServiceKind::Embedding => "embedding",
+    };
     let mut rows = Vec::new();
     for s in &list {
         let p = ctx.chain.provider(&s.provider).await?;
         rows.push(json!({
-            "provider": s.provider.to_string(), "service_id": s.service_id, "model": s.model,
+            "provider": s.provider.to_string(), "service_id": s.service_id,
+            "kind": kind(s.kind), "model": s.model,
             "url": s.url, "input_price": s.input_price.to_string(),
             "output_price": s.output_price.to_string(), "price_version": s.price_version,
             "requests_settled": p.as_ref().map(|p| p.requests_settled),
@@ -292,8 +300,8 @@ async fn services(ctx: &Ctx) -> anyhow::Result<()> {
     let mut text = format!("{} service(s)\n", list.len());
     for (s, r) in list.iter().zip(&rows) {
         text.push_str(&format!(
-            "{} #{} {} at {}\n    price per token: in {} / out {} (version {}); settled requests {}, disputes lost {}\n",
-            s.provider, s.service_id, s.model, s.url, s.input_price, s.output_price,
+            "{} #{} {} ({}) at {}\n    price per token: in {} / out {} (version {}); settled requests {}, disputes lost {}\n",
+            s.provider, s.service_id, s.model, kind(s.kind), s.url, s.input_price, s.output_price,
             s.price_version, r["requests_settled"], r["disputes_lost"]
         ));
     }

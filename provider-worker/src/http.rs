@@ -99,6 +99,7 @@ async fn health(State(w): State<Arc<Worker>>) -> Json<Value> {
         "provider": w.provider.to_string(),
         "genesis": format!("{:?}", w.genesis),
         "model": w.model_name,
+        "embedding_model": w.embedder.as_ref().map(|_| w.embedding_model_name.clone()),
     }))
 }
 
