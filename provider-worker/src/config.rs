@@ -101,8 +101,9 @@ pub struct Config {
     /// Commit durability of the trace store.
     #[serde(default)]
     pub durability: Durability,
-    /// GGUF model file.
-    pub model: PathBuf,
+    /// GGUF chat model, needed by `chat` services (a worker may serve embeddings only).
+    #[serde(default)]
+    pub model: Option<PathBuf>,
     /// How weights are kept in memory.
     #[serde(default)]
     pub weights: WeightFormat,
@@ -201,6 +202,12 @@ impl Config {
         if self.settlement.max_batch == 0 {
             return bad("settlement.max_batch must be at least 1");
         }
+        if self.model.is_none() && self.embedding_model.is_none() {
+            return bad("set model (a GGUF chat model) or embedding_model, or both");
+        }
+        if self.model.is_none() && self.services.iter().any(|s| s.kind == ServiceKind::Chat) {
+            return bad("a chat service needs model (a GGUF file)");
+        }
         if self.embedding_model.is_none()
             && self.services.iter().any(|s| s.kind == ServiceKind::Embedding)
         {
@@ -290,5 +297,20 @@ mod tests {
         )
         .expect("parses");
         assert!(c.validate().unwrap_err().to_string().contains("embedding_model"));
+        // An embeddings-only worker needs no chat model; a chat service does.
+        let c: Config = toml::from_str(
+            "embedding_model = \"e\"\nprovider_key = \"//Bob\"\n[[services]]\nid = 1\n\
+             kind = \"embedding\"\ninput_price = 1\noutput_price = 0\n",
+        )
+        .expect("parses");
+        c.validate().expect("valid without a chat model");
+        let c: Config = toml::from_str(
+            "embedding_model = \"e\"\nprovider_key = \"//Bob\"\n[[services]]\nid = 1\n\
+             input_price = 1\noutput_price = 1\n",
+        )
+        .expect("parses");
+        assert!(c.validate().unwrap_err().to_string().contains("chat service needs model"));
+        let c: Config = toml::from_str("provider_key = \"//Bob\"\n").expect("parses");
+        assert!(c.validate().unwrap_err().to_string().contains("set model"));
     }
 }

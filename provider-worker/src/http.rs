@@ -98,7 +98,7 @@ async fn health(State(w): State<Arc<Worker>>) -> Json<Value> {
         "status": "ok",
         "provider": w.provider.to_string(),
         "genesis": format!("{:?}", w.genesis),
-        "model": w.model_name,
+        "model": w.engine.as_ref().map(|_| w.model_name.clone()),
         "embedding_model": w.embedder.as_ref().map(|_| w.embedding_model_name.clone()),
     }))
 }
@@ -471,17 +471,26 @@ async fn wait_for_slot(
 
 async fn chat(State(w): State<Arc<Worker>>, headers: HeaderMap, body: Body) -> Response {
     let started = Instant::now();
+    let Some(engine) = w.engine.clone() else {
+        return error(
+            StatusCode::NOT_FOUND,
+            "not_found",
+            "this worker serves no chat model".into(),
+            None,
+            None,
+        );
+    };
     let measure = |body: &[u8]| {
         let parsed = parse_chat(body, w.config.max_tokens)?;
-        let prompt = match w.engine.chat_prompt(&parsed.messages) {
-            Ok(ids) if ids.len() + 1 < w.engine.context_len => ids,
+        let prompt = match engine.chat_prompt(&parsed.messages) {
+            Ok(ids) if ids.len() + 1 < engine.context_len => ids,
             Ok(ids) => {
                 return Err(Rejection::bad_request(
                     "context_length_exceeded",
                     format!(
                         "prompt of {} tokens leaves no room in {}",
                         ids.len(),
-                        w.engine.context_len
+                        engine.context_len
                     ),
                 ))
             }
@@ -514,7 +523,6 @@ async fn chat(State(w): State<Arc<Worker>>, headers: HeaderMap, body: Body) -> R
     let created = unix_now();
     let model = parsed.model.clone();
     let (tx, rx) = tokio::sync::mpsc::channel::<String>(64);
-    let engine = Arc::clone(&w.engine);
     let stream = parsed.stream;
     let gen = tokio::task::spawn_blocking(move || {
         let _permit = permit;

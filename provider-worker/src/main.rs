@@ -28,7 +28,7 @@ struct Args {
     /// File holding the provider's secret URI or phrase.
     #[arg(long)]
     provider_key_file: Option<PathBuf>,
-    /// GGUF model file.
+    /// GGUF chat model file.
     #[arg(long)]
     model: Option<PathBuf>,
     /// Embedding model directory (sentence-transformers layout), for `embedding` services.
@@ -55,8 +55,10 @@ fn config(args: &Args) -> anyhow::Result<Config> {
     let mut c = match &args.config {
         Some(path) => Config::from_file(path)?,
         None => {
-            let model = args.model.clone().context("give --config or --model")?;
-            toml::from_str::<Config>(&format!("model = {:?}", model.display().to_string()))?
+            if args.model.is_none() && args.embedding_model.is_none() {
+                anyhow::bail!("give --config, or --model and/or --embedding-model");
+            }
+            toml::from_str::<Config>("")?
         }
     };
     if let Some(v) = &args.node_url {
@@ -75,7 +77,7 @@ fn config(args: &Args) -> anyhow::Result<Config> {
         c.provider_key_file = Some(v.clone());
     }
     if let Some(v) = &args.model {
-        c.model = v.clone();
+        c.model = Some(v.clone());
     }
     if let Some(v) = &args.embedding_model {
         c.embedding_model = Some(v.clone());

@@ -47,7 +47,8 @@ pub struct Worker {
     pub genesis: H256,
     pub chain: Chain,
     pub store: Arc<Store>,
-    pub engine: Arc<Engine>,
+    /// The chat model, when `model` is configured.
+    pub engine: Option<Arc<Engine>>,
     pub services: RwLock<HashMap<ServiceId, ServiceInfo>>,
     escrows: Mutex<HashMap<AccountId, (Option<EscrowState>, Instant)>>,
     pub metrics: Metrics,
@@ -88,23 +89,29 @@ impl Worker {
             None => Store::sqlite(&config.data_dir.join("traces.sqlite"), config.durability)?,
         });
 
-        tracing::info!(model = %config.model.display(), "loading the model");
         let on = device(config.cuda)?;
-        let device = on.clone();
-        let t = Instant::now();
-        let path = config.model.clone();
-        let format: WeightFormat = config.weights;
-        let parallel = config.parallel;
-        let engine =
-            tokio::task::spawn_blocking(move || Engine::load_with(&path, format, device, parallel))
+        let engine = match config.model.clone() {
+            Some(path) => {
+                tracing::info!(model = %path.display(), "loading the chat model");
+                let device = on.clone();
+                let t = Instant::now();
+                let format: WeightFormat = config.weights;
+                let parallel = config.parallel;
+                let engine = tokio::task::spawn_blocking(move || {
+                    Engine::load_with(&path, format, device, parallel)
+                })
                 .await
                 .map_err(|e| StartError::Other(e.to_string()))??;
-        tracing::info!(
-            secs = t.elapsed().as_secs_f32(),
-            requantized = engine.requantized,
-            context = engine.context_len,
-            "model loaded"
-        );
+                tracing::info!(
+                    secs = t.elapsed().as_secs_f32(),
+                    requantized = engine.requantized,
+                    context = engine.context_len,
+                    "chat model loaded"
+                );
+                Some(Arc::new(engine))
+            }
+            None => None,
+        };
         let embedder = match config.embedding_model.clone() {
             Some(dir) => {
                 let device = on.clone();
@@ -126,8 +133,9 @@ impl Worker {
         let first_name = |kind: ServiceKind| {
             config.services.iter().find(|s| s.kind == kind).and_then(|s| s.model_name.clone())
         };
-        let model_name =
-            first_name(ServiceKind::Chat).unwrap_or_else(|| stem(&config.model, "model"));
+        let model_name = first_name(ServiceKind::Chat).unwrap_or_else(|| {
+            config.model.as_deref().map_or_else(|| "chat".into(), |p| stem(p, "model"))
+        });
         let embedding_model_name = first_name(ServiceKind::Embedding).unwrap_or_else(|| {
             config.embedding_model.as_deref().map_or_else(
                 || "embedding".into(),
@@ -146,7 +154,7 @@ impl Worker {
             genesis,
             chain,
             store,
-            engine: Arc::new(engine),
+            engine,
             services: RwLock::new(HashMap::new()),
             escrows: Mutex::new(HashMap::new()),
             metrics: Metrics::default(),

@@ -611,3 +611,80 @@ async fn two_workers_share_one_postgres_sequencer() {
     drop(workers);
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+/// A provider may offer embeddings only: the worker starts without a chat model, registers just
+/// its embedding service, answers chat with 404, and serves paid embeddings.
+#[tokio::test(flavor = "multi_thread")]
+async fn an_embeddings_only_worker_needs_no_chat_model() {
+    let embedding = provider_worker::model::default_embedding_model_path()
+        .expect("embedding model missing: run `make model`");
+    let dir = temp_dir("e2e-embed-only");
+    let rpc = free_port();
+    let _node = start_node(&dir, rpc);
+    let chain = Chain::connect(&format!("ws://127.0.0.1:{rpc}"), Duration::from_secs(120))
+        .await
+        .expect("node up");
+    let http_port = free_port();
+    let base = format!("http://127.0.0.1:{http_port}");
+    let config = dir.join("worker.toml");
+    std::fs::write(
+        &config,
+        format!(
+            r#"node_url = "ws://127.0.0.1:{rpc}"
+listen = "127.0.0.1:{http_port}"
+provider_key = "//Bob"
+data_dir = "{data}"
+embedding_model = "{embedding}"
+[[services]]
+id = 3
+kind = "embedding"
+input_price = "{EMBED_PRICE}"
+output_price = "0"
+"#,
+            data = dir.join("data").display(),
+            embedding = embedding.display(),
+        ),
+    )
+    .expect("config");
+    let _worker = start_worker(&dir, &config, "1");
+    let http = reqwest::Client::new();
+    wait_healthy(&http, &base, &dir, "1").await;
+
+    let bob = Signer::from_uri("//Bob").unwrap();
+    let charlie = Signer::from_uri("//Charlie").unwrap();
+    let services = chain.services_of(&bob.account_id()).await.expect("services");
+    assert_eq!(services.len(), 1);
+    assert_eq!(services[0].kind, compute_primitives::ServiceKind::Embedding);
+    assert_eq!(services[0].model, "all-MiniLM-L6-v2", "named after the model's directory");
+    let health: Value =
+        http.get(format!("{base}/health")).send().await.unwrap().json().await.unwrap();
+    assert_eq!(
+        (health["model"].clone(), health["embedding_model"].clone()),
+        (Value::Null, json!("all-MiniLM-L6-v2"))
+    );
+
+    chain.deposit(&charlie, &bob.account_id(), UNIT).await.expect("deposit");
+    let mut user = User {
+        key: charlie.clone(),
+        provider: bob.account_id(),
+        genesis: chain.genesis_hash(),
+        nonce: 0,
+        total: 0,
+        receipts: vec![],
+    };
+    let (status, resp) =
+        post(&http, &format!("{base}/v1/chat/completions"), chat_body("Hi", 4, false), None).await;
+    assert_eq!((status, resp["error"]["code"].as_str()), (404, Some("not_found")));
+
+    let body =
+        serde_json::to_vec(&json!({ "model": "all-MiniLM-L6-v2", "input": "Hello, World!" }))
+            .unwrap();
+    let v = user.voucher_for(3, &body, CAP);
+    let (status, resp) =
+        post(&http, &format!("{base}/v1/embeddings"), body, Some(user.header(v.clone()))).await;
+    assert_eq!(status, 200, "{resp}");
+    let receipt: ReceiptJson = serde_json::from_value(resp["receipt"].clone()).unwrap();
+    let signed = user.accept_priced(&receipt, &v, (EMBED_PRICE, 0));
+    assert_eq!(signed.receipt.input_tokens, 6, "[CLS] hello , world ! [SEP]");
+    let _ = std::fs::remove_dir_all(&dir);
+}
