@@ -773,6 +773,7 @@ async fn embeddings(State(w): State<Arc<Worker>>, headers: HeaderMap, body: Body
         .await;
     match sealed {
         Ok((receipt, body)) => {
+            w.metrics.embedding_inputs.fetch_add(vectors.len() as u64, Relaxed);
             w.metrics.observe_latency(started.elapsed().as_secs_f64());
             stored(200, body, Some(&receipt))
         }

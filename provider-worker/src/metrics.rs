@@ -17,6 +17,8 @@ pub struct Metrics {
     pub requests_rejected: AtomicU64,
     pub prompt_tokens: AtomicU64,
     pub completion_tokens: AtomicU64,
+    /// Texts embedded (each input of an embeddings request).
+    pub embedding_inputs: AtomicU64,
     pub queue_depth: AtomicU64,
     pub in_progress: AtomicU64,
     pub settlements: AtomicU64,
@@ -65,13 +67,13 @@ impl Metrics {
         };
         counter(
             "compute_requests_total",
-            "Requests served.",
+            "Requests served (chat and embeddings).",
             "counter",
             self.requests_ok.load(Relaxed).to_string(),
         );
         counter(
             "compute_prompt_tokens_total",
-            "Prompt tokens billed.",
+            "Prompt (and embedding input) tokens billed.",
             "counter",
             self.prompt_tokens.load(Relaxed).to_string(),
         );
@@ -82,14 +84,20 @@ impl Metrics {
             self.completion_tokens.load(Relaxed).to_string(),
         );
         counter(
+            "compute_embedding_inputs_total",
+            "Texts embedded.",
+            "counter",
+            self.embedding_inputs.load(Relaxed).to_string(),
+        );
+        counter(
             "compute_queue_depth",
-            "Requests waiting for a generation slot.",
+            "Requests waiting for a generation or embedding slot.",
             "gauge",
             self.queue_depth.load(Relaxed).to_string(),
         );
         counter(
             "compute_in_progress",
-            "Generations running.",
+            "Generations and embedding batches running.",
             "gauge",
             self.in_progress.load(Relaxed).to_string(),
         );
