@@ -50,12 +50,12 @@ pub async fn request(
     texts: &[String],
     cap: Balance,
 ) -> Result<(Value, SignedReceipt), AnswerError> {
-    let body = serde_json::to_vec(&json!({ "model": svc.model, "input": texts }))
-        .map_err(anyhow::Error::from)?;
-    match once(sess, svc, &body, cap).await {
+    let asked = json!({ "model": svc.model, "input": texts });
+    let body = serde_json::to_vec(&asked).map_err(anyhow::Error::from)?;
+    match once(sess, svc, &body, &asked["input"], cap).await {
         Err(AnswerError::Refused { code, .. }) if code == "stale_nonce" || code == "nonce_gap" => {
             sess.resync().await?;
-            once(sess, svc, &body, cap).await
+            once(sess, svc, &body, &asked["input"], cap).await
         }
         other => other,
     }
@@ -65,6 +65,7 @@ async fn once(
     sess: &Session,
     svc: &ServiceInfo,
     body: &[u8],
+    input: &Value,
     cap: Balance,
 ) -> Result<(Value, SignedReceipt), AnswerError> {
     let signed = sess.sign(svc, body, cap).await?;
@@ -77,7 +78,7 @@ async fn once(
     let receipt_json: ReceiptJson = serde_json::from_value(value["receipt"].clone())
         .context("the answer carries no receipt")?;
     let hash = vectors_hash(&value).map_err(AnswerError::BadReceipt)?;
-    let receipt = sess.record_embeddings(&signed, &receipt_json, hash)?;
+    let receipt = sess.record_embeddings(&signed, &receipt_json, hash, Some(input))?;
     Ok((value, receipt))
 }
 

@@ -45,6 +45,10 @@ struct Cli {
     /// provider serves) and refuse receipts that over-count.
     #[arg(long, global = true, env = "COMPUTE_RECOUNT_MODEL")]
     recount_model: Option<PathBuf>,
+    /// Recount every embeddings request's input tokens with this sentence-transformers
+    /// directory's tokenizer (the model the provider serves) and refuse receipts that differ.
+    #[arg(long, global = true, env = "COMPUTE_RECOUNT_EMBEDDING_MODEL")]
+    recount_embedding_model: Option<PathBuf>,
     #[command(subcommand)]
     command: Command,
 }
@@ -154,6 +158,7 @@ fn account(s: &str) -> anyhow::Result<AccountId> {
 struct Ctx {
     cli_json: bool,
     recount_model: Option<PathBuf>,
+    recount_embedding_model: Option<PathBuf>,
     chain: Chain,
     signer: Option<Signer>,
     state_path: PathBuf,
@@ -175,6 +180,12 @@ impl Ctx {
             sess.recount = Some(
                 recount::Recounter::load(path)
                     .with_context(|| format!("cannot read a tokenizer from {}", path.display()))?,
+            );
+        }
+        if let Some(dir) = &self.recount_embedding_model {
+            sess.recount_embeddings = Some(
+                recount::EmbeddingRecounter::load(dir)
+                    .with_context(|| format!("cannot read a tokenizer from {}", dir.display()))?,
             );
         }
         Ok(sess)
@@ -214,6 +225,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
     let ctx = Ctx {
         cli_json: cli.json,
         recount_model: cli.recount_model.clone(),
+        recount_embedding_model: cli.recount_embedding_model.clone(),
         chain,
         signer,
         state_path,

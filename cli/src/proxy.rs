@@ -219,7 +219,7 @@ async fn forward(p: Arc<Proxy>, body: Bytes, endpoint: Endpoint) -> Response {
                 Endpoint::Embeddings => {
                     let hash =
                         crate::embed::vectors_hash(&value).map_err(AnswerError::BadReceipt)?;
-                    p.sess.record_embeddings(&signed, &r, hash)
+                    p.sess.record_embeddings(&signed, &r, hash, Some(&request["input"]))
                 }
             });
         drop(guard);

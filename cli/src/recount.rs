@@ -1,5 +1,6 @@
 //! `--recount-model`: count the tokens of a request and its answer with the model's own tokenizer
-//! and chat template, and hold the provider's receipt to them.
+//! and chat template, and hold the provider's receipt to them. `--recount-embedding-model` does
+//! the same for embeddings, whose input count must match exactly.
 //!
 //! The prompt count must match exactly (same tokenizer, same template). The completion can only
 //! be bounded: re-tokenizing generated text need not give back the very tokens the model chose,
@@ -72,12 +73,75 @@ impl Recounter {
     }
 }
 
+/// An embedding model's tokenizer (from its sentence-transformers directory).
+pub struct EmbeddingRecounter {
+    tokenizer: tokenizers::Tokenizer,
+}
+
+impl EmbeddingRecounter {
+    /// Read `tokenizer.json` from the directory of the model the provider serves.
+    pub fn load(dir: &Path) -> anyhow::Result<Self> {
+        Ok(EmbeddingRecounter { tokenizer: provider_worker::model::embedder::load_tokenizer(dir)? })
+    }
+
+    /// Check the receipt's input count against `input` (the OpenAI `input` sent: a string or a
+    /// list of strings); an embedding has no output tokens.
+    pub fn check(&self, input: &Value, r: &Receipt) -> Result<(), String> {
+        let texts: Vec<&str> = match input {
+            Value::String(s) => vec![s.as_str()],
+            Value::Array(items) => items
+                .iter()
+                .map(|x| x.as_str().ok_or("the request's input is not text"))
+                .collect::<Result<_, _>>()?,
+            _ => return Err("the request has no input to recount".into()),
+        };
+        let mut count = 0u64;
+        for t in texts {
+            let enc = self.tokenizer.encode(t, true).map_err(|e| e.to_string())?;
+            count += enc.get_ids().len() as u64;
+        }
+        if r.input_tokens != count || r.output_tokens != 0 {
+            return Err(format!(
+                "it counts {} input and {} output tokens where the model's tokenizer counts {count} and 0",
+                r.input_tokens, r.output_tokens
+            ));
+        }
+        Ok(())
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
     use compute_primitives::AccountId;
     use polkadot_sdk::sp_core::H256;
     use serde_json::json;
+
+    #[test]
+    fn embedding_receipts_are_held_to_the_recount() {
+        let dir = provider_worker::model::default_embedding_model_path()
+            .expect("the embedding model is missing: run `make model`");
+        let rc = EmbeddingRecounter::load(&dir).unwrap();
+        let receipt = |input_tokens, output_tokens| Receipt {
+            user: AccountId::new([1; 32]),
+            provider: AccountId::new([2; 32]),
+            service_id: 1,
+            nonce: 1,
+            request_hash: H256::zero(),
+            response_hash: H256::zero(),
+            input_tokens,
+            output_tokens,
+            fee: 0,
+            total: 0,
+        };
+        // [CLS] hello , world ! [SEP] and [CLS] hi [SEP].
+        let input = json!(["Hello, World!", "hi"]);
+        assert_eq!(rc.check(&input, &receipt(9, 0)), Ok(()));
+        assert_eq!(rc.check(&json!("Hello, World!"), &receipt(6, 0)), Ok(()));
+        assert!(rc.check(&input, &receipt(10, 0)).is_err(), "one token too many");
+        assert!(rc.check(&input, &receipt(9, 1)).is_err(), "an output token billed");
+        assert!(rc.check(&json!([[1, 2]]), &receipt(2, 0)).is_err(), "not text");
+    }
 
     #[test]
     fn receipts_are_held_to_the_recount() {

@@ -30,6 +30,8 @@ pub struct Session {
     pub http: reqwest::Client,
     /// Recount every answer's tokens with the model's tokenizer (`--recount-model`).
     pub recount: Option<crate::recount::Recounter>,
+    /// Recount every embeddings request's input tokens (`--recount-embedding-model`).
+    pub recount_embeddings: Option<crate::recount::EmbeddingRecounter>,
 }
 
 /// A voucher signed for one request, waiting for its receipt.
@@ -65,7 +67,16 @@ impl Session {
             .connect_timeout(std::time::Duration::from_secs(10))
             .build()
             .unwrap_or_default();
-        Session { chain, signer, provider, genesis, state_path, http, recount: None }
+        Session {
+            chain,
+            signer,
+            provider,
+            genesis,
+            state_path,
+            http,
+            recount: None,
+            recount_embeddings: None,
+        }
     }
 
     /// The provider's service: by id, else by model name, else its first chat service.
@@ -185,12 +196,14 @@ impl Session {
     }
 
     /// Check the receipt of an embeddings answer: besides the usual checks, it covers exactly
-    /// the vectors received (`response_hash`, see [`wire::embedding_hash`]) and bills no output.
+    /// the vectors received (`response_hash`, see [`wire::embedding_hash`]), bills no output,
+    /// and (with a recounter and the request's `input`) counts the input tokens right.
     pub fn record_embeddings(
         &self,
         signed: &Signed,
         receipt: &ReceiptJson,
         vectors_hash: H256,
+        input: Option<&serde_json::Value>,
     ) -> Result<SignedReceipt, AnswerError> {
         let ledger = Ledger {
             state_path: &self.state_path,
@@ -205,7 +218,12 @@ impl Session {
             } else if r.receipt.output_tokens != 0 {
                 Err("an embeddings receipt bills output tokens".to_string())
             } else {
-                Ok(r)
+                match (&self.recount_embeddings, input) {
+                    (Some(rc), Some(input)) if r.receipt.fee != 0 => {
+                        rc.check(input, &r.receipt).map(|()| r)
+                    }
+                    _ => Ok(r),
+                }
             }
         })
     }

@@ -1,5 +1,6 @@
 //! The `compute` CLI against real parts: a dev node (instant seal) and a `compute-worker`
-//! serving SmolLM2 (both built by `cargo test --workspace --no-run`; the model by `make model`).
+//! serving SmolLM2 and all-MiniLM-L6-v2 (both built by `cargo test --workspace --no-run`; the
+//! models by `make model`).
 
 #![allow(clippy::unwrap_used)]
 
@@ -85,6 +86,8 @@ fn fund_chat_ack_and_refund_through_the_cli() {
     let model =
         Path::new(env!("CARGO_MANIFEST_DIR")).join("../models/SmolLM2-135M-Instruct.Q4_1.gguf");
     assert!(model.exists(), "model missing: run `make model`");
+    let embedding = Path::new(env!("CARGO_MANIFEST_DIR")).join("../models/all-MiniLM-L6-v2");
+    assert!(embedding.join("model.safetensors").exists(), "embedding model missing: `make model`");
     let dir = std::env::temp_dir().join(format!("compute-cli-{}", std::process::id()));
     let _ = std::fs::remove_dir_all(&dir);
     std::fs::create_dir_all(&dir).unwrap();
@@ -115,10 +118,14 @@ fn fund_chat_ack_and_refund_through_the_cli() {
         dir.join("worker.toml"),
         format!(
             "node_url = \"ws://127.0.0.1:{rpc}\"\nlisten = \"127.0.0.1:{http}\"\nprovider_key = \"//Bob\"\n\
-             data_dir = \"{}\"\nmodel = \"{}\"\n[[services]]\nid = 0\nmodel_name = \"SmolLM2-135M-Instruct\"\n\
-             input_price = \"1000000\"\noutput_price = \"4000000\"\n[settlement]\nmax_age_secs = 1\ntick_ms = 500\n",
+             data_dir = \"{}\"\nmodel = \"{}\"\nembedding_model = \"{}\"\n\
+             [[services]]\nid = 0\nmodel_name = \"SmolLM2-135M-Instruct\"\n\
+             input_price = \"1000000\"\noutput_price = \"4000000\"\n\
+             [[services]]\nid = 1\nkind = \"embedding\"\ninput_price = \"250000\"\noutput_price = \"0\"\n\
+             [settlement]\nmax_age_secs = 1\ntick_ms = 500\n",
             dir.join("worker").display(),
-            model.display()
+            model.display(),
+            embedding.display()
         ),
     )
     .unwrap();
@@ -193,6 +200,31 @@ fn fund_chat_ack_and_refund_through_the_cli() {
     let e = fails(&run(&dir, rpc, &["chat", BOB, "Hi", "--cap", "1unit"]));
     assert!(e.contains("insufficient_escrow") && e.contains("deposit at least 0.5"), "{e}");
 
+    // Embeddings of two texts, input tokens recounted with the model's own tokenizer:
+    // [CLS] hello , world ! [SEP] and [CLS] hi [SEP] cost 9 × 250 000.
+    let out = ok(&run(
+        &dir,
+        rpc,
+        &[
+            "--json",
+            "embed",
+            BOB,
+            "Hello, World!",
+            "hi",
+            "--recount-embedding-model",
+            embedding.to_str().unwrap(),
+        ],
+    ));
+    let v: serde_json::Value = serde_json::from_str(out.trim()).unwrap();
+    assert_eq!(v["data"].as_array().map(Vec::len), Some(2), "{v}");
+    assert_eq!(v["data"][0]["embedding"].as_array().map(Vec::len), Some(384));
+    assert_eq!(
+        (v["receipt"]["input_tokens"].as_u64(), v["receipt"]["fee"].as_str()),
+        (Some(9), Some("2250000"))
+    );
+    let out = ok(&run(&dir, rpc, &["embed", BOB, "One more."]));
+    assert!(out.contains("384 dimensions") && out.contains("input tokens, fee"), "{out}");
+
     // The local OpenAI proxy: its own errors in OpenAI's shape, then a paid request.
     let proxy_port = free_port();
     let _proxy = Proc(
@@ -228,27 +260,27 @@ fn fund_chat_ack_and_refund_through_the_cli() {
         ),
     );
     assert_eq!(code, 200, "{body}");
-    assert_eq!(body["receipt"]["nonce"], 9, "the proxy continues the CLI's sequence: {body}");
+    assert_eq!(body["receipt"]["nonce"], 11, "the proxy continues the CLI's sequence: {body}");
 
     ok(&run(&dir, rpc, &["ack", BOB]));
     let state: serde_json::Value =
         serde_json::from_str(&std::fs::read_to_string(dir.join("state.json")).unwrap()).unwrap();
     let entry = state["providers"].as_object().unwrap().values().next().unwrap().clone();
-    assert_eq!(entry["nonce"], 10);
+    assert_eq!(entry["nonce"], 12);
     let total: u128 = entry["total"].as_str().unwrap().parse().unwrap();
     assert!(total > total2);
     // Every receipt the worker holds for Charlie, fetched with a signed challenge and verified.
     let out = ok(&run(&dir, rpc, &["--json", "receipts", BOB]));
     let list: Vec<serde_json::Value> = serde_json::from_str(out.trim()).unwrap();
-    assert_eq!(list.len(), 10);
-    assert_eq!(list[9]["total"], total.to_string());
+    assert_eq!(list.len(), 12);
+    assert_eq!(list[11]["total"], total.to_string());
 
     // The worker settles the ack (max age 1 s): the chain shows the exact total.
     let deadline = Instant::now() + Duration::from_secs(60);
     loop {
         let out = ok(&run(&dir, rpc, &["--json", "escrow", BOB]));
         let e: serde_json::Value = serde_json::from_str(out.trim()).unwrap();
-        if e["settled_nonce"] == 10 {
+        if e["settled_nonce"] == 12 {
             assert_eq!(e["settled_total"], total.to_string());
             assert_eq!(e["balance"], (500_000_000_000u128 - total).to_string());
             break;

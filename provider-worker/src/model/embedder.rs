@@ -86,6 +86,21 @@ fn read_json(dir: &Path, name: &str) -> Result<Option<serde_json::Value>, EmbedE
     serde_json::from_str(&text).map(Some).map_err(|e| bad(e.to_string()))
 }
 
+/// The tokenizer of a sentence-transformers directory, as the worker bills with it: the model's
+/// special tokens added, no padding and no truncation (the file pads and truncates to a fixed
+/// length; the worker batches inputs itself and refuses over-long ones).
+pub fn load_tokenizer(dir: &Path) -> Result<Tokenizer, EmbedError> {
+    let bad = |e: String| EmbedError::Load {
+        path: dir.display().to_string(),
+        reason: format!("tokenizer.json: {e}"),
+    };
+    let mut tokenizer =
+        Tokenizer::from_file(dir.join("tokenizer.json")).map_err(|e| bad(e.to_string()))?;
+    tokenizer.with_padding(None);
+    tokenizer.with_truncation(None).map_err(|e| bad(e.to_string()))?;
+    Ok(tokenizer)
+}
+
 impl Embedder {
     /// Load a sentence-transformers directory.
     pub fn load(dir: &Path, device: &Device) -> Result<Self, EmbedError> {
@@ -101,11 +116,7 @@ impl Embedder {
             .map_err(|e| bad(format!("model.safetensors: {e}")))?;
         let model = BertModel::load(vb, &config).map_err(|e| bad(e.to_string()))?;
 
-        let mut tokenizer = Tokenizer::from_file(dir.join("tokenizer.json"))
-            .map_err(|e| bad(format!("tokenizer.json: {e}")))?;
-        // The file pads and truncates to a fixed length; inputs are batched and checked here.
-        tokenizer.with_padding(None);
-        tokenizer.with_truncation(None).map_err(|e| bad(format!("tokenizer.json: {e}")))?;
+        let tokenizer = load_tokenizer(dir)?;
 
         let max_tokens = read_json(dir, "sentence_bert_config.json")?
             .and_then(|c| c["max_seq_length"].as_u64())
