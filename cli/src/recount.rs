@@ -117,15 +117,11 @@ mod tests {
     use polkadot_sdk::sp_core::H256;
     use serde_json::json;
 
-    #[test]
-    fn embedding_receipts_are_held_to_the_recount() {
-        let dir = provider_worker::model::default_embedding_model_path()
-            .expect("the embedding model is missing: run `make model`");
-        let rc = EmbeddingRecounter::load(&dir).unwrap();
-        let receipt = |input_tokens, output_tokens| Receipt {
+    fn receipt(input_tokens: u64, output_tokens: u64) -> Receipt {
+        Receipt {
             user: AccountId::new([1; 32]),
             provider: AccountId::new([2; 32]),
-            service_id: 1,
+            service_id: 0,
             nonce: 1,
             request_hash: H256::zero(),
             response_hash: H256::zero(),
@@ -133,7 +129,14 @@ mod tests {
             output_tokens,
             fee: 0,
             total: 0,
-        };
+        }
+    }
+
+    #[test]
+    fn embedding_receipts_are_held_to_the_recount() {
+        let dir = provider_worker::model::default_embedding_model_path()
+            .expect("the embedding model is missing: run `make model`");
+        let rc = EmbeddingRecounter::load(&dir).unwrap();
         // [CLS] hello , world ! [SEP] and [CLS] hi [SEP].
         let input = json!(["Hello, World!", "hi"]);
         assert_eq!(rc.check(&input, &receipt(9, 0)), Ok(()));
@@ -159,18 +162,6 @@ mod tests {
                 .len() as u64;
         let text = "12 + 30 is 42.";
         let out = rc.tokenizer.encode(text).unwrap().len() as u64;
-        let receipt = |input_tokens, output_tokens| Receipt {
-            user: AccountId::new([1; 32]),
-            provider: AccountId::new([2; 32]),
-            service_id: 0,
-            nonce: 1,
-            request_hash: H256::zero(),
-            response_hash: H256::zero(),
-            input_tokens,
-            output_tokens,
-            fee: 0,
-            total: 0,
-        };
         assert_eq!(rc.check(&messages, Some(64), text, &receipt(prompt, out)), Ok(()));
         // One prompt token too many, a padded completion, more than max_tokens: all refused.
         assert!(rc.check(&messages, Some(64), text, &receipt(prompt + 1, out)).is_err());

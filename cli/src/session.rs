@@ -185,14 +185,17 @@ impl Session {
         text: Option<&str>,
         asked: Option<&serde_json::Value>,
     ) -> Result<SignedReceipt, AnswerError> {
-        let ledger = Ledger {
+        self.ledger().record(signed, receipt, text, asked)
+    }
+
+    fn ledger(&self) -> Ledger<'_> {
+        Ledger {
             state_path: &self.state_path,
             user: self.signer.account_id(),
             provider: &self.provider,
             genesis: &self.genesis,
             recount: self.recount.as_ref(),
-        };
-        ledger.record(signed, receipt, text, asked)
+        }
     }
 
     /// Check the receipt of an embeddings answer: besides the usual checks, it covers exactly
@@ -205,14 +208,7 @@ impl Session {
         vectors_hash: H256,
         input: Option<&serde_json::Value>,
     ) -> Result<SignedReceipt, AnswerError> {
-        let ledger = Ledger {
-            state_path: &self.state_path,
-            user: self.signer.account_id(),
-            provider: &self.provider,
-            genesis: &self.genesis,
-            recount: None,
-        };
-        ledger.record_checked(signed, receipt, |r| {
+        self.ledger().record_checked(signed, receipt, |r| {
             if r.receipt.response_hash != vectors_hash {
                 Err("its response hash does not match the vectors received".to_string())
             } else if r.receipt.output_tokens != 0 {

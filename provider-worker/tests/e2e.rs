@@ -68,16 +68,36 @@ fn start_node(dir: &Path, rpc: u16) -> Proc {
     )
 }
 
-fn write_config(dir: &Path, rpc: u16, http: u16, model: &Path, max_age: u64) -> PathBuf {
+/// A dev node (instant seal) in `dir`, its RPC port, and a client connected to it.
+async fn dev_chain(dir: &Path) -> (Proc, u16, Chain) {
+    let rpc = free_port();
+    let node = start_node(dir, rpc);
+    let chain = Chain::connect(&format!("ws://127.0.0.1:{rpc}"), Duration::from_secs(120))
+        .await
+        .expect("node up");
+    (node, rpc, chain)
+}
+
+/// The worker's config: where it talks and keeps its data, then `rest` (models and services).
+fn config_with(dir: &Path, rpc: u16, http: u16, rest: &str) -> PathBuf {
     let path = dir.join("worker.toml");
-    std::fs::write(
-        &path,
-        format!(
-            r#"node_url = "ws://127.0.0.1:{rpc}"
-listen = "127.0.0.1:{http}"
-provider_key = "//Bob"
-data_dir = "{data}"
-model = "{model}"
+    let head = format!(
+        "node_url = \"ws://127.0.0.1:{rpc}\"\nlisten = \"127.0.0.1:{http}\"\n\
+         provider_key = \"//Bob\"\ndata_dir = \"{}\"\n",
+        dir.join("data").display()
+    );
+    std::fs::write(&path, head + rest).expect("config");
+    path
+}
+
+fn embedding_model() -> PathBuf {
+    provider_worker::model::default_embedding_model_path()
+        .expect("embedding model missing: run `make model`")
+}
+
+fn write_config(dir: &Path, rpc: u16, http: u16, model: &Path, max_age: u64) -> PathBuf {
+    let rest = format!(
+        r#"model = "{model}"
 embedding_model = "{embedding}"
 parallel = 2
 max_body_bytes = 65536
@@ -100,15 +120,10 @@ threshold_share = 1.0
 max_age_secs = {max_age}
 tick_ms = 500
 "#,
-            data = dir.join("data").display(),
-            model = model.display(),
-            embedding = provider_worker::model::default_embedding_model_path()
-                .expect("embedding model missing: run `make model`")
-                .display(),
-        ),
-    )
-    .expect("config");
-    path
+        model = model.display(),
+        embedding = embedding_model().display(),
+    );
+    config_with(dir, rpc, http, &rest)
 }
 
 fn start_worker(dir: &Path, config: &Path, tag: &str) -> Proc {
@@ -149,6 +164,17 @@ struct User {
 }
 
 impl User {
+    fn new(key: &Signer, provider: &Signer, chain: &Chain) -> Self {
+        User {
+            key: key.clone(),
+            provider: provider.account_id(),
+            genesis: chain.genesis_hash(),
+            nonce: 0,
+            total: 0,
+            receipts: vec![],
+        }
+    }
+
     fn voucher(&self, body: &[u8], cap: Balance) -> Voucher {
         self.voucher_for(7, body, cap)
     }
@@ -223,11 +249,7 @@ async fn paid_chats_settle_exactly_once_across_a_worker_crash() {
         panic!("model missing: run `make model`");
     };
     let dir = temp_dir("e2e");
-    let rpc = free_port();
-    let _node = start_node(&dir, rpc);
-    let chain = Chain::connect(&format!("ws://127.0.0.1:{rpc}"), Duration::from_secs(120))
-        .await
-        .expect("node up");
+    let (_node, rpc, chain) = dev_chain(&dir).await;
     let http_port = free_port();
     let base = format!("http://127.0.0.1:{http_port}");
     let config = write_config(&dir, rpc, http_port, &model, 100_000);
@@ -247,14 +269,7 @@ async fn paid_chats_settle_exactly_once_across_a_worker_crash() {
 
     let deposit = UNIT;
     chain.deposit(&charlie, &bob.account_id(), deposit).await.expect("deposit");
-    let mut user = User {
-        key: charlie.clone(),
-        provider: bob.account_id(),
-        genesis: chain.genesis_hash(),
-        nonce: 0,
-        total: 0,
-        receipts: vec![],
-    };
+    let mut user = User::new(&charlie, &bob, &chain);
     let url = format!("{base}/v1/chat/completions");
 
     // 1. Non-streaming chat.
@@ -522,11 +537,7 @@ async fn two_workers_share_one_postgres_sequencer() {
     };
     let pg = common::pg::Server::start();
     let dir = temp_dir("pg-e2e");
-    let rpc = free_port();
-    let _node = start_node(&dir, rpc);
-    let chain = Chain::connect(&format!("ws://127.0.0.1:{rpc}"), Duration::from_secs(120))
-        .await
-        .expect("node up");
+    let (_node, rpc, chain) = dev_chain(&dir).await;
     let http = reqwest::Client::new();
     let mut workers = Vec::new();
     let mut bases = Vec::new();
@@ -552,14 +563,7 @@ async fn two_workers_share_one_postgres_sequencer() {
     let charlie = Signer::from_uri("//Charlie").unwrap();
     let deposit = UNIT;
     chain.deposit(&charlie, &bob.account_id(), deposit).await.expect("deposit");
-    let mut user = User {
-        key: charlie.clone(),
-        provider: bob.account_id(),
-        genesis: chain.genesis_hash(),
-        nonce: 0,
-        total: 0,
-        receipts: vec![],
-    };
+    let mut user = User::new(&charlie, &bob, &chain);
     for i in 0..4 {
         let url = format!("{}/v1/chat/completions", bases[i % 2]);
         let body = chat_body(&format!("Count to {}.", i + 2), 6, false);
@@ -618,36 +622,16 @@ async fn two_workers_share_one_postgres_sequencer() {
 /// its embedding service, answers chat with 404, and serves paid embeddings.
 #[tokio::test(flavor = "multi_thread")]
 async fn an_embeddings_only_worker_needs_no_chat_model() {
-    let embedding = provider_worker::model::default_embedding_model_path()
-        .expect("embedding model missing: run `make model`");
     let dir = temp_dir("e2e-embed-only");
-    let rpc = free_port();
-    let _node = start_node(&dir, rpc);
-    let chain = Chain::connect(&format!("ws://127.0.0.1:{rpc}"), Duration::from_secs(120))
-        .await
-        .expect("node up");
+    let (_node, rpc, chain) = dev_chain(&dir).await;
     let http_port = free_port();
     let base = format!("http://127.0.0.1:{http_port}");
-    let config = dir.join("worker.toml");
-    std::fs::write(
-        &config,
-        format!(
-            r#"node_url = "ws://127.0.0.1:{rpc}"
-listen = "127.0.0.1:{http_port}"
-provider_key = "//Bob"
-data_dir = "{data}"
-embedding_model = "{embedding}"
-[[services]]
-id = 3
-kind = "embedding"
-input_price = "{EMBED_PRICE}"
-output_price = "0"
-"#,
-            data = dir.join("data").display(),
-            embedding = embedding.display(),
-        ),
-    )
-    .expect("config");
+    let rest = format!(
+        "embedding_model = \"{}\"\n[[services]]\nid = 3\nkind = \"embedding\"\n\
+         input_price = \"{EMBED_PRICE}\"\noutput_price = \"0\"\n",
+        embedding_model().display()
+    );
+    let config = config_with(&dir, rpc, http_port, &rest);
     let _worker = start_worker(&dir, &config, "1");
     let http = reqwest::Client::new();
     wait_healthy(&http, &base, &dir, "1").await;
@@ -666,14 +650,7 @@ output_price = "0"
     );
 
     chain.deposit(&charlie, &bob.account_id(), UNIT).await.expect("deposit");
-    let mut user = User {
-        key: charlie.clone(),
-        provider: bob.account_id(),
-        genesis: chain.genesis_hash(),
-        nonce: 0,
-        total: 0,
-        receipts: vec![],
-    };
+    let mut user = User::new(&charlie, &bob, &chain);
     let (status, resp) =
         post(&http, &format!("{base}/v1/chat/completions"), chat_body("Hi", 4, false), None).await;
     assert_eq!((status, resp["error"]["code"].as_str()), (404, Some("not_found")));
