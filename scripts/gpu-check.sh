@@ -1,10 +1,14 @@
 #!/usr/bin/env bash
 # The CUDA check, run on a GPU machine with the CUDA 13 libraries and a driver: the worker's
 # model code on the GPU against the CPU (tiny generated model: logits of prefill, decode and a
-# batch; the real SmolLM2 model: greedy text, decode speed, 1/4/16 concurrent streams).
+# batch; the real SmolLM2 model: greedy text, decode speed, 1/4/16 concurrent streams; the
+# embedding model: vectors against the CPU's, speed).
 #
-# Built elsewhere by scripts/build-cuda.sh, which leaves the test binary in .gpu/ (the model
-# travels beside it as .gpu/model.gguf, or in parts .gpu/model.part* that are joined here).
+# Built elsewhere by scripts/build-cuda.sh; the test binary travels xz-compressed as
+# .gpu/tiny_gguf.xz. The chat model travels beside it as .gpu/model.gguf, or in parts
+# .gpu/model.part* that are joined here; the embedding model as the directory .gpu/minilm (its
+# weights may be an f16 copy, so that it fits in one call: both devices then load the same
+# rounded weights).
 set -uo pipefail
 cd "$(dirname "$0")/.."
 G=${GPU_DIR:-.gpu}
@@ -34,7 +38,13 @@ want_bytes=${COMPUTE_MODEL_BYTES:-98362432} # SmolLM2-135M-Instruct.Q4_1.gguf
 python3 -c 'import lzma, shutil, sys; shutil.copyfileobj(lzma.open(sys.argv[1]), open(sys.argv[2], "wb"))' \
     "$G/tiny_gguf.xz" /tmp/tiny_gguf
 chmod +x /tmp/tiny_gguf
-/tmp/tiny_gguf --test-threads 1 --nocapture cuda_forward_matches_cpu
+/tmp/tiny_gguf --test-threads 1 --nocapture cuda_forward_matches_cpu || exit 1
+if [ -d "$G/minilm" ]; then
+    COMPUTE_EMBEDDING_MODEL="$G/minilm" /tmp/tiny_gguf --test-threads 1 --nocapture \
+        cuda_embeds_like_the_cpu || exit 1
+else
+    echo "no $G/minilm: embeddings check skipped"
+fi
 if [ "$(stat -c %s "$model")" != "$want_bytes" ]; then
     echo "model incomplete ($(stat -c %s "$model") of $want_bytes bytes): real-model check skipped"
     exit 2

@@ -1,4 +1,5 @@
-//! GGUF loading, re-quantization and sampling on a tiny llama model this test writes.
+//! GGUF loading, re-quantization and sampling on a tiny llama model this test writes; with
+//! `--features cuda`, the GPU checks of the chat model and the embedder (`scripts/gpu-check.sh`).
 
 #![allow(clippy::unwrap_used)]
 
@@ -398,6 +399,86 @@ fn cuda_serves_the_real_model() {
         println!(
             "cuda: {n:>2} streams: {tokens} tokens in {secs:.2} s = {:.1} tokens/s",
             tokens as f64 / secs
+        );
+    }
+}
+
+/// The embedding model (`COMPUTE_EMBEDDING_MODEL` or `make model`'s directory) on the first CUDA
+/// GPU: the vectors of a mixed batch (two chunks, short inputs padded beside long ones) are the
+/// CPU's up to float rounding, an input alone gives its vector in the batch, then the speed of
+/// the benchmark's four cases on both devices. Runs only with `--features cuda`.
+#[cfg(feature = "cuda")]
+#[test]
+fn cuda_embeds_like_the_cpu() {
+    use provider_worker::model::{default_embedding_model_path, Embedder};
+    use std::time::Instant;
+    let dir = default_embedding_model_path().expect("set COMPUTE_EMBEDDING_MODEL to MiniLM");
+    let gpu = Device::new_cuda(0).expect("a CUDA GPU");
+    let on_cpu = Embedder::load(&dir, &Device::Cpu).unwrap();
+    let on_gpu = Embedder::load(&dir, &gpu).unwrap();
+    let short = "The quick brown fox jumps over the lazy dog.".to_string();
+    let long = "Decentralised inference markets let anyone with a GPU sell model answers, \
+                paid per token from an escrow the buyer funds in advance. "
+        .repeat(6);
+    let mut texts: Vec<String> = (0..20)
+        .map(|i| match i % 4 {
+            0 => format!("Question {i}: what is a blockchain?"),
+            1 => format!("{} ({i})", &long[..40 + 9 * i]),
+            2 => short.clone(),
+            _ => format!("Item {i}. {long}"),
+        })
+        .collect();
+    texts.push("a".into());
+    let ids = on_cpu.tokenize(&texts).unwrap();
+    assert_eq!(ids, on_gpu.tokenize(&texts).unwrap());
+    let (a, b) = (on_cpu.embed(&ids).unwrap(), on_gpu.embed(&ids).unwrap());
+    let mut worst = 0f32;
+    for (x, y) in a.iter().zip(&b) {
+        assert_eq!(x.len(), y.len());
+        for (p, q) in x.iter().zip(y) {
+            worst = worst.max((p - q).abs());
+        }
+    }
+    let alone = on_gpu.embed(&ids[3..4]).unwrap();
+    let shift = alone[0].iter().zip(&b[3]).map(|(p, q)| (p - q).abs()).fold(0f32, f32::max);
+    println!(
+        "embeddings: {} inputs ({} tokens): cuda off the cpu by at most {worst:.1e}; \
+         an input alone off its batch vector by {shift:.1e}",
+        texts.len(),
+        ids.iter().map(Vec::len).sum::<usize>()
+    );
+    assert!(worst <= 1e-4, "the GPU's vectors are {worst} off the CPU's");
+    assert!(shift <= 1e-4, "an input alone is {shift} off its batch vector");
+
+    let cases: [(&str, Vec<String>); 4] = [
+        ("1 short input", vec![short.clone()]),
+        ("32 short inputs", vec![short.clone(); 32]),
+        ("1 long input", vec![long.clone()]),
+        ("16 long inputs", vec![long; 16]),
+    ];
+    for (name, texts) in cases {
+        let ids = on_cpu.tokenize(&texts).unwrap();
+        let tokens: usize = ids.iter().map(Vec::len).sum();
+        let time = |e: &Embedder| {
+            e.embed(&ids).unwrap(); // warm-up: kernel loading
+            let mut runs: Vec<f64> = (0..5)
+                .map(|_| {
+                    let t = Instant::now();
+                    e.embed(&ids).unwrap();
+                    t.elapsed().as_secs_f64()
+                })
+                .collect();
+            runs.sort_by(f64::total_cmp);
+            runs[2]
+        };
+        let (g, c) = (time(&on_gpu), time(&on_cpu));
+        println!(
+            "{name:>16}: {tokens:>5} tokens: cuda {:>7.2} ms ({:>7.0} tokens/s), \
+             this machine's cpu {:>7.2} ms ({:>6.0} tokens/s)",
+            g * 1e3,
+            tokens as f64 / g,
+            c * 1e3,
+            tokens as f64 / c
         );
     }
 }
