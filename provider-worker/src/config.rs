@@ -114,6 +114,11 @@ pub struct Config {
     /// Most inputs in one embeddings request.
     #[serde(default = "default_max_inputs")]
     pub max_embedding_inputs: usize,
+    /// Most tokens, all inputs together, in one embeddings request: refused above it before any
+    /// work, so that no request can hold the embedder for long (about 40 s on two cores at the
+    /// default).
+    #[serde(default = "default_max_embedding_tokens")]
+    pub max_embedding_tokens: usize,
     /// Run on the first CUDA GPU (needs the `cuda` feature).
     #[serde(default)]
     pub cuda: bool,
@@ -171,6 +176,9 @@ fn default_timeout() -> u64 {
 fn default_max_inputs() -> usize {
     512
 }
+fn default_max_embedding_tokens() -> usize {
+    65_536
+}
 fn default_max_tokens() -> u64 {
     1024
 }
@@ -217,6 +225,9 @@ impl Config {
         }
         if self.max_embedding_inputs == 0 {
             return bad("max_embedding_inputs must be at least 1");
+        }
+        if self.max_embedding_tokens == 0 {
+            return bad("max_embedding_tokens must be at least 1");
         }
         let mut ids: Vec<_> = self.services.iter().map(|s| s.id).collect();
         ids.sort_unstable();

@@ -720,9 +720,17 @@ async fn embeddings(State(w): State<Arc<Worker>>, headers: HeaderMap, body: Body
             }
             e => Rejection::bad_request("invalid_input", e.to_string()),
         })?;
+        let tokens: usize = ids.iter().map(Vec::len).sum();
+        let most = w.config.max_embedding_tokens;
+        if tokens > most {
+            return Err(Rejection::bad_request(
+                "too_many_tokens",
+                format!("the inputs hold {tokens} tokens; this worker embeds at most {most} per request"),
+            ));
+        }
         Ok(Measured {
             model: parsed.model.clone(),
-            prompt_tokens: ids.iter().map(|x| x.len() as u64).sum(),
+            prompt_tokens: tokens as u64,
             max_tokens: 0,
             request: (parsed, ids),
         })
@@ -737,14 +745,20 @@ async fn embeddings(State(w): State<Arc<Worker>>, headers: HeaderMap, body: Body
         Err(r) => return r,
     };
     let tokens: u64 = ids.iter().map(|x| x.len() as u64).sum();
+    // Time spent waiting for the slot counts: the request as a whole gets request_timeout_secs.
+    let deadline = started + Duration::from_secs(w.config.request_timeout_secs);
     let result = tokio::task::spawn_blocking(move || {
         let _permit = permit;
-        embedder.embed(&ids)
+        embedder.embed_until(&ids, Some(deadline))
     })
     .await;
     let _slot = SlotGuard { w: &w };
     let vectors = match result {
         Ok(Ok(v)) => v,
+        Ok(Err(e @ EmbedError::TimedOut { .. })) => {
+            let message = format!("{e}; nothing is charged");
+            return unserved(&w, &v, StatusCode::GATEWAY_TIMEOUT, "timeout", message).await;
+        }
         Ok(Err(e)) => return generation_failed(&w, &v, e.to_string()).await,
         Err(e) => return generation_failed(&w, &v, e.to_string()).await,
     };
@@ -863,20 +877,32 @@ async fn finish(
 /// The model failed: seal a fee-0 receipt so the nonce is not left hanging.
 async fn generation_failed(w: &Worker, v: &Voucher, reason: String) -> Response {
     tracing::error!(user = %v.user, nonce = v.nonce, %reason, "generation failed");
+    let message = format!("generation failed: {reason}");
+    unserved(w, v, StatusCode::INTERNAL_SERVER_ERROR, "generation_failed", message).await
+}
+
+/// An admitted request the worker could not serve: a stored server error with a fee-0 receipt
+/// (the nonce is used; the user pays nothing).
+async fn unserved(
+    w: &Worker,
+    v: &Voucher,
+    status: StatusCode,
+    code: &'static str,
+    message: String,
+) -> Response {
     let total = match sealed_total_before(w, v).await {
         Ok(t) => t,
         Err(r) => return r,
     };
     let receipt = w.receipt(v, H256::zero(), 0, 0, 0, total);
-    let body = json!({ "error": { "message": format!("generation failed: {reason}"),
-        "type": "server_error", "code": "generation_failed",
+    let body = json!({ "error": { "message": message, "type": "server_error", "code": code,
         "receipt": ReceiptJson::from(&receipt) } })
     .to_string();
-    if let Err(e) = w.store.seal(&receipt, 500, &body).await {
+    if let Err(e) = w.store.seal(&receipt, status.as_u16(), &body).await {
         return internal(e);
     }
-    w.metrics.rejected("generation_failed");
-    stored(500, body, Some(&receipt))
+    w.metrics.rejected(code);
+    stored(status.as_u16(), body, Some(&receipt))
 }
 
 async fn ack(State(w): State<Arc<Worker>>, headers: HeaderMap) -> Response {

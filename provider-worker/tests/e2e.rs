@@ -619,7 +619,8 @@ async fn two_workers_share_one_postgres_sequencer() {
 }
 
 /// A provider may offer embeddings only: the worker starts without a chat model, registers just
-/// its embedding service, answers chat with 404, and serves paid embeddings.
+/// its embedding service, answers chat with 404, and serves paid embeddings within its limits
+/// (tokens per request; the request timeout).
 #[tokio::test(flavor = "multi_thread")]
 async fn an_embeddings_only_worker_needs_no_chat_model() {
     let dir = temp_dir("e2e-embed-only");
@@ -627,8 +628,8 @@ async fn an_embeddings_only_worker_needs_no_chat_model() {
     let http_port = free_port();
     let base = format!("http://127.0.0.1:{http_port}");
     let rest = format!(
-        "embedding_model = \"{}\"\n[[services]]\nid = 3\nkind = \"embedding\"\n\
-         input_price = \"{EMBED_PRICE}\"\noutput_price = \"0\"\n",
+        "embedding_model = \"{}\"\nmax_embedding_tokens = 8\n[[services]]\nid = 3\n\
+         kind = \"embedding\"\ninput_price = \"{EMBED_PRICE}\"\noutput_price = \"0\"\n",
         embedding_model().display()
     );
     let config = config_with(&dir, rpc, http_port, &rest);
@@ -655,6 +656,18 @@ async fn an_embeddings_only_worker_needs_no_chat_model() {
         post(&http, &format!("{base}/v1/chat/completions"), chat_body("Hi", 4, false), None).await;
     assert_eq!((status, resp["error"]["code"].as_str()), (404, Some("not_found")));
 
+    // Over the worker's tokens per request (6 + 3 > 8): refused before any work, fee 0.
+    let body = serde_json::to_vec(
+        &json!({ "model": "all-MiniLM-L6-v2", "input": ["Hello, World!", "Hi"] }),
+    )
+    .unwrap();
+    let v = user.voucher_for(3, &body, CAP);
+    let (status, resp) =
+        post(&http, &format!("{base}/v1/embeddings"), body, Some(user.header(v.clone()))).await;
+    assert_eq!((status, resp["error"]["code"].as_str()), (400, Some("too_many_tokens")), "{resp}");
+    let receipt: ReceiptJson = serde_json::from_value(resp["error"]["receipt"].clone()).unwrap();
+    assert_eq!(user.accept_priced(&receipt, &v, (EMBED_PRICE, 0)).receipt.fee, 0);
+
     let body =
         serde_json::to_vec(&json!({ "model": "all-MiniLM-L6-v2", "input": "Hello, World!" }))
             .unwrap();
@@ -665,5 +678,35 @@ async fn an_embeddings_only_worker_needs_no_chat_model() {
     let receipt: ReceiptJson = serde_json::from_value(resp["receipt"].clone()).unwrap();
     let signed = user.accept_priced(&receipt, &v, (EMBED_PRICE, 0));
     assert_eq!(signed.receipt.input_tokens, 6, "[CLS] hello , world ! [SEP]");
+
+    // A second worker of the same provider (behind the same public address, so the service's
+    // terms stay as they are) whose requests have no time at all: an admitted embeddings
+    // request is answered 504 `timeout` with a fee-0 receipt, and a retry of the same voucher
+    // gets that stored answer back rather than a second try.
+    let slow_dir = dir.join("slow");
+    std::fs::create_dir_all(&slow_dir).unwrap();
+    let slow_port = free_port();
+    let slow_base = format!("http://127.0.0.1:{slow_port}");
+    let slow_config = config_with(
+        &slow_dir,
+        rpc,
+        slow_port,
+        &format!("public_url = \"{base}\"\nrequest_timeout_secs = 0\n{rest}"),
+    );
+    let _slow = start_worker(&slow_dir, &slow_config, "slow");
+    wait_healthy(&http, &slow_base, &slow_dir, "slow").await;
+    let dave = Signer::from_uri("//Dave").unwrap();
+    chain.deposit(&dave, &bob.account_id(), UNIT).await.expect("deposit");
+    let mut user = User::new(&dave, &bob, &chain);
+    let body =
+        serde_json::to_vec(&json!({ "model": "all-MiniLM-L6-v2", "input": "Hello" })).unwrap();
+    let v = user.voucher_for(3, &body, CAP);
+    let url = format!("{slow_base}/v1/embeddings");
+    let (status, resp) = post(&http, &url, body.clone(), Some(user.header(v.clone()))).await;
+    assert_eq!((status, resp["error"]["code"].as_str()), (504, Some("timeout")), "{resp}");
+    let receipt: ReceiptJson = serde_json::from_value(resp["error"]["receipt"].clone()).unwrap();
+    assert_eq!(user.accept_priced(&receipt, &v, (EMBED_PRICE, 0)).receipt.fee, 0);
+    let (status, again) = post(&http, &url, body, Some(user.header(v))).await;
+    assert_eq!((status, &again), (504, &resp), "a retry gets the stored answer");
     let _ = std::fs::remove_dir_all(&dir);
 }

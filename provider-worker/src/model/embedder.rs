@@ -11,7 +11,10 @@
 use candle_core::{DType, Device, Tensor};
 use candle_nn::VarBuilder;
 use candle_transformers::models::bert::{BertModel, Config as BertConfig};
-use std::path::{Path, PathBuf};
+use std::{
+    path::{Path, PathBuf},
+    time::Instant,
+};
 use tokenizers::Tokenizer;
 
 /// Where `make model` puts the default embedding model, relative to the repository root.
@@ -44,6 +47,8 @@ pub enum EmbedError {
     Tokenizer(String),
     #[error("model: {0}")]
     Model(String),
+    #[error("the request's time ran out after {done} of {total} inputs")]
+    TimedOut { done: usize, total: usize },
 }
 
 impl From<candle_core::Error> for EmbedError {
@@ -174,10 +179,23 @@ impl Embedder {
     /// One vector per tokenized input, in order. Inputs of similar length are encoded together
     /// (sorted by length, padded to the longest of each chunk, padding masked out).
     pub fn embed(&self, inputs: &[Vec<u32>]) -> Result<Vec<Vec<f32>>, EmbedError> {
+        self.embed_until(inputs, None)
+    }
+
+    /// [`Embedder::embed`], giving up with [`EmbedError::TimedOut`] if `deadline` passes before
+    /// the last chunk starts (partial vectors are no answer, so nothing is returned).
+    pub fn embed_until(
+        &self,
+        inputs: &[Vec<u32>],
+        deadline: Option<Instant>,
+    ) -> Result<Vec<Vec<f32>>, EmbedError> {
         let mut order: Vec<usize> = (0..inputs.len()).collect();
         order.sort_by_key(|&i| inputs[i].len());
         let mut out = vec![Vec::new(); inputs.len()];
-        for chunk in order.chunks(CHUNK) {
+        for (n, chunk) in order.chunks(CHUNK).enumerate() {
+            if deadline.is_some_and(|d| Instant::now() >= d) {
+                return Err(EmbedError::TimedOut { done: n * CHUNK, total: inputs.len() });
+            }
             let longest = chunk.iter().map(|&i| inputs[i].len()).max().unwrap_or(0).max(1);
             let mut ids = Vec::with_capacity(chunk.len() * longest);
             let mut mask = Vec::with_capacity(chunk.len() * longest);
@@ -271,6 +289,21 @@ mod tests {
         for (i, (got, want)) in v.iter().zip(reference).enumerate() {
             assert!((got - want).abs() < 2e-5, "value {i}: {got} vs {want}");
         }
+    }
+
+    #[test]
+    fn a_passed_deadline_stops_before_the_next_chunk() {
+        let Some(e) = model() else { return };
+        let texts = vec!["Some words to embed.".to_string(); CHUNK + 1];
+        let ids = e.tokenize(&texts).expect("tokenizes");
+        let past = Instant::now();
+        match e.embed_until(&ids, Some(past)) {
+            Err(EmbedError::TimedOut { done: 0, total }) => assert_eq!(total, CHUNK + 1),
+            other => panic!("expected a timeout, got {:?}", other.map(|v| v.len())),
+        }
+        let later = Instant::now() + std::time::Duration::from_secs(600);
+        let all = e.embed_until(&ids, Some(later)).expect("in time");
+        assert_eq!(all, e.embed(&ids).expect("embeds"));
     }
 
     #[test]
