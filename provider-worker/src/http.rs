@@ -104,7 +104,8 @@ async fn health(State(w): State<Arc<Worker>>) -> Json<Value> {
 }
 
 async fn metrics(State(w): State<Arc<Worker>>) -> impl IntoResponse {
-    ([("content-type", "text/plain; version=0.0.4")], w.metrics.render())
+    let passes = w.embed_batcher.as_ref().map(|b| b.stats.passes.load(Relaxed));
+    ([("content-type", "text/plain; version=0.0.4")], w.metrics.render(passes))
 }
 
 async fn models(State(w): State<Arc<Worker>>) -> Json<Value> {
@@ -740,26 +741,25 @@ async fn embeddings(State(w): State<Arc<Worker>>, headers: HeaderMap, body: Body
         Err(r) => return r,
     };
     let Paid { v, service, request: (parsed, ids), .. } = paid;
+    let Some(batcher) = w.embed_batcher.as_ref() else {
+        return internal("an embedding model without its thread");
+    };
     let permit = match wait_for_slot(&w, &w.embed_slots).await {
         Ok(p) => p,
         Err(r) => return r,
     };
+    let _slot = SlotGuard { w: &w };
     let tokens: u64 = ids.iter().map(|x| x.len() as u64).sum();
     // Time spent waiting for the slot counts: the request as a whole gets request_timeout_secs.
     let deadline = started + Duration::from_secs(w.config.request_timeout_secs);
-    let result = tokio::task::spawn_blocking(move || {
-        let _permit = permit;
-        embedder.embed_until(&ids, Some(deadline))
-    })
-    .await;
-    let _slot = SlotGuard { w: &w };
+    let result = batcher.embed(ids, Some(deadline)).await;
+    drop(permit);
     let vectors = match result {
-        Ok(Ok(v)) => v,
-        Ok(Err(e @ EmbedError::TimedOut { .. })) => {
+        Ok(v) => v,
+        Err(e @ EmbedError::TimedOut { .. }) => {
             let message = format!("{e}; nothing is charged");
             return unserved(&w, &v, StatusCode::GATEWAY_TIMEOUT, "timeout", message).await;
         }
-        Ok(Err(e)) => return generation_failed(&w, &v, e.to_string()).await,
         Err(e) => return generation_failed(&w, &v, e.to_string()).await,
     };
     let data: Vec<Value> = vectors

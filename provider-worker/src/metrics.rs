@@ -60,7 +60,9 @@ impl Metrics {
     }
 
     /// The exposition text.
-    pub fn render(&self) -> String {
+    /// The Prometheus text; `embedding_passes` is the embedding thread's count of model calls
+    /// (absent without an embedding model).
+    pub fn render(&self, embedding_passes: Option<u64>) -> String {
         let mut s = String::new();
         let mut counter = |name: &str, help: &str, kind: &str, v: String| {
             let _ = writeln!(s, "# HELP {name} {help}\n# TYPE {name} {kind}\n{name} {v}");
@@ -89,6 +91,14 @@ impl Metrics {
             "counter",
             self.embedding_inputs.load(Relaxed).to_string(),
         );
+        if let Some(passes) = embedding_passes {
+            counter(
+                "compute_embedding_passes_total",
+                "Embedding model calls; concurrent requests share them.",
+                "counter",
+                passes.to_string(),
+            );
+        }
         counter(
             "compute_queue_depth",
             "Requests waiting for a generation or embedding slot.",

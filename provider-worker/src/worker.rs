@@ -4,7 +4,7 @@
 use crate::{
     config::Config,
     metrics::Metrics,
-    model::{Embedder, Engine, WeightFormat},
+    model::{EmbedBatcher, Embedder, Engine, WeightFormat},
     store::{Store, StoreError},
 };
 use compute_client::{wire, Chain, ChainError, ComputeEvent, EscrowState, ServiceInfo, Signer};
@@ -56,9 +56,11 @@ pub struct Worker {
     pub waiting: AtomicUsize,
     /// Model name clients send.
     pub model_name: String,
-    /// The embedding model, when `embedding_model` is configured.
+    /// The embedding model, when `embedding_model` is configured (requests tokenize with it).
     pub embedder: Option<Arc<Embedder>>,
-    /// One embeddings batch runs at a time (each already uses every core).
+    /// The thread that encodes, merging concurrent requests into shared passes.
+    pub embed_batcher: Option<EmbedBatcher>,
+    /// Embeddings requests handed to the batcher at once (`parallel`); more wait in the queue.
     pub embed_slots: Arc<Semaphore>,
     /// Default model name of embedding services.
     pub embedding_model_name: String,
@@ -146,8 +148,9 @@ impl Worker {
             )
         });
 
+        let parallel = config.parallel;
         let worker = Arc::new(Worker {
-            slots: Arc::new(Semaphore::new(config.parallel)),
+            slots: Arc::new(Semaphore::new(parallel)),
             config,
             signer,
             provider,
@@ -160,8 +163,14 @@ impl Worker {
             metrics: Metrics::default(),
             waiting: AtomicUsize::new(0),
             model_name,
+            embed_batcher: match &embedder {
+                Some(e) => Some(EmbedBatcher::start(Arc::clone(e)).map_err(|e| {
+                    StartError::Other(format!("starting the embedding thread: {e}"))
+                })?),
+                None => None,
+            },
             embedder,
-            embed_slots: Arc::new(Semaphore::new(1)),
+            embed_slots: Arc::new(Semaphore::new(parallel)),
             embedding_model_name,
         });
         worker.register_services().await?;

@@ -355,6 +355,7 @@ async fn paid_chats_settle_exactly_once_across_a_worker_crash() {
     assert_eq!((signed.receipt.output_tokens, signed.receipt.fee), (0, 18 * EMBED_PRICE));
     let metrics = http.get(format!("{base}/metrics")).send().await.unwrap().text().await.unwrap();
     assert!(metrics.contains("\ncompute_embedding_inputs_total 2\n"), "{metrics}");
+    assert!(metrics.contains("\ncompute_embedding_passes_total 1\n"), "{metrics}");
     // Refusals specific to embeddings: each uses the nonce with a fee-0 receipt.
     let emb = |input: Value| {
         serde_json::to_vec(&json!({ "model": "all-MiniLM-L6-v2", "input": input })).unwrap()

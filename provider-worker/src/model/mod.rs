@@ -1,6 +1,7 @@
 //! The model: GGUF loading (with optional re-quantization to a format candle has fast CPU
 //! kernels for), the tokenizer, the chat template, sampling and the generation loop.
 
+pub mod embed_batcher;
 pub mod embedder;
 pub mod engine;
 pub mod llama;
@@ -10,6 +11,7 @@ pub mod team;
 pub mod template;
 pub mod tokenizer;
 
+pub use embed_batcher::EmbedBatcher;
 pub use embedder::{default_embedding_model_path, EmbedError, Embedder};
 pub use engine::{Engine, EngineError, FinishReason, GenParams, Generation, DEFAULT_MAX_BATCH};
 pub use template::{ChatMessage, ChatTemplate};
