@@ -99,12 +99,12 @@ async fn health(State(w): State<Arc<Worker>>) -> Json<Value> {
         "provider": w.provider.to_string(),
         "genesis": format!("{:?}", w.genesis),
         "model": w.engine.as_ref().map(|_| w.model_name.clone()),
-        "embedding_model": w.embedder.as_ref().map(|_| w.embedding_model_name.clone()),
+        "embedding_model": w.embeddings.as_ref().map(|_| w.embedding_model_name.clone()),
     }))
 }
 
 async fn metrics(State(w): State<Arc<Worker>>) -> impl IntoResponse {
-    let passes = w.embed_batcher.as_ref().map(|b| b.stats.passes.load(Relaxed));
+    let passes = w.embeddings.as_ref().map(|b| b.stats.passes.load(Relaxed));
     ([("content-type", "text/plain; version=0.0.4")], w.metrics.render(passes))
 }
 
@@ -704,7 +704,7 @@ async fn embeddings(State(w): State<Arc<Worker>>, headers: HeaderMap, body: Body
     use crate::model::EmbedError;
     use base64::Engine as _;
     let started = Instant::now();
-    let Some(embedder) = w.embedder.clone() else {
+    let Some(batcher) = w.embeddings.as_ref() else {
         return error(
             StatusCode::NOT_FOUND,
             "not_found",
@@ -713,6 +713,7 @@ async fn embeddings(State(w): State<Arc<Worker>>, headers: HeaderMap, body: Body
             None,
         );
     };
+    let embedder = batcher.embedder();
     let measure = |body: &[u8]| {
         let parsed = parse_embedding(body, embedder.dim, w.config.max_embedding_inputs)?;
         let ids = embedder.tokenize(&parsed.inputs).map_err(|e| match e {
@@ -741,9 +742,6 @@ async fn embeddings(State(w): State<Arc<Worker>>, headers: HeaderMap, body: Body
         Err(r) => return r,
     };
     let Paid { v, service, request: (parsed, ids), .. } = paid;
-    let Some(batcher) = w.embed_batcher.as_ref() else {
-        return internal("an embedding model without its thread");
-    };
     let permit = match wait_for_slot(&w, &w.embed_slots).await {
         Ok(p) => p,
         Err(r) => return r,

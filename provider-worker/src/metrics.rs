@@ -59,7 +59,6 @@ impl Metrics {
             .or_default() += 1;
     }
 
-    /// The exposition text.
     /// The Prometheus text; `embedding_passes` is the embedding thread's count of model calls
     /// (absent without an embedding model).
     pub fn render(&self, embedding_passes: Option<u64>) -> String {

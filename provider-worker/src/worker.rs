@@ -56,10 +56,9 @@ pub struct Worker {
     pub waiting: AtomicUsize,
     /// Model name clients send.
     pub model_name: String,
-    /// The embedding model, when `embedding_model` is configured (requests tokenize with it).
-    pub embedder: Option<Arc<Embedder>>,
-    /// The thread that encodes, merging concurrent requests into shared passes.
-    pub embed_batcher: Option<EmbedBatcher>,
+    /// The embedding model's thread, when `embedding_model` is configured: it encodes, merging
+    /// concurrent requests into shared passes.
+    pub embeddings: Option<EmbedBatcher>,
     /// Embeddings requests handed to the batcher at once (`parallel`); more wait in the queue.
     pub embed_slots: Arc<Semaphore>,
     /// Default model name of embedding services.
@@ -114,7 +113,7 @@ impl Worker {
             }
             None => None,
         };
-        let embedder = match config.embedding_model.clone() {
+        let embeddings = match config.embedding_model.clone() {
             Some(dir) => {
                 let device = on.clone();
                 let t = Instant::now();
@@ -125,7 +124,9 @@ impl Worker {
                     .map_err(|e| StartError::Other(e.to_string()))?;
                 tracing::info!(model = %shown, dim = e.dim, max_tokens = e.max_tokens,
                     secs = t.elapsed().as_secs_f32(), "embedding model loaded");
-                Some(Arc::new(e))
+                Some(EmbedBatcher::start(Arc::new(e)).map_err(|e| {
+                    StartError::Other(format!("starting the embedding thread: {e}"))
+                })?)
             }
             None => None,
         };
@@ -163,13 +164,7 @@ impl Worker {
             metrics: Metrics::default(),
             waiting: AtomicUsize::new(0),
             model_name,
-            embed_batcher: match &embedder {
-                Some(e) => Some(EmbedBatcher::start(Arc::clone(e)).map_err(|e| {
-                    StartError::Other(format!("starting the embedding thread: {e}"))
-                })?),
-                None => None,
-            },
-            embedder,
+            embeddings,
             embed_slots: Arc::new(Semaphore::new(parallel)),
             embedding_model_name,
         });

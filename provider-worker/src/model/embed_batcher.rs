@@ -49,6 +49,7 @@ pub struct BatchStats {
 /// The handle requests use; the thread stops when the last handle is dropped.
 pub struct EmbedBatcher {
     tx: mpsc::Sender<Job>,
+    embedder: Arc<Embedder>,
     /// What the thread has done so far.
     pub stats: Arc<BatchStats>,
 }
@@ -58,11 +59,16 @@ impl EmbedBatcher {
     pub fn start(embedder: Arc<Embedder>) -> std::io::Result<Self> {
         let (tx, rx) = mpsc::channel();
         let stats = Arc::new(BatchStats::default());
-        let counts = Arc::clone(&stats);
+        let (counts, model) = (Arc::clone(&stats), Arc::clone(&embedder));
         std::thread::Builder::new()
             .name("embedder".into())
-            .spawn(move || run(&embedder, &rx, PASS_TOKENS, &counts))?;
-        Ok(EmbedBatcher { tx, stats })
+            .spawn(move || run(&model, &rx, PASS_TOKENS, &counts))?;
+        Ok(EmbedBatcher { tx, embedder, stats })
+    }
+
+    /// The model (to tokenize with, and for its settings).
+    pub fn embedder(&self) -> &Embedder {
+        &self.embedder
     }
 
     /// The vectors of `ids` (tokenized by the same embedder), in order; [`EmbedError::TimedOut`]
