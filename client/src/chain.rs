@@ -69,9 +69,22 @@ pub struct EscrowState {
     pub settled_total: Balance,
     pub last_claimed_total: Balance,
     pub last_settled_at: BlockNumber,
+    /// Paid by settlement, kept in the escrow account until `held_until` (open to disputes).
+    pub held: Balance,
+    pub held_until: BlockNumber,
+    /// Paid while `held` was locked; kept until `held_next_until`.
+    pub held_next: Balance,
+    pub held_next_until: BlockNumber,
 }
 
 impl EscrowState {
+    /// Held payments whose dispute window has closed at block `now`: `release` moves them to
+    /// the provider.
+    pub fn releasable(&self, now: BlockNumber) -> Balance {
+        let due = |held: Balance, until: BlockNumber| if now >= until { held } else { 0 };
+        due(self.held, self.held_until).saturating_add(due(self.held_next, self.held_next_until))
+    }
+
     /// Balance not asked back.
     pub fn spendable(&self) -> Balance {
         self.balance.saturating_sub(self.pending_refund)
@@ -110,6 +123,8 @@ pub struct ProviderState {
     pub earned: Balance,
     pub disputes_lost: u32,
     pub last_settled_at: BlockNumber,
+    /// The bond cannot be withdrawn before this block (the last dispute window closes).
+    pub bond_locked_until: BlockNumber,
 }
 
 /// The pallet's parameters.
@@ -121,6 +136,8 @@ pub struct Params {
     pub provider_bond: Balance,
     pub min_bond: Balance,
     pub max_batch: u32,
+    /// Held from a user, once per escrow record, for the record's life.
+    pub escrow_deposit: Balance,
 }
 
 /// What an included transaction did.
@@ -189,6 +206,10 @@ struct EscrowJson {
     settled_total: String,
     last_claimed_total: String,
     last_settled_at: BlockNumber,
+    held: String,
+    held_until: BlockNumber,
+    held_next: String,
+    held_next_until: BlockNumber,
 }
 
 #[derive(Deserialize)]
@@ -216,6 +237,7 @@ struct ProviderJson {
     earned: String,
     disputes_lost: u32,
     last_settled_at: BlockNumber,
+    bond_locked_until: BlockNumber,
 }
 
 #[derive(Deserialize)]
@@ -227,6 +249,7 @@ struct ParamsJson {
     provider_bond: String,
     min_bond: String,
     max_batch: u32,
+    escrow_deposit: String,
 }
 
 fn service_from_json(s: ServiceJson) -> Result<ServiceInfo, ChainError> {
@@ -357,6 +380,10 @@ impl Chain {
                 settled_total: num(M, &e.settled_total)?,
                 last_claimed_total: num(M, &e.last_claimed_total)?,
                 last_settled_at: e.last_settled_at,
+                held: num(M, &e.held)?,
+                held_until: e.held_until,
+                held_next: num(M, &e.held_next)?,
+                held_next_until: e.held_next_until,
             })
         })
         .transpose()
@@ -417,6 +444,7 @@ impl Chain {
                 earned: num(M, &p.earned)?,
                 disputes_lost: p.disputes_lost,
                 last_settled_at: p.last_settled_at,
+                bond_locked_until: p.bond_locked_until,
             })
         })
         .transpose()
@@ -433,6 +461,7 @@ impl Chain {
             provider_bond: num(M, &p.provider_bond)?,
             min_bond: num(M, &p.min_bond)?,
             max_batch: p.max_batch,
+            escrow_deposit: num(M, &p.escrow_deposit)?,
         })
     }
 
@@ -595,6 +624,16 @@ impl Chain {
         trace_root: H256,
     ) -> Result<TxOutcome, ChainError> {
         self.submit(signer, "settle", (Scale(claims), Scale(trace_root)), Wait::Finalized).await
+    }
+
+    /// Move to the provider the held payments of its escrows with `users` whose dispute windows
+    /// have closed.
+    pub async fn release(
+        &self,
+        signer: &Signer,
+        users: Vec<AccountId>,
+    ) -> Result<TxOutcome, ChainError> {
+        self.submit(signer, "release", (Scale(users),), Wait::Finalized).await
     }
 
     /// Prove an over-claim with a provider-signed receipt.

@@ -50,13 +50,19 @@ pub enum ComputeEvent {
         rejected: u32,
         paid: Balance,
     },
+    /// A user's escrow record was created (its storage deposit held).
+    EscrowOpened { user: AccountId, provider: AccountId, deposit: Balance },
+    /// Held payments whose dispute windows closed went to the provider.
+    EarningsReleased { provider: AccountId, amount: Balance },
     /// A user won a dispute.
     DisputeWon {
         user: AccountId,
         provider: AccountId,
         nonce: Nonce,
         refunded: Balance,
-        slashed: Balance,
+        unrecovered: Balance,
+        rewarded: Balance,
+        burned: Balance,
     },
     /// Any other compute event, by name.
     Other(String),
@@ -126,12 +132,23 @@ impl ComputeEvent {
                 rejected: Decode::decode(f)?,
                 paid: Decode::decode(f)?,
             },
+            "EscrowOpened" => ComputeEvent::EscrowOpened {
+                user: Decode::decode(f)?,
+                provider: Decode::decode(f)?,
+                deposit: Decode::decode(f)?,
+            },
+            "EarningsReleased" => ComputeEvent::EarningsReleased {
+                provider: Decode::decode(f)?,
+                amount: Decode::decode(f)?,
+            },
             "DisputeWon" => ComputeEvent::DisputeWon {
                 user: Decode::decode(f)?,
                 provider: Decode::decode(f)?,
                 nonce: Decode::decode(f)?,
                 refunded: Decode::decode(f)?,
-                slashed: Decode::decode(f)?,
+                unrecovered: Decode::decode(f)?,
+                rewarded: Decode::decode(f)?,
+                burned: Decode::decode(f)?,
             },
             other => ComputeEvent::Other(other.to_string()),
         })
@@ -141,6 +158,7 @@ impl ComputeEvent {
     pub fn user(&self) -> Option<&AccountId> {
         match self {
             ComputeEvent::Deposited { user, .. }
+            | ComputeEvent::EscrowOpened { user, .. }
             | ComputeEvent::RefundRequested { user, .. }
             | ComputeEvent::RefundCancelled { user, .. }
             | ComputeEvent::RefundWithdrawn { user, .. }

@@ -69,6 +69,10 @@ pub struct EscrowJson {
     pub settled_total: String,
     pub last_claimed_total: String,
     pub last_settled_at: BlockNumber,
+    pub held: String,
+    pub held_until: BlockNumber,
+    pub held_next: String,
+    pub held_next_until: BlockNumber,
 }
 
 impl EscrowJson {
@@ -84,6 +88,10 @@ impl EscrowJson {
             settled_total: e.settled_total.to_string(),
             last_claimed_total: e.last_claimed_total.to_string(),
             last_settled_at: e.last_settled_at,
+            held: e.held.to_string(),
+            held_until: e.held_until,
+            held_next: e.held_next.to_string(),
+            held_next_until: e.held_next_until,
         }
     }
 }
@@ -101,6 +109,7 @@ pub struct ProviderJson {
     pub earned: String,
     pub disputes_lost: u32,
     pub last_settled_at: BlockNumber,
+    pub bond_locked_until: BlockNumber,
 }
 
 /// The pallet's parameters as JSON.
@@ -113,6 +122,7 @@ pub struct ParamsJson {
     pub provider_bond: String,
     pub min_bond: String,
     pub max_batch: u32,
+    pub escrow_deposit: String,
 }
 
 #[rpc(server, namespace = "compute")]
@@ -272,6 +282,7 @@ impl ComputeRpcServer for Compute {
             earned: i.earned.to_string(),
             disputes_lost: i.disputes_lost,
             last_settled_at: i.last_settled_at,
+            bond_locked_until: i.bond_locked_until,
         }))
     }
 
@@ -285,6 +296,7 @@ impl ComputeRpcServer for Compute {
             provider_bond: p.provider_bond.to_string(),
             min_bond: p.min_bond.to_string(),
             max_batch: p.max_batch,
+            escrow_deposit: p.escrow_deposit.to_string(),
         })
     }
 }

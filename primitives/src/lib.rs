@@ -3,7 +3,7 @@
 //! Everything that crosses a boundary between those parts lives here, once: vouchers and
 //! receipts with their signing payloads, on-chain records returned by the runtime API, the fee
 //! formula and the trace root. The byte layout of every signed message is specified in
-//! `shared/design/protocol.md`; [`signing_payload`] is its single implementation.
+//! `docs/protocol.md`; [`signing_payload`] is its single implementation.
 
 #![cfg_attr(not(feature = "std"), no_std)]
 
@@ -120,12 +120,38 @@ pub struct Escrow<BlockNumber> {
     pub last_claimed_total: Balance,
     /// Block of the last settlement.
     pub last_settled_at: BlockNumber,
+    /// Paid by settlement but still kept in the escrow account until `held_until`: what a
+    /// dispute can take back. Released to the provider from `held_until` on.
+    pub held: Balance,
+    /// First block at which `held` belongs to the provider.
+    pub held_until: BlockNumber,
+    /// Paid by settlements while `held` was still locked; released from `held_next_until`.
+    pub held_next: Balance,
+    /// First block at which `held_next` belongs to the provider.
+    pub held_next_until: BlockNumber,
 }
 
-impl<BlockNumber> Escrow<BlockNumber> {
+impl<BlockNumber: PartialOrd + Copy> Escrow<BlockNumber> {
     /// The part of the balance not asked back.
     pub fn spendable(&self) -> Balance {
         self.balance.saturating_sub(self.pending_refund)
+    }
+
+    /// Of the held payments, the part still locked at block `now`: what a dispute can recover.
+    pub fn locked(&self, now: BlockNumber) -> Balance {
+        let mut locked: Balance = 0;
+        if now < self.held_until {
+            locked = locked.saturating_add(self.held);
+        }
+        if now < self.held_next_until {
+            locked = locked.saturating_add(self.held_next);
+        }
+        locked
+    }
+
+    /// Of the held payments, the part released to the provider at block `now`.
+    pub fn releasable(&self, now: BlockNumber) -> Balance {
+        self.held.saturating_add(self.held_next).saturating_sub(self.locked(now))
     }
 }
 
@@ -138,16 +164,21 @@ pub struct ProviderInfo<BlockNumber> {
     pub services: u32,
     /// True once the last service is removed; cleared by registering again.
     pub unbonding: bool,
-    /// Claims paid in full or in part.
+    /// Claims that moved funds (paid in full or in part); claims paying nothing do not count.
     pub claims_settled: u64,
-    /// Requests settled: the sum of nonce advances over all escrows.
+    /// Requests settled: over claims that moved funds, the sum of nonce advances, each advance
+    /// counted at most once per unit of the smallest denomination paid (so a high nonce in a
+    /// cheap voucher cannot inflate it).
     pub requests_settled: u64,
-    /// Amount earned through settlement, less won disputes.
+    /// Amount paid by settlement (held or released), less what disputes took back.
     pub earned: Balance,
     /// Disputes the provider lost.
     pub disputes_lost: u32,
     /// Block of the last settlement.
     pub last_settled_at: BlockNumber,
+    /// First block at which every dispute window of this provider's settlements has closed:
+    /// the bond can be withdrawn from here on.
+    pub bond_locked_until: BlockNumber,
 }
 
 /// The user-signed request trace. Cumulative: the latest settles everything before it.

@@ -82,10 +82,70 @@ pub fn due(
         || count >= policy.max_batch
 }
 
+/// The first block at which some of the escrow's held payments can be released.
+fn next_release(e: &EscrowState) -> Option<compute_client::chain::BlockNumber> {
+    [(e.held, e.held_until), (e.held_next, e.held_next_until)]
+        .into_iter()
+        .filter(|(held, _)| *held > 0)
+        .map(|(_, until)| until)
+        .min()
+}
+
+/// Read `user`'s escrow and remember when its held payments can be released.
+async fn track_release(worker: &Worker, user: &AccountId) -> Result<(), ChainError> {
+    let escrow = worker.chain.escrow(user, &worker.provider, None).await?;
+    let mut releases = worker.releases.lock().unwrap_or_else(|p| p.into_inner());
+    match escrow.as_ref().and_then(next_release) {
+        Some(at) => releases.insert(user.clone(), at),
+        None => releases.remove(user),
+    };
+    Ok(())
+}
+
+/// Learn which escrows hold payments from the users the store has settled (at start-up).
+pub async fn load_releases(worker: &Worker) -> Result<usize, ChainError> {
+    let users = worker.store.settled_users().await.map_err(store_err)?;
+    for user in &users {
+        track_release(worker, user).await?;
+    }
+    Ok(worker.releases.lock().unwrap_or_else(|p| p.into_inner()).len())
+}
+
+/// Submit `release` for the escrows whose held payments are past their dispute windows (a
+/// settlement releases those of the escrows it touches; this covers users who stopped asking).
+/// Returns the number of escrows released.
+pub async fn release_due(worker: &Worker) -> Result<usize, ChainError> {
+    if worker.releases.lock().unwrap_or_else(|p| p.into_inner()).is_empty() {
+        return Ok(0);
+    }
+    let now = worker.chain.block_number(None).await?;
+    let due: Vec<AccountId> = worker
+        .releases
+        .lock()
+        .unwrap_or_else(|p| p.into_inner())
+        .iter()
+        .filter(|(_, at)| **at <= now)
+        .map(|(user, _)| user.clone())
+        .collect();
+    let max_batch = worker.chain.params().await?.max_batch.max(1) as usize;
+    for chunk in due.chunks(max_batch) {
+        tracing::info!(escrows = chunk.len(), "releasing held payments");
+        worker.chain.release(&worker.signer, chunk.to_vec()).await?;
+        for user in chunk {
+            track_release(worker, user).await?;
+        }
+    }
+    Ok(due.len())
+}
+
 /// Run the scheduler until the process ends.
 pub async fn run(worker: Arc<Worker>) {
     let policy = worker.config.settlement.clone();
     let mut backoff = Duration::from_millis(policy.tick_ms);
+    match load_releases(&worker).await {
+        Ok(n) => tracing::info!(escrows = n, "escrows with held payments"),
+        Err(e) => tracing::warn!(error = %e, "cannot read held payments; releasing as settled"),
+    }
     loop {
         tokio::time::sleep(backoff).await;
         match settle_due(&worker, false).await {
@@ -137,6 +197,7 @@ pub async fn settle_due(worker: &Worker, all: bool) -> Result<usize, ChainError>
     for batch in planned.chunks(max_batch.max(1)) {
         submitted += submit(worker, batch).await?;
     }
+    release_due(worker).await?;
     Ok(submitted)
 }
 
@@ -166,10 +227,12 @@ async fn submit(worker: &Worker, batch: &[(AccountId, PlannedClaim)]) -> Result<
             ComputeEvent::ClaimSettled { user, nonce, paid, .. } => {
                 worker.store.mark_settled(user, *nonce).await.map_err(store_err)?;
                 worker.invalidate(user);
+                track_release(worker, user).await?;
                 tracing::info!(%user, nonce, paid, "claim settled");
             }
             ComputeEvent::ClaimPartiallySettled { user, nonce, paid, owed, .. } => {
                 worker.invalidate(user);
+                track_release(worker, user).await?;
                 tracing::warn!(%user, nonce, paid, owed, "claim paid in part: escrow ran short");
             }
             ComputeEvent::ClaimRejected { user, nonce, reason, .. } => {

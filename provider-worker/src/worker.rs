@@ -63,6 +63,9 @@ pub struct Worker {
     pub embed_slots: Arc<Semaphore>,
     /// Default model name of embedding services.
     pub embedding_model_name: String,
+    /// Escrows whose settled payments are still held, with the first block at which some of it
+    /// can be released (see `settlement::release_due`).
+    pub releases: Mutex<std::collections::BTreeMap<AccountId, compute_client::chain::BlockNumber>>,
 }
 
 impl Worker {
@@ -167,6 +170,7 @@ impl Worker {
             embeddings,
             embed_slots: Arc::new(Semaphore::new(parallel)),
             embedding_model_name,
+            releases: Mutex::new(Default::default()),
         });
         worker.register_services().await?;
         worker.recover().await?;

@@ -15,7 +15,7 @@ use frame_system::limits::{BlockLength, BlockWeights};
 use pallet_transaction_payment::{ConstFeeMultiplier, FungibleAdapter, Multiplier};
 use polkadot_sdk::{
     sp_consensus_aura::sr25519::AuthorityId as AuraId,
-    sp_runtime::{traits::One, Perbill},
+    sp_runtime::{traits::One, FixedU128, Perbill},
 };
 
 const NORMAL_DISPATCH_RATIO: Perbill = Perbill::from_percent(75);
@@ -117,7 +117,10 @@ impl pallet_sudo::Config for Runtime {
 }
 
 parameter_types! {
-    pub const DisputePenalty: Perbill = Perbill::from_percent(10);
+    /// A lost dispute costs the provider the over-claim back plus as much again from its bond.
+    pub DisputePenalty: FixedU128 = FixedU128::one();
+    /// Half of that penalty goes to the user who proved the over-claim; the rest is burned.
+    pub const DisputeReward: Perbill = Perbill::from_percent(50);
     /// Derives the account that keeps every escrow's funds.
     pub const ComputePalletId: frame_support::PalletId = frame_support::PalletId(*b"cmp/escr");
 }
@@ -130,6 +133,9 @@ pub const MIN_BOND: Balance = 50 * UNIT;
 pub const MIN_DEPOSIT: Balance = 10 * MILLI_UNIT;
 /// Most claims in one `settle`.
 pub const MAX_BATCH: u32 = 1_024;
+/// Storage deposit of an escrow record (about 240 bytes with its key), held for the record's
+/// life: 0.001 unit per byte, rounded up.
+pub const ESCROW_DEPOSIT: Balance = 250 * MILLI_UNIT;
 
 impl pallet_compute::Config for Runtime {
     type Currency = Balances;
@@ -147,5 +153,7 @@ impl pallet_compute::Config for Runtime {
     type MinDisputeWindow = ConstU32<1>;
     type MaxDisputeWindow = ConstU32<{ 30 * DAYS }>;
     type DisputePenalty = DisputePenalty;
+    type DisputeReward = DisputeReward;
+    type EscrowDeposit = ConstU128<ESCROW_DEPOSIT>;
     type WeightInfo = pallet_compute::weights::SubstrateWeight<Runtime>;
 }

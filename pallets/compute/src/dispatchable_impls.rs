@@ -8,14 +8,20 @@ use polkadot_sdk::{
         pallet_prelude::*,
         storage::with_storage_layer,
         traits::{
-            fungible::{Inspect, Mutate, MutateHold},
+            fungible::{Mutate, MutateHold},
             tokens::{Fortitude, Precision, Preservation, Restriction},
         },
     },
     frame_system::pallet_prelude::BlockNumberFor,
     sp_core::H256,
-    sp_runtime::traits::{AccountIdConversion, Saturating, Zero},
+    sp_runtime::{
+        traits::{AccountIdConversion, Saturating, Zero},
+        FixedPointNumber,
+    },
 };
+
+/// An escrow record of this runtime.
+type EscrowOf<T> = Escrow<BlockNumberFor<T>>;
 
 impl<T: Config> Pallet<T> {
     /// The hash every signature of this chain commits to.
@@ -108,8 +114,9 @@ impl<T: Config> Pallet<T> {
         let mut info = Providers::<T>::get(&provider).ok_or(Error::<T>::NotAProvider)?;
         ensure!(info.services == 0, Error::<T>::ProviderHasServices);
         ensure!(!info.bond.is_zero(), Error::<T>::BondAlreadyWithdrawn);
-        let unlock = info.last_settled_at.saturating_add(DisputeWindow::<T>::get());
-        ensure!(Self::now() >= unlock, Error::<T>::BondStillLocked);
+        // Disputes need `now < held_until` of some escrow, and every `held_until` is at most
+        // `bond_locked_until`: the bond cannot leave while a dispute could still slash it.
+        ensure!(Self::now() >= info.bond_locked_until, Error::<T>::BondStillLocked);
         let amount = T::Currency::release(
             &HoldReason::ProviderBond.into(),
             &provider,
@@ -127,9 +134,23 @@ impl<T: Config> Pallet<T> {
         provider: T::AccountId,
         amount: Balance,
     ) -> DispatchResult {
+        ensure!(user != provider, Error::<T>::SelfEscrow);
         ensure!(amount >= T::MinDeposit::get(), Error::<T>::DepositBelowMinimum);
         ensure!(Self::accepts_deposits(&provider), Error::<T>::ProviderNotBonded);
-        let mut escrow = Escrows::<T>::get(&user, &provider).unwrap_or_default();
+        let mut escrow = match Escrows::<T>::get(&user, &provider) {
+            Some(escrow) => escrow,
+            None => {
+                let deposit = T::EscrowDeposit::get();
+                T::Currency::hold(&HoldReason::EscrowRecord.into(), &user, deposit)
+                    .map_err(|_| Error::<T>::InsufficientBalance)?;
+                Self::deposit_event(Event::EscrowOpened {
+                    user: user.clone(),
+                    provider: provider.clone(),
+                    deposit,
+                });
+                EscrowOf::<T>::default()
+            }
+        };
         escrow.balance = escrow.balance.checked_add(amount).ok_or(Error::<T>::Overflow)?;
         T::Currency::transfer(&user, &Self::escrow_account(), amount, Preservation::Preserve)
             .map_err(|_| Error::<T>::InsufficientBalance)?;
@@ -204,17 +225,20 @@ impl<T: Config> Pallet<T> {
         ensure!(info.bond >= T::MinBond::get(), Error::<T>::ProviderNotBonded);
         let genesis = Self::genesis_hash();
         let now = Self::now();
+        let held_until = now.saturating_add(DisputeWindow::<T>::get());
         let (mut accepted, mut rejected, mut paid_total) = (0u32, 0u32, 0 as Balance);
+        let mut released: Balance = 0;
 
         for claim in items.iter() {
             let voucher = &claim.voucher.voucher;
             let result = with_storage_layer(|| {
-                Self::settle_claim(&provider, claim, &genesis, now, &mut info)
+                Self::settle_claim(&provider, claim, &genesis, now, held_until, &mut info)
             });
             match result {
-                Ok(outcome) => {
+                Ok((outcome, freed)) => {
                     accepted = accepted.saturating_add(1);
                     paid_total = paid_total.saturating_add(outcome.paid());
+                    released = released.saturating_add(freed);
                     let (user, nonce) = (voucher.user.clone(), voucher.nonce);
                     let provider = provider.clone();
                     Self::deposit_event(match outcome {
@@ -241,16 +265,10 @@ impl<T: Config> Pallet<T> {
         if accepted > 0 {
             info.last_settled_at = now;
         }
-        // One payout for the whole batch. It cannot fail while the escrow account holds the sum
-        // of the escrows (`try_state`); if it did, the call fails and nothing of it stays.
         if !paid_total.is_zero() {
-            T::Currency::transfer(
-                &Self::escrow_account(),
-                &provider,
-                paid_total,
-                Preservation::Preserve,
-            )?;
+            info.bond_locked_until = info.bond_locked_until.max(held_until);
         }
+        Self::pay_out(&provider, released)?;
         Providers::<T>::insert(&provider, info);
         Self::deposit_event(Event::BatchSettled {
             provider,
@@ -262,15 +280,74 @@ impl<T: Config> Pallet<T> {
         Ok(())
     }
 
+    /// Move `amount` of released earnings from the escrow account to `provider`, with an event.
+    /// It cannot fail while the escrow account holds every escrow's balance and held payments
+    /// (`try_state`); if it did, the call fails and nothing of it stays.
+    fn pay_out(provider: &T::AccountId, amount: Balance) -> DispatchResult {
+        if amount.is_zero() {
+            return Ok(());
+        }
+        T::Currency::transfer(&Self::escrow_account(), provider, amount, Preservation::Preserve)?;
+        Self::deposit_event(Event::EarningsReleased { provider: provider.clone(), amount });
+        Ok(())
+    }
+
+    /// Take the held payments of `escrow` whose window has closed at `now`; the younger bucket
+    /// becomes the older one when the older is empty.
+    fn take_released(escrow: &mut EscrowOf<T>, now: BlockNumberFor<T>) -> Balance {
+        let mut released: Balance = 0;
+        if !escrow.held.is_zero() && now >= escrow.held_until {
+            released = released.saturating_add(core::mem::take(&mut escrow.held));
+        }
+        if !escrow.held_next.is_zero() && now >= escrow.held_next_until {
+            released = released.saturating_add(core::mem::take(&mut escrow.held_next));
+        }
+        Self::shift_buckets(escrow);
+        released
+    }
+
+    /// Keep the older bucket filled first: an emptied older bucket takes the younger one.
+    fn shift_buckets(escrow: &mut EscrowOf<T>) {
+        if escrow.held.is_zero() && !escrow.held_next.is_zero() {
+            escrow.held = core::mem::take(&mut escrow.held_next);
+            escrow.held_until = escrow.held_next_until;
+        }
+    }
+
+    /// Hold a new payment until `until`. Two buckets: a payment joins the younger one when the
+    /// older is still locked, so a provider that settles an escrow often is paid at most two
+    /// windows after settling, never later.
+    fn hold_payment(
+        escrow: &mut EscrowOf<T>,
+        paid: Balance,
+        until: BlockNumberFor<T>,
+    ) -> Result<(), RejectReason> {
+        if paid.is_zero() {
+            return Ok(());
+        }
+        if escrow.held.is_zero() {
+            escrow.held = paid;
+            escrow.held_until = until;
+        } else {
+            escrow.held_next = escrow.held_next.checked_add(paid).ok_or(RejectReason::Overflow)?;
+            // Never earlier than a payment already in the bucket was promised (root may have
+            // shortened the window since).
+            escrow.held_next_until = escrow.held_next_until.max(until);
+        }
+        Ok(())
+    }
+
     /// One claim of a batch, following protocol steps 1-4. Runs in its own storage layer: an
     /// `Err` rolls back whatever it wrote. `info` is the provider's record, written by the caller.
+    /// Returns the outcome and the held payments of this escrow released by it.
     fn settle_claim(
         provider: &T::AccountId,
         claim: &Claim,
         genesis: &H256,
         now: BlockNumberFor<T>,
+        held_until: BlockNumberFor<T>,
         info: &mut ProviderInfo<BlockNumberFor<T>>,
-    ) -> Result<ClaimOutcome, RejectReason> {
+    ) -> Result<(ClaimOutcome, Balance), RejectReason> {
         let voucher = &claim.voucher.voucher;
         if &voucher.provider != provider {
             return Err(RejectReason::WrongProvider);
@@ -294,11 +371,14 @@ impl<T: Config> Pallet<T> {
             return Err(RejectReason::ClaimAboveCap);
         }
 
-        // Paid from the escrow account by the caller, once for the whole batch.
+        // Held in the escrow account until `held_until`; what earlier claims of this escrow
+        // paid and whose window has closed is released by the caller, once for the batch.
         let due = claimed_total.saturating_sub(escrow.settled_total);
         let paid = due.min(escrow.balance);
 
         let nonce_advance = voucher.nonce.saturating_sub(escrow.settled_nonce);
+        let released = Self::take_released(&mut escrow, now);
+        Self::hold_payment(&mut escrow, paid, held_until)?;
         escrow.balance = escrow.balance.saturating_sub(paid);
         escrow.pending_refund = escrow.pending_refund.min(escrow.balance);
         escrow.settled_nonce = voucher.nonce;
@@ -311,16 +391,39 @@ impl<T: Config> Pallet<T> {
         }
         Escrows::<T>::insert(&voucher.user, provider, escrow);
 
-        info.claims_settled = info.claims_settled.saturating_add(1);
-        info.requests_settled = info.requests_settled.saturating_add(nonce_advance);
-        info.earned = info.earned.saturating_add(paid);
+        // Statistics count only what moved funds, and a nonce advance at most once per unit
+        // paid: a provider signing vouchers for itself through another account cannot make a
+        // number grow without paying for it.
+        if !paid.is_zero() {
+            let counted = u64::try_from(paid).unwrap_or(u64::MAX).min(nonce_advance);
+            info.claims_settled = info.claims_settled.saturating_add(1);
+            info.requests_settled = info.requests_settled.saturating_add(counted);
+            info.earned = info.earned.saturating_add(paid);
+        }
 
         let owed = due.saturating_sub(paid);
-        Ok(if owed.is_zero() {
+        let outcome = if owed.is_zero() {
             ClaimOutcome::Settled { paid }
         } else {
             ClaimOutcome::Partial { paid, owed }
-        })
+        };
+        Ok((outcome, released))
+    }
+
+    pub(crate) fn do_release(
+        provider: T::AccountId,
+        users: BoundedVec<T::AccountId, T::MaxBatch>,
+    ) -> DispatchResult {
+        let now = Self::now();
+        let mut released: Balance = 0;
+        for user in users.iter() {
+            Escrows::<T>::mutate_exists(user, &provider, |maybe| {
+                if let Some(escrow) = maybe.as_mut() {
+                    released = released.saturating_add(Self::take_released(escrow, now));
+                }
+            });
+        }
+        Self::pay_out(&provider, released)
     }
 
     pub(crate) fn do_dispute(
@@ -329,38 +432,53 @@ impl<T: Config> Pallet<T> {
         signed: SignedReceipt,
     ) -> DispatchResult {
         let receipt = &signed.receipt;
+        ensure!(user != provider, Error::<T>::SelfEscrow);
         ensure!(receipt.provider == provider, Error::<T>::ReceiptProviderMismatch);
-        ensure!(signed.verify(&Self::genesis_hash()), Error::<T>::BadReceiptSignature);
         ensure!(receipt.user == user, Error::<T>::NotReceiptUser);
+        ensure!(signed.verify(&Self::genesis_hash()), Error::<T>::BadReceiptSignature);
         let mut escrow = Escrows::<T>::get(&user, &provider).ok_or(Error::<T>::EscrowNotFound)?;
         ensure!(receipt.nonce >= escrow.settled_through, Error::<T>::ReceiptTooOld);
-        let closes = escrow.last_settled_at.saturating_add(DisputeWindow::<T>::get());
-        ensure!(Self::now() <= closes, Error::<T>::DisputeWindowClosed);
         ensure!(receipt.total < escrow.settled_total, Error::<T>::NothingToDispute);
-
+        let now = Self::now();
+        ensure!(!escrow.locked(now).is_zero(), Error::<T>::DisputeWindowClosed);
         let mut info = Providers::<T>::get(&provider).ok_or(Error::<T>::NotAProvider)?;
+
+        // The over-claim comes back from the payments still locked, the younger first. What is
+        // past its window is the provider's and stays for `release` (moving it here could fail
+        // on a provider account below the existential deposit and block the user's dispute).
         let excess = escrow.settled_total.saturating_sub(receipt.total);
-
-        // The excess goes back into the escrow, from the bond first, then from the provider's
-        // free balance.
-        let escrow_account = Self::escrow_account();
-        let from_bond = excess.min(info.bond);
-        Self::move_bond(&provider, &escrow_account, from_bond, &mut info)?;
-        let from_free = excess.saturating_sub(from_bond).min(T::Currency::reducible_balance(
-            &provider,
-            Preservation::Expendable,
-            Fortitude::Polite,
-        ));
-        if !from_free.is_zero() {
-            T::Currency::transfer(&provider, &escrow_account, from_free, Preservation::Expendable)?;
+        let mut refunded: Balance = 0;
+        for (held, until) in
+            [(&mut escrow.held_next, escrow.held_next_until), (&mut escrow.held, escrow.held_until)]
+        {
+            if now < until {
+                let take = excess.saturating_sub(refunded).min(*held);
+                *held = held.saturating_sub(take);
+                refunded = refunded.saturating_add(take);
+            }
         }
-        let refunded = from_bond.saturating_add(from_free);
+        Self::shift_buckets(&mut escrow);
+        let unrecovered = excess.saturating_sub(refunded);
         escrow.balance = escrow.balance.checked_add(refunded).ok_or(Error::<T>::Overflow)?;
-        escrow.settled_total = receipt.total;
-        escrow.last_claimed_total = escrow.last_claimed_total.min(receipt.total);
+        // Only what came back leaves `settled_total`: an unrecovered over-claim stays on the
+        // record and later claims of this escrow pay that much less.
+        escrow.settled_total = escrow.settled_total.saturating_sub(refunded);
+        escrow.last_claimed_total = escrow.last_claimed_total.min(escrow.settled_total);
 
-        let slashed = T::DisputePenalty::get().mul_floor(info.bond);
-        Self::move_bond(&provider, &user, slashed, &mut info)?;
+        let penalty = T::DisputePenalty::get().saturating_mul_int(refunded).min(info.bond);
+        let rewarded = T::DisputeReward::get().mul_floor(penalty);
+        let burned = penalty.saturating_sub(rewarded);
+        Self::move_bond(&provider, &user, rewarded, &mut info)?;
+        if !burned.is_zero() {
+            T::Currency::burn_held(
+                &HoldReason::ProviderBond.into(),
+                &provider,
+                burned,
+                Precision::Exact,
+                Fortitude::Force,
+            )?;
+            info.bond = info.bond.saturating_sub(burned);
+        }
 
         info.earned = info.earned.saturating_sub(refunded);
         info.disputes_lost = info.disputes_lost.saturating_add(1);
@@ -371,7 +489,9 @@ impl<T: Config> Pallet<T> {
             provider,
             nonce: receipt.nonce,
             refunded,
-            slashed,
+            unrecovered,
+            rewarded,
+            burned,
         });
         Ok(())
     }
@@ -400,16 +520,45 @@ impl<T: Config> Pallet<T> {
     }
 
     /// The pallet's invariants: the escrow account holds at least the existential deposit plus
-    /// the sum of all escrows, every provider's bond hold equals its recorded bond, and no
-    /// pending refund exceeds its escrow.
+    /// the sum of all escrows' balances and held payments, every provider's bond hold equals
+    /// its recorded bond and outlasts its escrows' held payments, no pending refund exceeds its
+    /// escrow, and every user's record deposits are held.
     #[cfg(any(feature = "try-runtime", test))]
     pub fn do_try_state() -> Result<(), polkadot_sdk::sp_runtime::TryRuntimeError> {
-        use polkadot_sdk::frame_support::traits::fungible::InspectHold;
+        use alloc::collections::BTreeMap;
+        use polkadot_sdk::frame_support::traits::fungible::{Inspect, InspectHold};
 
         let mut escrowed = T::Currency::minimum_balance();
-        for (_user, _provider, escrow) in Escrows::<T>::iter() {
+        let mut records: BTreeMap<T::AccountId, Balance> = BTreeMap::new();
+        for (user, provider, escrow) in Escrows::<T>::iter() {
             ensure!(escrow.pending_refund <= escrow.balance, "pending refund above escrow balance");
-            escrowed = escrowed.checked_add(escrow.balance).ok_or("escrow sum overflows")?;
+            ensure!(user != provider, "escrow of a provider with itself");
+            escrowed = escrowed
+                .checked_add(escrow.balance)
+                .and_then(|e| e.checked_add(escrow.held))
+                .and_then(|e| e.checked_add(escrow.held_next))
+                .ok_or("escrow sum overflows")?;
+            ensure!(
+                escrow.held_next.is_zero() || !escrow.held.is_zero(),
+                "younger held bucket used while the older is empty"
+            );
+            let locked_until = Providers::<T>::get(&provider)
+                .map(|p| p.bond_locked_until)
+                .ok_or("escrow with an unknown provider")?;
+            for (held, until) in
+                [(escrow.held, escrow.held_until), (escrow.held_next, escrow.held_next_until)]
+            {
+                ensure!(held.is_zero() || until <= locked_until, "held payment outlasts the bond");
+            }
+            let deposits = records.entry(user).or_default();
+            *deposits = deposits.saturating_add(T::EscrowDeposit::get());
+        }
+        for (user, deposits) in records {
+            // Records migrated from storage version 1 were opened without a deposit.
+            ensure!(
+                T::Currency::balance_on_hold(&HoldReason::EscrowRecord.into(), &user) <= deposits,
+                "more held for escrow records than the records cost"
+            );
         }
         ensure!(
             T::Currency::balance(&Self::escrow_account()) >= escrowed,

@@ -3,9 +3,10 @@
 //! Providers bond and register AI services; users keep funds in escrow per provider (in this
 //! pallet's escrow account, see [`Pallet::escrow_account`]); providers settle batches of
 //! user-signed cumulative vouchers; users get unspent funds back after a lock
-//! window and can dispute an over-claim with a provider-signed receipt, which slashes the bond.
-//! The rules are specified in `shared/design/protocol.md`; this file declares the pallet and the
-//! call logic lives in [`dispatchable_impls`].
+//! window. What settlement pays stays held in the escrow account for the dispute window, so a
+//! user who proves an over-claim with a provider-signed receipt gets it back from there, and the
+//! provider's bond pays a penalty on top. The rules are specified in `docs/protocol.md`; this
+//! file declares the pallet and the call logic lives in [`dispatchable_impls`].
 
 #![cfg_attr(not(feature = "std"), no_std)]
 
@@ -14,6 +15,7 @@ extern crate alloc;
 pub use pallet::*;
 
 mod dispatchable_impls;
+pub mod migrations;
 pub mod runtime_api;
 pub mod types;
 pub mod weights;
@@ -42,11 +44,11 @@ pub mod pallet {
         },
         frame_system::pallet_prelude::*,
         sp_core::H256,
-        sp_runtime::{AccountId32, Perbill},
+        sp_runtime::{traits::Zero, AccountId32, FixedU128, Perbill},
     };
 
     /// The in-code storage version.
-    const STORAGE_VERSION: StorageVersion = StorageVersion::new(1);
+    pub const STORAGE_VERSION: StorageVersion = StorageVersion::new(2);
 
     #[pallet::pallet]
     #[pallet::storage_version(STORAGE_VERSION)]
@@ -115,9 +117,22 @@ pub mod pallet {
         #[pallet::constant]
         type MaxDisputeWindow: Get<BlockNumberFor<Self>>;
 
-        /// Share of the remaining bond slashed to the user when a dispute is won.
+        /// Penalty per unit of over-claim a dispute recovers, slashed from the bond (at most
+        /// the whole bond) on top of the recovered amount.
         #[pallet::constant]
-        type DisputePenalty: Get<Perbill>;
+        type DisputePenalty: Get<FixedU128>;
+
+        /// Share of the penalty paid to the user who won the dispute; the rest is burned. Below
+        /// one whole, so that a provider disputing itself through another account always loses
+        /// more than it moves.
+        #[pallet::constant]
+        type DisputeReward: Get<Perbill>;
+
+        /// Held from a user when their escrow record with a provider is created. The record
+        /// is never removed (it keeps the highest settled nonce, which stops every voucher the
+        /// user ever signed for that provider from being replayed), so the deposit stays held.
+        #[pallet::constant]
+        type EscrowDeposit: Get<Balance>;
 
         /// Weights of this pallet's calls.
         type WeightInfo: WeightInfo;
@@ -128,6 +143,8 @@ pub mod pallet {
     pub enum HoldReason {
         /// A provider's bond.
         ProviderBond,
+        /// A user's storage deposit for an escrow record.
+        EscrowRecord,
     }
 
     /// Registered services, keyed by (provider, service id).
@@ -141,7 +158,7 @@ pub mod pallet {
         StorageMap<_, Blake2_128Concat, T::AccountId, ProviderInfo<BlockNumberFor<T>>>;
 
     /// Escrows, keyed by (user, provider). An emptied escrow keeps its record so that no
-    /// voucher can be replayed.
+    /// voucher can be replayed; the user's `EscrowDeposit` pays for it.
     #[pallet::storage]
     pub type Escrows<T: Config> = StorageDoubleMap<
         _,
@@ -238,6 +255,15 @@ pub mod pallet {
             /// Amount released.
             amount: Balance,
         },
+        /// A user's escrow record with a provider was created.
+        EscrowOpened {
+            /// The user.
+            user: T::AccountId,
+            /// The provider the escrow is with.
+            provider: T::AccountId,
+            /// Storage deposit held from the user for the record.
+            deposit: Balance,
+        },
         /// A user funded an escrow.
         Deposited {
             /// The user.
@@ -288,7 +314,7 @@ pub mod pallet {
             user: T::AccountId,
             /// The voucher's nonce.
             nonce: Nonce,
-            /// Amount moved from the escrow to the provider.
+            /// Amount moved from the escrow's balance to its held payments.
             paid: Balance,
         },
         /// A claim was paid as far as the escrow allowed.
@@ -299,7 +325,7 @@ pub mod pallet {
             user: T::AccountId,
             /// The voucher's nonce.
             nonce: Nonce,
-            /// Amount moved from the escrow to the provider.
+            /// Amount moved from the escrow's balance to its held payments.
             paid: Balance,
             /// Amount still owed; claimable again with the same voucher.
             owed: Balance,
@@ -325,8 +351,15 @@ pub mod pallet {
             accepted: u32,
             /// Claims rejected.
             rejected: u32,
-            /// Sum paid to the provider.
+            /// Sum paid by the claims (held until their dispute windows close).
             paid: Balance,
+        },
+        /// Held payments whose dispute window closed were moved to the provider.
+        EarningsReleased {
+            /// The provider paid.
+            provider: T::AccountId,
+            /// Amount moved from the escrow account to the provider's free balance.
+            amount: Balance,
         },
         /// A user proved an over-claim with a provider-signed receipt.
         DisputeWon {
@@ -336,10 +369,15 @@ pub mod pallet {
             provider: T::AccountId,
             /// Nonce of the receipt shown.
             nonce: Nonce,
-            /// Amount moved back onto the user's escrow.
+            /// Over-claim taken back from the held payments onto the user's escrow.
             refunded: Balance,
-            /// Bond slashed to the user's free balance.
-            slashed: Balance,
+            /// Over-claim proven but no longer held (paid out before the dispute): it stays
+            /// counted in `settled_total`, so later claims of this escrow pay that much less.
+            unrecovered: Balance,
+            /// Part of the penalty slashed from the bond to the user's free balance.
+            rewarded: Balance,
+            /// Part of the penalty slashed from the bond and burned.
+            burned: Balance,
         },
         /// Root set the refund lock.
         RefundLockSet {
@@ -369,14 +407,17 @@ pub mod pallet {
         ProviderHasServices,
         /// The provider bond is already withdrawn.
         BondAlreadyWithdrawn,
-        /// The dispute window after the provider's last settlement has not passed yet.
+        /// A dispute window of one of the provider's settlements is still open.
         BondStillLocked,
         /// The provider's bond is below `MinBond`, being unbonded, or withdrawn.
         ProviderNotBonded,
         /// The deposit is below `MinDeposit`.
         DepositBelowMinimum,
-        /// The user's free balance cannot cover the deposit.
+        /// The user's free balance cannot cover the deposit (and, for a new escrow, the
+        /// record's `EscrowDeposit`).
         InsufficientBalance,
+        /// A provider cannot hold an escrow with itself or dispute its own receipts.
+        SelfEscrow,
         /// The user has no escrow with this provider.
         EscrowNotFound,
         /// The amount asked is zero.
@@ -399,7 +440,7 @@ pub mod pallet {
         NotReceiptUser,
         /// The receipt is older than the last paying voucher settled; it proves nothing.
         ReceiptTooOld,
-        /// The dispute window after the last settlement has passed.
+        /// No payment of this escrow is held any more: every dispute window has closed.
         DisputeWindowClosed,
         /// The receipt's total is not below the settled total: nothing was over-claimed.
         NothingToDispute,
@@ -429,6 +470,12 @@ pub mod pallet {
                 lock >= T::MinRefundLock::get() && lock <= T::MaxRefundLock::get(),
                 "DefaultRefundLock out of bounds"
             );
+            assert!(
+                T::DisputeReward::get() < Perbill::from_percent(100),
+                "DisputeReward must stay below one whole: self-disputes would cost nothing"
+            );
+            assert!(T::EscrowDeposit::get() > 0, "EscrowDeposit must be positive");
+            assert!(T::MinDisputeWindow::get() > Zero::zero(), "MinDisputeWindow must be positive");
             let window = T::DefaultDisputeWindow::get();
             assert!(
                 window >= T::MinDisputeWindow::get() && window <= T::MaxDisputeWindow::get(),
@@ -509,8 +556,8 @@ pub mod pallet {
             Self::do_remove_service(provider, service_id)
         }
 
-        /// Release the bond of a provider without services, `DisputeWindow` blocks after its
-        /// last settlement.
+        /// Release the bond of a provider without services once the dispute windows of all its
+        /// settlements have closed (`bond_locked_until`).
         #[pallet::call_index(3)]
         #[pallet::weight(T::WeightInfo::withdraw_bond())]
         pub fn withdraw_bond(origin: OriginFor<T>) -> DispatchResult {
@@ -518,7 +565,8 @@ pub mod pallet {
             Self::do_withdraw_bond(provider)
         }
 
-        /// Move `amount` of the caller's free balance into their escrow with `provider`.
+        /// Move `amount` of the caller's free balance into their escrow with `provider`. The
+        /// first deposit also holds `EscrowDeposit` for the escrow's record.
         #[pallet::call_index(4)]
         #[pallet::weight(T::WeightInfo::deposit())]
         pub fn deposit(
@@ -561,7 +609,9 @@ pub mod pallet {
 
         /// Settle a batch of claims. Each claim runs in its own storage layer and ends in a
         /// `ClaimSettled`, `ClaimPartiallySettled` or `ClaimRejected` event; one bad claim never
-        /// fails the batch.
+        /// fails the batch. What a claim pays is held in the escrow account until the dispute
+        /// window closes; held payments of the batch's escrows whose window has closed are
+        /// released to the provider.
         #[pallet::call_index(8)]
         #[pallet::weight(T::WeightInfo::settle(items.len() as u32))]
         pub fn settle(
@@ -573,8 +623,9 @@ pub mod pallet {
             Self::do_settle(provider, items, trace_root)
         }
 
-        /// Prove an over-claim with a receipt the provider signed: the excess goes back onto the
-        /// caller's escrow and a share of the bond is slashed to the caller.
+        /// Prove an over-claim with a receipt the provider signed: the excess still held goes
+        /// back onto the caller's escrow, and `DisputePenalty` times that amount is slashed from
+        /// the bond, `DisputeReward` of it to the caller and the rest burned.
         #[pallet::call_index(9)]
         #[pallet::weight(T::WeightInfo::dispute())]
         pub fn dispute(
@@ -615,6 +666,18 @@ pub mod pallet {
             DisputeWindow::<T>::put(blocks);
             Self::deposit_event(Event::DisputeWindowSet { blocks });
             Ok(())
+        }
+
+        /// Move to the caller (a provider) the held payments of its escrows with `users` whose
+        /// dispute windows have closed. Escrows without such payments are skipped.
+        #[pallet::call_index(12)]
+        #[pallet::weight(T::WeightInfo::release(users.len() as u32))]
+        pub fn release(
+            origin: OriginFor<T>,
+            users: BoundedVec<T::AccountId, T::MaxBatch>,
+        ) -> DispatchResult {
+            let provider = ensure_signed(origin)?;
+            Self::do_release(provider, users)
         }
     }
 }

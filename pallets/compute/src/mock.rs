@@ -10,7 +10,10 @@ use polkadot_sdk::{
     sp_core::{sr25519, Pair, H256},
     sp_io::TestExternalities,
     sp_keyring::Sr25519Keyring,
-    sp_runtime::{traits::IdentityLookup, AccountId32, BuildStorage, Perbill},
+    sp_runtime::{
+        traits::{IdentityLookup, One},
+        AccountId32, BuildStorage, FixedU128, Perbill,
+    },
 };
 
 type Block = frame_system::mocking::MockBlock<Test>;
@@ -35,7 +38,7 @@ impl frame_system::Config for Test {
 impl pallet_balances::Config for Test {
     type Balance = u128;
     type AccountStore = System;
-    type ExistentialDeposit = ConstU128<1>;
+    type ExistentialDeposit = ExistentialDeposit;
 }
 
 pub const PROVIDER_BOND: u128 = 1_000;
@@ -44,9 +47,13 @@ pub const MIN_DEPOSIT: u128 = 10;
 pub const REFUND_LOCK: u64 = 10;
 pub const DISPUTE_WINDOW: u64 = 20;
 pub const MAX_BATCH: u32 = 16;
+pub const ESCROW_DEPOSIT: u128 = 7;
 
 parameter_types! {
-    pub const DisputePenalty: Perbill = Perbill::from_percent(10);
+    /// 1 unless a test sets it (the property tests run with a larger one to exercise reaping).
+    pub static ExistentialDeposit: u128 = 1;
+    pub DisputePenalty: FixedU128 = FixedU128::one();
+    pub const DisputeReward: Perbill = Perbill::from_percent(50);
     pub const ComputePalletId: polkadot_sdk::frame_support::PalletId =
         polkadot_sdk::frame_support::PalletId(*b"cmp/escr");
 }
@@ -67,6 +74,8 @@ impl pallet_compute::Config for Test {
     type MinDisputeWindow = ConstU64<1>;
     type MaxDisputeWindow = ConstU64<1_000>;
     type DisputePenalty = DisputePenalty;
+    type DisputeReward = DisputeReward;
+    type EscrowDeposit = ConstU128<ESCROW_DEPOSIT>;
     type WeightInfo = ();
 }
 

@@ -15,7 +15,7 @@ pub const MAX_PAGE: u32 = 256;
 pub struct ComputeParams<BlockNumber> {
     /// Blocks between a refund request and its withdrawal.
     pub refund_lock: BlockNumber,
-    /// Blocks after a settlement during which it can be disputed.
+    /// Blocks a settlement's payment stays held, open to disputes (for settlements from now).
     pub dispute_window: BlockNumber,
     /// Smallest deposit.
     pub min_deposit: Balance,
@@ -25,10 +25,14 @@ pub struct ComputeParams<BlockNumber> {
     pub min_bond: Balance,
     /// Most claims per `settle`.
     pub max_batch: u32,
+    /// Storage deposit held from a user for each escrow record, for the record's life.
+    pub escrow_deposit: Balance,
 }
 
 polkadot_sdk::sp_api::decl_runtime_apis! {
-    /// Queries over the compute marketplace.
+    /// Queries over the compute marketplace. Version 2: escrows carry held payments,
+    /// providers `bond_locked_until`, parameters `escrow_deposit`.
+    #[api_version(2)]
     pub trait ComputeApi<AccountId, BlockNumber> where
         AccountId: codec::Codec,
         BlockNumber: codec::Codec,
@@ -98,6 +102,7 @@ impl<T: Config> Pallet<T> {
             provider_bond: T::ProviderBond::get(),
             min_bond: T::MinBond::get(),
             max_batch: T::MaxBatch::get(),
+            escrow_deposit: T::EscrowDeposit::get(),
         }
     }
 }

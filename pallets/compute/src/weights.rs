@@ -29,6 +29,7 @@ pub trait WeightInfo {
     fn dispute() -> Weight;
     fn set_refund_lock() -> Weight;
     fn set_dispute_window() -> Weight;
+    fn release(n: u32) -> Weight;
 }
 
 /// Weights for `pallet-compute` using the runtime's database weights.
@@ -181,6 +182,15 @@ impl<T: polkadot_sdk::frame_system::Config> WeightInfo for SubstrateWeight<T> {
         // Minimum execution time: 32_303 ns.
         Weight::from_parts(41_394_000, 0).saturating_add(T::DbWeight::get().writes(1_u64))
     }
+    fn release(n: u32) -> Weight {
+        Weight::from_parts(200_000_000, 3593)
+            .saturating_add(Weight::from_parts(30_000_000, 0).saturating_mul(n.into()))
+            .saturating_add(T::DbWeight::get().reads(2_u64))
+            .saturating_add(T::DbWeight::get().reads((1_u64).saturating_mul(n.into())))
+            .saturating_add(T::DbWeight::get().writes(2_u64))
+            .saturating_add(T::DbWeight::get().writes((1_u64).saturating_mul(n.into())))
+            .saturating_add(Weight::from_parts(0, 2659).saturating_mul(n.into()))
+    }
 }
 
 /// For tests and runtimes without their own database weights: RocksDB figures.
@@ -244,5 +254,14 @@ impl WeightInfo for () {
     }
     fn set_dispute_window() -> Weight {
         Weight::from_parts(41_394_000, 0).saturating_add(RocksDbWeight::get().writes(1_u64))
+    }
+    fn release(n: u32) -> Weight {
+        Weight::from_parts(200_000_000, 3593)
+            .saturating_add(Weight::from_parts(30_000_000, 0).saturating_mul(n.into()))
+            .saturating_add(RocksDbWeight::get().reads(2_u64))
+            .saturating_add(RocksDbWeight::get().reads((1_u64).saturating_mul(n.into())))
+            .saturating_add(RocksDbWeight::get().writes(2_u64))
+            .saturating_add(RocksDbWeight::get().writes((1_u64).saturating_mul(n.into())))
+            .saturating_add(Weight::from_parts(0, 2659).saturating_mul(n.into()))
     }
 }

@@ -154,13 +154,13 @@ impl Store {
         both!(self, s => s.trace(user, nonce), p => p.trace(user, nonce).await)
     }
 
-    /// A user's receipts above `after`, oldest first.
+    /// A user's receipts above `after`, each with the voucher it answers, oldest first.
     pub async fn receipts(
         &self,
         user: &AccountId,
         after: Nonce,
         limit: u32,
-    ) -> Result<Vec<SignedReceipt>, StoreError> {
+    ) -> Result<Vec<(SignedVoucher, SignedReceipt)>, StoreError> {
         both!(self, s => s.receipts(user, after, limit), p => p.receipts(user, after, limit).await)
     }
 
@@ -190,6 +190,11 @@ impl Store {
         after: Nonce,
     ) -> Result<Vec<(SignedVoucher, SignedReceipt)>, StoreError> {
         both!(self, s => s.sealed_after(user, after), p => p.sealed_after(user, after).await)
+    }
+
+    /// Users with traces settled on chain.
+    pub async fn settled_users(&self) -> Result<Vec<AccountId>, StoreError> {
+        both!(self, s => s.settled_users(), p => p.settled_users().await)
     }
 
     /// Mark a user's traces up to `nonce` as settled.

@@ -279,16 +279,23 @@ impl PgStore {
         user: &AccountId,
         after: Nonce,
         limit: u32,
-    ) -> Result<Vec<SignedReceipt>, StoreError> {
+    ) -> Result<Vec<(SignedVoucher, SignedReceipt)>, StoreError> {
         let client = self.client.lock().await;
         let rows = client
             .query(
-                "SELECT receipt FROM traces WHERE usr = $1 AND nonce > $2 \
+                "SELECT voucher, receipt FROM traces WHERE usr = $1 AND nonce > $2 \
                  AND receipt IS NOT NULL ORDER BY nonce LIMIT $3",
                 &[&user.encode(), &(after as i64), &i64::from(limit)],
             )
             .await?;
-        rows.iter().map(|r| decode("receipt", &r.get::<_, Vec<u8>>(0))).collect()
+        rows.iter()
+            .map(|r| {
+                Ok((
+                    decode("voucher", &r.get::<_, Vec<u8>>(0))?,
+                    decode("receipt", &r.get::<_, Vec<u8>>(1))?,
+                ))
+            })
+            .collect()
     }
 
     /// See [`super::Store::in_flight_before`].
@@ -359,6 +366,13 @@ impl PgStore {
                 ))
             })
             .collect()
+    }
+
+    /// See [`super::Store::settled_users`].
+    pub async fn settled_users(&self) -> Result<Vec<AccountId>, StoreError> {
+        let client = self.client.lock().await;
+        let rows = client.query("SELECT DISTINCT usr FROM traces WHERE settled", &[]).await?;
+        rows.iter().map(|r| decode("user", &r.get::<_, Vec<u8>>(0))).collect()
     }
 
     /// See [`super::Store::mark_settled`].

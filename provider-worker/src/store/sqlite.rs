@@ -264,23 +264,28 @@ impl SqliteStore {
         raw.map(Self::decode_trace).transpose()
     }
 
-    /// A user's receipts with nonce above `after`, oldest first, at most `limit`.
+    /// A user's receipts with nonce above `after`, each with the voucher it answers, oldest
+    /// first, at most `limit`.
     pub fn receipts(
         &self,
         user: &AccountId,
         after: Nonce,
         limit: u32,
-    ) -> Result<Vec<SignedReceipt>, StoreError> {
+    ) -> Result<Vec<(SignedVoucher, SignedReceipt)>, StoreError> {
         let conn = self.conn();
         let mut stmt = conn.prepare_cached(
-            "SELECT receipt FROM traces WHERE user = ?1 AND nonce > ?2 AND receipt IS NOT NULL \
-             ORDER BY nonce LIMIT ?3",
+            "SELECT voucher, receipt FROM traces WHERE user = ?1 AND nonce > ?2 \
+             AND receipt IS NOT NULL ORDER BY nonce LIMIT ?3",
         )?;
-        let rows = stmt
-            .query_map(params![user.encode(), after as i64, limit], |r| r.get::<_, Vec<u8>>(0))?;
+        let rows = stmt.query_map(params![user.encode(), after as i64, limit], |r| {
+            Ok((r.get::<_, Vec<u8>>(0)?, r.get::<_, Vec<u8>>(1)?))
+        })?;
         rows.map(|r| {
-            let r = r?;
-            SignedReceipt::decode(&mut &r[..]).map_err(|_| StoreError::Corrupt("receipt"))
+            let (v, rc) = r?;
+            Ok((
+                SignedVoucher::decode(&mut &v[..]).map_err(|_| StoreError::Corrupt("voucher"))?,
+                SignedReceipt::decode(&mut &rc[..]).map_err(|_| StoreError::Corrupt("receipt"))?,
+            ))
         })
         .collect()
     }
@@ -350,6 +355,15 @@ impl SqliteStore {
         .collect()
     }
 
+    /// Users with traces settled on chain (whose escrows may hold payments).
+    pub fn settled_users(&self) -> Result<Vec<AccountId>, StoreError> {
+        let conn = self.conn();
+        let mut stmt = conn.prepare_cached("SELECT DISTINCT user FROM traces WHERE settled = 1")?;
+        let rows = stmt.query_map([], |r| r.get::<_, Vec<u8>>(0))?;
+        rows.map(|u| AccountId::decode(&mut &u?[..]).map_err(|_| StoreError::Corrupt("user")))
+            .collect()
+    }
+
     /// Mark a user's traces up to `nonce` as settled on chain.
     pub fn mark_settled(&self, user: &AccountId, nonce: Nonce) -> Result<(), StoreError> {
         self.conn().execute(
@@ -382,5 +396,54 @@ impl SqliteStore {
             ],
         )?;
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use compute_client::{wire, Signer};
+    use compute_primitives::{Receipt, Voucher};
+    use polkadot_sdk::sp_core::H256;
+
+    #[test]
+    fn receipts_come_with_the_voucher_they_answer() {
+        let store = SqliteStore::in_memory().unwrap();
+        let (user, provider) =
+            (Signer::from_uri("//Alice").unwrap(), Signer::from_uri("//Bob").unwrap());
+        let genesis = H256::repeat_byte(1);
+        let mut pairs = Vec::new();
+        for nonce in 1..=3 {
+            let v = Voucher {
+                user: user.account_id(),
+                provider: provider.account_id(),
+                service_id: 0,
+                price_version: 0,
+                nonce,
+                request_hash: H256::repeat_byte(nonce as u8),
+                spent: 0,
+                cap: 10,
+            };
+            let r = Receipt {
+                user: user.account_id(),
+                provider: provider.account_id(),
+                service_id: 0,
+                nonce,
+                request_hash: v.request_hash,
+                response_hash: H256::zero(),
+                input_tokens: 0,
+                output_tokens: 0,
+                fee: 0,
+                total: 0,
+            };
+            let (sv, sr) = (
+                wire::sign_voucher(&user, v, &genesis),
+                wire::sign_receipt(&provider, r, &genesis),
+            );
+            assert!(store.admit_and_seal(&sv, &sr, 400, "{}").unwrap());
+            pairs.push((sv, sr));
+        }
+        assert_eq!(store.receipts(&user.account_id(), 1, 100).unwrap(), pairs[1..].to_vec());
+        assert_eq!(store.receipts(&user.account_id(), 0, 1).unwrap(), pairs[..1].to_vec());
     }
 }

@@ -11,7 +11,7 @@ fn deposit_holds_funds_in_the_escrow() {
         deposit(Alice, Bob, 200);
         assert_eq!(escrow(Alice, Bob).balance, 500);
         assert_eq!(escrowed(), 500);
-        assert_eq!(free(Alice), ENDOWMENT - 500);
+        assert_eq!(free(Alice), ENDOWMENT - 500 - ESCROW_DEPOSIT);
         assert_eq!(
             events().last(),
             Some(&Event::Deposited {
@@ -73,7 +73,7 @@ fn refund_waits_for_the_lock_and_restarts_it() {
         assert_ok!(Compute::withdraw_refund(RuntimeOrigin::signed(account(Alice)), account(Bob)));
         let e = escrow(Alice, Bob);
         assert_eq!((e.balance, e.pending_refund), (350, 0));
-        assert_eq!(free(Alice), ENDOWMENT - 350);
+        assert_eq!(free(Alice), ENDOWMENT - 350 - ESCROW_DEPOSIT);
         assert_noop!(
             Compute::withdraw_refund(RuntimeOrigin::signed(account(Alice)), account(Bob)),
             Error::<Test>::NoPendingRefund
@@ -158,7 +158,7 @@ fn settlement_draws_on_the_pending_refund_and_withdraw_gets_the_rest() {
         assert_eq!((e.balance, e.pending_refund), (20, 20));
         run_to(1 + REFUND_LOCK);
         assert_ok!(Compute::withdraw_refund(RuntimeOrigin::signed(account(Alice)), account(Bob)));
-        assert_eq!(free(Alice), ENDOWMENT - 80);
+        assert_eq!(free(Alice), ENDOWMENT - 80 - ESCROW_DEPOSIT);
         assert_eq!(escrow(Alice, Bob).balance, 0);
         Compute::do_try_state().unwrap();
     });

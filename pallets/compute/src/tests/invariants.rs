@@ -1,98 +1,317 @@
-//! Property tests: random sequences of every call from several users and providers keep funds
-//! conserved and the pallet's invariants intact.
+//! Property tests: random sequences of every call, from accounts that are users and providers at
+//! once and sign with sr25519, ed25519 and ecdsa, with an existential deposit above one and
+//! transfers that reap accounts. After every step each account's free balance and holds must
+//! equal a ledger kept from the pallet's and the balances pallet's events alone (so a payout to
+//! the wrong account fails, not only a wrong total), the escrow account must keep exactly the
+//! escrows' balances and held payments, and no escrow may have paid more than the latest voucher
+//! its user signed allows.
 
 use super::*;
-use polkadot_sdk::frame_support::traits::fungible::Inspect;
+use polkadot_sdk::{
+    frame_support::traits::fungible::{Inspect, InspectHold},
+    sp_core::{ecdsa, ed25519, Pair},
+    sp_runtime::{traits::IdentifyAccount, MultiSignature, MultiSigner},
+};
 use proptest::prelude::*;
 use std::collections::BTreeMap;
 
-const USERS: [Sr25519Keyring; 3] =
-    [Sr25519Keyring::Alice, Sr25519Keyring::Charlie, Sr25519Keyring::Eve];
-const PROVIDERS: [Sr25519Keyring; 3] =
-    [Sr25519Keyring::Bob, Sr25519Keyring::Dave, Sr25519Keyring::Ferdie];
+/// Who signs: every scheme `MultiSignature` accepts.
+#[derive(Clone)]
+enum Key {
+    Sr(Sr25519Keyring),
+    Ed(ed25519::Pair),
+    Ec(ecdsa::Pair),
+}
+
+impl Key {
+    fn account(&self) -> AccountId32 {
+        match self {
+            Key::Sr(k) => k.to_account_id(),
+            Key::Ed(p) => MultiSigner::from(p.public()).into_account(),
+            Key::Ec(p) => MultiSigner::from(p.public()).into_account(),
+        }
+    }
+    fn sign(&self, payload: &[u8]) -> MultiSignature {
+        match self {
+            Key::Sr(k) => k.pair().sign(payload).into(),
+            Key::Ed(p) => p.sign(payload).into(),
+            Key::Ec(p) => p.sign(payload).into(),
+        }
+    }
+}
+
+/// Five accounts, each free to act as user and as provider.
+fn keys() -> Vec<Key> {
+    vec![
+        Key::Sr(Sr25519Keyring::Alice),
+        Key::Sr(Sr25519Keyring::Bob),
+        Key::Ed(ed25519::Pair::from_string("//Ed", None).unwrap()),
+        Key::Ec(ecdsa::Pair::from_string("//Ec", None).unwrap()),
+        Key::Sr(Sr25519Keyring::Eve),
+    ]
+}
+const N: usize = 5;
+const ED: Balance = 5;
+const START: Balance = 20_000;
 
 #[derive(Clone, Debug)]
 struct ClaimSpec {
+    /// Usually an index into the submitter's escrows (so that most claims meet an escrow),
+    /// else an account index.
     user: usize,
-    /// Voucher names this provider (index); usually the submitter.
-    named_provider: usize,
+    existing: bool,
+    /// Voucher names this provider (index) instead of the submitter, rarely.
+    named_provider: Option<usize>,
     nonce_step: i8,
-    spent: Balance,
+    spent_delta: i16,
     cap: Balance,
     fee_claim: Balance,
     forged: bool,
+    wrapped: bool,
 }
 
 #[derive(Clone, Debug)]
 enum Action {
-    Register { provider: usize, service: u32 },
-    Remove { provider: usize, service: u32 },
-    WithdrawBond { provider: usize },
-    Deposit { user: usize, provider: usize, amount: Balance },
-    RequestRefund { user: usize, provider: usize, amount: Balance },
-    CancelRefund { user: usize, provider: usize },
-    WithdrawRefund { user: usize, provider: usize },
-    Settle { provider: usize, claims: Vec<ClaimSpec> },
-    Dispute { user: usize, provider: usize, nonce_back: u8, total: Balance },
-    Advance { blocks: u8 },
+    Register {
+        provider: usize,
+        service: u32,
+    },
+    Remove {
+        provider: usize,
+        service: u32,
+    },
+    WithdrawBond {
+        provider: usize,
+    },
+    Deposit {
+        user: usize,
+        provider: usize,
+        amount: Balance,
+    },
+    RequestRefund {
+        user: usize,
+        provider: usize,
+        amount: Balance,
+    },
+    CancelRefund {
+        user: usize,
+        provider: usize,
+    },
+    WithdrawRefund {
+        user: usize,
+        provider: usize,
+    },
+    Settle {
+        provider: usize,
+        claims: Vec<ClaimSpec>,
+    },
+    Release {
+        provider: usize,
+        users: Vec<usize>,
+    },
+    /// Dispute on an existing escrow (`pick` among them), with a receipt near its settled state.
+    Dispute {
+        pick: u8,
+        nonce_delta: i8,
+        total_delta: i16,
+        forged: bool,
+    },
+    /// A dispute on any pair, usually without an escrow.
+    DisputeAny {
+        user: usize,
+        provider: usize,
+    },
+    Transfer {
+        from: usize,
+        to: usize,
+        amount: Balance,
+    },
+    Advance {
+        blocks: u8,
+    },
+    /// Jump to a block where some window, lock or release starts or ends (`offset` -1, 0, 1).
+    AdvanceToBoundary {
+        pick: u8,
+        offset: i8,
+    },
 }
 
 fn claim_spec() -> impl Strategy<Value = ClaimSpec> {
     (
-        0..3usize,
-        prop_oneof![9 => Just(None), 1 => (0..3usize).prop_map(Some)],
+        (0..N, prop::bool::weighted(0.8)),
+        prop_oneof![9 => Just(None), 1 => (0..N).prop_map(Some)],
         -1i8..4,
-        0..3_000u128,
-        0..600u128,
+        -50i16..200,
+        prop_oneof![1 => Just(0u128), 6 => 1..600u128],
         0..700u128,
         prop::bool::weighted(0.1),
+        prop::bool::weighted(0.2),
     )
-        .prop_map(|(user, named, nonce_step, spent, cap, fee_claim, forged)| ClaimSpec {
-            user,
-            named_provider: named.unwrap_or(usize::MAX),
-            nonce_step,
-            spent,
-            cap,
-            fee_claim,
-            forged,
-        })
+        .prop_map(
+            |(
+                (user, existing),
+                named_provider,
+                nonce_step,
+                spent_delta,
+                cap,
+                fee_claim,
+                forged,
+                wrapped,
+            )| {
+                ClaimSpec {
+                    user,
+                    existing,
+                    named_provider,
+                    nonce_step,
+                    spent_delta,
+                    cap,
+                    fee_claim,
+                    forged,
+                    wrapped,
+                }
+            },
+        )
 }
 
 fn action() -> impl Strategy<Value = Action> {
-    let p = 0..3usize;
-    let u = 0..3usize;
+    // Two accounts are picked most of the time, so that escrows, settlements and disputes meet.
+    let a = || prop_oneof![3 => 0..2usize, 1 => 0..N];
     prop_oneof![
-        2 => (p.clone(), 0..2u32).prop_map(|(provider, service)| Action::Register { provider, service }),
-        1 => (p.clone(), 0..2u32).prop_map(|(provider, service)| Action::Remove { provider, service }),
-        1 => p.clone().prop_map(|provider| Action::WithdrawBond { provider }),
-        4 => (u.clone(), p.clone(), 0..3_000u128).prop_map(|(user, provider, amount)| Action::Deposit { user, provider, amount }),
-        2 => (u.clone(), p.clone(), 0..1_500u128).prop_map(|(user, provider, amount)| Action::RequestRefund { user, provider, amount }),
-        1 => (u.clone(), p.clone()).prop_map(|(user, provider)| Action::CancelRefund { user, provider }),
-        2 => (u.clone(), p.clone()).prop_map(|(user, provider)| Action::WithdrawRefund { user, provider }),
-        5 => (p.clone(), prop::collection::vec(claim_spec(), 1..6)).prop_map(|(provider, claims)| Action::Settle { provider, claims }),
-        2 => (u, p, 0..3u8, 0..3_000u128).prop_map(|(user, provider, nonce_back, total)| Action::Dispute { user, provider, nonce_back, total }),
+        2 => (a(), 0..2u32).prop_map(|(provider, service)| Action::Register { provider, service }),
+        1 => (a(), 0..2u32).prop_map(|(provider, service)| Action::Remove { provider, service }),
+        1 => a().prop_map(|provider| Action::WithdrawBond { provider }),
+        4 => (a(), a(), 0..3_000u128).prop_map(|(user, provider, amount)| Action::Deposit { user, provider, amount }),
+        2 => (a(), a(), 0..1_500u128).prop_map(|(user, provider, amount)| Action::RequestRefund { user, provider, amount }),
+        1 => (a(), a()).prop_map(|(user, provider)| Action::CancelRefund { user, provider }),
+        2 => (a(), a()).prop_map(|(user, provider)| Action::WithdrawRefund { user, provider }),
+        5 => (a(), prop::collection::vec(claim_spec(), 1..5)).prop_map(|(provider, claims)| Action::Settle { provider, claims }),
+        2 => (a(), prop::collection::vec(a(), 1..4)).prop_map(|(provider, users)| Action::Release { provider, users }),
+        4 => (any::<u8>(), -2i8..3, -400i16..50, prop::bool::weighted(0.1)).prop_map(|(pick, nonce_delta, total_delta, forged)| Action::Dispute { pick, nonce_delta, total_delta, forged }),
+        1 => (a(), a()).prop_map(|(user, provider)| Action::DisputeAny { user, provider }),
+        1 => (a(), a(), 0..25_000u128).prop_map(|(from, to, amount)| Action::Transfer { from, to, amount }),
         2 => (1..30u8).prop_map(|blocks| Action::Advance { blocks }),
+        2 => (any::<u8>(), -1i8..2).prop_map(|(pick, offset)| Action::AdvanceToBoundary { pick, offset }),
     ]
 }
 
-/// What the test remembers between steps.
-#[derive(Default)]
-struct Model {
-    /// Highest `spent + cap` the user ever signed for each (user, provider).
-    max_signed: BTreeMap<(usize, usize), Balance>,
-    last: BTreeMap<(usize, usize), (Nonce, Balance)>,
+/// Free balance and holds of one account, as the events say they must be.
+#[derive(Clone, Copy, Default, Debug, PartialEq)]
+struct Books {
+    free: Balance,
+    bond: Balance,
+    records: Balance,
 }
 
-fn apply(action: &Action, model: &mut Model) -> bool {
-    let signed_by = |i: usize| RuntimeOrigin::signed(account(USERS[i]));
-    let provider_origin = |i: usize| RuntimeOrigin::signed(account(PROVIDERS[i]));
-    let mut disputed = false;
+/// What the test remembers between steps, built from events and signatures only.
+struct Model {
+    keys: Vec<Key>,
+    books: BTreeMap<AccountId32, Books>,
+    escrow_account: Balance,
+    issuance: Balance,
+    /// `spent + cap` of every voucher a user really signed, by (user, provider, nonce).
+    signed: BTreeMap<(AccountId32, AccountId32, Nonce), Balance>,
+    /// (settled_nonce, settled_total) per escrow at the last step.
+    last: BTreeMap<(AccountId32, AccountId32), (Nonce, Balance)>,
+}
+
+impl Model {
+    fn acc(&self, i: usize) -> AccountId32 {
+        self.keys[i].account()
+    }
+
+    fn index(&self, who: &AccountId32) -> usize {
+        (0..N).find(|i| self.acc(*i) == *who).expect("only the test's accounts act")
+    }
+
+    /// Post every event of the last call to the books.
+    fn post_events(&mut self) -> Vec<Event<Test>> {
+        let mut ours = Vec::new();
+        for record in System::events() {
+            match record.event {
+                RuntimeEvent::Balances(e) => {
+                    use polkadot_sdk::pallet_balances::Event as B;
+                    match e {
+                        B::Transfer { from, to, amount } => {
+                            let escrow = Compute::escrow_account();
+                            if from == escrow || to == escrow {
+                                continue; // posted from the pallet's own events
+                            }
+                            self.books.entry(from).or_default().free -= amount;
+                            self.books.entry(to).or_default().free += amount;
+                        }
+                        B::DustLost { account, amount } => {
+                            self.books.entry(account).or_default().free -= amount;
+                            self.issuance -= amount;
+                        }
+                        _ => {}
+                    }
+                }
+                RuntimeEvent::Compute(e) => {
+                    match &e {
+                        Event::ServiceRegistered { provider, bond_added, .. } => {
+                            let b = self.books.entry(provider.clone()).or_default();
+                            b.free -= bond_added;
+                            b.bond += bond_added;
+                        }
+                        Event::BondWithdrawn { provider, amount } => {
+                            let b = self.books.entry(provider.clone()).or_default();
+                            b.bond -= amount;
+                            b.free += amount;
+                        }
+                        Event::EscrowOpened { user, deposit, .. } => {
+                            let b = self.books.entry(user.clone()).or_default();
+                            b.free -= deposit;
+                            b.records += deposit;
+                        }
+                        Event::Deposited { user, amount, .. } => {
+                            self.books.entry(user.clone()).or_default().free -= amount;
+                            self.escrow_account += amount;
+                        }
+                        Event::RefundWithdrawn { user, amount, .. } => {
+                            self.books.entry(user.clone()).or_default().free += amount;
+                            self.escrow_account -= amount;
+                        }
+                        Event::EarningsReleased { provider, amount } => {
+                            self.books.entry(provider.clone()).or_default().free += amount;
+                            self.escrow_account -= amount;
+                        }
+                        Event::DisputeWon { user, provider, rewarded, burned, .. } => {
+                            self.books.entry(provider.clone()).or_default().bond -=
+                                rewarded + burned;
+                            self.books.entry(user.clone()).or_default().free += rewarded;
+                            self.issuance -= burned;
+                        }
+                        _ => {}
+                    }
+                    ours.push(e);
+                }
+                _ => {}
+            }
+        }
+        System::reset_events();
+        ours
+    }
+}
+
+fn boundaries(now: u64) -> Vec<u64> {
+    let mut at: Vec<u64> = Escrows::<Test>::iter_values()
+        .flat_map(|e| [e.held_until, e.held_next_until, e.unlock_at])
+        .chain(Providers::<Test>::iter_values().map(|p| p.bond_locked_until))
+        .filter(|b| *b > now)
+        .collect();
+    at.sort();
+    at.dedup();
+    at
+}
+
+fn apply(action: &Action, m: &mut Model) {
+    let origin = |m: &Model, i: usize| RuntimeOrigin::signed(m.acc(i));
     // Errors are expected for many random calls; what matters is that they change nothing,
-    // which the transactional dispatch and the invariant checks below verify.
+    // which the transactional dispatch and the checks below verify.
     match action.clone() {
         Action::Register { provider, service } => {
             let _ = Compute::register_service(
-                provider_origin(provider),
+                origin(m, provider),
                 service,
                 ServiceKind::Chat,
                 bytes("m"),
@@ -103,96 +322,197 @@ fn apply(action: &Action, model: &mut Model) -> bool {
             );
         }
         Action::Remove { provider, service } => {
-            let _ = Compute::remove_service(provider_origin(provider), service);
+            let _ = Compute::remove_service(origin(m, provider), service);
         }
         Action::WithdrawBond { provider } => {
-            let _ = Compute::withdraw_bond(provider_origin(provider));
+            let _ = Compute::withdraw_bond(origin(m, provider));
         }
         Action::Deposit { user, provider, amount } => {
-            let _ = Compute::deposit(signed_by(user), account(PROVIDERS[provider]), amount);
+            let _ = Compute::deposit(origin(m, user), m.acc(provider), amount);
         }
         Action::RequestRefund { user, provider, amount } => {
-            let _ = Compute::request_refund(signed_by(user), account(PROVIDERS[provider]), amount);
+            let _ = Compute::request_refund(origin(m, user), m.acc(provider), amount);
         }
         Action::CancelRefund { user, provider } => {
-            let _ = Compute::cancel_refund(signed_by(user), account(PROVIDERS[provider]));
+            let _ = Compute::cancel_refund(origin(m, user), m.acc(provider));
         }
         Action::WithdrawRefund { user, provider } => {
-            let _ = Compute::withdraw_refund(signed_by(user), account(PROVIDERS[provider]));
+            let _ = Compute::withdraw_refund(origin(m, user), m.acc(provider));
         }
         Action::Settle { provider, claims } => {
             let items: Vec<Claim> = claims
                 .iter()
                 .map(|c| {
-                    let named =
-                        if c.named_provider == usize::MAX { provider } else { c.named_provider };
-                    let settled =
-                        Escrows::<Test>::get(account(USERS[c.user]), account(PROVIDERS[named]))
-                            .map(|e| e.settled_nonce)
-                            .unwrap_or(0);
-                    let nonce = (settled as i64 + c.nonce_step as i64).max(0) as Nonce;
-                    let v = voucher(USERS[c.user], PROVIDERS[named], nonce, c.spent, c.cap);
-                    if !c.forged {
-                        let m = model.max_signed.entry((c.user, named)).or_default();
-                        *m = (*m).max(c.spent + c.cap);
+                    let named = c.named_provider.unwrap_or(provider);
+                    let named_acc = m.acc(named);
+                    let users: Vec<AccountId32> = Escrows::<Test>::iter()
+                        .filter(|(_, p, _)| *p == named_acc)
+                        .map(|(u, _, _)| u)
+                        .collect();
+                    let user_index = match (c.existing, users.is_empty()) {
+                        (true, false) => m.index(&users[c.user % users.len()]),
+                        _ => c.user,
+                    };
+                    let user = m.acc(user_index);
+                    let e = Escrows::<Test>::get(&user, &named_acc).unwrap_or_default();
+                    let nonce = (e.settled_nonce as i64 + c.nonce_step as i64).max(0) as Nonce;
+                    let spent = (e.settled_total as i128 + c.spent_delta as i128).max(0) as Balance;
+                    let v = Voucher {
+                        user: user.clone(),
+                        provider: named_acc.clone(),
+                        service_id: 0,
+                        price_version: 0,
+                        nonce,
+                        request_hash: H256::repeat_byte(nonce as u8),
+                        spent,
+                        cap: c.cap,
+                    };
+                    let signer = if c.forged { provider } else { user_index };
+                    let mut payload = v.signing_payload(&genesis());
+                    if c.wrapped {
+                        payload = [b"<Bytes>".as_slice(), &payload, b"</Bytes>"].concat();
                     }
-                    let signer = if c.forged { PROVIDERS[provider] } else { USERS[c.user] };
-                    Claim { voucher: signed(v, signer), fee_claim: c.fee_claim }
+                    if !c.forged {
+                        let bound = m.signed.entry((user, named_acc, nonce)).or_default();
+                        *bound = (*bound).max(spent + c.cap);
+                    }
+                    Claim {
+                        voucher: SignedVoucher {
+                            signature: m.keys[signer].sign(&payload),
+                            voucher: v,
+                        },
+                        fee_claim: c.fee_claim,
+                    }
                 })
                 .collect();
-            let _ =
-                Compute::settle(provider_origin(provider), items.try_into().unwrap(), H256::zero());
+            let _ = Compute::settle(origin(m, provider), items.try_into().unwrap(), H256::zero());
         }
-        Action::Dispute { user, provider, nonce_back, total } => {
-            if let Some(e) =
-                Escrows::<Test>::get(account(USERS[user]), account(PROVIDERS[provider]))
-            {
-                let nonce = e.settled_through.saturating_sub(nonce_back as u64);
-                let r = signed_receipt(
-                    receipt(USERS[user], PROVIDERS[provider], nonce, 0, total),
-                    PROVIDERS[provider],
-                );
-                disputed =
-                    Compute::dispute(signed_by(user), account(PROVIDERS[provider]), r).is_ok();
+        Action::Release { provider, users } => {
+            let users: Vec<_> = users.iter().map(|u| m.acc(*u)).collect();
+            let _ = Compute::release(origin(m, provider), users.try_into().unwrap());
+        }
+        Action::DisputeAny { user, provider } => {
+            let r = Receipt {
+                user: m.acc(user),
+                provider: m.acc(provider),
+                service_id: 0,
+                nonce: 1,
+                request_hash: H256::zero(),
+                response_hash: H256::zero(),
+                input_tokens: 1,
+                output_tokens: 1,
+                fee: 0,
+                total: 0,
+            };
+            let signature = m.keys[provider].sign(&r.signing_payload(&genesis()));
+            let _ = Compute::dispute(
+                origin(m, user),
+                m.acc(provider),
+                SignedReceipt { receipt: r, signature },
+            );
+        }
+        Action::Dispute { pick, nonce_delta, total_delta, forged } => {
+            let mut escrows: Vec<_> = Escrows::<Test>::iter().collect();
+            if escrows.is_empty() {
+                return;
             }
+            escrows.sort_by(|a, b| (&a.0, &a.1).cmp(&(&b.0, &b.1)));
+            let (user_acc, provider_acc, e) = escrows.swap_remove(pick as usize % escrows.len());
+            let (user, provider) = (m.index(&user_acc), m.index(&provider_acc));
+            let nonce = (e.settled_through as i64 + nonce_delta as i64).max(0) as Nonce;
+            let total = (e.settled_total as i128 + total_delta as i128).max(0) as Balance;
+            let r = Receipt {
+                user: m.acc(user),
+                provider: m.acc(provider),
+                service_id: 0,
+                nonce,
+                request_hash: H256::repeat_byte(nonce as u8),
+                response_hash: H256::zero(),
+                input_tokens: 1,
+                output_tokens: 1,
+                fee: 0,
+                total,
+            };
+            let signer = if forged { user } else { provider };
+            let signature = m.keys[signer].sign(&r.signing_payload(&genesis()));
+            let _ = Compute::dispute(
+                origin(m, user),
+                m.acc(provider),
+                SignedReceipt { receipt: r, signature },
+            );
+        }
+        Action::Transfer { from, to, amount } => {
+            let _ = Balances::transfer_allow_death(origin(m, from), m.acc(to), amount);
         }
         Action::Advance { blocks } => run_to(System::block_number() + blocks as u64),
+        Action::AdvanceToBoundary { pick, offset } => {
+            let now = System::block_number();
+            let at = boundaries(now);
+            if !at.is_empty() {
+                let target = (at[pick as usize % at.len()] as i64 + offset as i64) as u64;
+                run_to(target.max(now));
+            }
+        }
     }
-    disputed
 }
 
-fn check(model: &mut Model, issuance: Balance, disputed: bool) -> Result<(), TestCaseError> {
-    prop_assert_eq!(Balances::total_issuance(), issuance, "total issuance changed");
-    let escrow_account = Balances::total_balance(&Compute::escrow_account());
-    let total: Balance = KEYS.iter().map(|k| Balances::total_balance(&account(*k))).sum();
-    prop_assert_eq!(total + escrow_account, issuance, "funds left the dev accounts");
-    let escrows: Balance = Escrows::<Test>::iter_values().map(|e| e.balance).sum();
-    prop_assert_eq!(
-        escrow_account,
-        escrows + Balances::minimum_balance(),
-        "the escrow account keeps exactly the escrows"
-    );
+fn check(m: &mut Model, events: &[Event<Test>]) -> Result<(), TestCaseError> {
+    prop_assert_eq!(Balances::total_issuance(), m.issuance, "issuance moved without an event");
+    let escrow_account = Balances::balance(&Compute::escrow_account());
+    prop_assert_eq!(escrow_account, m.escrow_account, "escrow account differs from the events");
+    let kept: Balance =
+        Escrows::<Test>::iter_values().map(|e| e.balance + e.held + e.held_next).sum();
+    prop_assert_eq!(escrow_account, kept + ED, "escrow account keeps exactly the escrows");
+    for i in 0..N {
+        let who = m.acc(i);
+        let books = m.books.get(&who).copied().unwrap_or_default();
+        let actual = Books {
+            free: Balances::free_balance(&who),
+            bond: Balances::balance_on_hold(&HoldReason::ProviderBond.into(), &who),
+            records: Balances::balance_on_hold(&HoldReason::EscrowRecord.into(), &who),
+        };
+        prop_assert_eq!(actual, books, "account {} differs from its books", i);
+        let records = Escrows::<Test>::iter_prefix(&who).count() as Balance;
+        prop_assert_eq!(actual.records, records * ESCROW_DEPOSIT, "record deposits of {}", i);
+        prop_assert!(
+            !Escrows::<Test>::contains_key(&who, &who),
+            "account {} holds an escrow with itself",
+            i
+        );
+    }
     Compute::do_try_state().map_err(|e| TestCaseError::fail(format!("try_state: {e:?}")))?;
-    for (u, user) in USERS.iter().enumerate() {
-        for (p, provider) in PROVIDERS.iter().enumerate() {
-            let Some(e) = Escrows::<Test>::get(account(*user), account(*provider)) else {
-                continue;
-            };
-            let (nonce, total) = model.last.get(&(u, p)).copied().unwrap_or_default();
-            prop_assert!(e.settled_nonce >= nonce, "settled_nonce decreased");
-            prop_assert!(
-                disputed || e.settled_total >= total,
-                "settled_total decreased without a dispute"
-            );
-            let signed = model.max_signed.get(&(u, p)).copied().unwrap_or_default();
-            prop_assert!(
-                e.settled_total <= signed,
-                "paid {} above the {} signed for",
-                e.settled_total,
-                signed
-            );
-            model.last.insert((u, p), (e.settled_nonce, e.settled_total));
+
+    let now = System::block_number();
+    for (user, provider, e) in Escrows::<Test>::iter() {
+        let key = (user.clone(), provider.clone());
+        let (nonce, total) = m.last.get(&key).copied().unwrap_or_default();
+        prop_assert!(e.settled_nonce >= nonce, "settled_nonce decreased");
+        let disputed = events.iter().any(|ev| {
+            matches!(ev, Event::DisputeWon { user: u, provider: p, .. } if *u == user && *p == provider)
+        });
+        prop_assert!(disputed || e.settled_total >= total, "settled_total fell without a dispute");
+        // Every settled nonce is a voucher the user signed, and whenever a claim pays, the
+        // total paid stays within that very voucher's `spent + cap`.
+        if e.settled_nonce > 0 {
+            let bound = m.signed.get(&(user.clone(), provider.clone(), e.settled_nonce));
+            prop_assert!(bound.is_some(), "settled nonce {} was never signed", e.settled_nonce);
+            if e.settled_total > total {
+                prop_assert!(
+                    e.settled_total <= *bound.unwrap(),
+                    "paid up to {} above the {} the settled voucher allows",
+                    e.settled_total,
+                    bound.unwrap()
+                );
+            }
+        } else {
+            prop_assert_eq!(e.settled_total, 0);
         }
+        // No block lets a bond go while a dispute could still need it.
+        if e.locked(now) > 0 {
+            let info = Providers::<Test>::get(&provider).unwrap();
+            prop_assert!(now < info.bond_locked_until, "bond unlockable during a dispute window");
+        }
+        m.last.insert(key, (e.settled_nonce, e.settled_total));
     }
     Ok(())
 }
@@ -201,15 +521,35 @@ proptest! {
     #![proptest_config(ProptestConfig { cases: 96, ..ProptestConfig::default() })]
 
     #[test]
-    fn random_call_sequences_conserve_funds(actions in prop::collection::vec(action(), 1..48)) {
-        new_test_ext().execute_with(|| {
-            let issuance = Balances::total_issuance();
-            let mut model = Model::default();
+    fn random_call_sequences_keep_every_account_exact(actions in prop::collection::vec(action(), 1..48)) {
+        ExistentialDeposit::set(ED);
+        let result = new_test_ext().execute_with(|| {
+            let mut m = Model {
+                keys: keys(),
+                books: BTreeMap::new(),
+                escrow_account: ED,
+                issuance: 0,
+                signed: BTreeMap::new(),
+                last: BTreeMap::new(),
+            };
+            use polkadot_sdk::frame_support::traits::fungible::Mutate;
+            for i in 0..N {
+                Balances::set_balance(&m.acc(i), START);
+            }
+            System::reset_events();
+            for i in 0..N {
+                m.books.insert(m.acc(i), Books { free: START, ..Books::default() });
+            }
+            m.issuance = Balances::total_issuance();
+            prop_assert_eq!(Balances::balance(&Compute::escrow_account()), ED);
             for a in &actions {
-                let disputed = apply(a, &mut model);
-                check(&mut model, issuance, disputed)?;
+                apply(a, &mut m);
+                let events = m.post_events();
+                check(&mut m, &events)?;
             }
             Ok::<(), TestCaseError>(())
-        })?;
+        });
+        ExistentialDeposit::set(1);
+        result?;
     }
 }

@@ -3,6 +3,7 @@
 mod disputes;
 mod escrow;
 mod invariants;
+mod migrations;
 mod services;
 mod settlement;
 
@@ -116,10 +117,21 @@ pub(crate) fn free(k: Sr25519Keyring) -> Balance {
     Balances::free_balance(account(k))
 }
 
-/// What the escrow account keeps above its existential deposit: the sum of all escrows.
+/// What the escrow account keeps above its existential deposit for escrow balances: the sum of
+/// all escrows, payments held for providers excluded.
 pub(crate) fn escrowed() -> Balance {
     use polkadot_sdk::frame_support::traits::fungible::Inspect;
-    Balances::balance(&Compute::escrow_account()) - Balances::minimum_balance()
+    let held: Balance = Escrows::<Test>::iter_values().map(|e| e.held + e.held_next).sum();
+    Balances::balance(&Compute::escrow_account()) - Balances::minimum_balance() - held
+}
+
+/// A provider's free balance plus what settlement paid it that is still held in escrows.
+pub(crate) fn paid_to(k: Sr25519Keyring) -> Balance {
+    let held: Balance = Escrows::<Test>::iter()
+        .filter(|(_, provider, _)| *provider == account(k))
+        .map(|(_, _, e)| e.held + e.held_next)
+        .sum();
+    free(k) + held
 }
 
 pub(crate) fn bond_held(k: Sr25519Keyring) -> Balance {

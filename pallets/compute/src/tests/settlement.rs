@@ -25,7 +25,7 @@ fn setup() {
 fn a_valid_claim_pays_the_provider_from_the_escrow_account() {
     new_test_ext().execute_with(|| {
         setup();
-        let bob_free = free(Bob);
+        let bob_free = paid_to(Bob);
         let evs = settle_one(claim(Alice, Bob, 3, 0, 200, 150));
         assert_eq!(
             evs,
@@ -36,7 +36,7 @@ fn a_valid_claim_pays_the_provider_from_the_escrow_account() {
                 paid: 150
             }]
         );
-        assert_eq!(free(Bob), bob_free + 150);
+        assert_eq!(paid_to(Bob), bob_free + 150);
         assert_eq!(escrowed(), 850);
         let e = escrow(Alice, Bob);
         assert_eq!(
@@ -59,7 +59,7 @@ fn a_valid_claim_pays_the_provider_from_the_escrow_account() {
         // The next cumulative voucher pays only the difference.
         settle_one(claim(Alice, Bob, 5, 150, 100, 40));
         assert_eq!(escrow(Alice, Bob).settled_total, 190);
-        assert_eq!(free(Bob), bob_free + 190);
+        assert_eq!(paid_to(Bob), bob_free + 190);
         assert_eq!(provider_info(Bob).requests_settled, 5);
         Compute::do_try_state().unwrap();
     });
@@ -202,7 +202,7 @@ fn a_mixed_batch_pays_exactly_the_good_claims() {
         deposit(Alice, Bob, 1_000);
         deposit(Charlie, Bob, 1_000);
         deposit(Dave, Bob, 1_000);
-        let bob_free = free(Bob);
+        let bob_free = paid_to(Bob);
         events();
         settle(
             Bob,
@@ -214,7 +214,7 @@ fn a_mixed_batch_pays_exactly_the_good_claims() {
                 claim(Alice, Bob, 1, 0, 100, 100),
             ],
         );
-        assert_eq!(free(Bob), bob_free + 160);
+        assert_eq!(paid_to(Bob), bob_free + 160);
         assert_eq!(escrow(Alice, Bob).balance, 900);
         assert_eq!(escrow(Charlie, Bob).balance, 940);
         assert_eq!(escrow(Dave, Bob).balance, 1_000);
@@ -286,16 +286,31 @@ fn an_oversized_batch_is_refused_at_decode() {
     assert!(crate::Call::<Test>::decode(&mut &too_big[..]).is_err());
 }
 
-/// A batch moves funds once: one transfer of its total from the escrow account to the provider,
-/// whatever the number of claims; the escrow account keeps the rest of every escrow.
+/// A batch moves no funds out of the escrow account: its payments are held there for the
+/// dispute window, then one `release` pays the provider with one transfer, whatever the number of
+/// escrows; the escrow account keeps the rest of every escrow.
 #[test]
-fn a_batch_pays_its_provider_with_one_transfer() {
+fn a_batch_is_held_then_paid_to_its_provider_with_one_transfer() {
     new_test_ext().execute_with(|| {
         register(Bob, 0);
         deposit(Alice, Bob, 1_000);
         deposit(Charlie, Bob, 500);
         deposit(Dave, Bob, 300);
-        let bob_free = free(Bob);
+        let bob_free = paid_to(Bob);
+        let transfers = || -> Vec<_> {
+            let t =
+                System::events()
+                    .into_iter()
+                    .filter_map(|r| match r.event {
+                        RuntimeEvent::Balances(
+                            polkadot_sdk::pallet_balances::Event::Transfer { from, to, amount },
+                        ) => Some((from, to, amount)),
+                        _ => None,
+                    })
+                    .collect();
+            System::reset_events();
+            t
+        };
         System::reset_events();
         settle(
             Bob,
@@ -305,19 +320,14 @@ fn a_batch_pays_its_provider_with_one_transfer() {
                 claim(Dave, Bob, 1, 0, 400, 400), // above the escrow: 300 paid, 100 owed
             ],
         );
-        let transfers: Vec<_> = System::events()
-            .into_iter()
-            .filter_map(|r| match r.event {
-                RuntimeEvent::Balances(polkadot_sdk::pallet_balances::Event::Transfer {
-                    from,
-                    to,
-                    amount,
-                }) => Some((from, to, amount)),
-                _ => None,
-            })
-            .collect();
-        assert_eq!(transfers, vec![(Compute::escrow_account(), account(Bob), 120 + 80 + 300)]);
-        assert_eq!(free(Bob), bob_free + 500);
+        assert_eq!(transfers(), vec![], "payments stay held through the dispute window");
+        run_to(1 + DISPUTE_WINDOW);
+        assert_ok!(Compute::release(
+            RuntimeOrigin::signed(account(Bob)),
+            vec![account(Alice), account(Charlie), account(Dave)].try_into().unwrap()
+        ));
+        assert_eq!(transfers(), vec![(Compute::escrow_account(), account(Bob), 120 + 80 + 300)]);
+        assert_eq!(paid_to(Bob), bob_free + 500);
         assert_eq!(escrowed(), 1_800 - 500);
         assert_eq!(escrow(Dave, Bob).balance, 0);
     });
@@ -335,7 +345,25 @@ fn a_deposit_keeps_the_user_alive() {
             Error::<Test>::InsufficientBalance
         );
         assert_eq!(escrowed(), 0);
-        deposit(Alice, Bob, all - 1);
-        assert_eq!((free(Alice), escrowed()), (1, all - 1));
+        deposit(Alice, Bob, all - 1 - ESCROW_DEPOSIT);
+        assert_eq!((free(Alice), escrowed()), (1, all - 1 - ESCROW_DEPOSIT));
+    });
+}
+
+/// A provider signing vouchers for itself through another account cannot inflate its numbers
+/// for free: a claim that pays nothing counts nothing, and a nonce jump counts at most one
+/// request per unit paid.
+#[test]
+fn statistics_count_only_what_moved_funds() {
+    new_test_ext().execute_with(|| {
+        setup();
+        settle_one(claim(Alice, Bob, 1, 0, 100, 0));
+        settle_one(claim(Alice, Bob, 2, 0, 0, 0));
+        let info = provider_info(Bob);
+        assert_eq!((info.claims_settled, info.requests_settled, info.earned), (0, 0, 0));
+        settle_one(claim(Alice, Bob, u64::MAX, 0, 10, 10));
+        let info = provider_info(Bob);
+        assert_eq!((info.claims_settled, info.requests_settled, info.earned), (1, 10, 10));
+        Compute::do_try_state().unwrap();
     });
 }

@@ -1,0 +1,58 @@
+use super::*;
+use crate::migrations::{v1, MigrateV1ToV2};
+use codec::Encode;
+use polkadot_sdk::frame_support::{
+    storage::unhashed,
+    traits::{GetStorageVersion, OnRuntimeUpgrade, StorageVersion},
+};
+use Sr25519Keyring::{Alice, Bob};
+
+#[test]
+fn version_1_records_come_through_with_nothing_held() {
+    new_test_ext().execute_with(|| {
+        StorageVersion::new(1).put::<Compute>();
+        let old_escrow = v1::Escrow {
+            balance: 10,
+            pending_refund: 1,
+            unlock_at: 5,
+            settled_nonce: 3,
+            settled_through: 2,
+            settled_total: 7,
+            last_claimed_total: 8,
+            last_settled_at: 4u64,
+        };
+        let old_provider = v1::ProviderInfo {
+            bond: 1_000,
+            services: 1,
+            unbonding: false,
+            claims_settled: 2,
+            requests_settled: 3,
+            earned: 7,
+            disputes_lost: 1,
+            last_settled_at: 4u64,
+        };
+        unhashed::put_raw(
+            &Escrows::<Test>::hashed_key_for(account(Alice), account(Bob)),
+            &old_escrow.encode(),
+        );
+        unhashed::put_raw(&Providers::<Test>::hashed_key_for(account(Bob)), &old_provider.encode());
+
+        MigrateV1ToV2::<Test>::on_runtime_upgrade();
+        assert_eq!(Compute::on_chain_storage_version(), 2);
+        let e = escrow(Alice, Bob);
+        assert_eq!(
+            (e.balance, e.pending_refund, e.unlock_at, e.settled_nonce, e.settled_through),
+            (10, 1, 5, 3, 2)
+        );
+        assert_eq!((e.settled_total, e.last_claimed_total, e.last_settled_at), (7, 8, 4));
+        assert_eq!((e.held, e.held_next), (0, 0));
+        let p = provider_info(Bob);
+        assert_eq!((p.bond, p.services, p.claims_settled, p.requests_settled), (1_000, 1, 2, 3));
+        assert_eq!((p.earned, p.disputes_lost, p.last_settled_at), (7, 1, 4));
+        assert_eq!(p.bond_locked_until, 4 + DISPUTE_WINDOW, "the bond stays locked a window");
+
+        // A second run finds version 2 and leaves the records alone.
+        MigrateV1ToV2::<Test>::on_runtime_upgrade();
+        assert_eq!(provider_info(Bob), p);
+    });
+}
