@@ -4,7 +4,7 @@ CARGO ?= cargo
 NODE := target/debug/compute-node
 export PATH := $(CURDIR)/target/debug:$(PATH)
 
-.PHONY: setup model build demo test test-rust test-pallet test-bench test-worker test-clients bench-worker weights zombienet lint fmt clean
+.PHONY: setup model build demo test test-rust test-pallet test-bench test-worker test-clients bench-worker weights zombienet fuzz lint fmt clean
 
 setup:
 	@scripts/setup.sh
@@ -25,10 +25,12 @@ model:
 demo: build
 	@scripts/demo.sh
 
-## Every test: unit, property, runtime, node and worker end to end, the polkadot.js and OpenAI
-## Python clients, and the 4-validator zombienet smoke test.
+## Every test: unit, property, runtime, node and worker end to end, bounded fuzzing of every
+## decoder and parser, the polkadot.js and OpenAI Python clients, and the 4-validator zombienet
+## smoke test.
 test: build
 	$(CARGO) test --workspace
+	FUZZ_SECONDS=10 scripts/fuzz.sh
 	SKIP_WASM_BUILD=1 $(CARGO) test -p pallet-compute --features runtime-benchmarks
 	@scripts/test-clients.sh
 	@scripts/zombienet.sh
@@ -62,6 +64,10 @@ weights:
 ## The benchmarks, run once each as tests against the mock runtime.
 test-bench:
 	SKIP_WASM_BUILD=1 $(CARGO) test -p pallet-compute --features runtime-benchmarks
+
+## Fuzz every decoder and parser of untrusted bytes for FUZZ_SECONDS each (fuzz/README.md).
+fuzz:
+	@scripts/fuzz.sh
 
 zombienet: build
 	@scripts/zombienet.sh
