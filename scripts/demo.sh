@@ -103,11 +103,20 @@ echo "==> Paid embeddings of two sentences: receipt checked against the vectors 
 compute embed "$BOB" "The quick brown fox jumps over the lazy dog." "A fast auburn fox leaps over a sleepy hound."
 PROXY_PORT=${PROXY_PORT:-8788}
 echo "==> The same account through the local OpenAI-compatible proxy (any OpenAI client works)"
+# The proxy writes a fresh API key to proxy-token beside the state file (0600); clients send it
+# as `Authorization: Bearer <key>`, which every OpenAI client does with its api_key.
+rm -f "$BASE/proxy-token"
 compute proxy "$BOB" --listen "127.0.0.1:$PROXY_PORT" 2>"$BASE/proxy.log" &
 PPID_=$!
 trap 'kill "$PPID_" 2>/dev/null || true; cleanup' EXIT
-for _ in $(seq 1 60); do curl -sf "http://127.0.0.1:$PROXY_PORT/health" >/dev/null && break; sleep 0.5; done
+for _ in $(seq 1 60); do
+    [ -s "$BASE/proxy-token" ] && curl -sf "http://127.0.0.1:$PROXY_PORT/health" \
+        -H "authorization: Bearer $(cat "$BASE/proxy-token")" >/dev/null && break
+    sleep 0.5
+done
+echo "    API key for OpenAI clients: the contents of $BASE/proxy-token"
 curl -s "http://127.0.0.1:$PROXY_PORT/v1/chat/completions" -H 'content-type: application/json' \
+    -H "authorization: Bearer $(cat "$BASE/proxy-token")" \
     -d '{"model":"SmolLM2-135M-Instruct","max_tokens":24,"messages":[{"role":"user","content":"Name three colours."}]}' |
     python3 -c 'import json,sys; r=json.load(sys.stdin); print(r["choices"][0]["message"]["content"]); print("-- usage", r["usage"], "fee", r["receipt"]["fee"], "total", r["receipt"]["total"])'
 kill "$PPID_" 2>/dev/null || true

@@ -1,8 +1,12 @@
 //! `compute`: the user's command line for the compute marketplace.
 
+mod catch_up;
 mod chat;
 mod embed;
+mod files;
+mod key;
 mod proxy;
+mod proxy_auth;
 mod recount;
 mod session;
 mod sse;
@@ -29,12 +33,19 @@ struct Cli {
     /// Node WebSocket RPC URL.
     #[arg(long, global = true, env = "COMPUTE_NODE", default_value = "ws://127.0.0.1:9944")]
     node: String,
-    /// Your key: a secret URI (`//Alice` on a dev chain) or phrase.
-    #[arg(long, global = true, env = "COMPUTE_KEY", hide_env_values = true)]
+    /// A development key such as `//Charlie` (anything else would be visible to every local
+    /// user in the process list: use --key-file, or the COMPUTE_KEY environment variable, which
+    /// takes any secret URI or phrase).
+    #[arg(long, global = true)]
     key: Option<String>,
-    /// A file holding your secret URI or phrase.
+    /// A file holding your secret URI or phrase, readable by you only (`chmod 600`).
     #[arg(long, global = true, env = "COMPUTE_KEY_FILE")]
     key_file: Option<PathBuf>,
+    /// Seconds to wait for a provider: for a whole answer that is not streamed, and for each
+    /// read of a streamed one.
+    #[arg(long, global = true, env = "COMPUTE_TIMEOUT", default_value_t = 120,
+          value_parser = clap::value_parser!(u64).range(1..))]
+    timeout: u64,
     /// Where nonces and verified totals are kept.
     #[arg(long, global = true, env = "COMPUTE_STATE")]
     state: Option<PathBuf>,
@@ -110,6 +121,17 @@ enum Command {
         /// Most one request may cost (e.g. `0.01unit`); the provider lowers `max_tokens` to fit.
         #[arg(long, default_value = "0.01unit")]
         cap: String,
+        /// Read the API key clients must send from this file (readable by you only) instead of
+        /// generating one into `proxy-token` beside the state file.
+        #[arg(long)]
+        token_file: Option<PathBuf>,
+        /// A browser origin (e.g. `http://localhost:3000`) allowed to call the proxy; requests
+        /// from any other web page are refused. Repeatable.
+        #[arg(long = "allow-origin", value_name = "ORIGIN")]
+        allow_origins: Vec<String>,
+        /// Allow a --listen address other machines can reach.
+        #[arg(long)]
+        allow_remote: bool,
     },
     /// Close the session with PROVIDER: a signed ack of the latest total.
     Ack { provider: String },
@@ -162,11 +184,14 @@ struct Ctx {
     chain: Chain,
     signer: Option<Signer>,
     state_path: PathBuf,
+    timeout: Duration,
 }
 
 impl Ctx {
     fn signer(&self) -> anyhow::Result<&Signer> {
-        self.signer.as_ref().ok_or_else(|| anyhow!("give your key with --key or --key-file"))
+        self.signer.as_ref().ok_or_else(|| {
+            anyhow!("give your key with --key-file or the COMPUTE_KEY environment variable")
+        })
     }
 
     fn session(&self, provider: &str) -> anyhow::Result<Session> {
@@ -175,7 +200,8 @@ impl Ctx {
             self.signer()?.clone(),
             account(provider)?,
             self.state_path.clone(),
-        );
+            self.timeout,
+        )?;
         if let Some(path) = &self.recount_model {
             sess.recount = Some(
                 recount::Recounter::load(path)
@@ -209,11 +235,8 @@ async fn main() {
 }
 
 async fn run(cli: Cli) -> anyhow::Result<()> {
-    let signer = match (&cli.key, &cli.key_file) {
-        (Some(k), _) => Some(Signer::from_uri(k)?),
-        (None, Some(f)) => Some(Signer::from_file(f)?),
-        _ => None,
-    };
+    let env_key = std::env::var("COMPUTE_KEY").ok().filter(|k| !k.trim().is_empty());
+    let signer = key::signer(cli.key.as_deref(), cli.key_file.as_deref(), env_key.as_deref())?;
     let chain = Chain::connect(&cli.node, Duration::from_secs(10))
         .await
         .with_context(|| format!("is a node running at {}?", cli.node))?
@@ -229,6 +252,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         chain,
         signer,
         state_path,
+        timeout: Duration::from_secs(cli.timeout),
     };
     match cli.command {
         Command::Account => {
@@ -277,8 +301,9 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                 None => chat::interactive(&sess, &svc, &opts).await?,
             }
         }
-        Command::Proxy { provider, listen, cap } => {
-            proxy::serve(ctx.session(&provider)?, parse_amount(&cap)?, listen).await?
+        Command::Proxy { provider, listen, cap, token_file, allow_origins, allow_remote } => {
+            let opts = proxy::Options { listen, token_file, allow_origins, allow_remote };
+            proxy::serve(ctx.session(&provider)?, parse_amount(&cap)?, opts).await?
         }
         Command::Ack { provider } => ack(&ctx, &provider).await?,
         Command::Receipts { provider, after } => receipts(&ctx, &provider, after).await?,
@@ -450,11 +475,10 @@ async fn receipts(ctx: &Ctx, provider: &str, after: u64) -> anyhow::Result<()> {
 async fn dispute(ctx: &Ctx, provider: &AccountId) -> anyhow::Result<()> {
     let signer = ctx.signer()?;
     let user = signer.account_id();
-    let mut all = state::State::load(ctx.state_path.clone())?;
-    let st = all.entry(&user.to_string(), &provider.to_string());
-    let hex = st
-        .last_receipt
-        .clone()
+    let all = state::State::read(&ctx.state_path)?;
+    let hex = all
+        .get(&user.to_string(), &provider.to_string())
+        .and_then(|st| st.last_receipt.clone())
         .ok_or_else(|| anyhow!("no verified receipt from {provider} in the state file"))?;
     let receipt: SignedReceipt = wire::from_hex("receipt", &hex).map_err(|e| anyhow!("{e}"))?;
     let e = ctx

@@ -3,12 +3,17 @@
 //! the exact body to the provider, passes streams through chunk by chunk, and verifies and
 //! records every receipt before the client sees the end of the answer. Requests are sent one at a
 //! time (the protocol's in-flight window is one voucher per user and provider).
+//!
+//! Every request must carry the proxy's token and come from a local client, not a web page (see
+//! [`crate::proxy_auth`]). A provider that goes silent is answered with 504 after the session's
+//! timeout.
 
 // Handlers return their error response directly; boxing it would only add noise.
 #![allow(clippy::result_large_err)]
 
 use crate::{
-    session::{show, AnswerError, Session, Signed},
+    proxy_auth::{self, Access},
+    session::{is_timeout, show, AnswerError, Session, Signed},
     sse::SseReader,
 };
 use anyhow::Context;
@@ -20,11 +25,15 @@ use axum::{
     routing::{get, post},
     Json, Router,
 };
-use compute_client::wire::ReceiptJson;
+use compute_client::wire::{ErrorBody, ErrorDetail, ReceiptJson};
 use compute_primitives::{Balance, ServiceKind};
 use futures::StreamExt;
 use serde_json::{json, Value};
-use std::{net::SocketAddr, sync::Arc};
+use std::{
+    net::SocketAddr,
+    path::{Path, PathBuf},
+    sync::Arc,
+};
 use tokio::sync::{mpsc, Mutex};
 
 /// Largest request body accepted from local clients.
@@ -37,22 +46,37 @@ struct Proxy {
     turn: Arc<Mutex<()>>,
 }
 
-/// Serve on `listen` until the process is stopped.
-pub async fn serve(sess: Session, cap: Balance, listen: SocketAddr) -> anyhow::Result<()> {
+/// Who may use the proxy (see [`crate::proxy_auth`]).
+pub struct Options {
+    pub listen: SocketAddr,
+    /// Read the token from here instead of generating one.
+    pub token_file: Option<PathBuf>,
+    /// Browser origins allowed to call the proxy.
+    pub allow_origins: Vec<String>,
+    /// Listen on a non-loopback address.
+    pub allow_remote: bool,
+}
+
+/// Serve until the process is stopped.
+pub async fn serve(sess: Session, cap: Balance, opts: Options) -> anyhow::Result<()> {
+    proxy_auth::check_listen(opts.listen, opts.allow_remote)?;
     let services = sess.chain.services_of(&sess.provider).await?;
     if services.is_empty() {
         anyhow::bail!("{} has no services (see `compute services`)", sess.provider);
     }
-    let listener = tokio::net::TcpListener::bind(listen)
+    let (token, written) = proxy_auth::token(opts.token_file.as_deref(), &sess.state_path)?;
+    let listener = tokio::net::TcpListener::bind(opts.listen)
         .await
-        .with_context(|| format!("cannot listen on {listen}"))?;
+        .with_context(|| format!("cannot listen on {}", opts.listen))?;
+    let local = listener.local_addr()?;
     eprintln!(
-        "OpenAI-compatible proxy for {} on http://{}/v1 (models: {}; at most {} per request)",
+        "OpenAI-compatible proxy for {} on http://{local}/v1 (models: {}; at most {} per request)",
         sess.provider,
-        listener.local_addr()?,
         services.iter().map(|s| s.model.as_str()).collect::<Vec<_>>().join(", "),
         show(cap)
     );
+    announce_token(&token, written.as_deref(), opts.token_file.as_deref());
+    let access = Arc::new(Access::new(token, local, opts.allow_remote, opts.allow_origins));
     let state = Arc::new(Proxy { sess, cap, turn: Arc::new(Mutex::new(())) });
     let app = Router::new()
         .route("/health", get(|| async { Json(json!({ "status": "ok" })) }))
@@ -61,18 +85,55 @@ pub async fn serve(sess: Session, cap: Balance, listen: SocketAddr) -> anyhow::R
         .route("/v1/embeddings", post(embeddings))
         .fallback(|| async { error(StatusCode::NOT_FOUND, "not_found", "no such endpoint".into()) })
         .layer(axum::extract::DefaultBodyLimit::max(MAX_BODY))
+        .layer(axum::middleware::from_fn_with_state(access, proxy_auth::guard))
         .with_state(state);
     axum::serve(listener, app).await.context("the proxy stopped")
 }
 
-fn error(status: StatusCode, code: &str, message: String) -> Response {
+/// Tell the user which API key to configure.
+fn announce_token(token: &str, written: Option<&Path>, given: Option<&Path>) {
+    match (written, given) {
+        (Some(path), _) => eprintln!(
+            "proxy token (use it as the OpenAI API key; clients send `Authorization: Bearer \
+             <token>`), also in {}: {token}",
+            path.display()
+        ),
+        (None, Some(path)) => eprintln!(
+            "proxy token: the contents of {} (use it as the OpenAI API key)",
+            path.display()
+        ),
+        (None, None) => {}
+    }
+}
+
+/// An OpenAI-style error answer.
+pub fn error(status: StatusCode, code: &str, message: String) -> Response {
     let kind = match status.as_u16() {
+        401 => "authentication_error",
         402 => "insufficient_funds",
+        403 => "permission_error",
         500..=599 => "server_error",
         _ => "invalid_request_error",
     };
-    (status, Json(json!({ "error": { "message": message, "type": kind, "code": code } })))
-        .into_response()
+    let body = ErrorBody {
+        error: ErrorDetail {
+            message,
+            kind: kind.into(),
+            code: code.into(),
+            receipt: None,
+            expected: None,
+        },
+    };
+    (status, Json(body)).into_response()
+}
+
+/// The provider did not answer (504 when it timed out, else 502).
+fn unreachable(e: &anyhow::Error) -> Response {
+    if is_timeout(e) {
+        error(StatusCode::GATEWAY_TIMEOUT, "provider_timeout", format!("{e:#}"))
+    } else {
+        error(StatusCode::BAD_GATEWAY, "provider_unreachable", format!("{e:#}"))
+    }
 }
 
 async fn models(State(p): State<Arc<Proxy>>) -> Response {
@@ -149,13 +210,13 @@ async fn forward(p: Arc<Proxy>, body: Bytes, endpoint: Endpoint) -> Response {
     loop {
         let signed = match p.sess.sign(&svc, &body, p.cap).await {
             Ok(s) => s,
+            // Signing may first catch up on the provider's receipts.
+            Err(e) if is_timeout(&e) => return unreachable(&e),
             Err(e) => return error(StatusCode::PAYMENT_REQUIRED, "cannot_sign", format!("{e:#}")),
         };
         let resp = match p.sess.send(&signed, endpoint.path(), body.to_vec()).await {
             Ok(r) => r,
-            Err(e) => {
-                return error(StatusCode::BAD_GATEWAY, "provider_unreachable", format!("{e:#}"))
-            }
+            Err(e) => return unreachable(&e),
         };
         let status = resp.status();
         let is_sse = crate::sse::is_event_stream(&resp);
@@ -176,6 +237,13 @@ async fn forward(p: Arc<Proxy>, body: Bytes, endpoint: Endpoint) -> Response {
         }
         let value: Value = match resp.json().await {
             Ok(v) => v,
+            Err(e) if e.is_timeout() => {
+                return error(
+                    StatusCode::GATEWAY_TIMEOUT,
+                    "provider_timeout",
+                    format!("the provider did not finish its answer in time: {e}"),
+                )
+            }
             Err(e) => {
                 return error(
                     StatusCode::BAD_GATEWAY,
@@ -190,6 +258,9 @@ async fn forward(p: Arc<Proxy>, body: Bytes, endpoint: Endpoint) -> Response {
                     if !resynced && (code == "stale_nonce" || code == "nonce_gap") =>
                 {
                     if let Err(e) = p.sess.resync().await {
+                        if is_timeout(&e) {
+                            return unreachable(&e);
+                        }
                         return error(StatusCode::BAD_GATEWAY, "resync_failed", format!("{e:#}"));
                     }
                     resynced = true;
@@ -245,18 +316,28 @@ async fn pass_stream(
     let mut receipt: Option<ReceiptJson> = None;
     let mut bytes = resp.bytes_stream();
     let fail = |message: String, code: &str| {
-        Bytes::from(format!(
-            "data: {}\n\n",
-            json!({ "error": { "message": message, "type": "server_error", "code": code } })
-        ))
+        let body = ErrorBody {
+            error: ErrorDetail {
+                message,
+                kind: "server_error".into(),
+                code: code.into(),
+                receipt: None,
+                expected: None,
+            },
+        };
+        let json = serde_json::to_string(&body).unwrap_or_default();
+        Bytes::from(format!("data: {json}\n\n"))
     };
     while let Some(chunk) = bytes.next().await {
         let chunk = match chunk {
             Ok(c) => c,
             Err(e) => {
-                let _ = tx
-                    .send(Ok(fail(format!("the provider's stream broke: {e}"), "provider_stream")))
-                    .await;
+                let (what, code) = if e.is_timeout() {
+                    ("went silent", "provider_timeout")
+                } else {
+                    ("broke", "provider_stream")
+                };
+                let _ = tx.send(Ok(fail(format!("the provider's stream {what}: {e}"), code))).await;
                 return;
             }
         };
@@ -294,4 +375,56 @@ async fn pass_stream(
         let _ = sess.record(signed, r, Some(&text), Some(asked));
     }
     let _ = tx.send(Ok(fail("the provider's stream ended early".into(), "provider_stream"))).await;
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    async fn body_of(resp: Response) -> ErrorBody {
+        let bytes = axum::body::to_bytes(resp.into_body(), usize::MAX).await.unwrap();
+        serde_json::from_slice(&bytes).unwrap()
+    }
+
+    /// A provider that accepts the connection and never answers: the proxy's client gets a 504
+    /// in OpenAI's error shape, in about the timeout, instead of waiting forever.
+    #[tokio::test]
+    async fn a_silent_provider_is_a_504() {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        tokio::spawn(async move {
+            let mut held = Vec::new();
+            while let Ok((conn, _)) = listener.accept().await {
+                held.push(conn);
+            }
+        });
+        let http = reqwest::Client::new();
+        let started = std::time::Instant::now();
+        let e = http
+            .post(format!("http://{addr}/v1/chat/completions"))
+            .timeout(std::time::Duration::from_millis(200))
+            .send()
+            .await
+            .map_err(|e| anyhow::Error::new(e).context("cannot reach the provider"))
+            .unwrap_err();
+        let resp = unreachable(&e);
+        assert_eq!(resp.status(), StatusCode::GATEWAY_TIMEOUT);
+        let body = body_of(resp).await;
+        assert_eq!(
+            (body.error.code.as_str(), body.error.kind.as_str()),
+            ("provider_timeout", "server_error")
+        );
+        assert!(started.elapsed() < std::time::Duration::from_secs(10));
+
+        // Nobody listening at all is a 502.
+        let e = http
+            .post("http://127.0.0.1:1/")
+            .send()
+            .await
+            .map_err(|e| anyhow::Error::new(e).context("cannot reach the provider"))
+            .unwrap_err();
+        let resp = unreachable(&e);
+        assert_eq!(resp.status(), StatusCode::BAD_GATEWAY);
+        assert_eq!(body_of(resp).await.error.code, "provider_unreachable");
+    }
 }

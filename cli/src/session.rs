@@ -2,15 +2,20 @@
 //! state (next nonce, `spent` = the last verified total), checks every receipt the provider
 //! returns, and records it. Shared by `chat` (one-shot and interactive) and `proxy`.
 
-use crate::state::{ProviderState, State};
+use crate::{
+    catch_up,
+    state::{ProviderState, State},
+};
 use anyhow::{anyhow, bail, Context};
 use compute_client::{
     wire::{self, ErrorBody, ReceiptJson},
-    Chain, ServiceInfo, Signer,
+    Chain, EscrowState, ServiceInfo, Signer,
 };
-use compute_primitives::{AccountId, Balance, ServiceId, ServiceKind, SignedReceipt, Voucher};
+use compute_primitives::{
+    AccountId, Balance, Nonce, ServiceId, ServiceKind, SignedReceipt, Voucher,
+};
 use polkadot_sdk::sp_core::H256;
-use std::path::PathBuf;
+use std::{path::PathBuf, time::Duration};
 
 /// Smallest units per token.
 pub const UNIT: Balance = 1_000_000_000_000;
@@ -28,6 +33,9 @@ pub struct Session {
     pub genesis: H256,
     pub state_path: PathBuf,
     pub http: reqwest::Client,
+    /// Longest wait for a whole answer that is not streamed; a streamed one may take longer, as
+    /// long as no single read waits this long.
+    pub timeout: Duration,
     /// Recount every answer's tokens with the model's tokenizer (`--recount-model`).
     pub recount: Option<crate::recount::Recounter>,
     /// Recount every embeddings request's input tokens (`--recount-embedding-model`).
@@ -60,23 +68,28 @@ pub enum AnswerError {
 }
 
 impl Session {
-    /// Connect the pieces; `provider` must have at least one service.
-    pub fn new(chain: Chain, signer: Signer, provider: AccountId, state_path: PathBuf) -> Self {
+    /// Connect the pieces; `provider` must have at least one service. A provider that accepts
+    /// a connection and then goes silent fails a request after `timeout` (see [`Session::send`]).
+    pub fn new(
+        chain: Chain,
+        signer: Signer,
+        provider: AccountId,
+        state_path: PathBuf,
+        timeout: Duration,
+    ) -> anyhow::Result<Self> {
         let genesis = chain.genesis_hash();
-        let http = reqwest::Client::builder()
-            .connect_timeout(std::time::Duration::from_secs(10))
-            .build()
-            .unwrap_or_default();
-        Session {
+        let http = http_client(timeout)?;
+        Ok(Session {
             chain,
             signer,
             provider,
             genesis,
             state_path,
             http,
+            timeout,
             recount: None,
             recount_embeddings: None,
-        }
+        })
     }
 
     /// The provider's service: by id, else by model name, else its first chat service.
@@ -150,16 +163,15 @@ impl Session {
                 p = self.provider
             )
         })?;
-        let mut all = State::load(self.state_path.clone())?;
-        let st = all.entry(&user.to_string(), &self.provider.to_string());
-        refuse_if_distrusted(st, &self.provider)?;
+        let mut st = self.ledger().current()?;
+        refuse_if_distrusted(&st, &self.provider)?;
         if st.nonce < escrow.settled_nonce {
-            // Another client used this account: continue from the chain's view.
-            st.nonce = escrow.settled_nonce;
-            st.total = st.total.max(escrow.last_claimed_total);
-            all.save()?;
+            // The chain settled vouchers this state never saw a receipt for (another client of
+            // this account, a lost answer, a new machine): continue from the provider's
+            // receipts, but only those answering vouchers we signed, and never from the amount
+            // the provider claimed.
+            st = self.catch_up(Some(&escrow)).await?;
         }
-        let st = all.entry(&user.to_string(), &self.provider.to_string());
         let voucher = Voucher {
             user,
             provider: self.provider.clone(),
@@ -227,7 +239,10 @@ impl Session {
     /// A non-2xx answer: record its fee-0 receipt (if the nonce was used) and explain.
     pub fn refused(&self, signed: &Signed, status: u16, body: serde_json::Value) -> AnswerError {
         let Ok(err) = serde_json::from_value::<ErrorBody>(body.clone()) else {
-            return AnswerError::Other(anyhow!("provider answered {status}: {body}"));
+            return AnswerError::Other(anyhow!(
+                "provider answered {status}: {}",
+                untrusted_text(&body.to_string())
+            ));
         };
         if let Some(r) = &err.error.receipt {
             if let Err(e) = self.record(signed, r, None, None) {
@@ -249,14 +264,16 @@ impl Session {
         };
         AnswerError::Refused {
             status,
-            code: err.error.code,
-            message: err.error.message,
+            code: untrusted_text(&err.error.code),
+            message: untrusted_text(&err.error.message),
             hint,
             body,
         }
     }
 
-    /// POST `body` to the service's `path` with the voucher.
+    /// POST `body` to the service's `path` with the voucher. A request that asks for a stream
+    /// (`"stream": true`) may run as long as the provider keeps sending (each read waits at most
+    /// the timeout); any other must be answered in full within the timeout.
     pub async fn send(
         &self,
         signed: &Signed,
@@ -264,14 +281,58 @@ impl Session {
         body: Vec<u8>,
     ) -> anyhow::Result<reqwest::Response> {
         let url = format!("{}{path}", signed.service.url.trim_end_matches('/'));
-        self.http
-            .post(&url)
-            .header(wire::VOUCHER_HEADER, &signed.header)
-            .header("content-type", "application/json")
-            .body(body)
+        provider_post(&self.http, &url, &signed.header, body, self.timeout)
             .send()
             .await
             .with_context(|| format!("cannot reach the provider at {}", signed.service.url))
+    }
+
+    /// One page of the receipts the provider holds for us after `after` (signed challenge),
+    /// as sent: nothing verified yet.
+    async fn receipt_page(
+        &self,
+        url: &str,
+        after: Nonce,
+        limit: u32,
+    ) -> anyhow::Result<Vec<ReceiptJson>> {
+        let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH)?.as_secs();
+        let auth = wire::SignedAuth::new(&self.signer, self.provider.clone(), now, &self.genesis);
+        let resp = self
+            .http
+            .get(format!("{}/v1/receipts?after={after}&limit={limit}", url.trim_end_matches('/')))
+            .header(wire::AUTH_HEADER, wire::to_hex(&auth))
+            .timeout(self.timeout)
+            .send()
+            .await
+            .with_context(|| format!("cannot reach the provider at {url}"))?;
+        let status = resp.status();
+        let value: serde_json::Value =
+            resp.json().await.context("the provider's answer is not JSON")?;
+        if !status.is_success() {
+            bail!("provider refused ({status}): {}", untrusted_text(&value.to_string()));
+        }
+        serde_json::from_value(value["data"].clone()).context("the provider's list is malformed")
+    }
+
+    /// Every receipt the provider holds for us after `after`, page by page, as sent.
+    async fn receipts_after(&self, after: Nonce) -> anyhow::Result<Vec<ReceiptJson>> {
+        const PAGE: u32 = 100;
+        const MOST: usize = 100_000;
+        let url = self.service(None, None).await?.url;
+        let mut all: Vec<ReceiptJson> = Vec::new();
+        let mut after = after;
+        loop {
+            let page = self.receipt_page(&url, after, PAGE).await?;
+            let Some(last) = page.last().map(|r| r.nonce) else { break };
+            let full = page.len() >= PAGE as usize;
+            all.extend(page);
+            // A page that does not move forward would repeat forever.
+            if !full || last <= after || all.len() >= MOST {
+                break;
+            }
+            after = last;
+        }
+        Ok(all)
     }
 
     /// The receipts the provider holds for us after `after` (signed challenge), each verified.
@@ -280,22 +341,7 @@ impl Session {
         after: u64,
     ) -> anyhow::Result<Vec<(ReceiptJson, SignedReceipt)>> {
         let svc = self.service(None, None).await?;
-        let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH)?.as_secs();
-        let auth = wire::SignedAuth::new(&self.signer, self.provider.clone(), now, &self.genesis);
-        let resp = self
-            .http
-            .get(format!("{}/v1/receipts?after={after}", svc.url.trim_end_matches('/')))
-            .header(wire::AUTH_HEADER, wire::to_hex(&auth))
-            .send()
-            .await
-            .with_context(|| format!("cannot reach the provider at {}", svc.url))?;
-        let status = resp.status();
-        let value: serde_json::Value =
-            resp.json().await.context("the provider's answer is not JSON")?;
-        if !status.is_success() {
-            bail!("provider refused ({status}): {value}");
-        }
-        let list: Vec<ReceiptJson> = serde_json::from_value(value["data"].clone())?;
+        let list = self.receipt_page(&svc.url, after, 1000).await?;
         let user = self.signer.account_id();
         list.into_iter()
             .map(|r| {
@@ -313,29 +359,84 @@ impl Session {
     }
 
     /// After a `stale_nonce`/`nonce_gap` refusal (another client of this account, or an answer
-    /// lost in transit): adopt the provider's latest receipt for us, once its signature and the
-    /// running totals check out. Returns the nonce now continued from.
+    /// lost in transit): adopt the provider's receipts for us that answer vouchers we signed
+    /// (see [`catch_up`]). Returns the nonce now continued from.
     pub async fn resync(&self) -> anyhow::Result<u64> {
-        let user = self.signer.account_id();
-        let mut all = State::load(self.state_path.clone())?;
-        let st = all.entry(&user.to_string(), &self.provider.to_string());
-        let receipts = self.fetch_receipts(st.nonce).await?;
-        let (mut nonce, mut total) = (st.nonce, st.total);
-        for (json, r) in receipts {
-            let r = &r.receipt;
-            if r.nonce != nonce + 1 || total.checked_add(r.fee) != Some(r.total) {
-                bail!(
-                    "the provider's receipts do not continue from nonce {nonce} and total {}",
-                    show(total)
-                );
-            }
-            (nonce, total) = (r.nonce, r.total);
-            st.last_receipt = Some(json.signed);
-        }
-        (st.nonce, st.total) = (nonce, total);
-        all.save()?;
-        Ok(nonce)
+        Ok(self.catch_up(None).await?.nonce)
     }
+
+    /// Fetch the provider's receipts after our nonce and adopt them if every one verifies
+    /// against the voucher it answers; otherwise distrust the provider. With the chain's
+    /// `escrow`, also continue from its settled nonce, and refuse (an over-claim) when what we
+    /// can verify is below what it settled.
+    async fn catch_up(&self, escrow: Option<&EscrowState>) -> anyhow::Result<ProviderState> {
+        let ledger = self.ledger();
+        let st = ledger.current()?;
+        refuse_if_distrusted(&st, &self.provider)?;
+        let services = self.chain.services_of(&self.provider).await?;
+        let list = self.receipts_after(st.nonce).await?;
+        let settled = escrow.map(|e| (e.settled_nonce, e.settled_total));
+        ledger.adopt(&services, &list, settled)
+    }
+}
+
+/// The HTTP client to providers: connections and each read bounded by `timeout` (connecting by
+/// at most 10 s), so a provider that accepts and never answers cannot freeze the CLI or proxy.
+fn http_client(timeout: Duration) -> anyhow::Result<reqwest::Client> {
+    reqwest::Client::builder()
+        .connect_timeout(timeout.min(Duration::from_secs(10)))
+        .read_timeout(timeout)
+        .build()
+        .context("cannot set up the HTTP client")
+}
+
+/// A paid POST to a provider: bounded by `timeout` as a whole unless it asks for a stream.
+fn provider_post(
+    http: &reqwest::Client,
+    url: &str,
+    voucher: &str,
+    body: Vec<u8>,
+    timeout: Duration,
+) -> reqwest::RequestBuilder {
+    let req = http
+        .post(url)
+        .header(wire::VOUCHER_HEADER, voucher)
+        .header("content-type", "application/json");
+    let req = if asks_for_stream(&body) { req } else { req.timeout(timeout) };
+    req.body(body)
+}
+
+/// Whether a request body asks for a streamed answer (`"stream": true`).
+fn asks_for_stream(body: &[u8]) -> bool {
+    #[derive(serde::Deserialize)]
+    struct Stream {
+        #[serde(default)]
+        stream: bool,
+    }
+    serde_json::from_slice::<Stream>(body).is_ok_and(|s| s.stream)
+}
+
+/// Most characters of a provider's own words (error messages and codes) the CLI repeats.
+const MAX_PROVIDER_TEXT: usize = 512;
+
+/// A provider's text made safe to print: at most [`MAX_PROVIDER_TEXT`] characters, control
+/// characters (terminal escapes included) replaced. A provider's error body is untrusted input:
+/// it must not flood the terminal or a log, nor drive the terminal.
+pub fn untrusted_text(s: &str) -> String {
+    let mut out: String = s
+        .chars()
+        .take(MAX_PROVIDER_TEXT)
+        .map(|c| if c.is_control() { '\u{fffd}' } else { c })
+        .collect();
+    if s.chars().nth(MAX_PROVIDER_TEXT).is_some() {
+        out.push_str("… (cut)");
+    }
+    out
+}
+
+/// Whether an error is a provider that took too long (no answer, or a silent stream).
+pub fn is_timeout(e: &anyhow::Error) -> bool {
+    e.chain().any(|c| c.downcast_ref::<reqwest::Error>().is_some_and(reqwest::Error::is_timeout))
 }
 
 /// What `record` needs: the state file, whose receipts, and how to check them.
@@ -348,6 +449,73 @@ struct Ledger<'a> {
 }
 
 impl Ledger<'_> {
+    /// Our entry for this provider as the file holds it now.
+    fn current(&self) -> anyhow::Result<ProviderState> {
+        Ok(State::read(self.state_path)?
+            .get(&self.user.to_string(), &self.provider.to_string())
+            .cloned()
+            .unwrap_or_default())
+    }
+
+    /// Under the state's lock: adopt the receipts of `list` that follow our nonce if all verify
+    /// (see [`catch_up::verify`]), or distrust the provider. With `settled` (the chain's settled
+    /// nonce and total), continue at least from that nonce, and refuse an over-claim: a settled
+    /// total above the total we could verify.
+    fn adopt(
+        &self,
+        services: &[ServiceInfo],
+        list: &[ReceiptJson],
+        settled: Option<(Nonce, Balance)>,
+    ) -> anyhow::Result<ProviderState> {
+        let mut locked = State::lock(self.state_path)?;
+        let st = locked.entry(&self.user.to_string(), &self.provider.to_string());
+        refuse_if_distrusted(st, self.provider)?;
+        // Receipts the state already moved past (another process, meanwhile) are not news.
+        let fresh: Vec<ReceiptJson> = list.iter().filter(|r| r.nonce > st.nonce).cloned().collect();
+        let expect = catch_up::Expect {
+            genesis: self.genesis,
+            user: &self.user,
+            provider: self.provider,
+            services,
+        };
+        let caught = match catch_up::verify(&expect, (st.nonce, st.total), &fresh) {
+            Ok(c) => c,
+            Err(e) => {
+                let why = format!("its list of receipts does not check out: {e}");
+                st.distrusted = Some(why.clone());
+                locked.commit()?;
+                return Err(AnswerError::BadReceipt(why).into());
+            }
+        };
+        (st.nonce, st.total) = (caught.nonce, caught.total);
+        if let Some(hex) = caught.last_receipt {
+            st.last_receipt = Some(hex);
+        }
+        if let Some((nonce, total)) = settled {
+            if st.total < total {
+                let why = format!(
+                    "it settled {} through nonce {nonce} on chain, but its receipts for vouchers \
+                     you signed come to {} (nonce {})",
+                    show(total),
+                    show(st.total),
+                    st.nonce
+                );
+                st.distrusted = Some(format!("over-claim: {why}"));
+                locked.commit()?;
+                bail!(
+                    "{} over-claimed: {why}; get the excess back and a share of its bond with \
+                     `compute dispute {}`",
+                    self.provider,
+                    self.provider
+                );
+            }
+            st.nonce = st.nonce.max(nonce);
+        }
+        let st = st.clone();
+        locked.commit()?;
+        Ok(st)
+    }
+
     fn record(
         &self,
         signed: &Signed,
@@ -378,8 +546,8 @@ impl Ledger<'_> {
         receipt: &ReceiptJson,
         also: impl FnOnce(SignedReceipt) -> Result<SignedReceipt, String>,
     ) -> Result<SignedReceipt, AnswerError> {
-        let mut all = State::load(self.state_path.to_path_buf())?;
-        let st = all.entry(&self.user.to_string(), &self.provider.to_string());
+        let mut locked = State::lock(self.state_path)?;
+        let st = locked.entry(&self.user.to_string(), &self.provider.to_string());
         let checked = check(st, signed, receipt, self.genesis).and_then(also);
         let result = match checked {
             Ok(r) => {
@@ -393,7 +561,7 @@ impl Ledger<'_> {
                 Err(AnswerError::BadReceipt(why))
             }
         };
-        all.save()?;
+        locked.commit()?;
         result
     }
 }
@@ -469,6 +637,14 @@ mod tests {
     }
 
     #[test]
+    fn a_providers_text_is_cut_and_defanged() {
+        let long = "x".repeat(1 << 20);
+        assert!(untrusted_text(&long).len() < MAX_PROVIDER_TEXT + 16);
+        assert_eq!(untrusted_text("ok \u{1b}[2J"), "ok \u{fffd}[2J");
+        assert_eq!(untrusted_text("short"), "short");
+    }
+
+    #[test]
     fn a_receipt_that_does_not_verify_distrusts_the_provider() {
         let dir = std::env::temp_dir().join(format!("compute-ledger-{}", std::process::id()));
         let _ = std::fs::remove_dir_all(&dir);
@@ -487,12 +663,7 @@ mod tests {
             |v: Voucher| Signed { voucher: v, header: String::new(), service: service(&bob) };
         let json =
             |r: Receipt, by: &Signer| ReceiptJson::from(&wire::sign_receipt(by, r, &genesis));
-        let state = || {
-            State::load(path.clone())
-                .unwrap()
-                .entry(&user.account_id().to_string(), &provider.to_string())
-                .clone()
-        };
+        let state = || ledger.current().unwrap();
 
         // A good receipt (10 x 2 + 5 x 10 = 70) is recorded.
         let v1 = voucher(&user, &bob, 1, 0);
@@ -530,5 +701,180 @@ mod tests {
         let why = refuse_if_distrusted(&state(), &provider).unwrap_err().to_string();
         assert!(why.contains("refusing to sign vouchers") && why.contains("signature"), "{why}");
         let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    /// A state file with (nonce 4, total 1 000) verified for `user` with `bob`.
+    fn ledger_at<'a>(
+        path: &'a std::path::Path,
+        user: &Signer,
+        provider: &'a AccountId,
+        genesis: &'a H256,
+    ) -> Ledger<'a> {
+        let ledger =
+            Ledger { state_path: path, user: user.account_id(), provider, genesis, recount: None };
+        let mut locked = State::lock(path).unwrap();
+        let st = locked.entry(&user.account_id().to_string(), &provider.to_string());
+        (st.nonce, st.total, st.last_receipt) = (4, 1_000, Some("0xkept".into()));
+        locked.commit().unwrap();
+        ledger
+    }
+
+    /// The provider's receipt for `v` (fee at the test service's prices for 10 + 5 tokens, or
+    /// `fee`), with the voucher signed by `voucher_by` attached.
+    fn listed(
+        v: &Voucher,
+        fee: Option<Balance>,
+        bob: &Signer,
+        voucher_by: Option<&Signer>,
+        genesis: &H256,
+    ) -> ReceiptJson {
+        let json = ReceiptJson::from(&wire::sign_receipt(
+            bob,
+            receipt(v, "x", fee.unwrap_or(70)),
+            genesis,
+        ));
+        match voucher_by {
+            Some(s) => json.with_voucher(&wire::sign_voucher(s, v.clone(), genesis)),
+            None => json,
+        }
+    }
+
+    #[test]
+    fn catching_up_adopts_only_receipts_for_vouchers_the_user_signed() {
+        let dir = std::env::temp_dir().join(format!("compute-adopt-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        let [user, bob, eve] = ["//Alice", "//Bob", "//Eve"].map(|k| Signer::from_uri(k).unwrap());
+        let genesis = H256::repeat_byte(3);
+        let provider = bob.account_id();
+        let services = [service(&bob)];
+        let huge: Balance = 1_000_000_000_000_000_000_000_000; // 10^24
+        let v5 = voucher(&user, &bob, 5, 1_000);
+        let attacks = [
+            ("no voucher", listed(&v5, Some(huge), &bob, None, &genesis)),
+            ("voucher by Eve", listed(&v5, Some(huge), &bob, Some(&eve), &genesis)),
+            ("fee above the cap", listed(&v5, Some(huge), &bob, Some(&user), &genesis)),
+            (
+                "voucher for another nonce",
+                listed(&v5, None, &bob, None, &genesis).with_voucher(&wire::sign_voucher(
+                    &user,
+                    voucher(&user, &bob, 3, 0),
+                    &genesis,
+                )),
+            ),
+        ];
+        for (what, item) in attacks {
+            let path = dir.join(format!("{}.json", what.replace(' ', "-")));
+            let ledger = ledger_at(&path, &user, &provider, &genesis);
+            let e = ledger.adopt(&services, &[item], None).unwrap_err().to_string();
+            assert!(e.contains("does not verify") && e.contains("receipt #5"), "{what}: {e}");
+            let st = ledger.current().unwrap();
+            assert_eq!(
+                (st.nonce, st.total, st.last_receipt.as_deref()),
+                (4, 1_000, Some("0xkept")),
+                "{what}: nothing adopted"
+            );
+            assert!(st.distrusted.as_deref().is_some_and(|w| w.contains("receipt #5")), "{what}");
+            // And no voucher is signed for it any more.
+            assert!(ledger.adopt(&services, &[], None).is_err(), "{what}");
+        }
+
+        // A receipt for a voucher the user signed (an answer lost in transit) is adopted.
+        let path = dir.join("good.json");
+        let ledger = ledger_at(&path, &user, &provider, &genesis);
+        let good = listed(&v5, None, &bob, Some(&user), &genesis);
+        let st = ledger.adopt(&services, &[good.clone()], None).unwrap();
+        assert_eq!(ledger.current().unwrap(), st);
+        assert_eq!((st.nonce, st.total, st.last_receipt), (5, 1_070, Some(good.signed.clone())));
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    #[test]
+    fn catching_up_to_the_chain_refuses_an_over_claim() {
+        let dir = std::env::temp_dir().join(format!("compute-settled-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        let [user, bob] = ["//Alice", "//Bob"].map(|k| Signer::from_uri(k).unwrap());
+        let genesis = H256::repeat_byte(3);
+        let provider = bob.account_id();
+        let services = [service(&bob)];
+        let v5 = voucher(&user, &bob, 5, 1_000);
+        let good = listed(&v5, None, &bob, Some(&user), &genesis);
+
+        // Settled through nonce 5 at exactly the verified total: continue from there.
+        let path = dir.join("a.json");
+        let ledger = ledger_at(&path, &user, &provider, &genesis);
+        let st = ledger.adopt(&services, &[good.clone()], Some((5, 1_070))).unwrap();
+        assert_eq!((st.nonce, st.total, st.distrusted), (5, 1_070, None));
+
+        // Settled through nonce 6 with no receipt shown for it, at a total we cannot verify
+        // (the provider's claim): refused, pointing at `compute dispute`.
+        let path = dir.join("b.json");
+        let ledger = ledger_at(&path, &user, &provider, &genesis);
+        let e = ledger.adopt(&services, &[good.clone()], Some((6, 2_000))).unwrap_err().to_string();
+        assert!(
+            e.contains("over-claimed") && e.contains(&format!("compute dispute {provider}")),
+            "{e}"
+        );
+        let st = ledger.current().unwrap();
+        // The verified receipt is kept for the dispute; the provider gets no more vouchers.
+        assert_eq!((st.nonce, st.total, st.last_receipt), (5, 1_070, Some(good.signed.clone())));
+        assert!(st.distrusted.is_some_and(|w| w.contains("over-claim")));
+
+        // Settled beyond our receipts but not above our verified total: continue the nonce.
+        let path = dir.join("c.json");
+        let ledger = ledger_at(&path, &user, &provider, &genesis);
+        let st = ledger.adopt(&services, &[], Some((9, 900))).unwrap();
+        assert_eq!((st.nonce, st.total), (9, 1_000));
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    /// A provider that accepts connections and then says nothing (or sends the headers of a
+    /// stream and then nothing): requests fail as timeouts instead of hanging.
+    #[tokio::test]
+    async fn a_silent_provider_times_out() {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        tokio::spawn(async move {
+            let mut held = Vec::new();
+            while let Ok((mut conn, _)) = listener.accept().await {
+                let mut buf = vec![0u8; 4096];
+                let n = conn.read(&mut buf).await.unwrap_or(0);
+                if String::from_utf8_lossy(&buf[..n]).starts_with("POST /stream ") {
+                    let head = "HTTP/1.1 200 OK\r\ncontent-type: text/event-stream\r\n\
+                                transfer-encoding: chunked\r\n\r\n";
+                    let _ = conn.write_all(head.as_bytes()).await;
+                }
+                held.push(conn); // never answered, never closed
+            }
+        });
+        let timeout = Duration::from_millis(300);
+        let http = http_client(timeout).unwrap();
+        let url = format!("http://{addr}/v1/chat/completions");
+        let started = std::time::Instant::now();
+        let e = provider_post(&http, &url, "0x", br#"{"model":"m"}"#.to_vec(), timeout)
+            .send()
+            .await
+            .map_err(|e| anyhow::Error::new(e).context("cannot reach the provider"))
+            .unwrap_err();
+        assert!(is_timeout(&e), "{e:#}");
+        // A stream's headers arrive; its body does not: the read times out.
+        let stream_url = format!("http://{addr}/stream");
+        let resp = provider_post(&http, &stream_url, "0x", br#"{"stream":true}"#.to_vec(), timeout)
+            .send()
+            .await
+            .unwrap();
+        let mut bytes = futures::StreamExt::boxed(resp.bytes_stream());
+        let e = futures::StreamExt::next(&mut bytes).await.unwrap().unwrap_err();
+        assert!(e.is_timeout(), "{e}");
+        assert!(started.elapsed() < Duration::from_secs(10));
+    }
+
+    #[test]
+    fn only_requests_asking_for_a_stream_escape_the_overall_timeout() {
+        assert!(asks_for_stream(br#"{"model":"m","stream":true}"#));
+        assert!(!asks_for_stream(br#"{"model":"m","stream":false}"#));
+        assert!(!asks_for_stream(br#"{"model":"m"}"#));
+        assert!(!asks_for_stream(b""));
+        assert!(!asks_for_stream(b"not json"));
     }
 }

@@ -56,10 +56,11 @@ fn run_with_stdin(dir: &Path, rpc: u16, args: &[&str], input: &str) -> Output {
     child.wait_with_output().unwrap()
 }
 
-/// `curl` a URL (POST with a JSON body when given): status code and JSON answer.
-fn curl(url: &str, body: Option<&str>) -> (u16, serde_json::Value) {
+/// `curl` a URL (POST with a JSON body when given) with an API key: status code and JSON answer.
+fn curl(url: &str, token: &str, body: Option<&str>) -> (u16, serde_json::Value) {
     let mut cmd = Command::new("curl");
     cmd.args(["-s", "-w", "\n%{http_code}", url]);
+    cmd.args(["-H", &format!("authorization: Bearer {token}")]);
     if let Some(b) = body {
         cmd.args(["-H", "content-type: application/json", "--data-binary", b]);
     }
@@ -225,7 +226,9 @@ fn fund_chat_ack_and_refund_through_the_cli() {
     let out = ok(&run(&dir, rpc, &["embed", BOB, "One more."]));
     assert!(out.contains("384 dimensions") && out.contains("input tokens, fee"), "{out}");
 
-    // The local OpenAI proxy: its own errors in OpenAI's shape, then a paid request.
+    // The local OpenAI proxy: its own errors in OpenAI's shape, then a paid request. Its API key
+    // is generated at start into `proxy-token` beside the state file.
+    let _ = std::fs::remove_file(dir.join("proxy-token"));
     let proxy_port = free_port();
     let _proxy = Proc(
         Command::new(CLI)
@@ -244,17 +247,30 @@ fn fund_chat_ack_and_refund_through_the_cli() {
         assert!(Instant::now() < deadline, "proxy never listened");
         std::thread::sleep(Duration::from_millis(100));
     }
-    let (code, body) = curl(&format!("{base}/chat/completions"), Some("{not json"));
+    let token_file = dir.join("proxy-token");
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt;
+        let mode = std::fs::metadata(&token_file).unwrap().permissions().mode();
+        assert_eq!(mode & 0o777, 0o600, "the token is private");
+    }
+    let token = std::fs::read_to_string(&token_file).unwrap().trim().to_string();
+    // Without the key, or with another, nothing is signed.
+    let (code, body) = curl(&format!("{base}/models"), "wrong", None);
+    assert_eq!((code, body["error"]["code"].as_str()), (401, Some("invalid_api_key")), "{body}");
+    let (code, body) = curl(&format!("{base}/chat/completions"), &token, Some("{not json"));
     assert_eq!((code, body["error"]["code"].as_str()), (400, Some("invalid_json")), "{body}");
     let (code, body) = curl(
         &format!("{base}/chat/completions"),
+        &token,
         Some(r#"{"model":"gpt-4o","messages":[{"role":"user","content":"hi"}]}"#),
     );
     assert_eq!((code, body["error"]["code"].as_str()), (404, Some("model_not_found")), "{body}");
-    let (code, body) = curl(&format!("{base}/models"), None);
+    let (code, body) = curl(&format!("{base}/models"), &token, None);
     assert_eq!((code, body["data"][0]["id"].as_str()), (200, Some("SmolLM2-135M-Instruct")));
     let (code, body) = curl(
         &format!("{base}/chat/completions"),
+        &token,
         Some(
             r#"{"model":"SmolLM2-135M-Instruct","max_tokens":5,"messages":[{"role":"user","content":"Hi"}]}"#,
         ),

@@ -99,6 +99,19 @@ pub struct ReceiptJson {
     pub total: String,
     /// SCALE-encoded `SignedReceipt` as hex: what a client verifies and keeps.
     pub signed: String,
+    /// SCALE-encoded `SignedVoucher` as hex: the user's voucher this receipt answers. Only
+    /// `GET /v1/receipts` sets it, so that a client catching up on receipts it never saw can
+    /// check that it signed each of them (and for at most how much).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub voucher: Option<String>,
+}
+
+impl ReceiptJson {
+    /// The receipt with the voucher it answers attached.
+    pub fn with_voucher(mut self, voucher: &SignedVoucher) -> Self {
+        self.voucher = Some(to_hex(voucher));
+        self
+    }
 }
 
 impl From<&SignedReceipt> for ReceiptJson {
@@ -116,6 +129,7 @@ impl From<&SignedReceipt> for ReceiptJson {
             fee: r.fee.to_string(),
             total: r.total.to_string(),
             signed: to_hex(s),
+            voucher: None,
         }
     }
 }
@@ -151,6 +165,18 @@ pub fn check_receipt(
     prices: (Balance, Balance),
     previous_total: Balance,
 ) -> Result<(), ReceiptError> {
+    check_receipt_at(signed, voucher, genesis, Some(prices), previous_total)
+}
+
+/// [`check_receipt`], with the fee formula checked only when the prices are known (`None`: the
+/// voucher names a price version that is no longer on chain, so only the cap bounds the fee).
+pub fn check_receipt_at(
+    signed: &SignedReceipt,
+    voucher: &Voucher,
+    genesis: &H256,
+    prices: Option<(Balance, Balance)>,
+    previous_total: Balance,
+) -> Result<(), ReceiptError> {
     let r = &signed.receipt;
     if !signed.verify(genesis) || r.provider != voucher.provider {
         return Err(ReceiptError::BadSignature(voucher.provider.to_string()));
@@ -173,7 +199,7 @@ pub fn check_receipt(
             format!("{:?}", r.request_hash),
         );
     }
-    if r.fee != 0 {
+    if let (Some(prices), true) = (prices, r.fee != 0) {
         let expected = compute_primitives::fee(r.input_tokens, r.output_tokens, prices.0, prices.1);
         if expected != Some(r.fee) {
             return Err(ReceiptError::FeeFormula {
@@ -345,6 +371,28 @@ mod tests {
         // A fee-0 receipt (rejected request) only has to carry the total forward.
         let zero = sign_receipt(&p, receipt(&v, 0, 50), &g);
         assert_eq!(check_receipt(&zero, &v, &g, prices, 50), Ok(()));
+        // Prices unknown (an older price version): the cap still bounds the fee.
+        assert_eq!(check_receipt_at(&wrong_fee, &v, &g, None, 50), Ok(()));
+        assert!(matches!(
+            check_receipt_at(&good, &small, &g, None, 50),
+            Err(ReceiptError::AboveCap { .. })
+        ));
+    }
+
+    #[test]
+    fn the_voucher_field_is_left_out_unless_set() {
+        let (u, p) = (Signer::from_uri("//Alice").unwrap(), Signer::from_uri("//Bob").unwrap());
+        let g = H256::repeat_byte(7);
+        let v = voucher(&u, &p);
+        let json = ReceiptJson::from(&sign_receipt(&p, receipt(&v, 70, 120), &g));
+        let text = serde_json::to_string(&json).unwrap();
+        assert!(!text.contains("voucher"), "{text}");
+        assert_eq!(serde_json::from_str::<ReceiptJson>(&text).unwrap(), json);
+        let sv = sign_voucher(&u, v, &g);
+        let with = json.with_voucher(&sv);
+        let back: ReceiptJson =
+            serde_json::from_str(&serde_json::to_string(&with).unwrap()).unwrap();
+        assert_eq!(from_hex::<SignedVoucher>("voucher", back.voucher.as_deref().unwrap()), Ok(sv));
     }
 
     #[test]

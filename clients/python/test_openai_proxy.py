@@ -95,12 +95,18 @@ class OpenAIThroughProxy(unittest.TestCase):
                  lambda: EMBED_NAME in cls.cli("--json", "services", check=False))
         wait_for("the worker to listen", lambda: cls.port_open(http))
         cls.cli("deposit", BOB, str(DEPOSIT))
+        # The proxy's API key: ours, in a file only we can read (without --token-file the proxy
+        # would write a fresh one to proxy-token beside the state file).
+        cls.token = "test-" + os.urandom(16).hex()
+        token_file = cls.dir / "proxy.key"
+        token_file.write_text(cls.token + "\n")
+        token_file.chmod(0o600)
         proxy = free_port()
         cls.spawn([BIN / "compute", "proxy", BOB, "--listen", f"127.0.0.1:{proxy}",
-                   "--cap", "0.01unit"], log)
+                   "--cap", "0.01unit", "--token-file", token_file], log)
         wait_for("the proxy to listen", lambda: cls.port_open(proxy))
         cls.base = f"http://127.0.0.1:{proxy}/v1"
-        cls.client = openai.OpenAI(base_url=cls.base, api_key="not-needed", max_retries=0)
+        cls.client = openai.OpenAI(base_url=cls.base, api_key=cls.token, max_retries=0)
 
     @classmethod
     def tearDownClass(cls):
@@ -153,6 +159,21 @@ class OpenAIThroughProxy(unittest.TestCase):
     def test_1_models(self):
         ids = [m.id for m in self.client.models.list()]
         self.assertEqual(ids, [MODEL_NAME, EMBED_NAME])
+
+    def test_1b_only_with_the_key(self):
+        stranger = openai.OpenAI(base_url=self.base, api_key="not-the-key", max_retries=0)
+        with self.assertRaises(openai.AuthenticationError) as e:
+            stranger.models.list()
+        self.assertEqual(e.exception.code, "invalid_api_key")
+        # A web page posting a "simple" cross-site request is refused before anything is paid.
+        req = urllib.request.Request(
+            f"{self.base}/chat/completions", data=b'{"model":"x","messages":[]}',
+            headers={"content-type": "text/plain", "origin": "https://evil.example",
+                     "authorization": f"Bearer {self.token}"})
+        with self.assertRaises(urllib.error.HTTPError) as e:
+            urllib.request.urlopen(req, timeout=10)
+        self.assertEqual(e.exception.code, 403)
+        self.assertEqual(json.load(e.exception)["error"]["code"], "origin_not_allowed")
 
     def test_2_chat(self):
         r = self.client.chat.completions.create(
@@ -217,7 +238,8 @@ class OpenAIThroughProxy(unittest.TestCase):
                 model="gpt-4o", messages=[{"role": "user", "content": "hi"}])
         self.assertIn("serves no model", str(e.exception))
         req = urllib.request.Request(f"{self.base}/chat/completions", data=b"{not json",
-                                     headers={"content-type": "application/json"})
+                                     headers={"content-type": "application/json",
+                                              "authorization": f"Bearer {self.token}"})
         with self.assertRaises(urllib.error.HTTPError) as e:
             urllib.request.urlopen(req, timeout=10)
         self.assertEqual(e.exception.code, 400)

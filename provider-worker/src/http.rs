@@ -987,7 +987,10 @@ async fn receipts(
     let limit = q.limit.unwrap_or(100).min(1000);
     match w.store.receipts(&auth.challenge.user, q.after.unwrap_or(0), limit).await {
         Ok(list) => {
-            let list: Vec<ReceiptJson> = list.iter().map(ReceiptJson::from).collect();
+            // Each receipt with the user's voucher it answers: a client catching up on
+            // receipts it never saw adopts only those it signed a voucher for.
+            let list: Vec<ReceiptJson> =
+                list.iter().map(|(v, r)| ReceiptJson::from(r).with_voucher(v)).collect();
             Json(json!({ "object": "list", "data": list })).into_response()
         }
         Err(e) => internal(e),

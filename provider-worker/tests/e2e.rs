@@ -476,6 +476,14 @@ async fn paid_chats_settle_exactly_once_across_a_worker_crash() {
         .await
         .unwrap();
     assert_eq!(listed["data"].as_array().unwrap().len(), user.receipts.len());
+    // Each comes with the voucher it answers, signed by Charlie for the same nonce.
+    for item in listed["data"].as_array().unwrap() {
+        let r: ReceiptJson = serde_json::from_value(item.clone()).unwrap();
+        let sv: compute_primitives::SignedVoucher =
+            wire::from_hex("voucher", r.voucher.as_deref().expect("voucher attached")).unwrap();
+        assert!(sv.verify(&user.genesis) && sv.voucher.user == charlie.account_id());
+        assert_eq!(sv.voucher.nonce, r.nonce);
+    }
     let forged = wire::SignedAuth::new(&bob, bob.account_id(), now, &user.genesis);
     let mut forged = forged;
     forged.challenge.user = charlie.account_id();
