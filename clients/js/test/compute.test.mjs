@@ -85,12 +85,17 @@ test('deposit, refund request, early withdraw refused, withdraw after the lock',
   const stages = [];
   const dep = await deposit(api, charlie, bob.address, parseAmount('0.5unit'), (s) => stages.push(s));
   assert.equal(stages.at(-1), 'Finalized', stages.join());
-  assert.equal(dep.events[0].name, 'Deposited');
+  // The first deposit creates the escrow record and holds its storage deposit.
+  assert.deepEqual(dep.events.map((x) => x.name), ['EscrowOpened', 'Deposited']);
+  const recordDeposit = BigInt(dep.events[0].data.deposit);
+  assert.ok(recordDeposit > 0n, 'a record deposit is held');
   let e = await escrow(api, charlie.address, bob.address);
   assert.equal(e.balance, UNIT / 2n);
   assert.deepEqual(await escrowViaRuntimeApi(api, charlie.address, bob.address), e);
   const acct = (await api.query.system.account(charlie.address)).data;
-  assert.ok(acct.free.toBigInt() < freeBefore - UNIT / 2n, 'deposit and fee left the free balance');
+  assert.ok(acct.free.toBigInt() < freeBefore - UNIT / 2n - recordDeposit,
+    'deposit, record deposit and fee left the free balance');
+  assert.ok(acct.reserved.toBigInt() >= recordDeposit, 'the record deposit is held');
   const potAfter = (await api.query.system.account(pot)).data.free.toBigInt();
   assert.equal(potAfter - potBefore, UNIT / 2n, 'the deposit went to the escrow account');
 
