@@ -107,6 +107,7 @@ pub fn random_hex(bytes: usize) -> std::io::Result<String> {
 }
 
 #[cfg(all(test, unix))]
+#[allow(clippy::unwrap_used)]
 mod tests {
     use super::*;
     use std::os::unix::fs::PermissionsExt;

@@ -782,7 +782,7 @@ mod tests {
         let path = dir.join("good.json");
         let ledger = ledger_at(&path, &user, &provider, &genesis);
         let good = listed(&v5, None, &bob, Some(&user), &genesis);
-        let st = ledger.adopt(&services, &[good.clone()], None).unwrap();
+        let st = ledger.adopt(&services, std::slice::from_ref(&good), None).unwrap();
         assert_eq!(ledger.current().unwrap(), st);
         assert_eq!((st.nonce, st.total, st.last_receipt), (5, 1_070, Some(good.signed.clone())));
         let _ = std::fs::remove_dir_all(&dir);
@@ -802,14 +802,17 @@ mod tests {
         // Settled through nonce 5 at exactly the verified total: continue from there.
         let path = dir.join("a.json");
         let ledger = ledger_at(&path, &user, &provider, &genesis);
-        let st = ledger.adopt(&services, &[good.clone()], Some((5, 1_070))).unwrap();
+        let st = ledger.adopt(&services, std::slice::from_ref(&good), Some((5, 1_070))).unwrap();
         assert_eq!((st.nonce, st.total, st.distrusted), (5, 1_070, None));
 
         // Settled through nonce 6 with no receipt shown for it, at a total we cannot verify
         // (the provider's claim): refused, pointing at `compute dispute`.
         let path = dir.join("b.json");
         let ledger = ledger_at(&path, &user, &provider, &genesis);
-        let e = ledger.adopt(&services, &[good.clone()], Some((6, 2_000))).unwrap_err().to_string();
+        let e = ledger
+            .adopt(&services, std::slice::from_ref(&good), Some((6, 2_000)))
+            .unwrap_err()
+            .to_string();
         assert!(
             e.contains("over-claimed") && e.contains(&format!("compute dispute {provider}")),
             "{e}"

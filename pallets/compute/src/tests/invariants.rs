@@ -19,7 +19,7 @@ use std::collections::BTreeMap;
 #[derive(Clone)]
 enum Key {
     Sr(Sr25519Keyring),
-    Ed(ed25519::Pair),
+    Ed(Box<ed25519::Pair>),
     Ec(ecdsa::Pair),
 }
 
@@ -45,7 +45,7 @@ fn keys() -> Vec<Key> {
     vec![
         Key::Sr(Sr25519Keyring::Alice),
         Key::Sr(Sr25519Keyring::Bob),
-        Key::Ed(ed25519::Pair::from_string("//Ed", None).unwrap()),
+        Key::Ed(Box::new(ed25519::Pair::from_string("//Ed", None).unwrap())),
         Key::Ec(ecdsa::Pair::from_string("//Ec", None).unwrap()),
         Key::Sr(Sr25519Keyring::Eve),
     ]
