@@ -106,12 +106,16 @@ echo "==> The same account through the local OpenAI-compatible proxy (any OpenAI
 # The proxy writes a fresh API key to proxy-token beside the state file (0600); clients send it
 # as `Authorization: Bearer <key>`, which every OpenAI client does with its api_key.
 rm -f "$BASE/proxy-token"
-compute proxy "$BOB" --listen "127.0.0.1:$PROXY_PORT" 2>"$BASE/proxy.log" &
+# The binary itself in the background (not the `compute` function's subshell), so that the kill
+# below stops the proxy.
+target/debug/compute --node "ws://127.0.0.1:$RPC_PORT" --key //Charlie --state "$BASE/state.json" \
+    proxy "$BOB" --listen "127.0.0.1:$PROXY_PORT" 2>"$BASE/proxy.log" &
 PPID_=$!
 trap 'kill "$PPID_" 2>/dev/null || true; cleanup' EXIT
 for _ in $(seq 1 60); do
     [ -s "$BASE/proxy-token" ] && curl -sf "http://127.0.0.1:$PROXY_PORT/health" \
         -H "authorization: Bearer $(cat "$BASE/proxy-token")" >/dev/null && break
+    kill -0 "$PPID_" 2>/dev/null || { echo "proxy exited:"; cat "$BASE/proxy.log"; exit 1; }
     sleep 0.5
 done
 echo "    API key for OpenAI clients: the contents of $BASE/proxy-token"

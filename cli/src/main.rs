@@ -230,6 +230,9 @@ impl Ctx {
 async fn main() {
     if let Err(e) = run(Cli::parse()).await {
         eprintln!("error: {e:#}");
+        if session::is_timeout(&e) {
+            eprintln!("(the provider sent nothing for --timeout seconds; it may be overloaded)");
+        }
         std::process::exit(1);
     }
 }

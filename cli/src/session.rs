@@ -860,6 +860,13 @@ mod tests {
             .map_err(|e| anyhow::Error::new(e).context("cannot reach the provider"))
             .unwrap_err();
         assert!(is_timeout(&e), "{e:#}");
+        // A streamed request (no overall timeout) to a provider that never answers: the wait
+        // for the headers is a read too.
+        let e = provider_post(&http, &url, "0x", br#"{"stream":true}"#.to_vec(), timeout)
+            .send()
+            .await
+            .unwrap_err();
+        assert!(e.is_timeout(), "{e}");
         // A stream's headers arrive; its body does not: the read times out.
         let stream_url = format!("http://{addr}/stream");
         let resp = provider_post(&http, &stream_url, "0x", br#"{"stream":true}"#.to_vec(), timeout)
