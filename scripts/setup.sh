@@ -41,6 +41,12 @@ if ! grep -q '^wasm32v1-none$' <<<"$toolchain_targets"; then
     fi
 fi
 rustup component list --installed | grep -q '^rust-src' || rustup component add rust-src
+# The fuzz targets (scripts/fuzz.sh) build with nightly's coverage instrumentation.
+if ! rustup run nightly rustc --version >/dev/null 2>&1; then
+    log "Rust nightly (minimal) for the fuzz targets"
+    rustup toolchain install nightly --profile minimal >/dev/null 2>&1 ||
+        echo "nightly not installable here; scripts/fuzz.sh falls back to stable" >&2
+fi
 rustup component list --installed | grep -q '^clippy' || rustup component add clippy rustfmt
 
 if [ "${SKIP_NPM:-0}" != "1" ]; then
