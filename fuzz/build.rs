@@ -2,9 +2,9 @@
 //!
 //! - `MAX_BATCH`, the runtime's `MaxBatch` (bound of `settle`'s claims), read from
 //!   `runtime/src/configs.rs` so the bound fuzzed is always the one the runtime uses;
-//! - the provider worker's voucher admission (`provider-worker/src/admission.rs`, whole) and its
-//!   request parsing (`parse_chat`, `parse_embedding` and their request types from
-//!   `provider-worker/src/http.rs`), with the plain data types they use (`EscrowState` and
+//! - the provider worker's voucher admission (`provider-worker/src/billing/admission.rs`, whole)
+//!   and its request parsing (`parse_chat`, `parse_embedding`, their request types and limits
+//!   from `provider-worker/src/api/openai.rs`), with the plain data types they use (`EscrowState` and
 //!   `ServiceInfo` from `client/src/chain.rs`, `Sequence` and `UserView` from the worker's
 //!   store, `ChatMessage`, `GenParams`). Items are copied at build time, verbatim but for their
 //!   visibility (made `pub`) and `compute_client::` imports (pointed at this crate's copy), so
@@ -45,13 +45,15 @@ fn main() {
     let mut model = pick("../provider-worker/src/model/template.rs", &["ChatMessage"]);
     model.extend(pick("../provider-worker/src/model/engine.rs", &["GenParams"]));
     write(out, "model.rs", model);
-    write(out, "admission.rs", whole("../provider-worker/src/admission.rs"));
+    write(out, "admission.rs", whole("../provider-worker/src/billing/admission.rs"));
     write(
         out,
         "request.rs",
         pick(
-            "../provider-worker/src/http.rs",
+            "../provider-worker/src/api/openai.rs",
             &[
+                "MIN_TEMPERATURE",
+                "MAX_STOP_BYTES",
                 "Stop",
                 "RawMessage",
                 "ChatRequest",

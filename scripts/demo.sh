@@ -56,9 +56,12 @@ cat >"$BASE/worker.toml" <<TOML
 node_url = "ws://127.0.0.1:$RPC_PORT"
 listen = "127.0.0.1:$WORKER_PORT"
 provider_key = "//Bob"
+[store]
 data_dir = "$BASE/worker"
+[chat]
 model = "models/SmolLM2-135M-Instruct.Q4_1.gguf"
-embedding_model = "models/all-MiniLM-L6-v2"
+[embeddings]
+model = "models/all-MiniLM-L6-v2"
 [[services]]
 id = 0
 model_name = "SmolLM2-135M-Instruct"

@@ -119,7 +119,7 @@ fn fund_chat_ack_and_refund_through_the_cli() {
         dir.join("worker.toml"),
         format!(
             "node_url = \"ws://127.0.0.1:{rpc}\"\nlisten = \"127.0.0.1:{http}\"\nprovider_key = \"//Bob\"\n\
-             data_dir = \"{}\"\nmodel = \"{}\"\nembedding_model = \"{}\"\n\
+             [store]\ndata_dir = \"{}\"\n[chat]\nmodel = \"{}\"\n[embeddings]\nmodel = \"{}\"\n\
              [[services]]\nid = 0\nmodel_name = \"SmolLM2-135M-Instruct\"\n\
              input_price = \"1000000\"\noutput_price = \"4000000\"\n\
              [[services]]\nid = 1\nkind = \"embedding\"\ninput_price = \"250000\"\noutput_price = \"0\"\n\

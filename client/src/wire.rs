@@ -274,6 +274,33 @@ pub struct ErrorDetail {
     pub expected: Option<serde_json::Value>,
 }
 
+impl ErrorBody {
+    /// An error of OpenAI type `kind` (`invalid_request_error`, `server_error`, ...).
+    pub fn new(kind: &str, code: &str, message: impl Into<String>) -> Self {
+        ErrorBody {
+            error: ErrorDetail {
+                message: message.into(),
+                kind: kind.into(),
+                code: code.into(),
+                receipt: None,
+                expected: None,
+            },
+        }
+    }
+
+    /// The error with the fee-0 receipt that answers its voucher.
+    pub fn with_receipt(mut self, receipt: &SignedReceipt) -> Self {
+        self.error.receipt = Some(receipt.into());
+        self
+    }
+
+    /// The error with the values the worker expected.
+    pub fn with_expected(mut self, expected: Option<serde_json::Value>) -> Self {
+        self.error.expected = expected;
+        self
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -83,8 +83,8 @@ class OpenAIThroughProxy(unittest.TestCase):
         http = free_port()
         (cls.dir / "worker.toml").write_text(
             f'node_url = "ws://127.0.0.1:{cls.rpc}"\nlisten = "127.0.0.1:{http}"\n'
-            f'provider_key = "//Bob"\ndata_dir = "{cls.dir / "worker"}"\nmodel = "{MODEL}"\n'
-            f'embedding_model = "{EMBED_DIR}"\n'
+            f'provider_key = "//Bob"\n[store]\ndata_dir = "{cls.dir / "worker"}"\n'
+            f'[chat]\nmodel = "{MODEL}"\n[embeddings]\nmodel = "{EMBED_DIR}"\n'
             f'[[services]]\nid = 0\nmodel_name = "{MODEL_NAME}"\n'
             f'input_price = "{INPUT_PRICE}"\noutput_price = "{OUTPUT_PRICE}"\n'
             f'[[services]]\nid = 1\nkind = "embedding"\nmodel_name = "{EMBED_NAME}"\n'

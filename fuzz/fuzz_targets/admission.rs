@@ -90,8 +90,14 @@ const MODELS: [&str; 3] = ["smollm2", "minilm", ""];
 
 fn rejection_kind(r: &Rejection) {
     assert!(matches!(r.status, 400 | 402 | 404 | 409 | 429), "{r:?}");
-    let sequencing = matches!(r.code, "stale_nonce" | "nonce_gap" | "too_many_in_flight");
-    assert_eq!(r.uses_nonce, !sequencing, "{r:?}");
+    // Refusals that store nothing: sequencing (the user may retry the nonce), a key with no
+    // escrow (nothing of it is stored), an ack while a request is in flight.
+    let keeps = matches!(
+        r.code,
+        "stale_nonce" | "nonce_gap" | "too_many_in_flight" | "no_escrow" | "request_in_flight"
+    );
+    assert_eq!(r.uses_nonce, !keeps, "{r:?}");
+    assert!(r.message.len() <= 256, "{r:?}");
 }
 
 fuzz_target!(|case: Case| {

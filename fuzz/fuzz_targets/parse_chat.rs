@@ -1,4 +1,4 @@
-//! The worker's chat request parsing (`parse_chat` from `provider-worker/src/http.rs`, compiled
+//! The worker's chat request parsing (`parse_chat` from `provider-worker/src/api/openai.rs`, compiled
 //! here from that file by `build.rs`) on attacker-controlled bodies: any client can POST any
 //! bytes to `/v1/chat/completions` with a valid voucher. Checks that parsing never panics, that a
 //! body that is not JSON is refused as `invalid_json`, that every refusal is a 400 that uses the
@@ -38,6 +38,12 @@ fuzz_target!(|data: &[u8]| {
                 g.max_tokens
             );
             assert!(g.stop.len() <= 4 && g.stop.iter().all(|s| !s.is_empty()));
+            assert!(g.stop.iter().all(|s| s.len() <= compute_fuzz::request::MAX_STOP_BYTES));
+            assert!(
+                g.temperature == 0.0 || g.temperature >= compute_fuzz::request::MIN_TEMPERATURE,
+                "a temperature that overflows sampling: {}",
+                g.temperature
+            );
             let again = parse_chat(data, LIMIT).expect("parses again");
             assert_eq!(again.model, p.model);
             assert_eq!(again.messages, p.messages);

@@ -220,13 +220,14 @@ pub mod model {
     include!(concat!(env!("OUT_DIR"), "/model.rs"));
 }
 
-/// `provider-worker/src/admission.rs`, whole.
+/// `provider-worker/src/billing/admission.rs`, whole.
 #[allow(dead_code, clippy::all)]
 pub mod admission {
     include!(concat!(env!("OUT_DIR"), "/admission.rs"));
 }
 
-/// `parse_chat`, `parse_embedding` and their request types from `provider-worker/src/http.rs`.
+/// `parse_chat`, `parse_embedding` and their request types from
+/// `provider-worker/src/api/openai.rs`.
 #[allow(dead_code, clippy::all)]
 pub mod request {
     use crate::{

@@ -9,7 +9,7 @@ use compute_primitives::{ServiceKind, SignedVoucher, Voucher};
 use criterion::{criterion_group, criterion_main, Criterion};
 use polkadot_sdk::sp_core::H256;
 use provider_worker::{
-    admission::{self, Needs},
+    billing::admission::{self, Needs},
     store::{Durability, SqliteStore},
 };
 use std::time::{Duration, Instant};
@@ -65,7 +65,7 @@ fn run(c: &mut Criterion, name: &str, store: SqliteStore) {
                     max_tokens: 20,
                 };
                 store
-                    .admit(&sv, 1, |view| {
+                    .admit(&sv, 1, 1, |view| {
                         admission::admit(v, &needs, view, Some(&escrow), 1).map(|_| ())
                     })
                     .unwrap()

@@ -58,6 +58,9 @@ pub struct SettlementConfig {
     pub max_batch: u32,
     /// Longest wait between retries after a failure.
     pub max_backoff_secs: u64,
+    /// Longest a `settle` or `release` may take from submission to finality before the pass
+    /// stops watching it (the next pass reads the chain again, so nothing is claimed twice).
+    pub tx_timeout_secs: u64,
 }
 
 impl Default for SettlementConfig {
@@ -68,6 +71,109 @@ impl Default for SettlementConfig {
             tick_ms: 2000,
             max_batch: 256,
             max_backoff_secs: 60,
+            tx_timeout_secs: 120,
+        }
+    }
+}
+
+/// Where the trace store lives.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct StoreConfig {
+    /// Directory of the SQLite store (`traces.sqlite`).
+    pub data_dir: PathBuf,
+    /// PostgreSQL URL of a trace store shared by several worker processes of this provider
+    /// (`postgres://user@host:port/db`); SQLite in `data_dir` when unset.
+    pub database_url: Option<String>,
+    /// Commit durability of the SQLite store.
+    pub durability: Durability,
+}
+
+impl Default for StoreConfig {
+    fn default() -> Self {
+        StoreConfig {
+            data_dir: PathBuf::from("worker-data"),
+            database_url: None,
+            durability: Durability::default(),
+        }
+    }
+}
+
+/// The chat model and how it is served.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct ChatConfig {
+    /// GGUF file.
+    pub model: PathBuf,
+    /// How weights are kept in memory.
+    #[serde(default)]
+    pub weights: WeightFormat,
+    /// Generations that run at the same time: the most requests decoded together in one batched
+    /// forward pass.
+    #[serde(default = "default_parallel")]
+    pub parallel: usize,
+    /// Admitted requests that may wait for a generation slot; more are refused with 503.
+    #[serde(default = "default_queue")]
+    pub queue: usize,
+    /// Largest `max_tokens` served.
+    #[serde(default = "default_max_tokens")]
+    pub max_tokens: u64,
+}
+
+/// The embedding model and how it is served.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct EmbeddingsConfig {
+    /// A sentence-transformers directory (`model.safetensors`, `config.json`,
+    /// `tokenizer.json`).
+    pub model: PathBuf,
+    /// Most inputs in one request.
+    #[serde(default = "default_max_inputs")]
+    pub max_inputs: usize,
+    /// Most tokens, all inputs together, in one request: refused above it before any work, so
+    /// that no request can hold the embedder for long (about 40 s on two cores at the default).
+    #[serde(default = "default_max_embedding_tokens")]
+    pub max_tokens: usize,
+    /// Requests handed to the batcher at once; the batcher merges them into shared passes.
+    #[serde(default = "default_parallel")]
+    pub parallel: usize,
+    /// Admitted requests that may wait for a slot; more are refused with 503.
+    #[serde(default = "default_queue")]
+    pub queue: usize,
+}
+
+/// What one client, one user and one request may take.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct LimitsConfig {
+    /// Largest request body.
+    pub max_body_bytes: usize,
+    /// Longest a paid request may take from arrival to its receipt (queueing included); 0 times
+    /// every request out at once (tests of that path).
+    pub request_timeout_secs: u64,
+    /// Longest a client may take to send a request's headers (slow clients are disconnected).
+    pub header_timeout_secs: u64,
+    /// Longest a client may take to send a request's body.
+    pub body_timeout_secs: u64,
+    /// Open connections; more wait in the listen backlog.
+    pub max_connections: usize,
+    /// Requests per minute of one user (a token bucket: bursts up to this many).
+    pub requests_per_minute: u32,
+    /// Tokens per minute of one user: prompt tokens plus the `max_tokens` asked for, counted at
+    /// admission as OpenAI counts them.
+    pub tokens_per_minute: u64,
+}
+
+impl Default for LimitsConfig {
+    fn default() -> Self {
+        LimitsConfig {
+            max_body_bytes: 1 << 20,
+            request_timeout_secs: 300,
+            header_timeout_secs: 10,
+            body_timeout_secs: 30,
+            max_connections: 1024,
+            requests_per_minute: 600,
+            tokens_per_minute: 1_000_000,
         }
     }
 }
@@ -91,56 +197,24 @@ pub struct Config {
     /// Or a file holding it.
     #[serde(default)]
     pub provider_key_file: Option<PathBuf>,
-    /// Where the trace store lives.
-    #[serde(default = "default_data_dir")]
-    pub data_dir: PathBuf,
-    /// PostgreSQL URL of a trace store shared by several worker processes of this provider
-    /// (`postgres://user@host:port/db`); SQLite in `data_dir` when unset.
-    #[serde(default)]
-    pub database_url: Option<String>,
-    /// Commit durability of the trace store.
-    #[serde(default)]
-    pub durability: Durability,
-    /// GGUF chat model, needed by `chat` services (a worker may serve embeddings only).
-    #[serde(default)]
-    pub model: Option<PathBuf>,
-    /// How weights are kept in memory.
-    #[serde(default)]
-    pub weights: WeightFormat,
-    /// Embedding model: a sentence-transformers directory (`model.safetensors`, `config.json`,
-    /// `tokenizer.json`), needed by `embedding` services.
-    #[serde(default)]
-    pub embedding_model: Option<PathBuf>,
-    /// Most inputs in one embeddings request.
-    #[serde(default = "default_max_inputs")]
-    pub max_embedding_inputs: usize,
-    /// Most tokens, all inputs together, in one embeddings request: refused above it before any
-    /// work, so that no request can hold the embedder for long (about 40 s on two cores at the
-    /// default).
-    #[serde(default = "default_max_embedding_tokens")]
-    pub max_embedding_tokens: usize,
-    /// Run on the first CUDA GPU (needs the `cuda` feature).
-    #[serde(default)]
-    pub cuda: bool,
     /// Requests of one user that may be in flight at once (the protocol's `W`).
     #[serde(default = "one")]
     pub window: u32,
-    /// Generations that run at the same time: the most requests decoded together in one batched
-    /// forward pass.
-    #[serde(default = "default_parallel")]
-    pub parallel: usize,
-    /// Requests that may wait for a generation slot before 503.
-    #[serde(default = "default_queue")]
-    pub queue: usize,
-    /// Largest request body.
-    #[serde(default = "default_body")]
-    pub max_body_bytes: usize,
-    /// Longest a request may take.
-    #[serde(default = "default_timeout")]
-    pub request_timeout_secs: u64,
-    /// Largest `max_tokens` served.
-    #[serde(default = "default_max_tokens")]
-    pub max_tokens: u64,
+    /// Run on the first CUDA GPU (needs the `cuda` feature).
+    #[serde(default)]
+    pub cuda: bool,
+    /// The trace store.
+    #[serde(default)]
+    pub store: StoreConfig,
+    /// The chat model, needed by `chat` services (a worker may serve embeddings only).
+    #[serde(default)]
+    pub chat: Option<ChatConfig>,
+    /// The embedding model, needed by `embedding` services.
+    #[serde(default)]
+    pub embeddings: Option<EmbeddingsConfig>,
+    /// Per-user, per-request and per-connection limits.
+    #[serde(default)]
+    pub limits: LimitsConfig,
     /// Register or update these services at start-up.
     #[serde(default)]
     pub services: Vec<ServiceConfig>,
@@ -155,9 +229,6 @@ fn default_node() -> String {
 fn default_listen() -> SocketAddr {
     SocketAddr::from(([127, 0, 0, 1], 8080))
 }
-fn default_data_dir() -> PathBuf {
-    PathBuf::from("worker-data")
-}
 fn one() -> u32 {
     1
 }
@@ -167,12 +238,6 @@ fn default_parallel() -> usize {
 fn default_queue() -> usize {
     64
 }
-fn default_body() -> usize {
-    1 << 20
-}
-fn default_timeout() -> u64 {
-    300
-}
 fn default_max_inputs() -> usize {
     512
 }
@@ -181,6 +246,32 @@ fn default_max_embedding_tokens() -> usize {
 }
 fn default_max_tokens() -> u64 {
     1024
+}
+
+impl ChatConfig {
+    /// The chat table with its defaults for `model`.
+    pub fn new(model: PathBuf) -> Self {
+        ChatConfig {
+            model,
+            weights: WeightFormat::default(),
+            parallel: default_parallel(),
+            queue: default_queue(),
+            max_tokens: default_max_tokens(),
+        }
+    }
+}
+
+impl EmbeddingsConfig {
+    /// The embeddings table with its defaults for `model`.
+    pub fn new(model: PathBuf) -> Self {
+        EmbeddingsConfig {
+            model,
+            max_inputs: default_max_inputs(),
+            max_tokens: default_max_embedding_tokens(),
+            parallel: default_parallel(),
+            queue: default_queue(),
+        }
+    }
 }
 
 impl Config {
@@ -201,33 +292,46 @@ impl Config {
         if self.window == 0 {
             return bad("window must be at least 1");
         }
-        if self.parallel == 0 {
-            return bad("parallel must be at least 1");
-        }
         if !(0.0..=1.0).contains(&self.settlement.threshold_share) {
             return bad("settlement.threshold_share must be within 0..=1");
+        }
+        if self.settlement.tx_timeout_secs == 0 {
+            return bad("settlement.tx_timeout_secs must be at least 1");
         }
         if self.settlement.max_batch == 0 {
             return bad("settlement.max_batch must be at least 1");
         }
-        if self.model.is_none() && self.embedding_model.is_none() {
-            return bad("set model (a GGUF chat model) or embedding_model, or both");
+        if self.chat.is_none() && self.embeddings.is_none() {
+            return bad("configure [chat] (a GGUF model) or [embeddings], or both");
         }
-        if self.model.is_none() && self.services.iter().any(|s| s.kind == ServiceKind::Chat) {
-            return bad("a chat service needs model (a GGUF file)");
+        if let Some(c) = &self.chat {
+            if c.parallel == 0 || c.max_tokens == 0 {
+                return bad("chat.parallel and chat.max_tokens must be at least 1");
+            }
         }
-        if self.embedding_model.is_none()
+        if let Some(e) = &self.embeddings {
+            if e.parallel == 0 || e.max_inputs == 0 || e.max_tokens == 0 {
+                return bad("embeddings.parallel, max_inputs and max_tokens must be at least 1");
+            }
+        }
+        if self.chat.is_none() && self.services.iter().any(|s| s.kind == ServiceKind::Chat) {
+            return bad("a chat service needs [chat] model (a GGUF file)");
+        }
+        if self.embeddings.is_none()
             && self.services.iter().any(|s| s.kind == ServiceKind::Embedding)
         {
             return bad(
-                "an embedding service needs embedding_model (a sentence-transformers directory)",
+                "an embedding service needs [embeddings] model (a sentence-transformers directory)",
             );
         }
-        if self.max_embedding_inputs == 0 {
-            return bad("max_embedding_inputs must be at least 1");
-        }
-        if self.max_embedding_tokens == 0 {
-            return bad("max_embedding_tokens must be at least 1");
+        let l = &self.limits;
+        if l.max_connections == 0
+            || l.requests_per_minute == 0
+            || l.tokens_per_minute == 0
+            || l.header_timeout_secs == 0
+            || l.body_timeout_secs == 0
+        {
+            return bad("every limit but request_timeout_secs must be at least 1");
         }
         let mut ids: Vec<_> = self.services.iter().map(|s| s.id).collect();
         ids.sort_unstable();
@@ -293,35 +397,42 @@ mod tests {
         c.validate().expect("valid");
         assert_eq!(c.services[0].input_price, 1_000_000);
         assert_eq!(c.window, 1);
+        assert_eq!(c.limits, LimitsConfig::default());
     }
 
     #[test]
     fn unknown_fields_and_bad_values_are_refused() {
-        let err = toml::from_str::<Config>("model = \"m\"\nno_such = 1\n").unwrap_err();
+        let err = toml::from_str::<Config>("[chat]\nmodel = \"m\"\nno_such = 1\n").unwrap_err();
         assert!(err.to_string().contains("no_such"), "{err}");
-        let c: Config = toml::from_str("model = \"m\"\nwindow = 0\nprovider_key = \"//Bob\"\n")
-            .expect("parses");
+        let c: Config =
+            toml::from_str("window = 0\nprovider_key = \"//Bob\"\n[chat]\nmodel = \"m\"\n")
+                .expect("parses");
         assert!(c.validate().unwrap_err().to_string().contains("window"));
         let c: Config = toml::from_str(
-            "model = \"m\"\nprovider_key = \"//Bob\"\n[[services]]\nid = 1\nkind = \"embedding\"\n\
-             input_price = 1\noutput_price = 0\n",
+            "provider_key = \"//Bob\"\n[chat]\nmodel = \"m\"\n[[services]]\nid = 1\n\
+             kind = \"embedding\"\ninput_price = 1\noutput_price = 0\n",
         )
         .expect("parses");
-        assert!(c.validate().unwrap_err().to_string().contains("embedding_model"));
+        assert!(c.validate().unwrap_err().to_string().contains("[embeddings]"));
         // An embeddings-only worker needs no chat model; a chat service does.
         let c: Config = toml::from_str(
-            "embedding_model = \"e\"\nprovider_key = \"//Bob\"\n[[services]]\nid = 1\n\
+            "provider_key = \"//Bob\"\n[embeddings]\nmodel = \"e\"\n[[services]]\nid = 1\n\
              kind = \"embedding\"\ninput_price = 1\noutput_price = 0\n",
         )
         .expect("parses");
         c.validate().expect("valid without a chat model");
         let c: Config = toml::from_str(
-            "embedding_model = \"e\"\nprovider_key = \"//Bob\"\n[[services]]\nid = 1\n\
+            "provider_key = \"//Bob\"\n[embeddings]\nmodel = \"e\"\n[[services]]\nid = 1\n\
              input_price = 1\noutput_price = 1\n",
         )
         .expect("parses");
-        assert!(c.validate().unwrap_err().to_string().contains("chat service needs model"));
+        assert!(c.validate().unwrap_err().to_string().contains("chat service needs"));
         let c: Config = toml::from_str("provider_key = \"//Bob\"\n").expect("parses");
-        assert!(c.validate().unwrap_err().to_string().contains("set model"));
+        assert!(c.validate().unwrap_err().to_string().contains("[chat]"));
+        let c: Config = toml::from_str(
+            "provider_key = \"//Bob\"\n[chat]\nmodel = \"m\"\n[limits]\nrequests_per_minute = 0\n",
+        )
+        .expect("parses");
+        assert!(c.validate().unwrap_err().to_string().contains("limit"));
     }
 }

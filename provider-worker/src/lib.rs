@@ -1,7 +1,15 @@
 //! The provider worker: serve a model, charge exactly what users signed for, settle on chain.
-pub mod admission;
+//!
+//! - [`api`]: the OpenAI-compatible HTTP API and the server;
+//! - [`billing`]: voucher admission, per-user budgets, and the paid-request job that always
+//!   ends in a sealed receipt;
+//! - [`store`]: the durable trace store (SQLite or PostgreSQL);
+//! - [`settlement`]: claims on chain, and releasing held payments;
+//! - [`model`]: the inference engine (GGUF llama, BERT embeddings);
+//! - [`worker`]: the shared state and start-up.
+pub mod api;
+pub mod billing;
 pub mod config;
-pub mod http;
 pub mod metrics;
 pub mod model;
 pub mod settlement;

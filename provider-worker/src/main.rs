@@ -2,7 +2,12 @@
 
 use anyhow::Context;
 use clap::Parser;
-use provider_worker::{config::Config, http, settlement, worker::Worker};
+use provider_worker::{
+    api,
+    config::{ChatConfig, Config, EmbeddingsConfig},
+    settlement,
+    worker::Worker,
+};
 use std::{net::SocketAddr, path::PathBuf};
 
 /// Serve a GGUF model behind an OpenAI-compatible API, admit requests by signed vouchers, sign
@@ -37,7 +42,7 @@ struct Args {
     /// Trace store directory.
     #[arg(long)]
     data_dir: Option<PathBuf>,
-    /// Generations side by side.
+    /// Chat generations side by side.
     #[arg(long)]
     parallel: Option<usize>,
     /// Requests of one user in flight at once.
@@ -77,16 +82,22 @@ fn config(args: &Args) -> anyhow::Result<Config> {
         c.provider_key_file = Some(v.clone());
     }
     if let Some(v) = &args.model {
-        c.model = Some(v.clone());
+        match &mut c.chat {
+            Some(chat) => chat.model = v.clone(),
+            None => c.chat = Some(ChatConfig::new(v.clone())),
+        }
     }
     if let Some(v) = &args.embedding_model {
-        c.embedding_model = Some(v.clone());
+        match &mut c.embeddings {
+            Some(e) => e.model = v.clone(),
+            None => c.embeddings = Some(EmbeddingsConfig::new(v.clone())),
+        }
     }
     if let Some(v) = &args.data_dir {
-        c.data_dir = v.clone();
+        c.store.data_dir = v.clone();
     }
-    if let Some(v) = args.parallel {
-        c.parallel = v;
+    if let (Some(v), Some(chat)) = (args.parallel, c.chat.as_mut()) {
+        chat.parallel = v;
     }
     if let Some(v) = args.window {
         c.window = v;
@@ -128,12 +139,14 @@ async fn main() -> anyhow::Result<()> {
         .with_context(|| format!("cannot listen on {listen}"))?;
     let worker = Worker::start(config).await?;
     worker.spawn_event_watcher();
-    tokio::spawn(settlement::run(worker.clone()));
-    tracing::info!(%listen, provider = %worker.provider, model = %worker.model_name, "serving");
-    axum::serve(listener, http::router(worker.clone()))
-        .with_graceful_shutdown(shutdown_signal())
-        .await?;
+    worker.spawn_recovery();
+    let scheduler = tokio::spawn(settlement::run(worker.clone()));
+    tracing::info!(%listen, provider = %worker.provider, instance = worker.instance, "serving");
+    let limits = worker.config.limits.clone();
+    api::serve(listener, api::router(worker.clone()), &limits, shutdown_signal()).await;
     if args.settle_on_exit {
+        // The scheduler stops first; a pass it had begun finishes before this one starts.
+        scheduler.abort();
         tracing::info!("settling everything owed before exit");
         let n = settlement::settle_due(&worker, true).await?;
         tracing::info!(claims = n, "settled");

@@ -4,7 +4,7 @@
 use crate::{
     config::Config,
     metrics::Metrics,
-    model::{EmbedBatcher, Embedder, Engine, WeightFormat},
+    model::{EmbedBatcher, Embedder, Engine},
     store::{Store, StoreError},
 };
 use compute_client::{wire, Chain, ChainError, ComputeEvent, EscrowState, ServiceInfo, Signer};
@@ -21,6 +21,10 @@ use tokio::sync::Semaphore;
 
 /// How long a cached escrow is trusted without an event touching it.
 const ESCROW_TTL: Duration = Duration::from_secs(6);
+/// Most escrows cached at once (one entry per user seen in the last `ESCROW_TTL`).
+const ESCROW_CACHE: usize = 16_384;
+/// Longest a chain read may take before admission answers 503.
+pub const CHAIN_READ_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// Why the worker could not start.
 #[derive(Debug, thiserror::Error)]
@@ -39,6 +43,46 @@ pub enum StartError {
     Other(String),
 }
 
+/// The chat model and what serving it needs.
+pub struct ChatService {
+    pub engine: Arc<Engine>,
+    /// Model name clients send by default.
+    pub name: String,
+    /// Generation slots (`chat.parallel`) and the bounded queue before them.
+    pub capacity: Capacity,
+    /// Largest `max_tokens` served.
+    pub max_tokens: u64,
+}
+
+/// The embedding model and what serving it needs.
+pub struct EmbeddingService {
+    /// The embedding model's thread: it encodes, merging concurrent requests into shared passes.
+    pub batcher: EmbedBatcher,
+    /// Model name clients send by default.
+    pub name: String,
+    /// Requests handed to the batcher at once (`embeddings.parallel`) and the queue before them.
+    pub capacity: Capacity,
+    /// Most inputs in one request.
+    pub max_inputs: usize,
+    /// Most tokens in one request.
+    pub max_tokens: usize,
+}
+
+/// Slots of one model and the bounded queue of requests waiting for them.
+pub struct Capacity {
+    pub slots: Arc<Semaphore>,
+    /// Requests holding a queue place (from arrival until they get a slot or are refused).
+    pub waiting: AtomicUsize,
+    /// Most queue places.
+    pub queue: usize,
+}
+
+impl Capacity {
+    fn new(parallel: usize, queue: usize) -> Self {
+        Capacity { slots: Arc::new(Semaphore::new(parallel)), waiting: AtomicUsize::new(0), queue }
+    }
+}
+
 /// Shared state.
 pub struct Worker {
     pub config: Config,
@@ -47,29 +91,29 @@ pub struct Worker {
     pub genesis: H256,
     pub chain: Chain,
     pub store: Arc<Store>,
-    /// The chat model, when `model` is configured.
-    pub engine: Option<Arc<Engine>>,
+    /// This process among the workers sharing the store: requests it admitted carry it, so
+    /// recovery seals only those of processes that are gone.
+    pub instance: i64,
+    /// The chat model, when `[chat]` is configured.
+    pub chat: Option<ChatService>,
+    /// The embedding model, when `[embeddings]` is configured.
+    pub embeddings: Option<EmbeddingService>,
     pub services: RwLock<HashMap<ServiceId, ServiceInfo>>,
     escrows: Mutex<HashMap<AccountId, (Option<EscrowState>, Instant)>>,
     pub metrics: Metrics,
-    pub slots: Arc<Semaphore>,
-    pub waiting: AtomicUsize,
-    /// Model name clients send.
-    pub model_name: String,
-    /// The embedding model's thread, when `embedding_model` is configured: it encodes, merging
-    /// concurrent requests into shared passes.
-    pub embeddings: Option<EmbedBatcher>,
-    /// Embeddings requests handed to the batcher at once (`parallel`); more wait in the queue.
-    pub embed_slots: Arc<Semaphore>,
-    /// Default model name of embedding services.
-    pub embedding_model_name: String,
+    /// Per-user request and token budgets.
+    pub limits: crate::billing::limits::Limits,
+    /// Woken whenever this process seals a receipt (requests waiting for an earlier nonce).
+    pub sealed: tokio::sync::Notify,
+    /// Held by whoever is settling (the scheduler, or the settlement at exit).
+    pub settling: tokio::sync::Mutex<()>,
     /// Escrows whose settled payments are still held, with the first block at which some of it
     /// can be released (see `settlement::release_due`).
     pub releases: Mutex<std::collections::BTreeMap<AccountId, compute_client::chain::BlockNumber>>,
 }
 
 impl Worker {
-    /// Connect, open the store, load the model, register services, recover.
+    /// Connect, open the store, load the models, register services, recover.
     pub async fn start(config: Config) -> Result<Arc<Worker>, StartError> {
         config.validate()?;
         let signer = match (&config.provider_key, &config.provider_key_file) {
@@ -82,25 +126,31 @@ impl Worker {
         let chain = Chain::connect(&config.node_url, Duration::from_secs(60)).await?;
         let genesis = chain.genesis_hash();
 
-        std::fs::create_dir_all(&config.data_dir).map_err(|e| {
-            StartError::Other(format!("data dir {}: {e}", config.data_dir.display()))
-        })?;
-        let store = Arc::new(match &config.database_url {
+        let data_dir = &config.store.data_dir;
+        std::fs::create_dir_all(data_dir)
+            .map_err(|e| StartError::Other(format!("data dir {}: {e}", data_dir.display())))?;
+        let store = Arc::new(match &config.store.database_url {
             Some(url) => {
                 tracing::info!("trace store: PostgreSQL (shared)");
                 Store::postgres(url).await?
             }
-            None => Store::sqlite(&config.data_dir.join("traces.sqlite"), config.durability)?,
+            None => Store::sqlite(&data_dir.join("traces.sqlite"), config.store.durability)?,
         });
+        let instance = store.register_instance().await?;
 
         let on = device(config.cuda)?;
-        let engine = match config.model.clone() {
-            Some(path) => {
-                tracing::info!(model = %path.display(), "loading the chat model");
+        let stem = |p: &std::path::Path, fallback: &str| {
+            p.file_stem().map_or_else(|| fallback.to_string(), |s| s.to_string_lossy().into_owned())
+        };
+        let first_name = |kind: ServiceKind| {
+            config.services.iter().find(|s| s.kind == kind).and_then(|s| s.model_name.clone())
+        };
+        let chat = match config.chat.clone() {
+            Some(c) => {
+                tracing::info!(model = %c.model.display(), "loading the chat model");
                 let device = on.clone();
                 let t = Instant::now();
-                let format: WeightFormat = config.weights;
-                let parallel = config.parallel;
+                let (path, format, parallel) = (c.model.clone(), c.weights, c.parallel);
                 let engine = tokio::task::spawn_blocking(move || {
                     Engine::load_with(&path, format, device, parallel)
                 })
@@ -112,69 +162,79 @@ impl Worker {
                     context = engine.context_len,
                     "chat model loaded"
                 );
-                Some(Arc::new(engine))
+                Some(ChatService {
+                    engine: Arc::new(engine),
+                    name: first_name(ServiceKind::Chat).unwrap_or_else(|| stem(&c.model, "model")),
+                    capacity: Capacity::new(c.parallel, c.queue),
+                    max_tokens: c.max_tokens,
+                })
             }
             None => None,
         };
-        let embeddings = match config.embedding_model.clone() {
-            Some(dir) => {
+        let embeddings = match config.embeddings.clone() {
+            Some(c) => {
                 let device = on.clone();
                 let t = Instant::now();
-                let shown = dir.display().to_string();
+                let dir = c.model.clone();
                 let e = tokio::task::spawn_blocking(move || Embedder::load(&dir, &device))
                     .await
                     .map_err(|e| StartError::Other(e.to_string()))?
                     .map_err(|e| StartError::Other(e.to_string()))?;
-                tracing::info!(model = %shown, dim = e.dim, max_tokens = e.max_tokens,
+                tracing::info!(model = %c.model.display(), dim = e.dim, max_tokens = e.max_tokens,
                     secs = t.elapsed().as_secs_f32(), "embedding model loaded");
-                Some(EmbedBatcher::start(Arc::new(e)).map_err(|e| {
+                let batcher = EmbedBatcher::start(Arc::new(e)).map_err(|e| {
                     StartError::Other(format!("starting the embedding thread: {e}"))
-                })?)
+                })?;
+                let name = first_name(ServiceKind::Embedding).unwrap_or_else(|| {
+                    c.model
+                        .file_name()
+                        .map_or_else(|| stem(&c.model, "embedding"), |s| s.to_string_lossy().into())
+                });
+                Some(EmbeddingService {
+                    batcher,
+                    name,
+                    capacity: Capacity::new(c.parallel, c.queue),
+                    max_inputs: c.max_inputs,
+                    max_tokens: c.max_tokens,
+                })
             }
             None => None,
         };
-        let stem = |p: &std::path::Path, fallback: &str| {
-            p.file_stem().map_or_else(|| fallback.to_string(), |s| s.to_string_lossy().into_owned())
-        };
-        let first_name = |kind: ServiceKind| {
-            config.services.iter().find(|s| s.kind == kind).and_then(|s| s.model_name.clone())
-        };
-        let model_name = first_name(ServiceKind::Chat).unwrap_or_else(|| {
-            config.model.as_deref().map_or_else(|| "chat".into(), |p| stem(p, "model"))
-        });
-        let embedding_model_name = first_name(ServiceKind::Embedding).unwrap_or_else(|| {
-            config.embedding_model.as_deref().map_or_else(
-                || "embedding".into(),
-                |p| {
-                    p.file_name()
-                        .map_or_else(|| stem(p, "embedding"), |s| s.to_string_lossy().into())
-                },
-            )
-        });
 
-        let parallel = config.parallel;
+        let limits = crate::billing::limits::Limits::new(&config.limits);
         let worker = Arc::new(Worker {
-            slots: Arc::new(Semaphore::new(parallel)),
             config,
             signer,
             provider,
             genesis,
             chain,
             store,
-            engine,
+            instance,
+            chat,
+            embeddings,
             services: RwLock::new(HashMap::new()),
             escrows: Mutex::new(HashMap::new()),
             metrics: Metrics::default(),
-            waiting: AtomicUsize::new(0),
-            model_name,
-            embeddings,
-            embed_slots: Arc::new(Semaphore::new(parallel)),
-            embedding_model_name,
+            limits,
+            sealed: tokio::sync::Notify::new(),
+            settling: tokio::sync::Mutex::new(()),
             releases: Mutex::new(Default::default()),
         });
         worker.register_services().await?;
         worker.recover().await?;
         Ok(worker)
+    }
+
+    /// Model name of a service kind served here.
+    pub fn model_name(&self, kind: ServiceKind) -> String {
+        match kind {
+            ServiceKind::Chat => {
+                self.chat.as_ref().map_or_else(|| "chat".into(), |c| c.name.clone())
+            }
+            ServiceKind::Embedding => {
+                self.embeddings.as_ref().map_or_else(|| "embedding".into(), |e| e.name.clone())
+            }
+        }
     }
 
     /// Register the configured services that are missing on chain, update those whose terms
@@ -187,10 +247,7 @@ impl Worker {
             .clone()
             .unwrap_or_else(|| format!("http://{}", self.config.listen));
         for s in &self.config.services {
-            let model = s.model_name.clone().unwrap_or_else(|| match s.kind {
-                ServiceKind::Chat => self.model_name.clone(),
-                ServiceKind::Embedding => self.embedding_model_name.clone(),
-            });
+            let model = s.model_name.clone().unwrap_or_else(|| self.model_name(s.kind));
             let existing = on_chain.iter().find(|c| c.service_id == s.id);
             let same = existing.is_some_and(|c| {
                 c.kind == s.kind
@@ -235,22 +292,56 @@ impl Worker {
         self.services.read().unwrap_or_else(|p| p.into_inner()).get(&id).cloned()
     }
 
-    /// Requests admitted before a stop and never answered get a fee-0 receipt: the user was
-    /// not served, so nothing is charged, and the nonce stays used.
-    pub async fn recover(&self) -> Result<(), StoreError> {
-        for sv in self.store.in_flight().await? {
+    /// Requests admitted by a worker process that is gone (this one before a restart, or
+    /// another sharing the PostgreSQL store) and never answered get a fee-0 receipt: the user
+    /// was not served, so nothing is charged, and the nonce stays used. Requests of live
+    /// processes are left alone. One that cannot be sealed is reported and left for the next
+    /// pass; it never stops the worker. Returns the number sealed.
+    pub async fn recover(&self) -> Result<usize, StoreError> {
+        let mut sealed = 0;
+        for sv in self.store.orphans(self.instance).await? {
             let v = &sv.voucher;
             let seq = self.store.sequence(&v.user).await?;
             let receipt = self.receipt(v, H256::zero(), 0, 0, 0, seq.last_total);
-            let body = serde_json::json!({ "error": {
-                "message": "the worker stopped before answering; nothing was charged",
-                "type": "server_error", "code": "interrupted",
-                "receipt": wire::ReceiptJson::from(&receipt) } })
-            .to_string();
-            self.store.seal(&receipt, 500, &body).await?;
-            tracing::warn!(user = %v.user, nonce = v.nonce, "sealed an interrupted request at fee 0");
+            let body = serde_json::to_string(
+                &wire::ErrorBody::new(
+                    "server_error",
+                    "interrupted",
+                    "the worker stopped before answering; nothing was charged",
+                )
+                .with_receipt(&receipt),
+            )
+            .unwrap_or_default();
+            match self.store.seal(&receipt, 500, &body).await {
+                Ok(()) => {
+                    sealed += 1;
+                    self.sealed.notify_waiters();
+                    tracing::warn!(user = %v.user, nonce = v.nonce,
+                        "sealed an interrupted request at fee 0");
+                }
+                Err(e) => tracing::error!(user = %v.user, nonce = v.nonce, error = %e,
+                    "cannot seal an interrupted request"),
+            }
         }
-        Ok(())
+        Ok(sealed)
+    }
+
+    /// Keep this process marked alive in the store and seal the requests of processes that are
+    /// gone, until the process ends.
+    pub fn spawn_recovery(self: &Arc<Self>) {
+        let w = Arc::clone(self);
+        tokio::spawn(async move {
+            loop {
+                tokio::time::sleep(crate::store::HEARTBEAT).await;
+                if let Err(e) = w.store.heartbeat(w.instance).await {
+                    tracing::warn!(error = %e, "cannot mark this worker alive in the store");
+                    continue;
+                }
+                if let Err(e) = w.recover().await {
+                    tracing::warn!(error = %e, "recovery pass failed");
+                }
+            }
+        });
     }
 
     /// Sign a receipt for `v`.
@@ -287,9 +378,19 @@ impl Worker {
                 return Ok(e.clone());
             }
         }
-        let finalized = self.chain.finalized_head().await?;
-        let fin = self.chain.escrow(user, &self.provider, Some(finalized)).await?;
-        let best = self.chain.escrow(user, &self.provider, None).await?;
+        let read = async {
+            let finalized = self.chain.finalized_head().await?;
+            let fin = self.chain.escrow(user, &self.provider, Some(finalized)).await?;
+            let best = self.chain.escrow(user, &self.provider, None).await?;
+            Ok::<_, ChainError>((fin, best))
+        };
+        let (fin, best) =
+            tokio::time::timeout(CHAIN_READ_TIMEOUT, read).await.map_err(|_| {
+                ChainError::Rpc {
+                    method: "escrow",
+                    reason: "the node did not answer in time".into(),
+                }
+            })??;
         let merged = match (fin, best) {
             (Some(f), Some(b)) => Some(EscrowState {
                 balance: f.balance.min(b.balance),
@@ -299,10 +400,14 @@ impl Worker {
             (None, _) => None,
             (Some(f), None) => Some(f),
         };
-        self.escrows
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .insert(user.clone(), (merged.clone(), Instant::now()));
+        let mut cache = self.escrows.lock().unwrap_or_else(|p| p.into_inner());
+        if cache.len() >= ESCROW_CACHE {
+            cache.retain(|_, (_, at)| at.elapsed() < ESCROW_TTL);
+            if cache.len() >= ESCROW_CACHE {
+                cache.clear();
+            }
+        }
+        cache.insert(user.clone(), (merged.clone(), Instant::now()));
         Ok(merged)
     }
 

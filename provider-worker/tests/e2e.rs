@@ -5,243 +5,16 @@
 
 #![allow(clippy::unwrap_used, clippy::type_complexity)]
 
+use common::*;
 use compute_client::{
     wire::{self, ReceiptJson},
-    Chain, Signer,
+    Signer,
 };
-use compute_primitives::{Balance, SignedReceipt, Voucher};
-use polkadot_sdk::sp_core::H256;
+use compute_primitives::{Balance, Voucher};
 use serde_json::{json, Value};
-use std::{
-    net::TcpListener,
-    path::{Path, PathBuf},
-    process::{Child, Command, Stdio},
-    time::{Duration, Instant},
-};
+use std::time::{Duration, Instant};
 
 mod common;
-
-const WORKER: &str = env!("CARGO_BIN_EXE_compute-worker");
-const UNIT: Balance = 1_000_000_000_000;
-const INPUT_PRICE: Balance = 1_000_000;
-const OUTPUT_PRICE: Balance = 4_000_000;
-const CAP: Balance = UNIT / 100;
-const EMBED_PRICE: Balance = 300_000;
-
-fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0").and_then(|l| l.local_addr()).map(|a| a.port()).expect("port")
-}
-
-fn node_binary() -> PathBuf {
-    std::env::var_os("COMPUTE_NODE").map(PathBuf::from).unwrap_or_else(|| {
-        Path::new(env!("CARGO_MANIFEST_DIR")).join("../target/debug/compute-node")
-    })
-}
-
-struct Proc(Child);
-impl Drop for Proc {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
-fn temp_dir(tag: &str) -> PathBuf {
-    let d = std::env::temp_dir().join(format!("compute-worker-{tag}-{}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&d);
-    std::fs::create_dir_all(&d).expect("temp dir");
-    d
-}
-
-fn start_node(dir: &Path, rpc: u16) -> Proc {
-    let log = std::fs::File::create(dir.join("node.log")).expect("log");
-    Proc(
-        Command::new(node_binary())
-            .args(["--dev", "--sealing", "instant", "--no-telemetry", "--no-mdns", "--base-path"])
-            .arg(dir.join("chain"))
-            .args(["--rpc-port", &rpc.to_string(), "--port", &free_port().to_string()])
-            .args(["--prometheus-port", &free_port().to_string()])
-            .stdout(Stdio::null())
-            .stderr(log)
-            .spawn()
-            .expect("node starts (build it with `cargo test --workspace --no-run`)"),
-    )
-}
-
-/// A dev node (instant seal) in `dir`, its RPC port, and a client connected to it.
-async fn dev_chain(dir: &Path) -> (Proc, u16, Chain) {
-    let rpc = free_port();
-    let node = start_node(dir, rpc);
-    let chain = Chain::connect(&format!("ws://127.0.0.1:{rpc}"), Duration::from_secs(120))
-        .await
-        .expect("node up");
-    (node, rpc, chain)
-}
-
-/// The worker's config: where it talks and keeps its data, then `rest` (models and services).
-fn config_with(dir: &Path, rpc: u16, http: u16, rest: &str) -> PathBuf {
-    let path = dir.join("worker.toml");
-    let head = format!(
-        "node_url = \"ws://127.0.0.1:{rpc}\"\nlisten = \"127.0.0.1:{http}\"\n\
-         provider_key = \"//Bob\"\ndata_dir = \"{}\"\n",
-        dir.join("data").display()
-    );
-    std::fs::write(&path, head + rest).expect("config");
-    path
-}
-
-fn embedding_model() -> PathBuf {
-    provider_worker::model::default_embedding_model_path()
-        .expect("embedding model missing: run `make model`")
-}
-
-fn write_config(dir: &Path, rpc: u16, http: u16, model: &Path, max_age: u64) -> PathBuf {
-    let rest = format!(
-        r#"model = "{model}"
-embedding_model = "{embedding}"
-parallel = 2
-max_body_bytes = 65536
-max_tokens = 64
-[[services]]
-id = 7
-model_name = "SmolLM2-135M-Instruct"
-input_price = "{INPUT_PRICE}"
-output_price = "{OUTPUT_PRICE}"
-verifiability = "none"
-[[services]]
-id = 8
-kind = "embedding"
-model_name = "all-MiniLM-L6-v2"
-input_price = "{EMBED_PRICE}"
-output_price = "0"
-verifiability = "none"
-[settlement]
-threshold_share = 1.0
-max_age_secs = {max_age}
-tick_ms = 500
-"#,
-        model = model.display(),
-        embedding = embedding_model().display(),
-    );
-    config_with(dir, rpc, http, &rest)
-}
-
-fn start_worker(dir: &Path, config: &Path, tag: &str) -> Proc {
-    let log = std::fs::File::create(dir.join(format!("worker-{tag}.log"))).expect("log");
-    Proc(
-        Command::new(WORKER)
-            .arg("--config")
-            .arg(config)
-            .stdout(Stdio::null())
-            .stderr(log)
-            .spawn()
-            .expect("worker starts"),
-    )
-}
-
-async fn wait_healthy(http: &reqwest::Client, base: &str, dir: &Path, tag: &str) {
-    let deadline = Instant::now() + Duration::from_secs(180);
-    while Instant::now() < deadline {
-        if let Ok(r) = http.get(format!("{base}/health")).send().await {
-            if r.status().is_success() {
-                return;
-            }
-        }
-        tokio::time::sleep(Duration::from_millis(250)).await;
-    }
-    let log = std::fs::read_to_string(dir.join(format!("worker-{tag}.log"))).unwrap_or_default();
-    panic!("worker never became healthy:\n{log}");
-}
-
-/// A user's side of the protocol: nonce and verified total.
-struct User {
-    key: Signer,
-    provider: compute_primitives::AccountId,
-    genesis: H256,
-    nonce: u64,
-    total: Balance,
-    receipts: Vec<SignedReceipt>,
-}
-
-impl User {
-    fn new(key: &Signer, provider: &Signer, chain: &Chain) -> Self {
-        User {
-            key: key.clone(),
-            provider: provider.account_id(),
-            genesis: chain.genesis_hash(),
-            nonce: 0,
-            total: 0,
-            receipts: vec![],
-        }
-    }
-
-    fn voucher(&self, body: &[u8], cap: Balance) -> Voucher {
-        self.voucher_for(7, body, cap)
-    }
-
-    fn voucher_for(&self, service_id: u32, body: &[u8], cap: Balance) -> Voucher {
-        Voucher {
-            user: self.key.account_id(),
-            provider: self.provider.clone(),
-            service_id,
-            price_version: 0,
-            nonce: self.nonce + 1,
-            request_hash: wire::request_hash(body),
-            spent: self.total,
-            cap,
-        }
-    }
-
-    fn header(&self, v: Voucher) -> String {
-        wire::to_hex(&wire::sign_voucher(&self.key, v, &self.genesis))
-    }
-
-    /// Verify and take a receipt for `v`.
-    fn accept(&mut self, r: &ReceiptJson, v: &Voucher) -> SignedReceipt {
-        self.accept_priced(r, v, (INPUT_PRICE, OUTPUT_PRICE))
-    }
-
-    /// Verify and take a receipt for `v` at these (input, output) prices.
-    fn accept_priced(
-        &mut self,
-        r: &ReceiptJson,
-        v: &Voucher,
-        prices: (Balance, Balance),
-    ) -> SignedReceipt {
-        let signed: SignedReceipt = wire::from_hex("receipt", &r.signed).expect("receipt decodes");
-        wire::check_receipt(&signed, v, &self.genesis, prices, self.total)
-            .expect("receipt verifies");
-        self.nonce = v.nonce;
-        self.total = signed.receipt.total;
-        self.receipts.push(signed.clone());
-        signed
-    }
-}
-
-fn chat_body(text: &str, max_tokens: u64, stream: bool) -> Vec<u8> {
-    serde_json::to_vec(&json!({
-        "model": "SmolLM2-135M-Instruct",
-        "messages": [{ "role": "user", "content": text }],
-        "max_tokens": max_tokens, "temperature": 0, "stream": stream,
-    }))
-    .expect("json")
-}
-
-async fn post(
-    http: &reqwest::Client,
-    url: &str,
-    body: Vec<u8>,
-    voucher: Option<String>,
-) -> (u16, Value) {
-    let mut req = http.post(url).header("content-type", "application/json").body(body);
-    if let Some(v) = voucher {
-        req = req.header(wire::VOUCHER_HEADER, v);
-    }
-    let resp = req.send().await.expect("request");
-    let status = resp.status().as_u16();
-    let text = resp.text().await.expect("body");
-    (status, serde_json::from_str(&text).unwrap_or(Value::String(text)))
-}
 
 #[tokio::test(flavor = "multi_thread")]
 async fn paid_chats_settle_exactly_once_across_a_worker_crash() {
@@ -557,10 +330,8 @@ async fn two_workers_share_one_postgres_sequencer() {
         let config = write_config(&wdir, rpc, port, &model, 0);
         let mut text = std::fs::read_to_string(&config).unwrap();
         // Behind one load balancer: the same public URL, so neither updates the service.
-        text = format!(
-            "database_url = \"{}\"\npublic_url = \"http://compute.example\"\n{text}",
-            pg.url()
-        );
+        text = format!("public_url = \"http://compute.example\"\n{text}")
+            .replace("[store]\n", &format!("[store]\ndatabase_url = \"{}\"\n", pg.url()));
         std::fs::write(&config, text).unwrap();
         workers.push(start_worker(&wdir, &config, tag));
         let base = format!("http://127.0.0.1:{port}");
@@ -637,7 +408,7 @@ async fn an_embeddings_only_worker_needs_no_chat_model() {
     let http_port = free_port();
     let base = format!("http://127.0.0.1:{http_port}");
     let rest = format!(
-        "embedding_model = \"{}\"\nmax_embedding_tokens = 8\n[[services]]\nid = 3\n\
+        "[embeddings]\nmodel = \"{}\"\nmax_tokens = 8\n[[services]]\nid = 3\n\
          kind = \"embedding\"\ninput_price = \"{EMBED_PRICE}\"\noutput_price = \"0\"\n",
         embedding_model().display()
     );
@@ -700,7 +471,7 @@ async fn an_embeddings_only_worker_needs_no_chat_model() {
         &slow_dir,
         rpc,
         slow_port,
-        &format!("public_url = \"{base}\"\nrequest_timeout_secs = 0\n{rest}"),
+        &format!("public_url = \"{base}\"\n[limits]\nrequest_timeout_secs = 0\n{rest}"),
     );
     let _slow = start_worker(&slow_dir, &slow_config, "slow");
     wait_healthy(&http, &slow_base, &slow_dir, "slow").await;

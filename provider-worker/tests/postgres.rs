@@ -34,13 +34,15 @@ async fn two_processes_share_one_sequencer() {
     let b = Arc::new(Store::postgres(&server.url()).await.expect("connects"));
     let user = Signer::from_uri("//Alice").unwrap();
     let provider = Signer::from_uri("//Bob").unwrap();
+    let (a_id, b_id) = (a.register_instance().await.unwrap(), b.register_instance().await.unwrap());
+    assert_ne!(a_id, b_id);
 
     // Both "processes" race for every nonce: exactly one takes each.
     for nonce in 1..=20u64 {
         let sv = voucher(&user, &provider, nonce, 0);
-        let take = |store: Arc<Store>, sv: SignedVoucher| async move {
+        let take = |store: Arc<Store>, owner: i64, sv: SignedVoucher| async move {
             store
-                .admit(&sv, 100, |view| {
+                .admit(&sv, 100, owner, |view| {
                     if sv.voucher.nonce == view.seq.last_nonce + 1 {
                         Ok(())
                     } else {
@@ -51,12 +53,20 @@ async fn two_processes_share_one_sequencer() {
                 .unwrap()
                 .is_ok()
         };
-        let (x, y) = tokio::join!(take(a.clone(), sv.clone()), take(b.clone(), sv.clone()));
+        let (x, y) =
+            tokio::join!(take(a.clone(), a_id, sv.clone()), take(b.clone(), b_id, sv.clone()));
         assert!(x ^ y, "nonce {nonce}: exactly one process admits it ({x}, {y})");
     }
     let seq = b.sequence(&user.account_id()).await.unwrap();
     assert_eq!(seq.last_nonce, 20);
-    assert_eq!(b.in_flight().await.unwrap().len(), 20);
+    // Both processes are alive: neither takes the other's requests for interrupted ones.
+    assert!(a.orphans(a_id).await.unwrap().is_empty());
+    assert!(b.orphans(b_id).await.unwrap().is_empty());
+    // A request of a process that is gone (never seen alive here) is an orphan to both.
+    let gone = voucher(&provider, &provider, 1, 0);
+    a.admit(&gone, 1, 987_654, |_| Ok::<(), ()>(())).await.unwrap().unwrap();
+    assert_eq!(b.orphans(b_id).await.unwrap(), vec![gone.clone()]);
+    assert_eq!(a.orphans(a_id).await.unwrap(), vec![gone]);
 
     // Sealing in order from either process continues one running total.
     let mut total = 0u128;
@@ -95,11 +105,14 @@ async fn two_processes_share_one_sequencer() {
 
     let seq = a.sequence(&user.account_id()).await.unwrap();
     assert_eq!((seq.sealed_nonce, seq.last_total), (20, 100));
-    assert!(a.in_flight().await.unwrap().is_empty());
+    assert_eq!(a.orphans(a_id).await.unwrap().len(), 1, "only the gone process's request");
     assert_eq!(b.receipts(&user.account_id(), 15, 100).await.unwrap().len(), 5);
-    assert_eq!(a.unsettled_users().await.unwrap()[0].2, 20);
+    let alice = |users: Vec<(compute_primitives::AccountId, u64, u32)>| {
+        users.into_iter().find(|u| u.0 == user.account_id()).map(|u| u.2)
+    };
+    assert_eq!(alice(a.unsettled_users().await.unwrap()), Some(20));
     a.mark_settled(&user.account_id(), 12).await.unwrap();
-    assert_eq!(b.unsettled_users().await.unwrap()[0].2, 8);
+    assert_eq!(alice(b.unsettled_users().await.unwrap()), Some(8));
     assert_eq!(b.sealed_after(&user.account_id(), 12).await.unwrap().len(), 8);
 
     // One process settles at a time; when it goes away, another takes over.
@@ -108,5 +121,20 @@ async fn two_processes_share_one_sequencer() {
     drop(a);
     tokio::time::sleep(std::time::Duration::from_millis(300)).await;
     assert!(b.settlement_turn().await.unwrap());
+
+    // The database restarts: the connection is opened again on the next calls.
+    server.restart();
+    let mut answered = None;
+    for _ in 0..5 {
+        match b.sequence(&user.account_id()).await {
+            Ok(seq) => {
+                answered = Some(seq);
+                break;
+            }
+            Err(_) => tokio::time::sleep(std::time::Duration::from_millis(200)).await,
+        }
+    }
+    assert_eq!(answered.map(|s| s.sealed_nonce), Some(20), "reconnected after a restart");
+    b.heartbeat(b_id).await.expect("writes after a restart");
     drop(server);
 }

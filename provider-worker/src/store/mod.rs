@@ -25,6 +25,8 @@ pub enum StoreError {
     Postgres(#[from] tokio_postgres::Error),
     #[error("trace store holds a corrupt {0}")]
     Corrupt(&'static str),
+    #[error("trace store unavailable: {0}")]
+    Unavailable(&'static str),
 }
 
 /// How hard each commit is pushed to disk.
@@ -76,6 +78,22 @@ pub(crate) fn u128_of(s: String) -> Result<Balance, StoreError> {
     s.parse().map_err(|_| StoreError::Corrupt("amount"))
 }
 
+/// How often a worker process marks itself alive in the store.
+pub const HEARTBEAT: std::time::Duration = std::time::Duration::from_secs(5);
+/// A worker process not seen for this long is gone: its unanswered requests are sealed by the
+/// others (PostgreSQL; with SQLite there is one process, so every earlier one is gone).
+pub const GONE_AFTER_SECS: u64 = 20;
+
+/// Run a blocking SQLite call without stalling the async threads: on a multi-threaded runtime
+/// the thread hands its other tasks away for the duration (`block_in_place`).
+fn blocking<R>(f: impl FnOnce() -> R) -> R {
+    use tokio::runtime::{Handle, RuntimeFlavor};
+    match Handle::try_current() {
+        Ok(h) if h.runtime_flavor() == RuntimeFlavor::MultiThread => tokio::task::block_in_place(f),
+        _ => f(),
+    }
+}
+
 pub(crate) fn now() -> u64 {
     std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
@@ -94,7 +112,7 @@ pub enum Store {
 macro_rules! both {
     ($self:ident, $s:ident => $e:expr, $p:ident => $pe:expr) => {
         match $self {
-            Store::Sqlite($s) => $e,
+            Store::Sqlite($s) => blocking(|| $e),
             Store::Postgres($p) => $pe,
         }
     };
@@ -111,14 +129,28 @@ impl Store {
         Ok(Store::Postgres(PgStore::connect(url).await?))
     }
 
-    /// Take `voucher`'s nonce if `check` accepts the user's current view, atomically.
+    /// Take `voucher`'s nonce if `check` accepts the user's current view, atomically; the
+    /// request is recorded in flight, served by worker process `owner`.
     pub async fn admit<E>(
         &self,
         voucher: &SignedVoucher,
         window: u32,
+        owner: i64,
         check: impl FnOnce(&UserView) -> Result<(), E>,
     ) -> Result<Result<(), E>, StoreError> {
-        both!(self, s => s.admit(voucher, window, check), p => p.admit(voucher, window, check).await)
+        both!(self,
+            s => s.admit(voucher, window, owner, check),
+            p => p.admit(voucher, window, owner, check).await)
+    }
+
+    /// Register a new worker process; returns its id.
+    pub async fn register_instance(&self) -> Result<i64, StoreError> {
+        both!(self, s => s.register_instance(), p => p.register_instance().await)
+    }
+
+    /// Mark worker process `id` alive now.
+    pub async fn heartbeat(&self, id: i64) -> Result<(), StoreError> {
+        both!(self, s => s.heartbeat(id), p => p.heartbeat(id).await)
     }
 
     /// The user's sequencer row.
@@ -173,9 +205,15 @@ impl Store {
         both!(self, s => s.in_flight_before(user, nonce), p => p.in_flight_before(user, nonce).await)
     }
 
-    /// Requests admitted but never sealed, in order.
-    pub async fn in_flight(&self) -> Result<Vec<SignedVoucher>, StoreError> {
-        both!(self, s => s.in_flight(), p => p.in_flight().await)
+    /// Requests admitted but never sealed by worker processes that are gone (`me` is alive),
+    /// in order.
+    pub async fn orphans(&self, me: i64) -> Result<Vec<SignedVoucher>, StoreError> {
+        both!(self, s => s.orphans(me), p => p.orphans(me).await)
+    }
+
+    /// Traces stored for `user` (tests and operators).
+    pub async fn trace_count(&self, user: Option<&AccountId>) -> Result<u64, StoreError> {
+        both!(self, s => s.trace_count(user), p => p.trace_count(user).await)
     }
 
     /// Users with sealed, unsettled traces.
@@ -219,6 +257,9 @@ impl Store {
     /// Run `f` only if no other process is settling for this provider (PostgreSQL advisory
     /// lock); SQLite has one process, so always.
     pub async fn settlement_turn(&self) -> Result<bool, StoreError> {
-        both!(self, _s => Ok(true), p => p.settlement_turn().await)
+        match self {
+            Store::Sqlite(_) => Ok(true),
+            Store::Postgres(p) => p.settlement_turn().await,
+        }
     }
 }

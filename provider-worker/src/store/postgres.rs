@@ -12,6 +12,8 @@ use tokio_postgres::{Client, NoTls, Row, Transaction};
 /// Advisory lock keys (arbitrary, fixed).
 const SCHEMA_LOCK: i64 = 0x636f_6d70_7574_6501;
 const SETTLEMENT_LOCK: i64 = 0x636f_6d70_7574_6502;
+/// Longest a connection attempt may take.
+const CONNECT_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
 
 const SCHEMA: &str = "
 CREATE TABLE IF NOT EXISTS sequencer (
@@ -35,6 +37,11 @@ CREATE TABLE IF NOT EXISTS traces (
 );
 CREATE INDEX IF NOT EXISTS traces_unsettled ON traces (settled, usr, nonce);
 CREATE INDEX IF NOT EXISTS traces_in_flight ON traces (usr, nonce) WHERE receipt IS NULL;
+ALTER TABLE traces ADD COLUMN IF NOT EXISTS owner BIGINT;
+CREATE TABLE IF NOT EXISTS workers (
+    id BIGSERIAL PRIMARY KEY,
+    seen_at BIGINT NOT NULL
+);
 CREATE TABLE IF NOT EXISTS batches (
     id BIGSERIAL PRIMARY KEY,
     submitted_at BIGINT NOT NULL,
@@ -46,8 +53,10 @@ CREATE TABLE IF NOT EXISTS batches (
 );
 ";
 
-/// A connection to the shared database.
+/// A connection to the shared database, opened again whenever it is lost (a database restart,
+/// a network cut): the request that finds it lost fails, the next one reconnects.
 pub struct PgStore {
+    url: String,
     client: Mutex<Client>,
 }
 
@@ -58,17 +67,84 @@ fn decode<T: Decode>(what: &'static str, bytes: &[u8]) -> Result<T, StoreError> 
 impl PgStore {
     /// Connect and create the schema if needed.
     pub async fn connect(url: &str) -> Result<Self, StoreError> {
-        let (client, connection) = tokio_postgres::connect(url, NoTls).await?;
+        let client = Self::open(url).await?;
+        client.execute("SELECT pg_advisory_lock($1)", &[&SCHEMA_LOCK]).await?;
+        let created = client.batch_execute(SCHEMA).await;
+        client.execute("SELECT pg_advisory_unlock($1)", &[&SCHEMA_LOCK]).await?;
+        created?;
+        Ok(PgStore { url: url.to_string(), client: Mutex::new(client) })
+    }
+
+    async fn open(url: &str) -> Result<Client, StoreError> {
+        let connect = tokio_postgres::connect(url, NoTls);
+        let (client, connection) = tokio::time::timeout(CONNECT_TIMEOUT, connect)
+            .await
+            .map_err(|_| StoreError::Unavailable("PostgreSQL did not answer in time"))??;
         tokio::spawn(async move {
             if let Err(e) = connection.await {
                 tracing::error!(error = %e, "PostgreSQL connection lost");
             }
         });
-        client.execute("SELECT pg_advisory_lock($1)", &[&SCHEMA_LOCK]).await?;
-        let created = client.batch_execute(SCHEMA).await;
-        client.execute("SELECT pg_advisory_unlock($1)", &[&SCHEMA_LOCK]).await?;
-        created?;
-        Ok(PgStore { client: Mutex::new(client) })
+        Ok(client)
+    }
+
+    /// The connection, opened again if it was lost.
+    async fn conn(&self) -> Result<tokio::sync::MutexGuard<'_, Client>, StoreError> {
+        let mut client = self.client.lock().await;
+        if client.is_closed() {
+            tracing::warn!("reconnecting to PostgreSQL");
+            *client = Self::open(&self.url).await?;
+        }
+        Ok(client)
+    }
+
+    /// See [`super::Store::register_instance`].
+    pub async fn register_instance(&self) -> Result<i64, StoreError> {
+        let client = self.conn().await?;
+        let row = client
+            .query_one("INSERT INTO workers (seen_at) VALUES ($1) RETURNING id", &[&(now() as i64)])
+            .await?;
+        Ok(row.get(0))
+    }
+
+    /// See [`super::Store::heartbeat`].
+    pub async fn heartbeat(&self, id: i64) -> Result<(), StoreError> {
+        let client = self.conn().await?;
+        let now = now() as i64;
+        client.execute("UPDATE workers SET seen_at = $2 WHERE id = $1", &[&id, &now]).await?;
+        // Processes gone for a day are forgotten; their requests were sealed long ago.
+        client.execute("DELETE FROM workers WHERE seen_at < $1", &[&(now - 86_400)]).await?;
+        Ok(())
+    }
+
+    /// See [`super::Store::orphans`]: requests of processes not seen for
+    /// [`super::GONE_AFTER_SECS`].
+    pub async fn orphans(&self, me: i64) -> Result<Vec<SignedVoucher>, StoreError> {
+        let client = self.conn().await?;
+        let alive_since = now() as i64 - super::GONE_AFTER_SECS as i64;
+        let rows = client
+            .query(
+                "SELECT voucher FROM traces WHERE receipt IS NULL AND (owner IS NULL OR \
+                 (owner <> $1 AND owner NOT IN (SELECT id FROM workers WHERE seen_at >= $2))) \
+                 ORDER BY usr, nonce",
+                &[&me, &alive_since],
+            )
+            .await?;
+        rows.iter().map(|r| decode("voucher", &r.get::<_, Vec<u8>>(0))).collect()
+    }
+
+    /// See [`super::Store::trace_count`].
+    pub async fn trace_count(&self, user: Option<&AccountId>) -> Result<u64, StoreError> {
+        let client = self.conn().await?;
+        let row = match user {
+            Some(u) => {
+                client
+                    .query_one("SELECT COUNT(*) FROM traces WHERE usr = $1", &[&u.encode()])
+                    .await?
+            }
+            None => client.query_one("SELECT COUNT(*) FROM traces", &[]).await?,
+        };
+        Ok(row.get::<_, i64>(0) as u64)
     }
 
     async fn seq_for_update(tx: &Transaction<'_>, user: &[u8]) -> Result<Sequence, StoreError> {
@@ -97,9 +173,10 @@ impl PgStore {
         &self,
         voucher: &SignedVoucher,
         window: u32,
+        owner: i64,
         check: impl FnOnce(&UserView) -> Result<(), E>,
     ) -> Result<Result<(), E>, StoreError> {
-        let mut client = self.client.lock().await;
+        let mut client = self.conn().await?;
         let tx = client.transaction().await?;
         let v = &voucher.voucher;
         let user = v.user.encode();
@@ -128,8 +205,16 @@ impl PgStore {
             return Ok(Err(e));
         }
         tx.execute(
-            "INSERT INTO traces (usr, nonce, voucher, cap, created_at) VALUES ($1, $2, $3, $4, $5)",
-            &[&user, &(v.nonce as i64), &voucher.encode(), &v.cap.to_string(), &(now() as i64)],
+            "INSERT INTO traces (usr, nonce, voucher, cap, created_at, owner) \
+             VALUES ($1, $2, $3, $4, $5, $6)",
+            &[
+                &user,
+                &(v.nonce as i64),
+                &voucher.encode(),
+                &v.cap.to_string(),
+                &(now() as i64),
+                &owner,
+            ],
         )
         .await?;
         tx.execute(
@@ -143,7 +228,7 @@ impl PgStore {
 
     /// See [`super::Store::sequence`].
     pub async fn sequence(&self, user: &AccountId) -> Result<Sequence, StoreError> {
-        let client = self.client.lock().await;
+        let client = self.conn().await?;
         let row = client
             .query_opt(
                 "SELECT last_nonce, last_total, sealed_nonce FROM sequencer WHERE usr = $1",
@@ -167,7 +252,7 @@ impl PgStore {
         status: u16,
         response: &str,
     ) -> Result<(), StoreError> {
-        let mut client = self.client.lock().await;
+        let mut client = self.conn().await?;
         let tx = client.transaction().await?;
         let r = &receipt.receipt;
         let user = r.user.encode();
@@ -209,7 +294,7 @@ impl PgStore {
         status: u16,
         response: &str,
     ) -> Result<bool, StoreError> {
-        let mut client = self.client.lock().await;
+        let mut client = self.conn().await?;
         let tx = client.transaction().await?;
         let v = &voucher.voucher;
         let user = v.user.encode();
@@ -262,7 +347,7 @@ impl PgStore {
 
     /// See [`super::Store::trace`].
     pub async fn trace(&self, user: &AccountId, nonce: Nonce) -> Result<Option<Trace>, StoreError> {
-        let client = self.client.lock().await;
+        let client = self.conn().await?;
         let row = client
             .query_opt(
                 "SELECT voucher, receipt, status, response, created_at FROM traces \
@@ -280,7 +365,7 @@ impl PgStore {
         after: Nonce,
         limit: u32,
     ) -> Result<Vec<(SignedVoucher, SignedReceipt)>, StoreError> {
-        let client = self.client.lock().await;
+        let client = self.conn().await?;
         let rows = client
             .query(
                 "SELECT voucher, receipt FROM traces WHERE usr = $1 AND nonce > $2 \
@@ -304,7 +389,7 @@ impl PgStore {
         user: &AccountId,
         nonce: Nonce,
     ) -> Result<bool, StoreError> {
-        let client = self.client.lock().await;
+        let client = self.conn().await?;
         let row = client
             .query_one(
                 "SELECT COUNT(*) FROM traces WHERE usr = $1 AND nonce < $2 AND receipt IS NULL",
@@ -314,18 +399,9 @@ impl PgStore {
         Ok(row.get::<_, i64>(0) > 0)
     }
 
-    /// See [`super::Store::in_flight`].
-    pub async fn in_flight(&self) -> Result<Vec<SignedVoucher>, StoreError> {
-        let client = self.client.lock().await;
-        let rows = client
-            .query("SELECT voucher FROM traces WHERE receipt IS NULL ORDER BY usr, nonce", &[])
-            .await?;
-        rows.iter().map(|r| decode("voucher", &r.get::<_, Vec<u8>>(0))).collect()
-    }
-
     /// See [`super::Store::unsettled_users`].
     pub async fn unsettled_users(&self) -> Result<Vec<(AccountId, u64, u32)>, StoreError> {
-        let client = self.client.lock().await;
+        let client = self.conn().await?;
         let rows = client
             .query(
                 "SELECT usr, MIN(created_at), COUNT(*) FROM traces \
@@ -350,7 +426,7 @@ impl PgStore {
         user: &AccountId,
         after: Nonce,
     ) -> Result<Vec<(SignedVoucher, SignedReceipt)>, StoreError> {
-        let client = self.client.lock().await;
+        let client = self.conn().await?;
         let rows = client
             .query(
                 "SELECT voucher, receipt FROM traces WHERE usr = $1 AND nonce > $2 \
@@ -370,14 +446,14 @@ impl PgStore {
 
     /// See [`super::Store::settled_users`].
     pub async fn settled_users(&self) -> Result<Vec<AccountId>, StoreError> {
-        let client = self.client.lock().await;
+        let client = self.conn().await?;
         let rows = client.query("SELECT DISTINCT usr FROM traces WHERE settled", &[]).await?;
         rows.iter().map(|r| decode("user", &r.get::<_, Vec<u8>>(0))).collect()
     }
 
     /// See [`super::Store::mark_settled`].
     pub async fn mark_settled(&self, user: &AccountId, nonce: Nonce) -> Result<(), StoreError> {
-        let client = self.client.lock().await;
+        let client = self.conn().await?;
         client
             .execute(
                 "UPDATE traces SET settled = TRUE WHERE usr = $1 AND nonce <= $2 \
@@ -397,7 +473,7 @@ impl PgStore {
         paid: Option<Balance>,
         error: Option<&str>,
     ) -> Result<(), StoreError> {
-        let client = self.client.lock().await;
+        let client = self.conn().await?;
         client
             .execute(
                 "INSERT INTO batches (submitted_at, trace_root, claims, block_hash, paid, error) \
@@ -417,7 +493,7 @@ impl PgStore {
 
     /// Whether this process is the one that settles (holds the session advisory lock).
     pub async fn settlement_turn(&self) -> Result<bool, StoreError> {
-        let client = self.client.lock().await;
+        let client = self.conn().await?;
         let row = client.query_one("SELECT pg_try_advisory_lock($1)", &[&SETTLEMENT_LOCK]).await?;
         Ok(row.get(0))
     }

@@ -38,6 +38,10 @@ CREATE TABLE IF NOT EXISTS traces (
 );
 CREATE INDEX IF NOT EXISTS traces_unsettled ON traces (settled, user, nonce);
 CREATE INDEX IF NOT EXISTS traces_in_flight ON traces (user, nonce) WHERE receipt IS NULL;
+CREATE TABLE IF NOT EXISTS workers (
+    id INTEGER PRIMARY KEY AUTOINCREMENT,
+    seen_at INTEGER NOT NULL
+);
 CREATE TABLE IF NOT EXISTS batches (
     id INTEGER PRIMARY KEY AUTOINCREMENT,
     submitted_at INTEGER NOT NULL,
@@ -70,6 +74,15 @@ impl SqliteStore {
         conn.pragma_update(None, "synchronous", sync)?;
         conn.busy_timeout(std::time::Duration::from_secs(10))?;
         conn.execute_batch(SCHEMA)?;
+        // Stores created before requests carried their worker process.
+        let has_owner: bool = conn.query_row(
+            "SELECT COUNT(*) > 0 FROM pragma_table_info('traces') WHERE name = 'owner'",
+            [],
+            |r| r.get(0),
+        )?;
+        if !has_owner {
+            conn.execute_batch("ALTER TABLE traces ADD COLUMN owner INTEGER")?;
+        }
         Ok(SqliteStore { conn: Mutex::new(conn) })
     }
 
@@ -101,6 +114,7 @@ impl SqliteStore {
         &self,
         voucher: &SignedVoucher,
         window: u32,
+        owner: i64,
         check: impl FnOnce(&UserView) -> Result<(), E>,
     ) -> Result<Result<(), E>, StoreError> {
         let mut conn = self.conn();
@@ -138,8 +152,9 @@ impl SqliteStore {
             return Ok(Err(e));
         }
         tx.execute(
-            "INSERT INTO traces (user, nonce, voucher, cap, created_at) VALUES (?1, ?2, ?3, ?4, ?5)",
-            params![user, v.nonce as i64, voucher.encode(), v.cap.to_string(), now() as i64],
+            "INSERT INTO traces (user, nonce, voucher, cap, created_at, owner) \
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
+            params![user, v.nonce as i64, voucher.encode(), v.cap.to_string(), now() as i64, owner],
         )?;
         tx.execute(
             "INSERT INTO sequencer (user, last_nonce, last_total, sealed_nonce) \
@@ -300,17 +315,48 @@ impl SqliteStore {
         Ok(n > 0)
     }
 
-    /// Requests admitted but never sealed (the worker stopped while serving them), in order.
-    pub fn in_flight(&self) -> Result<Vec<SignedVoucher>, StoreError> {
+    /// Register a new worker process; returns its id.
+    pub fn register_instance(&self) -> Result<i64, StoreError> {
         let conn = self.conn();
-        let mut stmt =
-            conn.prepare("SELECT voucher FROM traces WHERE receipt IS NULL ORDER BY user, nonce")?;
-        let rows = stmt.query_map([], |r| r.get::<_, Vec<u8>>(0))?;
+        conn.execute("INSERT INTO workers (seen_at) VALUES (?1)", params![now() as i64])?;
+        Ok(conn.last_insert_rowid())
+    }
+
+    /// Mark worker process `id` alive now.
+    pub fn heartbeat(&self, id: i64) -> Result<(), StoreError> {
+        self.conn()
+            .execute("UPDATE workers SET seen_at = ?2 WHERE id = ?1", params![id, now() as i64])?;
+        Ok(())
+    }
+
+    /// Requests admitted but never sealed by earlier worker processes, in order. One process
+    /// uses a SQLite store, so every process but `me` is gone.
+    pub fn orphans(&self, me: i64) -> Result<Vec<SignedVoucher>, StoreError> {
+        let conn = self.conn();
+        let mut stmt = conn.prepare(
+            "SELECT voucher FROM traces WHERE receipt IS NULL AND owner IS NOT ?1 \
+             ORDER BY user, nonce",
+        )?;
+        let rows = stmt.query_map(params![me], |r| r.get::<_, Vec<u8>>(0))?;
         rows.map(|r| {
             let r = r?;
             SignedVoucher::decode(&mut &r[..]).map_err(|_| StoreError::Corrupt("voucher"))
         })
         .collect()
+    }
+
+    /// Traces stored, of `user` or of everyone.
+    pub fn trace_count(&self, user: Option<&AccountId>) -> Result<u64, StoreError> {
+        let conn = self.conn();
+        let n: i64 = match user {
+            Some(u) => conn.query_row(
+                "SELECT COUNT(*) FROM traces WHERE user = ?1",
+                params![u.encode()],
+                |r| r.get(0),
+            )?,
+            None => conn.query_row("SELECT COUNT(*) FROM traces", [], |r| r.get(0))?,
+        };
+        Ok(n as u64)
     }
 
     /// Users with sealed, unsettled traces: `(user, oldest unsettled created_at, count)`.

@@ -75,6 +75,20 @@ impl Server {
         Server { dir, port }
     }
 
+    /// Restart the server (`pg_ctl restart -m fast`): every connection is cut.
+    pub fn restart(&self) {
+        let restart = format!(
+            "{} -D {} -w -m fast restart",
+            pg_bin("pg_ctl").display(),
+            self.dir.join("data").display()
+        );
+        assert!(
+            as_postgres(&restart).status().unwrap().success(),
+            "pg_ctl restart failed: {}",
+            log(&self.dir, "server.log")
+        );
+    }
+
     pub fn url(&self) -> String {
         format!("host=127.0.0.1 port={} user=compute dbname=postgres", self.port)
     }

@@ -51,9 +51,26 @@ pub struct Rejection {
     pub uses_nonce: bool,
 }
 
+/// Longest message a rejection carries: messages may quote the request, and a refused request's
+/// answer is stored with its fee-0 receipt, so an echo of a large body must not reach the store.
+pub const MAX_MESSAGE: usize = 256;
+
+/// `text` cut to at most `MAX_MESSAGE` bytes on a character boundary.
+fn bounded(mut text: String) -> String {
+    if text.len() > MAX_MESSAGE {
+        let mut end = MAX_MESSAGE - 3;
+        while !text.is_char_boundary(end) {
+            end -= 1;
+        }
+        text.truncate(end);
+        text.push_str("...");
+    }
+    text
+}
+
 impl Rejection {
     fn new(status: u16, code: &'static str, message: String) -> Self {
-        Rejection { status, code, message, expected: None, uses_nonce: true }
+        Rejection { status, code, message: bounded(message), expected: None, uses_nonce: true }
     }
 
     fn expecting(mut self, expected: serde_json::Value) -> Self {
@@ -121,6 +138,23 @@ fn allowed_spent(view: &UserView, v: &Voucher, window: u32) -> Vec<Balance> {
     allowed
 }
 
+/// The user's escrow with this provider, or the refusal of a key that has none: it keeps the
+/// nonce, so nothing of that key is stored.
+pub fn require_escrow<'a>(
+    v: &Voucher,
+    escrow: Option<&'a EscrowState>,
+) -> Result<&'a EscrowState, Rejection> {
+    escrow.ok_or_else(|| {
+        Rejection::new(
+            402,
+            "no_escrow",
+            format!("no escrow with this provider; deposit at least {}", v.cap),
+        )
+        .expecting(json!({ "deposit": v.cap.to_string() }))
+        .keeps_nonce()
+    })
+}
+
 /// Full admission of a paying request whose signature, provider and nonce already passed.
 pub fn admit(
     v: &Voucher,
@@ -130,6 +164,9 @@ pub fn admit(
     window: u32,
 ) -> Result<Admitted, Rejection> {
     check_sequence(v, view, escrow, window)?;
+    // Before anything that would use the nonce: a key with no escrow here stores nothing (a
+    // swarm of throwaway keys must not fill the trace store or the settlement plan).
+    let escrow = require_escrow(v, escrow)?;
     let Some(service) = needs.service else {
         return Err(Rejection::new(
             404,
@@ -209,14 +246,6 @@ pub fn admit(
         None => needs.max_tokens,
     };
 
-    let Some(escrow) = escrow else {
-        return Err(Rejection::new(
-            402,
-            "no_escrow",
-            format!("no escrow with this provider; deposit at least {}", v.cap),
-        )
-        .expecting(json!({ "deposit": v.cap.to_string() })));
-    };
     let owed = view.seq.last_total.saturating_sub(escrow.settled_total);
     let committed = owed.saturating_add(view.in_flight_caps).saturating_add(v.cap);
     let spendable = escrow.spendable();
@@ -244,6 +273,19 @@ pub fn admit_ack(
     window: u32,
 ) -> Result<(), Rejection> {
     check_sequence(v, view, escrow, window)?;
+    // An ack states the latest total: with a request still in flight (window above 1) there is
+    // none yet, and sealing the ack first would put it ahead of that request's receipt.
+    if view.in_flight > 0 {
+        return Err(Rejection::new(
+            409,
+            "request_in_flight",
+            format!(
+                "{} request(s) of this user are still being served; ack after them",
+                view.in_flight
+            ),
+        )
+        .keeps_nonce());
+    }
     if v.cap != 0 || v.request_hash != H256::zero() {
         return Err(Rejection::new(
             400,
@@ -406,7 +448,7 @@ mod tests {
         );
         assert_eq!(
             code(voucher(1, 0, 1_000), needs(&s), view(0, 0), None),
-            Err((402, "no_escrow", true))
+            Err((402, "no_escrow", false))
         );
         // Spendable 1000 < owed 50 + cap 1000.
         assert_eq!(
@@ -461,5 +503,28 @@ mod tests {
         assert_eq!(admit_ack(&ack, &view(3, 50), None, 1), Ok(()));
         ack.spent = 40;
         assert_eq!(admit_ack(&ack, &view(3, 50), None, 1).unwrap_err().code, "spent_mismatch");
+        // With window 2 and a request in flight, an ack waits for it.
+        ack.spent = 50;
+        let mut busy = view(3, 50);
+        busy.in_flight = 1;
+        let r = admit_ack(&ack, &busy, None, 2).unwrap_err();
+        assert_eq!((r.status, r.code, r.uses_nonce), (409, "request_in_flight", false));
+    }
+
+    #[test]
+    fn unfunded_keys_use_no_nonce_whatever_else_is_wrong() {
+        let s = service();
+        let mut n = needs(&s);
+        n.body_hash = H256::zero();
+        n.model = "other";
+        let r = admit(&voucher(1, 0, 1), &n, &view(0, 0), None, 1).unwrap_err();
+        assert_eq!((r.code, r.uses_nonce), ("no_escrow", false));
+    }
+
+    #[test]
+    fn messages_are_bounded() {
+        let r = Rejection::bad_request("x", "é".repeat(10_000));
+        assert!(r.message.len() <= MAX_MESSAGE, "{}", r.message.len());
+        assert!(r.message.ends_with("..."));
     }
 }
