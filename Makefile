@@ -44,7 +44,7 @@ test-pallet:
 
 ## The provider worker's tests (unit, tiny GGUF, end to end with a dev node and the real model).
 test-worker: build
-	$(CARGO) test -p provider-worker -p compute-client
+	$(CARGO) test -p compute-inference -p provider-worker -p compute-client
 
 ## The user-side clients against real parts: polkadot.js (clients/js) against a dev node, and the
 ## official OpenAI Python client through `compute proxy` to a worker serving SmolLM2.

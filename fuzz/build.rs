@@ -6,7 +6,7 @@
 //!   and its request parsing (`parse_chat`, `parse_embedding`, their request types and limits
 //!   from `provider-worker/src/api/openai.rs`), with the plain data types they use (`EscrowState` and
 //!   `ServiceInfo` from `client/src/chain.rs`, `Sequence` and `UserView` from the worker's
-//!   store, `ChatMessage`, `GenParams`). Items are copied at build time, verbatim but for their
+//!   store, `ChatMessage` and `GenParams` from `inference/src/`). Items are copied at build time, verbatim but for their
 //!   visibility (made `pub`) and `compute_client::` imports (pointed at this crate's copy), so
 //!   the targets always fuzz the worker's current code; the worker itself pulls candle, axum,
 //!   subxt and SQLite, far too slow to build instrumented.
@@ -42,8 +42,8 @@ fn main() {
         pick("../client/src/chain.rs", &["BlockNumber", "EscrowState", "ServiceInfo"]),
     );
     write(out, "store.rs", pick("../provider-worker/src/store/mod.rs", &["Sequence", "UserView"]));
-    let mut model = pick("../provider-worker/src/model/template.rs", &["ChatMessage"]);
-    model.extend(pick("../provider-worker/src/model/engine.rs", &["GenParams"]));
+    let mut model = pick("../inference/src/template.rs", &["ChatMessage"]);
+    model.extend(pick("../inference/src/engine.rs", &["GenParams"]));
     write(out, "model.rs", model);
     write(out, "admission.rs", whole("../provider-worker/src/billing/admission.rs"));
     write(

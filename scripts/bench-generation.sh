@@ -13,7 +13,7 @@ scripts/fetch-model.sh >/dev/null
 if [ "$PROFILE" = dev ]; then
     cargo test -q --workspace --no-run 2>/dev/null
 else
-    cargo build -q --profile "$PROFILE" -p provider-worker --example generate --example throughput
+    cargo build -q --profile "$PROFILE" -p compute-inference --example generate --example throughput
 fi
 BIN=target/$([ "$PROFILE" = dev ] && echo debug || echo "$PROFILE")/examples/generate
 if [ ! -d bench/llama-cpp/node_modules/node-llama-cpp ]; then

@@ -38,5 +38,5 @@ if [ ! -e "$stubs/libcuda.so" ]; then
 fi
 export PATH="$CUDA_HOME/bin:$PATH" CUDA_ROOT="$CUDA_HOME" CUDARC_CUDA_VERSION=13000
 export LIBRARY_PATH="$stubs${LIBRARY_PATH:+:$LIBRARY_PATH}"
-echo "==> building provider-worker with --features cuda (sm_$CUDA_COMPUTE_CAP)"
-cargo build -p provider-worker --features cuda --examples --tests "$@"
+echo "==> building compute-inference with --features cuda (sm_$CUDA_COMPUTE_CAP)"
+cargo build -p compute-inference --features cuda --examples --tests "$@"

@@ -7,8 +7,8 @@
 //! so the receipt may claim at most a tenth (plus two) more than the recount, and never more than
 //! the `max_tokens` asked for.
 
+use compute_inference::{read_gguf_metadata, ChatMessage, ChatTemplate, ModelTokenizer};
 use compute_primitives::Receipt;
-use provider_worker::model::{read_gguf, ChatMessage, ChatTemplate, ModelTokenizer, WeightFormat};
 use serde_json::Value;
 use std::path::Path;
 
@@ -21,9 +21,9 @@ pub struct Recounter {
 impl Recounter {
     /// Read the tokenizer from a GGUF file (the one the provider serves).
     pub fn load(path: &Path) -> anyhow::Result<Self> {
-        let loaded = read_gguf(path, WeightFormat::AsStored)?;
+        let content = read_gguf_metadata(path)?;
         Ok(Recounter {
-            tokenizer: ModelTokenizer::from_gguf(&loaded.content)?,
+            tokenizer: ModelTokenizer::from_gguf(&content)?,
             template: ChatTemplate::default(),
         })
     }
@@ -81,7 +81,7 @@ pub struct EmbeddingRecounter {
 impl EmbeddingRecounter {
     /// Read `tokenizer.json` from the directory of the model the provider serves.
     pub fn load(dir: &Path) -> anyhow::Result<Self> {
-        Ok(EmbeddingRecounter { tokenizer: provider_worker::model::embedder::load_tokenizer(dir)? })
+        Ok(EmbeddingRecounter { tokenizer: compute_inference::load_embedding_tokenizer(dir)? })
     }
 
     /// Check the receipt's input count against `input` (the OpenAI `input` sent: a string or a
@@ -134,7 +134,7 @@ mod tests {
 
     #[test]
     fn embedding_receipts_are_held_to_the_recount() {
-        let dir = provider_worker::model::default_embedding_model_path()
+        let dir = compute_inference::default_embedding_model_path()
             .expect("the embedding model is missing: run `make model`");
         let rc = EmbeddingRecounter::load(&dir).unwrap();
         // [CLS] hello , world ! [SEP] and [CLS] hi [SEP].
@@ -148,7 +148,7 @@ mod tests {
 
     #[test]
     fn receipts_are_held_to_the_recount() {
-        let path = provider_worker::model::default_model_path()
+        let path = compute_inference::default_model_path()
             .expect("the model is missing: run `make model`");
         let rc = Recounter::load(&path).unwrap();
         let messages = json!([{ "role": "user", "content": "What is 12 + 30?" }]);

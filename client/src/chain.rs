@@ -495,8 +495,19 @@ impl Chain {
         args: Args,
         wait: Wait,
     ) -> Result<TxOutcome, ChainError> {
+        self.submit_to("Compute", signer, call, args, wait).await
+    }
+
+    async fn submit_to<Args: subxt::ext::scale_encode::EncodeAsFields>(
+        &self,
+        pallet: &'static str,
+        signer: &Signer,
+        call: &'static str,
+        args: Args,
+        wait: Wait,
+    ) -> Result<TxOutcome, ChainError> {
         let fail = |e: String| ChainError::Transaction { call, reason: e };
-        let tx = subxt::dynamic::transaction("Compute", call, args);
+        let tx = subxt::dynamic::transaction(pallet, call, args);
         let at = self.api.at_current_block().await.map_err(|e| fail(e.to_string()))?;
         let mut progress = at
             .transactions()
@@ -569,6 +580,19 @@ impl Chain {
             Scale(verifiability),
         );
         self.submit(signer, call, args, Wait::Finalized).await
+    }
+
+    /// Move `amount` of free balance to `to` (`Balances::transfer_keep_alive`).
+    pub async fn transfer(
+        &self,
+        signer: &Signer,
+        to: &AccountId,
+        amount: Balance,
+    ) -> Result<TxOutcome, ChainError> {
+        // `MultiAddress::Id(to)`: variant 0, then the account.
+        let dest = Scale((0u8, to.clone()));
+        let args = (dest, Scale(codec::Compact(amount)));
+        self.submit_to("Balances", signer, "transfer_keep_alive", args, Wait::Finalized).await
     }
 
     /// Fund the escrow with `provider`.

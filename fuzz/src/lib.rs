@@ -213,7 +213,7 @@ pub mod store {
     include!(concat!(env!("OUT_DIR"), "/store.rs"));
 }
 
-/// `ChatMessage` and `GenParams` from `provider-worker/src/model/`.
+/// `ChatMessage` and `GenParams` from `inference/src/`.
 #[allow(dead_code, clippy::all)]
 pub mod model {
     use serde::{Deserialize, Serialize};

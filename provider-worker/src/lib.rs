@@ -5,13 +5,14 @@
 //!   ends in a sealed receipt;
 //! - [`store`]: the durable trace store (SQLite or PostgreSQL);
 //! - [`settlement`]: claims on chain, and releasing held payments;
-//! - [`model`]: the inference engine (GGUF llama, BERT embeddings);
+//! - [`model`]: the inference engine, the `compute-inference` crate (GGUF llama, BERT
+//!   embeddings);
 //! - [`worker`]: the shared state and start-up.
 pub mod api;
 pub mod billing;
 pub mod config;
 pub mod metrics;
-pub mod model;
+pub use compute_inference as model;
 pub mod settlement;
 pub mod store;
 pub mod worker;

@@ -385,3 +385,118 @@ async fn an_ack_waits_for_a_stream_and_a_stalled_node_delays_but_never_breaks_se
     drop(worker);
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+/// A small deterministic generator (no randomness crate needed; a run is reproducible).
+struct Lcg(u64);
+impl Lcg {
+    fn next(&mut self) -> u64 {
+        self.0 = self.0.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
+        self.0 >> 33
+    }
+}
+
+fn env_or(name: &str, default: usize) -> usize {
+    std::env::var(name).ok().and_then(|v| v.parse().ok()).unwrap_or(default)
+}
+
+/// The load test: `LOAD_USERS` users (default 12) each send `LOAD_REQUESTS` chats (default 4)
+/// at once, bounded and on loopback; `LOAD_DROP_PERCENT` (default 30) of the first attempts
+/// give up after a random 50–500 ms and retry the same voucher later. Every request must end
+/// answered and receipted, and the chain must settle exactly each user's total. Prints the
+/// figures `docs/benchmarks.md` quotes (`-- --nocapture`).
+#[tokio::test(flavor = "multi_thread")]
+async fn many_users_at_once_with_random_drops_settle_exactly() {
+    let users = env_or("LOAD_USERS", 12);
+    let per_user = env_or("LOAD_REQUESTS", 4);
+    let drop_percent = env_or("LOAD_DROP_PERCENT", 30) as u64;
+    let dir = temp_dir("faults-load");
+    let (_node, rpc, chain) = dev_chain(&dir).await;
+    let port = free_port();
+    let base = format!("http://127.0.0.1:{port}");
+    let config = worker_config(
+        &dir,
+        rpc,
+        port,
+        "",
+        "parallel = 4\nqueue = 256\n",
+        "max_connections = 256\n",
+    );
+    let _worker = start_worker(&dir, &config, "1");
+    let http = reqwest::Client::new();
+    wait_healthy(&http, &base, &dir, "1").await;
+    let alice = Signer::from_uri("//Alice").unwrap();
+    let bob = Signer::from_uri("//Bob").unwrap();
+    let mut people = vec![];
+    for i in 0..users {
+        let key = Signer::from_uri(&format!("//load/{i}")).unwrap();
+        chain.transfer(&alice, &key.account_id(), 10 * UNIT).await.expect("transfer");
+        chain.deposit(&key, &bob.account_id(), UNIT).await.expect("deposit");
+        people.push(User::new(&key, &bob, &chain));
+    }
+
+    let started = Instant::now();
+    let mut tasks = vec![];
+    for (i, mut user) in people.into_iter().enumerate() {
+        let (http, base) = (http.clone(), base.clone());
+        tasks.push(tokio::spawn(async move {
+            let mut rng = Lcg(i as u64 + 1);
+            let url = format!("{base}/v1/chat/completions");
+            let (mut dropped, mut latencies) = (0usize, vec![]);
+            for r in 0..per_user {
+                let body = chat_body(&format!("User {i}, question {r}: name a number."), 8, false);
+                let v = user.voucher(&body, CAP);
+                let header = user.header(v.clone());
+                let t = Instant::now();
+                let (status, resp) = if rng.next() % 100 < drop_percent {
+                    dropped += 1;
+                    let patience = Duration::from_millis(50 + rng.next() % 450);
+                    let client = reqwest::Client::builder().timeout(patience).build().unwrap();
+                    let _ = client
+                        .post(&url)
+                        .header("content-type", "application/json")
+                        .header(wire::VOUCHER_HEADER, header.clone())
+                        .body(body.clone())
+                        .send()
+                        .await;
+                    answer_of(&http, &url, &body, header).await
+                } else {
+                    answer_of(&http, &url, &body, header).await
+                };
+                assert_eq!(status, 200, "user {i} request {r}: {resp}");
+                latencies.push(t.elapsed());
+                user.accept(&serde_json::from_value(resp["receipt"].clone()).unwrap(), &v);
+            }
+            (user, dropped, latencies)
+        }));
+    }
+    let mut done = vec![];
+    let (mut dropped, mut latencies) = (0, vec![]);
+    for t in tasks {
+        let (user, d, l) = t.await.unwrap();
+        dropped += d;
+        latencies.extend(l);
+        done.push(user);
+    }
+    let served = started.elapsed();
+    latencies.sort();
+    let pct = |p: usize| latencies[(latencies.len() - 1) * p / 100].as_secs_f64();
+    for u in &done {
+        settled_exactly(&chain, &u.key.account_id(), &bob.account_id(), u.total).await;
+    }
+    let settled = started.elapsed();
+    let requests = users * per_user;
+    println!(
+        "load: {users} users x {per_user} chats (8 tokens) = {requests} requests, {dropped} first \
+         attempts dropped: served in {:.1} s ({:.2} req/s), latency p50 {:.2} s p95 {:.2} s \
+         max {:.2} s; all settled exactly after {:.1} s",
+        served.as_secs_f64(),
+        requests as f64 / served.as_secs_f64(),
+        pct(50),
+        pct(95),
+        pct(100),
+        settled.as_secs_f64()
+    );
+    assert_eq!(metric(&http, &base, "compute_claims_rejected_total ").await, 0);
+    assert_eq!(metric(&http, &base, "compute_queue_depth ").await, 0);
+    let _ = std::fs::remove_dir_all(&dir);
+}

@@ -6,20 +6,20 @@
 //! `cargo run --release -p provider-worker --example kernel -- [MODEL]`
 
 use candle_core::quantized::gguf_file;
-use provider_worker::model::qmatmul::{kernel_name, QMatrix};
+use compute_inference::qmatmul::{kernel_name, QMatrix};
 use std::{path::PathBuf, time::Instant};
 
 fn main() -> anyhow::Result<()> {
     let model = std::env::args()
         .nth(1)
         .map(PathBuf::from)
-        .or_else(provider_worker::model::default_model_path)
+        .or_else(compute_inference::default_model_path)
         .ok_or_else(|| anyhow::anyhow!("no model: run `make model`"))?;
     let bytes = std::fs::read(&model)?;
     let mut cursor = std::io::Cursor::new(&bytes);
     let content = gguf_file::Content::read(&mut cursor)?;
     println!("kernel: {}", kernel_name().unwrap_or("none (candle's path)"));
-    let team = provider_worker::model::team::global();
+    let team = compute_inference::team::global();
     for total in [2usize, 8] {
         let iters = 100_000;
         let start = Instant::now();

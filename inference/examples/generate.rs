@@ -3,7 +3,7 @@
 //! [MODEL] [fast_cpu|as_stored] [PROMPT]`; `--cuda` anywhere runs on the first CUDA GPU (build with
 //! `--features cuda`).
 
-use provider_worker::model::{ChatMessage, Engine, GenParams, WeightFormat};
+use compute_inference::{ChatMessage, Engine, GenParams, WeightFormat};
 use std::path::PathBuf;
 
 fn main() -> anyhow::Result<()> {
@@ -12,7 +12,7 @@ fn main() -> anyhow::Result<()> {
     let model = args
         .next()
         .map(PathBuf::from)
-        .or_else(provider_worker::model::default_model_path)
+        .or_else(compute_inference::default_model_path)
         .ok_or_else(|| anyhow::anyhow!("no model: run `make model`"))?;
     let format = match args.next().as_deref() {
         Some("as_stored") => WeightFormat::AsStored,

@@ -61,11 +61,11 @@ macro_rules! multiversion {
                 fn avx2($($arg: $ty),*) $(-> $ret)? {
                     generic($($arg),*)
                 }
-                match $crate::model::simd::level() {
+                match $crate::simd::level() {
                     // SAFETY: `level()` found the features each variant is compiled for.
-                    $crate::model::simd::Level::Avx512 => return unsafe { avx512($($arg),*) },
-                    $crate::model::simd::Level::Avx2 => return unsafe { avx2($($arg),*) },
-                    $crate::model::simd::Level::Baseline => {}
+                    $crate::simd::Level::Avx512 => return unsafe { avx512($($arg),*) },
+                    $crate::simd::Level::Avx2 => return unsafe { avx2($($arg),*) },
+                    $crate::simd::Level::Baseline => {}
                 }
             }
             generic($($arg),*)

@@ -7,7 +7,7 @@ use candle_core::{
     quantized::{gguf_file, GgmlDType, QTensor},
     Device, Tensor,
 };
-use provider_worker::model::{Engine, FinishReason, GenParams, WeightFormat};
+use compute_inference::{Engine, FinishReason, GenParams, WeightFormat};
 use std::path::PathBuf;
 
 const DIM: usize = 32;
@@ -86,7 +86,7 @@ fn write_tiny_model() -> PathBuf {
 fn loads_requantizes_and_samples_deterministically() {
     let path = write_tiny_model();
     let fast = Engine::load(&path, WeightFormat::FastCpu, Device::Cpu).expect("loads");
-    let requantized = if provider_worker::model::qmatmul::supported() { 0 } else { 9 };
+    let requantized = if compute_inference::qmatmul::supported() { 0 } else { 9 };
     assert_eq!(fast.requantized, requantized, "q4_1 stays where our kernel runs, else q8_0");
     assert_eq!(fast.context_len, 48);
     let stored = Engine::load(&path, WeightFormat::AsStored, Device::Cpu).expect("loads");
@@ -163,7 +163,7 @@ fn max_diff(a: &Tensor, b: &Tensor) -> f32 {
 #[test]
 fn batched_forward_matches_candles_reference_llama() {
     use candle_transformers::models::quantized_llama::ModelWeights;
-    use provider_worker::model::{llama::Llama, read_gguf};
+    use compute_inference::{llama::Llama, read_gguf};
     let path = write_tiny_model();
     for format in [WeightFormat::AsStored, WeightFormat::FastCpu] {
         let loaded = read_gguf(&path, format).unwrap();
@@ -291,7 +291,7 @@ fn compare(exact: &Tensor, gpu_exact: &Tensor, cpu: &Tensor, gpu: &Tensor, what:
 #[cfg(feature = "cuda")]
 #[test]
 fn cuda_forward_matches_cpu() {
-    use provider_worker::model::{llama::Llama, read_gguf};
+    use compute_inference::{llama::Llama, read_gguf};
     let gpu = Device::new_cuda(0).expect("a CUDA GPU");
     let path = write_tiny_model();
     let (c, b) = exact_copy(&path);
@@ -333,7 +333,7 @@ fn cuda_forward_matches_cpu() {
 #[cfg(feature = "cuda")]
 #[test]
 fn cuda_serves_the_real_model() {
-    use provider_worker::model::{default_model_path, llama::Llama, read_gguf, ChatMessage};
+    use compute_inference::{default_model_path, llama::Llama, read_gguf, ChatMessage};
     use std::{sync::Arc, time::Instant};
     let model = default_model_path().expect("set COMPUTE_MODEL to the SmolLM2 GGUF");
     let gpu = Device::new_cuda(0).expect("a CUDA GPU");
@@ -365,7 +365,7 @@ fn cuda_serves_the_real_model() {
     cuda.generate(&prompt, &greedy, |_| true).unwrap(); // warm-up: kernel loading
     let g = cuda.generate(&prompt, &greedy, |_| true).unwrap();
     let h = cpu.generate(&prompt, &greedy, |_| true).unwrap();
-    let rate = |g: &provider_worker::model::Generation| {
+    let rate = |g: &compute_inference::Generation| {
         let decode = (g.elapsed - g.time_to_first_token).as_secs_f64().max(1e-9);
         g.completion_tokens.saturating_sub(1) as f64 / decode
     };
@@ -410,7 +410,7 @@ fn cuda_serves_the_real_model() {
 #[cfg(feature = "cuda")]
 #[test]
 fn cuda_embeds_like_the_cpu() {
-    use provider_worker::model::{default_embedding_model_path, Embedder};
+    use compute_inference::{default_embedding_model_path, Embedder};
     use std::time::Instant;
     let dir = default_embedding_model_path().expect("set COMPUTE_EMBEDDING_MODEL to MiniLM");
     let gpu = Device::new_cuda(0).expect("a CUDA GPU");
@@ -495,7 +495,7 @@ fn cuda_embeds_like_the_cpu() {
 #[test]
 fn real_model_matches_candles_reference_llama() {
     use candle_transformers::models::quantized_llama::ModelWeights;
-    use provider_worker::model::{default_model_path, llama::Llama, read_gguf, ChatMessage};
+    use compute_inference::{default_model_path, llama::Llama, read_gguf, ChatMessage};
     let Some(model) = default_model_path() else {
         eprintln!("skipped: no model (run `make model`)");
         return;

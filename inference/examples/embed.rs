@@ -5,7 +5,7 @@
 //! `make model`). Medians of several runs.
 
 use candle_core::Device;
-use provider_worker::model::{EmbedBatcher, Embedder};
+use compute_inference::{EmbedBatcher, Embedder};
 use std::{path::PathBuf, sync::Arc, time::Instant};
 
 fn median(mut xs: Vec<f64>) -> f64 {
@@ -17,7 +17,7 @@ fn main() -> anyhow::Result<()> {
     let dir = std::env::args()
         .nth(1)
         .map(PathBuf::from)
-        .or_else(provider_worker::model::default_embedding_model_path)
+        .or_else(compute_inference::default_embedding_model_path)
         .ok_or_else(|| anyhow::anyhow!("no embedding model: run `make model`"))?;
     let t = Instant::now();
     let e = Arc::new(Embedder::load(&dir, &Device::Cpu)?);

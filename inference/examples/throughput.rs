@@ -4,7 +4,7 @@
 //! `cargo run --release -p provider-worker --example throughput -- [MODEL] [STREAMS...]`;
 //! `--cuda` anywhere runs on the first CUDA GPU (build with `--features cuda`; weights as stored).
 
-use provider_worker::model::{ChatMessage, Engine, GenParams, WeightFormat};
+use compute_inference::{ChatMessage, Engine, GenParams, WeightFormat};
 use std::{path::PathBuf, sync::Arc, time::Instant};
 
 fn peak_rss_mib() -> f64 {
@@ -24,7 +24,7 @@ fn main() -> anyhow::Result<()> {
     let model = args
         .next()
         .map(PathBuf::from)
-        .or_else(provider_worker::model::default_model_path)
+        .or_else(compute_inference::default_model_path)
         .ok_or_else(|| anyhow::anyhow!("no model: run `make model`"))?;
     let mut streams: Vec<usize> = args.filter_map(|a| a.parse().ok()).collect();
     if streams.is_empty() {

@@ -11,28 +11,11 @@
 use candle_core::{DType, Device, Tensor};
 use candle_nn::VarBuilder;
 use candle_transformers::models::bert::{BertModel, Config as BertConfig};
-use std::{
-    path::{Path, PathBuf},
-    time::Instant,
-};
+use std::{path::Path, time::Instant};
 use tokenizers::Tokenizer;
-
-/// Where `make model` puts the default embedding model, relative to the repository root.
-pub const DEFAULT_EMBEDDING_MODEL_RELATIVE: &str = "models/all-MiniLM-L6-v2";
 
 /// Sequences encoded in one forward pass (padded to the longest of them).
 const CHUNK: usize = 16;
-
-/// The default embedding model if it has been downloaded: `$COMPUTE_EMBEDDING_MODEL`, else the
-/// repository's `models/` directory.
-pub fn default_embedding_model_path() -> Option<PathBuf> {
-    if let Ok(p) = std::env::var("COMPUTE_EMBEDDING_MODEL") {
-        return Some(PathBuf::from(p)).filter(|p| p.join("model.safetensors").exists());
-    }
-    let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
-    Some(root.join(DEFAULT_EMBEDDING_MODEL_RELATIVE))
-        .filter(|p| p.join("model.safetensors").exists())
-}
 
 /// Why embedding failed.
 #[derive(Debug, Clone, thiserror::Error)]
@@ -95,15 +78,8 @@ fn read_json(dir: &Path, name: &str) -> Result<Option<serde_json::Value>, EmbedE
 /// special tokens added, no padding and no truncation (the file pads and truncates to a fixed
 /// length; the worker batches inputs itself and refuses over-long ones).
 pub fn load_tokenizer(dir: &Path) -> Result<Tokenizer, EmbedError> {
-    let bad = |e: String| EmbedError::Load {
-        path: dir.display().to_string(),
-        reason: format!("tokenizer.json: {e}"),
-    };
-    let mut tokenizer =
-        Tokenizer::from_file(dir.join("tokenizer.json")).map_err(|e| bad(e.to_string()))?;
-    tokenizer.with_padding(None);
-    tokenizer.with_truncation(None).map_err(|e| bad(e.to_string()))?;
-    Ok(tokenizer)
+    crate::tokenizer::load_embedding_tokenizer(dir)
+        .map_err(|e| EmbedError::Load { path: dir.display().to_string(), reason: e.to_string() })
 }
 
 impl Embedder {
@@ -238,6 +214,7 @@ impl Embedder {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::default_embedding_model_path;
 
     fn cosine(a: &[f32], b: &[f32]) -> f32 {
         a.iter().zip(b).map(|(x, y)| x * y).sum()

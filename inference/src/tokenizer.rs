@@ -6,7 +6,7 @@
 //! model's own tokenizer. `tests::golden_ids_on_the_real_model` pins ids produced by llama.cpp.
 
 use candle_core::quantized::gguf_file::{Content, Value};
-use std::collections::HashMap;
+use std::{collections::HashMap, path::Path};
 use tokenizers::{
     decoders::byte_level::ByteLevel as ByteLevelDecoder,
     models::bpe::BPE,
@@ -116,6 +116,21 @@ impl ModelTokenizer {
     }
 }
 
+/// The tokenizer of a sentence-transformers directory (`tokenizer.json`), as the embedder uses
+/// it: special tokens added, no padding and no truncation (the file pads and truncates to a
+/// fixed length; the worker batches inputs itself and refuses over-long ones).
+pub fn load_embedding_tokenizer(dir: &Path) -> Result<Tokenizer, crate::LoadError> {
+    let bad = |e: String| crate::LoadError::Format {
+        path: dir.join("tokenizer.json").display().to_string(),
+        reason: e,
+    };
+    let mut tokenizer =
+        Tokenizer::from_file(dir.join("tokenizer.json")).map_err(|e| bad(e.to_string()))?;
+    tokenizer.with_padding(None);
+    tokenizer.with_truncation(None).map_err(|e| bad(e.to_string()))?;
+    Ok(tokenizer)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -124,7 +139,7 @@ mod tests {
     /// SmolLM2-135M-Instruct.Q4_1.gguf. Runs when the model is present (`make model`).
     #[test]
     fn golden_ids_on_the_real_model() {
-        let Some(path) = crate::model::default_model_path() else {
+        let Some(path) = crate::default_model_path() else {
             eprintln!("skipped: model not downloaded (make model)");
             return;
         };

@@ -152,7 +152,7 @@ mod tests {
     use std::time::Duration;
 
     fn model() -> Option<Embedder> {
-        let Some(dir) = crate::model::default_embedding_model_path() else {
+        let Some(dir) = crate::default_embedding_model_path() else {
             eprintln!("skipped: no embedding model (run `make model`)");
             return None;
         };

@@ -1,24 +1,42 @@
-//! The model: GGUF loading (with optional re-quantization to a format candle has fast CPU
-//! kernels for), the tokenizer, the chat template, sampling and the generation loop.
+//! The inference engine: GGUF loading (with optional re-quantization to a format with fast CPU
+//! kernels), our llama forward pass and CPU kernels (the only unsafe code of the project), the
+//! generation scheduler (sampling, stop strings, streaming, cancellation), a BERT sentence
+//! embedder and the batcher that merges concurrent embedding requests.
+//!
+//! The text part — GGUF metadata, the model tokenizers, the chat template, the default model
+//! paths — builds without the `engine` feature, for clients that count tokens as the worker
+//! does (`compute --recount-model`).
 
+#[cfg(feature = "engine")]
 pub mod embed_batcher;
+#[cfg(feature = "engine")]
 pub mod embedder;
+#[cfg(feature = "engine")]
 pub mod engine;
+#[cfg(feature = "engine")]
 pub mod llama;
+#[cfg(feature = "engine")]
 pub mod qmatmul;
+#[cfg(feature = "engine")]
 mod simd;
+#[cfg(feature = "engine")]
 pub mod team;
 pub mod template;
 pub mod tokenizer;
 
+#[cfg(feature = "engine")]
 pub use embed_batcher::EmbedBatcher;
-pub use embedder::{default_embedding_model_path, EmbedError, Embedder};
+#[cfg(feature = "engine")]
+pub use embedder::{EmbedError, Embedder};
+#[cfg(feature = "engine")]
 pub use engine::{Engine, EngineError, FinishReason, GenParams, Generation, DEFAULT_MAX_BATCH};
 pub use template::{ChatMessage, ChatTemplate};
-pub use tokenizer::ModelTokenizer;
+pub use tokenizer::{load_embedding_tokenizer, ModelTokenizer};
 
+use candle_core::quantized::gguf_file;
+#[cfg(feature = "engine")]
 use candle_core::{
-    quantized::{gguf_file, GgmlDType, QTensor},
+    quantized::{GgmlDType, QTensor},
     Device,
 };
 use std::{
@@ -64,7 +82,31 @@ pub enum LoadError {
     Tokenizer(#[from] tokenizer::TokenizerError),
 }
 
+/// Where `make model` puts the default embedding model, relative to the repository root.
+pub const DEFAULT_EMBEDDING_MODEL_RELATIVE: &str = "models/all-MiniLM-L6-v2";
+
+/// The default embedding model if it has been downloaded: `$COMPUTE_EMBEDDING_MODEL`, else the
+/// repository's `models/` directory.
+pub fn default_embedding_model_path() -> Option<PathBuf> {
+    if let Ok(p) = std::env::var("COMPUTE_EMBEDDING_MODEL") {
+        return Some(PathBuf::from(p)).filter(|p| p.join("model.safetensors").exists());
+    }
+    let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
+    Some(root.join(DEFAULT_EMBEDDING_MODEL_RELATIVE))
+        .filter(|p| p.join("model.safetensors").exists())
+}
+
+/// The metadata and tensor index of a GGUF file (what its tokenizer is built from).
+pub fn read_gguf_metadata(path: &Path) -> Result<gguf_file::Content, LoadError> {
+    let shown = path.display().to_string();
+    let mut file = std::fs::File::open(path)
+        .map_err(|source| LoadError::Open { path: shown.clone(), source })?;
+    gguf_file::Content::read(&mut file)
+        .map_err(|e| LoadError::Format { path: shown, reason: e.to_string() })
+}
+
 /// A GGUF file read into memory, ready to build models from.
+#[cfg(feature = "engine")]
 pub struct LoadedGguf {
     /// Metadata and tensor index.
     pub content: gguf_file::Content,
@@ -74,6 +116,7 @@ pub struct LoadedGguf {
     pub requantized: usize,
 }
 
+#[cfg(feature = "engine")]
 fn needs_requant(dtype: GgmlDType) -> bool {
     match dtype {
         GgmlDType::Q4_1 => !qmatmul::supported(),
@@ -83,6 +126,7 @@ fn needs_requant(dtype: GgmlDType) -> bool {
 }
 
 /// Read a GGUF file, re-quantizing per `format`.
+#[cfg(feature = "engine")]
 pub fn read_gguf(path: &Path, format: WeightFormat) -> Result<LoadedGguf, LoadError> {
     let shown = path.display().to_string();
     let bad = |reason: String| LoadError::Format { path: shown.clone(), reason };
