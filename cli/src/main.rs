@@ -320,10 +320,7 @@ async fn services(ctx: &Ctx) -> anyhow::Result<()> {
     list.sort_by(|a, b| {
         (a.provider.to_string(), a.service_id).cmp(&(b.provider.to_string(), b.service_id))
     });
-    let kind = |k: ServiceKind| match k {
-        ServiceKind::Chat => "chat",
-        ServiceKind::Embedding => "embedding",
-    };
+    let kind = |k: ServiceKind| k.as_str();
     let mut rows = Vec::new();
     for s in &list {
         let p = ctx.chain.provider(&s.provider).await?;

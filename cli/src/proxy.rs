@@ -26,7 +26,7 @@ use axum::{
     Json, Router,
 };
 use compute_client::wire::{ErrorBody, ErrorDetail, ReceiptJson};
-use compute_primitives::{Balance, ServiceKind};
+use compute_primitives::Balance;
 use futures::StreamExt;
 use serde_json::{json, Value};
 use std::{
@@ -148,10 +148,7 @@ async fn models(State(p): State<Arc<Proxy>>) -> Response {
             json!({
                 "id": s.model, "object": "model", "created": 0, "owned_by": s.provider.to_string(),
                 "service_id": s.service_id,
-                "kind": match s.kind {
-                    ServiceKind::Chat => "chat",
-                    ServiceKind::Embedding => "embedding",
-                },
+                "kind": s.kind.as_str(),
                 "input_price": s.input_price.to_string(),
                 "output_price": s.output_price.to_string(),
             })

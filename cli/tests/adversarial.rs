@@ -756,18 +756,15 @@ fn a_lying_provider_cannot_take_the_users_money() {
 
     // Bob registers the fake worker as his chat service; Charlie funds his escrow with the CLI.
     let bob = Signer::from_uri("//Bob").unwrap();
-    rt.block_on(chain.register_service(
-        &bob,
-        0,
-        ServiceKind::Chat,
-        MODEL,
-        &url,
-        INPUT_PRICE,
-        OUTPUT_PRICE,
-        "none",
-        false,
-    ))
-    .expect("register_service");
+    let terms = compute_client::ServiceTerms {
+        kind: ServiceKind::Chat,
+        model: MODEL.into(),
+        url: url.clone(),
+        input_price: INPUT_PRICE,
+        output_price: OUTPUT_PRICE,
+        verifiability: "none".into(),
+    };
+    rt.block_on(chain.register_service(&bob, 0, &terms, false)).expect("register_service");
     cli(&dir, rpc, &["deposit", BOB, "0.5unit"], GUARD).ok();
     eprintln!("node up, service registered, escrow funded in {:.1?}", started.elapsed());
 

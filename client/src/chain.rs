@@ -5,12 +5,13 @@
 
 use crate::{events::ComputeEvent, keys::Signer};
 use codec::Encode;
+use compute_primitives::rpc::{EscrowJson, ParamsJson, ProviderJson, ServiceJson};
 use compute_primitives::{
     AccountId, Balance, Claim, ModelName, Nonce, ServiceId, ServiceKind, SignedReceipt, Url,
     Verifiability,
 };
 use polkadot_sdk::sp_core::H256;
-use serde::{de::DeserializeOwned, Deserialize};
+use serde::de::DeserializeOwned;
 use std::time::{Duration, Instant};
 use subxt::{
     ext::{scale_encode, scale_encode::EncodeAsType},
@@ -91,6 +92,22 @@ impl EscrowState {
     }
 }
 
+/// The terms a provider offers a service on (`register_service`, `update_service`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ServiceTerms {
+    pub kind: ServiceKind,
+    /// Model name clients send.
+    pub model: String,
+    /// Where the worker answers.
+    pub url: String,
+    /// Per input token.
+    pub input_price: Balance,
+    /// Per output token.
+    pub output_price: Balance,
+    /// How responses can be verified.
+    pub verifiability: String,
+}
+
 /// A registered service.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ServiceInfo {
@@ -106,6 +123,18 @@ pub struct ServiceInfo {
 }
 
 impl ServiceInfo {
+    /// The terms it is offered on.
+    pub fn terms(&self) -> ServiceTerms {
+        ServiceTerms {
+            kind: self.kind,
+            model: self.model.clone(),
+            url: self.url.clone(),
+            input_price: self.input_price,
+            output_price: self.output_price,
+            verifiability: self.verifiability.clone(),
+        }
+    }
+
     /// Fee of a request at these prices; `None` on overflow.
     pub fn fee(&self, input_tokens: u64, output_tokens: u64) -> Option<Balance> {
         compute_primitives::fee(input_tokens, output_tokens, self.input_price, self.output_price)
@@ -191,84 +220,18 @@ impl<T: Encode> EncodeAsType for Scale<T> {
     }
 }
 
-fn num<T: std::str::FromStr>(method: &'static str, s: &str) -> Result<T, ChainError> {
-    s.parse().map_err(|_| ChainError::Decode { method, reason: format!("bad amount `{s}`") })
-}
-
-#[derive(Deserialize)]
-#[serde(rename_all = "camelCase")]
-struct EscrowJson {
-    balance: String,
-    pending_refund: String,
-    unlock_at: BlockNumber,
-    settled_nonce: Nonce,
-    settled_through: Nonce,
-    settled_total: String,
-    last_claimed_total: String,
-    last_settled_at: BlockNumber,
-    held: String,
-    held_until: BlockNumber,
-    held_next: String,
-    held_next_until: BlockNumber,
-}
-
-#[derive(Deserialize)]
-#[serde(rename_all = "camelCase")]
-struct ServiceJson {
-    provider: String,
-    service_id: ServiceId,
-    kind: String,
-    model: String,
-    url: String,
-    input_price: String,
-    output_price: String,
-    verifiability: String,
-    price_version: u32,
-}
-
-#[derive(Deserialize)]
-#[serde(rename_all = "camelCase")]
-struct ProviderJson {
-    bond: String,
-    services: u32,
-    unbonding: bool,
-    claims_settled: u64,
-    requests_settled: u64,
-    earned: String,
-    disputes_lost: u32,
-    last_settled_at: BlockNumber,
-    bond_locked_until: BlockNumber,
-}
-
-#[derive(Deserialize)]
-#[serde(rename_all = "camelCase")]
-struct ParamsJson {
-    refund_lock: BlockNumber,
-    dispute_window: BlockNumber,
-    min_deposit: String,
-    provider_bond: String,
-    min_bond: String,
-    max_batch: u32,
-    escrow_deposit: String,
-}
-
 fn service_from_json(s: ServiceJson) -> Result<ServiceInfo, ChainError> {
-    const M: &str = "compute_service";
     Ok(ServiceInfo {
-        provider: s
-            .provider
-            .parse()
-            .map_err(|_| ChainError::Decode { method: M, reason: "bad provider".into() })?,
+        provider: s.provider.parse().map_err(|_| ChainError::Decode {
+            method: "compute_service",
+            reason: "bad provider".into(),
+        })?,
         service_id: s.service_id,
-        kind: match s.kind.as_str() {
-            "chat" => ServiceKind::Chat,
-            "embedding" => ServiceKind::Embedding,
-            k => return Err(ChainError::Decode { method: M, reason: format!("unknown kind {k}") }),
-        },
+        kind: s.kind,
         model: s.model,
         url: s.url,
-        input_price: num(M, &s.input_price)?,
-        output_price: num(M, &s.output_price)?,
+        input_price: s.input_price,
+        output_price: s.output_price,
         verifiability: s.verifiability,
         price_version: s.price_version,
     })
@@ -368,25 +331,22 @@ impl Chain {
         at: Option<H256>,
     ) -> Result<Option<EscrowState>, ChainError> {
         const M: &str = "compute_escrow";
-        let e: Option<EscrowJson> =
+        let e: Option<EscrowJson<BlockNumber>> =
             self.call(M, rpc_params![user.to_string(), provider.to_string(), at]).await?;
-        e.map(|e| {
-            Ok(EscrowState {
-                balance: num(M, &e.balance)?,
-                pending_refund: num(M, &e.pending_refund)?,
-                unlock_at: e.unlock_at,
-                settled_nonce: e.settled_nonce,
-                settled_through: e.settled_through,
-                settled_total: num(M, &e.settled_total)?,
-                last_claimed_total: num(M, &e.last_claimed_total)?,
-                last_settled_at: e.last_settled_at,
-                held: num(M, &e.held)?,
-                held_until: e.held_until,
-                held_next: num(M, &e.held_next)?,
-                held_next_until: e.held_next_until,
-            })
-        })
-        .transpose()
+        Ok(e.map(|e| EscrowState {
+            balance: e.balance,
+            pending_refund: e.pending_refund,
+            unlock_at: e.unlock_at,
+            settled_nonce: e.settled_nonce,
+            settled_through: e.settled_through,
+            settled_total: e.settled_total,
+            last_claimed_total: e.last_claimed_total,
+            last_settled_at: e.last_settled_at,
+            held: e.held,
+            held_until: e.held_until,
+            held_next: e.held_next,
+            held_next_until: e.held_next_until,
+        }))
     }
 
     /// One service, if registered.
@@ -433,35 +393,32 @@ impl Chain {
         provider: &AccountId,
     ) -> Result<Option<ProviderState>, ChainError> {
         const M: &str = "compute_provider";
-        let p: Option<ProviderJson> = self.call(M, rpc_params![provider.to_string()]).await?;
-        p.map(|p| {
-            Ok(ProviderState {
-                bond: num(M, &p.bond)?,
-                services: p.services,
-                unbonding: p.unbonding,
-                claims_settled: p.claims_settled,
-                requests_settled: p.requests_settled,
-                earned: num(M, &p.earned)?,
-                disputes_lost: p.disputes_lost,
-                last_settled_at: p.last_settled_at,
-                bond_locked_until: p.bond_locked_until,
-            })
-        })
-        .transpose()
+        let p: Option<ProviderJson<BlockNumber>> =
+            self.call(M, rpc_params![provider.to_string()]).await?;
+        Ok(p.map(|p| ProviderState {
+            bond: p.bond,
+            services: p.services,
+            unbonding: p.unbonding,
+            claims_settled: p.claims_settled,
+            requests_settled: p.requests_settled,
+            earned: p.earned,
+            disputes_lost: p.disputes_lost,
+            last_settled_at: p.last_settled_at,
+            bond_locked_until: p.bond_locked_until,
+        }))
     }
 
     /// The pallet's parameters.
     pub async fn params(&self) -> Result<Params, ChainError> {
-        const M: &str = "compute_params";
-        let p: ParamsJson = self.call(M, rpc_params![]).await?;
+        let p: ParamsJson<BlockNumber> = self.call("compute_params", rpc_params![]).await?;
         Ok(Params {
             refund_lock: p.refund_lock,
             dispute_window: p.dispute_window,
-            min_deposit: num(M, &p.min_deposit)?,
-            provider_bond: num(M, &p.provider_bond)?,
-            min_bond: num(M, &p.min_bond)?,
+            min_deposit: p.min_deposit,
+            provider_bond: p.provider_bond,
+            min_bond: p.min_bond,
             max_batch: p.max_batch,
-            escrow_deposit: num(M, &p.escrow_deposit)?,
+            escrow_deposit: p.escrow_deposit,
         })
     }
 
@@ -552,31 +509,26 @@ impl Chain {
         Ok(TxOutcome { block_hash, events: out })
     }
 
-    /// Register a service (holds the provider bond on the first one).
-    #[allow(clippy::too_many_arguments)]
+    /// Register a service on `terms` (holds the provider bond on the first one), or with `update`
+    /// change the terms of one registered (a price change bumps its price version).
     pub async fn register_service(
         &self,
         signer: &Signer,
         service_id: ServiceId,
-        kind: ServiceKind,
-        model: &str,
-        url: &str,
-        input_price: Balance,
-        output_price: Balance,
-        verifiability: &str,
+        terms: &ServiceTerms,
         update: bool,
     ) -> Result<TxOutcome, ChainError> {
-        let model: ModelName = bounded("model", model)?;
-        let url: Url = bounded("url", url)?;
-        let verifiability: Verifiability = bounded("verifiability", verifiability)?;
+        let model: ModelName = bounded("model", &terms.model)?;
+        let url: Url = bounded("url", &terms.url)?;
+        let verifiability: Verifiability = bounded("verifiability", &terms.verifiability)?;
         let call = if update { "update_service" } else { "register_service" };
         let args = (
             Scale(service_id),
-            Scale(kind),
+            Scale(terms.kind),
             Scale(model),
             Scale(url),
-            Scale(input_price),
-            Scale(output_price),
+            Scale(terms.input_price),
+            Scale(terms.output_price),
             Scale(verifiability),
         );
         self.submit(signer, call, args, Wait::Finalized).await

@@ -7,7 +7,9 @@ pub mod events;
 pub mod keys;
 pub mod wire;
 
-pub use chain::{Chain, ChainError, EscrowState, Params, ProviderState, ServiceInfo, TxOutcome};
+pub use chain::{
+    Chain, ChainError, EscrowState, Params, ProviderState, ServiceInfo, ServiceTerms, TxOutcome,
+};
 pub use compute_primitives as primitives;
 pub use events::ComputeEvent;
 pub use keys::{KeyError, Signer};

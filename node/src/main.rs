@@ -6,7 +6,6 @@
 mod chain_spec;
 mod cli;
 mod command;
-mod compute_rpc;
 mod rpc;
 mod sealing;
 mod service;

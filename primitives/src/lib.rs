@@ -20,6 +20,9 @@ use polkadot_sdk::{
 };
 use scale_info::TypeInfo;
 
+#[cfg(feature = "std")]
+pub mod rpc;
+
 /// Token amounts in the smallest unit.
 pub type Balance = u128;
 /// A provider-chosen identifier of one of its services.
@@ -66,11 +69,34 @@ pub type Verifiability = BoundedVec<u8, ConstU32<MAX_VERIFIABILITY_LEN>>;
     Debug,
 )]
 #[cfg_attr(feature = "std", derive(serde::Serialize, serde::Deserialize))]
+#[cfg_attr(feature = "std", serde(rename_all = "snake_case"))]
 pub enum ServiceKind {
     /// Chat completions, priced per input and output token.
     Chat,
     /// Embeddings, priced per input token.
     Embedding,
+}
+
+impl ServiceKind {
+    /// `chat` or `embedding`, as configs, JSON and the command line spell it.
+    pub fn as_str(&self) -> &'static str {
+        match self {
+            ServiceKind::Chat => "chat",
+            ServiceKind::Embedding => "embedding",
+        }
+    }
+}
+
+impl core::str::FromStr for ServiceKind {
+    type Err = ();
+
+    fn from_str(s: &str) -> Result<Self, ()> {
+        match s {
+            "chat" => Ok(ServiceKind::Chat),
+            "embedding" => Ok(ServiceKind::Embedding),
+            _ => Err(()),
+        }
+    }
 }
 
 /// A service as registered on chain, keyed by `(provider, ServiceId)`.

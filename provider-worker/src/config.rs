@@ -23,7 +23,7 @@ pub struct ServiceConfig {
     /// Id on chain (per provider).
     pub id: ServiceId,
     /// `chat` (served by `model`) or `embedding` (served by `embedding_model`).
-    #[serde(default = "chat", with = "kind")]
+    #[serde(default = "chat")]
     pub kind: ServiceKind,
     /// Model name clients send; defaults to the GGUF file's stem (chat) or the embedding
     /// model's directory name (embedding).
@@ -340,27 +340,6 @@ impl Config {
             return bad("service ids must be unique");
         }
         Ok(())
-    }
-}
-
-/// Service kinds as `chat` / `embedding`.
-mod kind {
-    use compute_primitives::ServiceKind;
-    use serde::{de::Error, Deserialize, Deserializer, Serializer};
-
-    pub fn serialize<S: Serializer>(v: &ServiceKind, s: S) -> Result<S::Ok, S::Error> {
-        s.serialize_str(match v {
-            ServiceKind::Chat => "chat",
-            ServiceKind::Embedding => "embedding",
-        })
-    }
-
-    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<ServiceKind, D::Error> {
-        match String::deserialize(d)?.as_str() {
-            "chat" => Ok(ServiceKind::Chat),
-            "embedding" => Ok(ServiceKind::Embedding),
-            other => Err(D::Error::custom(format!("unknown service kind `{other}`"))),
-        }
     }
 }
 

@@ -7,7 +7,9 @@ use crate::{
     model::{EmbedBatcher, Embedder, Engine},
     store::{Store, StoreError},
 };
-use compute_client::{wire, Chain, ChainError, ComputeEvent, EscrowState, ServiceInfo, Signer};
+use compute_client::{
+    wire, Chain, ChainError, ComputeEvent, EscrowState, ServiceInfo, ServiceTerms, Signer,
+};
 use compute_primitives::{
     AccountId, Balance, Receipt, ServiceId, ServiceKind, SignedReceipt, Voucher,
 };
@@ -248,32 +250,20 @@ impl Worker {
             .unwrap_or_else(|| format!("http://{}", self.config.listen));
         for s in &self.config.services {
             let model = s.model_name.clone().unwrap_or_else(|| self.model_name(s.kind));
+            let terms = ServiceTerms {
+                kind: s.kind,
+                model,
+                url: url.clone(),
+                input_price: s.input_price,
+                output_price: s.output_price,
+                verifiability: s.verifiability.clone(),
+            };
             let existing = on_chain.iter().find(|c| c.service_id == s.id);
-            let same = existing.is_some_and(|c| {
-                c.kind == s.kind
-                    && c.model == model
-                    && c.url == url
-                    && c.input_price == s.input_price
-                    && c.output_price == s.output_price
-                    && c.verifiability == s.verifiability
-            });
-            if same {
+            if existing.is_some_and(|c| c.terms() == terms) {
                 continue;
             }
             tracing::info!(service = s.id, update = existing.is_some(), "registering service");
-            self.chain
-                .register_service(
-                    &self.signer,
-                    s.id,
-                    s.kind,
-                    &model,
-                    &url,
-                    s.input_price,
-                    s.output_price,
-                    &s.verifiability,
-                    existing.is_some(),
-                )
-                .await?;
+            self.chain.register_service(&self.signer, s.id, &terms, existing.is_some()).await?;
         }
         self.refresh_services().await?;
         Ok(())

@@ -311,7 +311,8 @@ async fn paid_chats_settle_exactly_once_across_a_worker_crash() {
 
 /// Two worker processes of one provider share a PostgreSQL trace store: one user's requests
 /// alternate between them and form one receipt chain; the same voucher sent to both at once is
-/// served once; one settlement pays the exact total.
+/// served once; one settlement pays the exact total; a restart of one never seals what the
+/// other is serving, and the survivor seals what a gone one left.
 #[tokio::test(flavor = "multi_thread")]
 async fn two_workers_share_one_postgres_sequencer() {
     let Some(model) = provider_worker::model::default_model_path() else {
@@ -394,6 +395,37 @@ async fn two_workers_share_one_postgres_sequencer() {
     // max_age 0 settles after each request; what matters is that every nonce was settled
     // exactly once and the chain paid exactly the verified total.
     assert_eq!(stats.requests_settled, user.nonce);
+
+    // A request in flight at worker b (admitted in the shared store as b's) survives worker a's
+    // restart: a's recovery seals only requests of processes that are gone. Once b is gone, a
+    // seals it at fee 0 and the user's retry gets that answer.
+    let (db, connection) = tokio_postgres::connect(&pg.url(), tokio_postgres::NoTls).await.unwrap();
+    tokio::spawn(connection);
+    let b_id: i64 = db.query_one("SELECT MAX(id) FROM workers", &[]).await.unwrap().get(0);
+    let store = provider_worker::store::Store::postgres(&pg.url()).await.unwrap();
+    let body = chat_body("Still there?", 4, false);
+    let v = user.voucher(&body, CAP);
+    let sv = wire::sign_voucher(&user.key, v.clone(), &user.genesis);
+    store.admit(&sv, 1, b_id, |_| Ok::<(), ()>(())).await.unwrap().unwrap();
+    let a_config = dir.join("a").join("worker.toml");
+    drop(workers.remove(0));
+    workers.insert(0, start_worker(&dir.join("a"), &a_config, "a2"));
+    wait_healthy(&http, &bases[0], &dir.join("a"), "a2").await;
+    tokio::time::sleep(provider_worker::store::HEARTBEAT + Duration::from_secs(2)).await;
+    let trace = store.trace(&user.key.account_id(), v.nonce).await.unwrap().unwrap();
+    assert!(trace.receipt.is_none(), "a's restart sealed a request of live worker b");
+    drop(workers.remove(1));
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let (status, resp) = loop {
+        let (status, resp) = post(&http, &url_a, body.clone(), Some(user.header(v.clone()))).await;
+        if status != 409 || Instant::now() > deadline {
+            break (status, resp);
+        }
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    };
+    assert_eq!((status, resp["error"]["code"].as_str()), (500, Some("interrupted")), "{resp}");
+    let receipt: ReceiptJson = serde_json::from_value(resp["error"]["receipt"].clone()).unwrap();
+    assert_eq!(user.accept(&receipt, &v).receipt.fee, 0);
     drop(workers);
     let _ = std::fs::remove_dir_all(&dir);
 }
