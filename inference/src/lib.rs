@@ -39,10 +39,9 @@ use candle_core::{
     quantized::{GgmlDType, QTensor},
     Device,
 };
-use std::{
-    io::Cursor,
-    path::{Path, PathBuf},
-};
+#[cfg(feature = "engine")]
+use std::io::Cursor;
+use std::path::{Path, PathBuf};
 
 /// Where `make model` puts the default model, relative to the repository root.
 pub const DEFAULT_MODEL_RELATIVE: &str = "models/SmolLM2-135M-Instruct.Q4_1.gguf";

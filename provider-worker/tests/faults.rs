@@ -337,7 +337,7 @@ async fn an_ack_waits_for_a_stream_and_a_stalled_node_delays_but_never_breaks_se
         .lines()
         .filter_map(|l| l.strip_prefix("data: "))
         .filter_map(|l| serde_json::from_str::<Value>(l).ok())
-        .last()
+        .next_back()
         .unwrap();
     user.accept(&serde_json::from_value(last["receipt"].clone()).unwrap(), &v);
     let ack = Voucher {

@@ -226,7 +226,7 @@ pub async fn chat(
                 let _ = out_tx.send(Ok(Bytes::from_static(b"data: [DONE]\n\n"))).await;
             }
             Ok(Err(e)) => {
-                let body = ApiError::internal(e).body;
+                let body = ApiError::internal(e).into_parts().body;
                 let _ = out_tx.send(Ok(sse(&body))).await;
             }
             Err(e) => tracing::error!(error = %e, "a streaming job panicked"),

@@ -11,13 +11,30 @@ use compute_client::wire::{self, ErrorBody};
 use compute_primitives::SignedReceipt;
 use std::time::Duration;
 
-/// An error answer.
+/// An error answer (boxed: handlers return it by value on every path).
 #[derive(Debug)]
-pub struct ApiError {
+pub struct ApiError(Box<ErrorParts>);
+
+/// What an error answer is made of.
+#[derive(Debug)]
+pub struct ErrorParts {
     pub status: StatusCode,
     pub body: ErrorBody,
     pub receipt: Option<SignedReceipt>,
     pub headers: HeaderMap,
+}
+
+impl std::ops::Deref for ApiError {
+    type Target = ErrorParts;
+    fn deref(&self) -> &ErrorParts {
+        &self.0
+    }
+}
+
+impl std::ops::DerefMut for ApiError {
+    fn deref_mut(&mut self) -> &mut ErrorParts {
+        &mut self.0
+    }
 }
 
 /// OpenAI's error `type` for a status.
@@ -33,12 +50,17 @@ pub fn kind_of(status: u16) -> &'static str {
 
 impl ApiError {
     pub fn new(status: StatusCode, code: &str, message: impl Into<String>) -> Self {
-        ApiError {
+        ApiError(Box::new(ErrorParts {
             status,
             body: ErrorBody::new(kind_of(status.as_u16()), code, message),
             receipt: None,
             headers: HeaderMap::new(),
-        }
+        }))
+    }
+
+    /// The parts, taken out.
+    pub fn into_parts(self) -> ErrorParts {
+        *self.0
     }
 
     /// With the values the worker expected.
@@ -49,7 +71,7 @@ impl ApiError {
 
     /// With the fee-0 receipt that answers the voucher.
     pub fn receipt(mut self, receipt: SignedReceipt) -> Self {
-        self.body = self.body.with_receipt(&receipt);
+        self.body.error.receipt = Some((&receipt).into());
         self.receipt = Some(receipt);
         self
     }
@@ -93,9 +115,10 @@ impl From<Rejection> for ApiError {
 
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
-        let mut resp = (self.status, Json(self.body)).into_response();
-        resp.headers_mut().extend(self.headers);
-        if let Some(r) = &self.receipt {
+        let ErrorParts { status, body, receipt, headers } = self.into_parts();
+        let mut resp = (status, Json(body)).into_response();
+        resp.headers_mut().extend(headers);
+        if let Some(r) = &receipt {
             add_receipt_header(&mut resp, r);
         }
         resp
