@@ -39,7 +39,7 @@ fn main() {
     write(
         out,
         "client.rs",
-        pick("../client/src/chain.rs", &["BlockNumber", "EscrowState", "ServiceInfo"]),
+        pick("../client/src/chain.rs", &["BlockNumber", "EscrowState", "ServiceInfo", "ServiceTerms"]),
     );
     write(out, "store.rs", pick("../provider-worker/src/store/mod.rs", &["Sequence", "UserView"]));
     let mut model = pick("../inference/src/template.rs", &["ChatMessage"]);
