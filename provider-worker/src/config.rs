@@ -155,6 +155,9 @@ pub struct LimitsConfig {
     pub header_timeout_secs: u64,
     /// Longest a client may take to send a request's body.
     pub body_timeout_secs: u64,
+    /// Longest a write to a client may stay blocked (a client that stops reading is cut off, and
+    /// a stream it stops reading is ended and billed for what was generated).
+    pub write_timeout_secs: u64,
     /// Open connections; more wait in the listen backlog.
     pub max_connections: usize,
     /// Requests per minute of one user (a token bucket: bursts up to this many).
@@ -171,6 +174,7 @@ impl Default for LimitsConfig {
             request_timeout_secs: 300,
             header_timeout_secs: 10,
             body_timeout_secs: 30,
+            write_timeout_secs: 30,
             max_connections: 1024,
             requests_per_minute: 600,
             tokens_per_minute: 1_000_000,
@@ -330,6 +334,7 @@ impl Config {
             || l.tokens_per_minute == 0
             || l.header_timeout_secs == 0
             || l.body_timeout_secs == 0
+            || l.write_timeout_secs == 0
         {
             return bad("every limit but request_timeout_secs must be at least 1");
         }

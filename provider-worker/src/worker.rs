@@ -109,6 +109,8 @@ pub struct Worker {
     pub sealed: tokio::sync::Notify,
     /// Held by whoever is settling (the scheduler, or the settlement at exit).
     pub settling: tokio::sync::Mutex<()>,
+    /// Requests this process is serving (their tickets are alive): recovery leaves them alone.
+    pub live: Mutex<std::collections::HashSet<(AccountId, compute_primitives::Nonce)>>,
     /// Escrows whose settled payments are still held, with the first block at which some of it
     /// can be released (see `settlement::release_due`).
     pub releases: Mutex<std::collections::BTreeMap<AccountId, compute_client::chain::BlockNumber>>,
@@ -220,6 +222,7 @@ impl Worker {
             limits,
             sealed: tokio::sync::Notify::new(),
             settling: tokio::sync::Mutex::new(()),
+            live: Mutex::new(Default::default()),
             releases: Mutex::new(Default::default()),
         });
         worker.register_services().await?;
@@ -283,14 +286,30 @@ impl Worker {
     }
 
     /// Requests admitted by a worker process that is gone (this one before a restart, or
-    /// another sharing the PostgreSQL store) and never answered get a fee-0 receipt: the user
-    /// was not served, so nothing is charged, and the nonce stays used. Requests of live
-    /// processes are left alone. One that cannot be sealed is reported and left for the next
-    /// pass; it never stops the worker. Returns the number sealed.
+    /// another sharing the PostgreSQL store), and requests of this process that nothing here is
+    /// serving any more (a failed seal, a handler dropped between admission and its job), get a
+    /// fee-0 receipt: the user was not served, so nothing is charged, and the nonce stays used.
+    /// A user's requests are sealed in nonce order: one with a lower nonce still in flight (a
+    /// live process serving it) waits for the next pass. A failure is reported and left for the
+    /// next pass; it never stops the worker. Returns the number sealed.
     pub async fn recover(&self) -> Result<usize, StoreError> {
+        let stale = self.config.limits.request_timeout_secs.saturating_mul(2).saturating_add(60);
+        let stale_before = crate::store::now().saturating_sub(stale);
         let mut sealed = 0;
-        for sv in self.store.orphans(self.instance).await? {
+        let mut blocked = std::collections::HashSet::new();
+        for sv in self.store.orphans(self.instance, stale_before).await? {
             let v = &sv.voucher;
+            let key = (v.user.clone(), v.nonce);
+            if blocked.contains(&v.user)
+                || self.live.lock().unwrap_or_else(|p| p.into_inner()).contains(&key)
+            {
+                blocked.insert(v.user.clone());
+                continue;
+            }
+            if self.store.in_flight_before(&v.user, v.nonce).await? {
+                blocked.insert(v.user.clone());
+                continue;
+            }
             let seq = self.store.sequence(&v.user).await?;
             let receipt = self.receipt(v, H256::zero(), 0, 0, 0, seq.last_total);
             let body = serde_json::to_string(
@@ -309,8 +328,11 @@ impl Worker {
                     tracing::warn!(user = %v.user, nonce = v.nonce,
                         "sealed an interrupted request at fee 0");
                 }
-                Err(e) => tracing::error!(user = %v.user, nonce = v.nonce, error = %e,
-                    "cannot seal an interrupted request"),
+                Err(e) => {
+                    blocked.insert(v.user.clone());
+                    tracing::error!(user = %v.user, nonce = v.nonce, error = %e,
+                        "cannot seal an interrupted request");
+                }
             }
         }
         Ok(sealed)
@@ -322,14 +344,16 @@ impl Worker {
         let w = Arc::clone(self);
         tokio::spawn(async move {
             loop {
+                // First thing: the model may have taken long to load since registration.
+                match w.store.heartbeat(w.instance).await {
+                    Ok(()) => {
+                        if let Err(e) = w.recover().await {
+                            tracing::warn!(error = %e, "recovery pass failed");
+                        }
+                    }
+                    Err(e) => tracing::warn!(error = %e, "cannot mark this worker alive"),
+                }
                 tokio::time::sleep(crate::store::HEARTBEAT).await;
-                if let Err(e) = w.store.heartbeat(w.instance).await {
-                    tracing::warn!(error = %e, "cannot mark this worker alive in the store");
-                    continue;
-                }
-                if let Err(e) = w.recover().await {
-                    tracing::warn!(error = %e, "recovery pass failed");
-                }
             }
         });
     }
@@ -392,12 +416,15 @@ impl Worker {
         };
         let mut cache = self.escrows.lock().unwrap_or_else(|p| p.into_inner());
         if cache.len() >= ESCROW_CACHE {
+            // Expired entries first, then keys without an escrow; paying users stay.
             cache.retain(|_, (_, at)| at.elapsed() < ESCROW_TTL);
             if cache.len() >= ESCROW_CACHE {
-                cache.clear();
+                cache.retain(|_, (e, _)| e.is_some());
             }
         }
-        cache.insert(user.clone(), (merged.clone(), Instant::now()));
+        if cache.len() < ESCROW_CACHE {
+            cache.insert(user.clone(), (merged.clone(), Instant::now()));
+        }
         Ok(merged)
     }
 

@@ -168,6 +168,22 @@ async fn clients_that_vanish_give_up_or_stall_lock_nobody_out() {
     chain.deposit(&charlie, &bob.account_id(), UNIT).await.expect("deposit");
     let mut user = User::new(&charlie, &bob, &chain);
 
+    // Strangers that send headers and then no body (more of them than the queue holds) take no
+    // queue place: a paying user is served meanwhile.
+    let mut stalled = vec![];
+    for _ in 0..4 {
+        let mut s = TcpStream::connect(("127.0.0.1", port)).await.unwrap();
+        s.write_all(
+            b"POST /v1/chat/completions HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Length: 100000\r\n\r\n",
+        )
+        .await
+        .unwrap();
+        stalled.push(s);
+    }
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    chat_ok(&http, &base, &mut user, "Are you free?").await;
+    drop(stalled);
+
     // Gone while sending the body: nothing is taken; the same voucher then works.
     let body = chat_body("Say hi.", 8, false);
     let v = user.voucher(&body, CAP);
@@ -282,6 +298,22 @@ async fn clients_that_vanish_give_up_or_stall_lock_nobody_out() {
         assert!(resp["error"]["receipt"].is_null(), "no receipt, nothing stored: {resp}");
         swarm.push(key.account_id());
     }
+    // Acks too: a key without an escrow stores nothing.
+    let key = Signer::from_uri("//swarm/ack").unwrap();
+    let ack = Voucher {
+        user: key.account_id(),
+        provider: bob.account_id(),
+        service_id: 7,
+        price_version: 0,
+        nonce: 1,
+        request_hash: Default::default(),
+        spent: 0,
+        cap: 0,
+    };
+    let header = wire::to_hex(&wire::sign_voucher(&key, ack, &chain.genesis_hash()));
+    let (status, resp) = post(&http, &format!("{base}/v1/ack"), vec![], Some(header)).await;
+    assert_eq!((status, resp["error"]["code"].as_str()), (402, Some("no_escrow")), "{resp}");
+    swarm.push(key.account_id());
     let store = SqliteStore::open(&dir.join("data/traces.sqlite"), Default::default()).unwrap();
     for key in &swarm {
         assert_eq!(store.trace_count(Some(key)).unwrap(), 0);

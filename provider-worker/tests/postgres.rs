@@ -60,13 +60,21 @@ async fn two_processes_share_one_sequencer() {
     let seq = b.sequence(&user.account_id()).await.unwrap();
     assert_eq!(seq.last_nonce, 20);
     // Both processes are alive: neither takes the other's requests for interrupted ones.
-    assert!(a.orphans(a_id).await.unwrap().is_empty());
-    assert!(b.orphans(b_id).await.unwrap().is_empty());
+    assert!(a.orphans(a_id, 0).await.unwrap().is_empty());
+    assert!(b.orphans(b_id, 0).await.unwrap().is_empty());
+    // A process's own requests count once older than the staleness it asks for.
+    let later =
+        std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_secs()
+            + 3600;
+    assert_eq!(
+        a.orphans(a_id, later).await.unwrap().len() + b.orphans(b_id, later).await.unwrap().len(),
+        20
+    );
     // A request of a process that is gone (never seen alive here) is an orphan to both.
     let gone = voucher(&provider, &provider, 1, 0);
     a.admit(&gone, 1, 987_654, |_| Ok::<(), ()>(())).await.unwrap().unwrap();
-    assert_eq!(b.orphans(b_id).await.unwrap(), vec![gone.clone()]);
-    assert_eq!(a.orphans(a_id).await.unwrap(), vec![gone]);
+    assert_eq!(b.orphans(b_id, 0).await.unwrap(), vec![gone.clone()]);
+    assert_eq!(a.orphans(a_id, 0).await.unwrap(), vec![gone]);
 
     // Sealing in order from either process continues one running total.
     let mut total = 0u128;
@@ -105,7 +113,7 @@ async fn two_processes_share_one_sequencer() {
 
     let seq = a.sequence(&user.account_id()).await.unwrap();
     assert_eq!((seq.sealed_nonce, seq.last_total), (20, 100));
-    assert_eq!(a.orphans(a_id).await.unwrap().len(), 1, "only the gone process's request");
+    assert_eq!(a.orphans(a_id, 0).await.unwrap().len(), 1, "only the gone process's request");
     assert_eq!(b.receipts(&user.account_id(), 15, 100).await.unwrap().len(), 5);
     let alice = |users: Vec<(compute_primitives::AccountId, u64, u32)>| {
         users.into_iter().find(|u| u.0 == user.account_id()).map(|u| u.2)

@@ -28,7 +28,27 @@ pub async fn ack(State(w): State<Arc<Worker>>, headers: HeaderMap) -> Result<Res
         return answer;
     }
     let v = sv.voucher.clone();
-    let escrow = w.escrow(&v.user).await.ok().flatten();
+    let escrow = w.escrow(&v.user).await.map_err(|e| {
+        ApiError::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "chain_unavailable",
+            format!("cannot read the escrow: {e}"),
+        )
+    })?;
+    // A key without an escrow here stores nothing, acks included; an ack costs a request of the
+    // user's budget.
+    if let Err(r) = admission::require_escrow(&v, escrow.as_ref()) {
+        w.metrics.rejected(r.code);
+        return Err(r.into());
+    }
+    if w.limits.take_request(&v.user).is_err() {
+        w.metrics.rejected("rate_limited");
+        return Err(ApiError::new(
+            StatusCode::TOO_MANY_REQUESTS,
+            "rate_limited",
+            "this user's requests per minute are used up",
+        ));
+    }
     let mut last_total = None;
     let window = w.config.window;
     let admitted = w

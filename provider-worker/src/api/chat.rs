@@ -133,10 +133,10 @@ pub async fn chat(
     let Some(service) = &w.chat else {
         return Err(ApiError::not_found("this worker serves no chat model"));
     };
-    let place = QueuePlace::take(&w, ServiceKind::Chat).ok_or_else(|| {
+    if !QueuePlace::has_room(&w, ServiceKind::Chat) {
         w.metrics.rejected("overloaded");
-        ApiError::overloaded()
-    })?;
+        return Err(ApiError::overloaded());
+    }
     let engine = Arc::clone(&service.engine);
     let limit = service.max_tokens;
     let measure = |body: &[u8]| {
@@ -166,7 +166,7 @@ pub async fn chat(
         Ok(a) => a,
         Err(answer) => return Ok(answer),
     };
-    let Admitted { ticket, request: (parsed, prompt), max_tokens, quota } = admitted;
+    let Admitted { ticket, place, request: (parsed, prompt), max_tokens, quota } = admitted;
     let mut params = parsed.params;
     params.max_tokens = max_tokens as usize;
     let v = ticket.voucher();
@@ -200,36 +200,40 @@ pub async fn chat(
     // error, with its fee-0 receipt).
     let (out_tx, out_rx) = mpsc::channel::<Result<Bytes, std::io::Error>>(64);
     let (piece_tx, mut piece_rx) = mpsc::channel::<String>(64);
+    // A reader that stops reading for `write_timeout_secs` is treated as gone: the stream
+    // ends, generation stops, and what was generated is billed.
+    let stall = std::time::Duration::from_secs(w.config.limits.write_timeout_secs);
     tokio::spawn(async move {
+        let send = |bytes: Bytes| {
+            let out = out_tx.clone();
+            async move { matches!(tokio::time::timeout(stall, out.send(Ok(bytes))).await, Ok(Ok(()))) }
+        };
         let first =
             job.chunk(Delta { role: Some("assistant".into()), content: Some(String::new()) }, None);
-        let _ = out_tx.send(Ok(sse(&first))).await;
+        let mut reading = send(sse(&first)).await;
         let running = tokio::spawn(Arc::clone(&job).run(ticket, place, Some(piece_tx)));
-        while let Some(piece) = piece_rx.recv().await {
-            let chunk = job.chunk(Delta { role: None, content: Some(piece) }, None);
-            if out_tx.send(Ok(sse(&chunk))).await.is_err() {
-                // The reader is gone: dropping the pieces stops generation.
-                break;
-            }
+        while reading {
+            let Some(piece) = piece_rx.recv().await else { break };
+            reading = send(sse(&job.chunk(Delta { role: None, content: Some(piece) }, None))).await;
         }
+        // Dropping the pieces stops generation if the reader is gone.
         drop(piece_rx);
-        match running.await {
+        let last = match running.await {
             Ok(Ok((s, Some(g)))) => {
                 let mut last = job.chunk(Delta::default(), Some(g.finish.as_str().into()));
                 last.usage = Some(Usage::chat(g.prompt_tokens, g.completion_tokens));
                 last.receipt = Some(wire::ReceiptJson::from(&s.receipt));
-                let _ = out_tx.send(Ok(sse(&last))).await;
-                let _ = out_tx.send(Ok(Bytes::from_static(b"data: [DONE]\n\n"))).await;
+                sse(&last)
             }
-            Ok(Ok((s, None))) => {
-                let _ = out_tx.send(Ok(Bytes::from(format!("data: {}\n\n", s.body)))).await;
-                let _ = out_tx.send(Ok(Bytes::from_static(b"data: [DONE]\n\n"))).await;
+            Ok(Ok((s, None))) => Bytes::from(format!("data: {}\n\n", s.body)),
+            Ok(Err(e)) => sse(&ApiError::internal(e).into_parts().body),
+            Err(e) => {
+                tracing::error!(error = %e, "a streaming job panicked");
+                return;
             }
-            Ok(Err(e)) => {
-                let body = ApiError::internal(e).into_parts().body;
-                let _ = out_tx.send(Ok(sse(&body))).await;
-            }
-            Err(e) => tracing::error!(error = %e, "a streaming job panicked"),
+        };
+        if reading && send(last).await {
+            let _ = send(Bytes::from_static(b"data: [DONE]\n\n")).await;
         }
     });
     let mut resp = Response::builder()

@@ -98,10 +98,10 @@ pub async fn embeddings(
     let Some(service) = &w.embeddings else {
         return Err(ApiError::not_found("this worker serves no embedding model"));
     };
-    let place = QueuePlace::take(&w, ServiceKind::Embedding).ok_or_else(|| {
+    if !QueuePlace::has_room(&w, ServiceKind::Embedding) {
         w.metrics.rejected("overloaded");
-        ApiError::overloaded()
-    })?;
+        return Err(ApiError::overloaded());
+    }
     let embedder = service.batcher.embedder();
     let (max_inputs, most) = (service.max_inputs, service.max_tokens);
     let measure = |body: &[u8]| {
@@ -130,7 +130,7 @@ pub async fn embeddings(
         Ok(a) => a,
         Err(answer) => return Ok(answer),
     };
-    let Admitted { ticket, request: (parsed, ids), quota, .. } = admitted;
+    let Admitted { ticket, place, request: (parsed, ids), quota, .. } = admitted;
     let (tx, rx) = tokio::sync::oneshot::channel();
     let job = run(Arc::clone(&w), ticket, place, parsed, ids);
     tokio::spawn(async move {

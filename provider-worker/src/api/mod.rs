@@ -21,8 +21,20 @@ use hyper_util::{
     server::conn::auto::Builder,
     service::TowerToHyperService,
 };
-use std::{future::Future, sync::Arc, time::Duration};
-use tokio::{net::TcpListener, sync::Semaphore};
+use std::{
+    future::Future,
+    io,
+    pin::Pin,
+    sync::Arc,
+    task::{Context, Poll},
+    time::Duration,
+};
+use tokio::{
+    io::{AsyncRead, AsyncWrite, ReadBuf},
+    net::TcpListener,
+    sync::Semaphore,
+    time::Sleep,
+};
 
 /// The router.
 pub fn router(worker: Arc<Worker>) -> Router {
@@ -45,10 +57,99 @@ pub(crate) fn unix_now() -> u64 {
         .unwrap_or(0)
 }
 
+/// A connection whose writes must make progress: a write or flush blocked for longer than the
+/// limit fails the connection, so a client that stops reading (a full receive window, pipelined
+/// requests never read) cannot hold it. The clock runs only while a write is blocked.
+struct WriteProgress<S> {
+    inner: S,
+    limit: Duration,
+    blocked: Option<Pin<Box<Sleep>>>,
+}
+
+impl<S> WriteProgress<S> {
+    fn new(inner: S, limit: Duration) -> Self {
+        WriteProgress { inner, limit, blocked: None }
+    }
+
+    /// After the inner write returned `Pending`: an error once blocked for too long.
+    fn still_blocked(&mut self, cx: &mut Context<'_>) -> Poll<io::Error> {
+        let limit = self.limit;
+        let timer = self.blocked.get_or_insert_with(|| Box::pin(tokio::time::sleep(limit)));
+        match timer.as_mut().poll(cx) {
+            Poll::Ready(()) => {
+                Poll::Ready(io::Error::new(io::ErrorKind::TimedOut, "the client stopped reading"))
+            }
+            Poll::Pending => Poll::Pending,
+        }
+    }
+}
+
+impl<S: AsyncRead + Unpin> AsyncRead for WriteProgress<S> {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.inner).poll_read(cx, buf)
+    }
+}
+
+impl<S: AsyncWrite + Unpin> AsyncWrite for WriteProgress<S> {
+    fn poll_write(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        let this = &mut *self;
+        match Pin::new(&mut this.inner).poll_write(cx, buf) {
+            Poll::Ready(r) => {
+                this.blocked = None;
+                Poll::Ready(r)
+            }
+            Poll::Pending => this.still_blocked(cx).map(Err),
+        }
+    }
+
+    fn poll_write_vectored(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[io::IoSlice<'_>],
+    ) -> Poll<io::Result<usize>> {
+        let this = &mut *self;
+        match Pin::new(&mut this.inner).poll_write_vectored(cx, bufs) {
+            Poll::Ready(r) => {
+                this.blocked = None;
+                Poll::Ready(r)
+            }
+            Poll::Pending => this.still_blocked(cx).map(Err),
+        }
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        self.inner.is_write_vectored()
+    }
+
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        let this = &mut *self;
+        match Pin::new(&mut this.inner).poll_flush(cx) {
+            Poll::Ready(r) => {
+                this.blocked = None;
+                Poll::Ready(r)
+            }
+            Poll::Pending => this.still_blocked(cx).map(Err),
+        }
+    }
+
+    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.inner).poll_shutdown(cx)
+    }
+}
+
 /// Serve `router` on `listener` until `shutdown` resolves, then let open requests finish (for at
 /// most the request timeout). At most `max_connections` connections are open at once (more wait
 /// in the listen backlog); a client that does not send a request's headers within
-/// `header_timeout_secs` is disconnected, idle keep-alive connections included.
+/// `header_timeout_secs` is disconnected, idle keep-alive connections included, and so is one
+/// that stops reading for `write_timeout_secs`.
 pub async fn serve(
     listener: TcpListener,
     router: Router,
@@ -57,6 +158,7 @@ pub async fn serve(
 ) {
     let connections = Arc::new(Semaphore::new(limits.max_connections));
     let header_timeout = Duration::from_secs(limits.header_timeout_secs);
+    let write_timeout = Duration::from_secs(limits.write_timeout_secs);
     let (stop, stopped) = tokio::sync::watch::channel(false);
     tokio::pin!(shutdown);
     loop {
@@ -87,7 +189,8 @@ pub async fn serve(
             let mut builder = Builder::new(TokioExecutor::new());
             builder.http1().timer(TokioTimer::new()).header_read_timeout(header_timeout);
             let builder = builder.http1_only();
-            let conn = builder.serve_connection(TokioIo::new(stream), service);
+            let io = TokioIo::new(WriteProgress::new(stream, write_timeout));
+            let conn = builder.serve_connection(io, service);
             tokio::pin!(conn);
             tokio::select! {
                 done = conn.as_mut() => {
@@ -106,4 +209,37 @@ pub async fn serve(
     let all = u32::try_from(limits.max_connections).unwrap_or(u32::MAX);
     let wait = Duration::from_secs(limits.request_timeout_secs);
     let _ = tokio::time::timeout(wait, connections.acquire_many(all)).await;
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use tokio::io::AsyncWriteExt;
+
+    #[tokio::test]
+    async fn a_write_the_peer_never_reads_fails_after_the_limit() {
+        let (ours, _theirs) = tokio::io::duplex(64);
+        let mut conn = WriteProgress::new(ours, Duration::from_millis(200));
+        let started = std::time::Instant::now();
+        let err = conn.write_all(&[0u8; 4096]).await.expect_err("the peer never reads");
+        assert_eq!(err.kind(), io::ErrorKind::TimedOut);
+        assert!(started.elapsed() < Duration::from_secs(5), "{:?}", started.elapsed());
+    }
+
+    #[tokio::test]
+    async fn a_slow_reader_that_keeps_reading_is_served() {
+        let (ours, mut theirs) = tokio::io::duplex(64);
+        let reader = tokio::spawn(async move {
+            let mut buf = [0u8; 16];
+            let mut got = 0;
+            while got < 4096 {
+                tokio::time::sleep(Duration::from_millis(1)).await;
+                got += tokio::io::AsyncReadExt::read(&mut theirs, &mut buf).await.unwrap();
+            }
+            got
+        });
+        let mut conn = WriteProgress::new(ours, Duration::from_millis(500));
+        conn.write_all(&[0u8; 4096]).await.expect("progress resets the clock");
+        assert_eq!(reader.await.unwrap(), 4096);
+    }
 }

@@ -8,8 +8,8 @@ use super::error::{stored, ApiError};
 use crate::{
     billing::{
         admission::{self, Needs, Rejection},
-        job::Ticket,
-        limits::Quota,
+        job::{QueuePlace, Ticket},
+        limits::{Limited, Quota},
     },
     worker::Worker,
 };
@@ -40,6 +40,8 @@ pub struct Measured<T> {
 /// A request that passed admission.
 pub struct Admitted<T> {
     pub ticket: Ticket,
+    /// Its place in the model's queue, until it gets a slot.
+    pub place: QueuePlace,
     pub request: T,
     /// Output budget lowered to fit the cap.
     pub max_tokens: u64,
@@ -181,28 +183,24 @@ pub async fn admit_paid<T>(
         w.metrics.rejected(r.code);
         return Err(r.into());
     }
-    let measured = measure(&body);
+    // Every request costs one of the user's budget, a malformed one too; its tokens are
+    // counted once measured.
+    w.limits.take_request(&v.user).map_err(|l| rate_limited(w, &l))?;
+    let measured = crate::store::blocking(|| measure(&body));
     let quota = match &measured {
-        Ok(m) => match w.limits.take(&v.user, m.prompt_tokens.saturating_add(m.max_tokens)) {
-            Ok(q) => Some(q),
-            Err(limited) => {
-                w.metrics.rejected("rate_limited");
-                let mut e = ApiError::new(
-                    StatusCode::TOO_MANY_REQUESTS,
-                    "rate_limited",
-                    format!(
-                        "this user's {} per minute are used up; retry in {:.1} s",
-                        limited.budget,
-                        limited.retry_after.as_secs_f64()
-                    ),
-                )
-                .header("retry-after", limited.retry_after.as_secs_f64().ceil().to_string());
-                super::error::quota_headers(&mut e.headers, &limited.quota);
-                return Err(e);
-            }
-        },
+        Ok(m) => Some(
+            w.limits
+                .take_tokens(&v.user, m.prompt_tokens.saturating_add(m.max_tokens))
+                .map_err(|l| rate_limited(w, &l))?,
+        ),
         Err(_) => None,
     };
+    // The queue place is taken last, by requests that passed every check: a client that only
+    // opens connections cannot hold places.
+    let place = QueuePlace::take(w, kind).ok_or_else(|| {
+        w.metrics.rejected("overloaded");
+        ApiError::overloaded()
+    })?;
     let service = w.service(v.service_id);
     let body_hash = wire::request_hash(&body);
     let mut outcome = None;
@@ -246,5 +244,21 @@ pub async fn admit_paid<T>(
         return Err(ApiError::internal("admission passed without its inputs"));
     };
     let ticket = Ticket::new(Arc::clone(w), v, service, started);
-    Ok(Ok(Admitted { ticket, request: m.request, max_tokens: admitted.max_tokens, quota }))
+    Ok(Ok(Admitted { ticket, place, request: m.request, max_tokens: admitted.max_tokens, quota }))
+}
+
+fn rate_limited(w: &Worker, limited: &Limited) -> ApiError {
+    w.metrics.rejected("rate_limited");
+    let mut e = ApiError::new(
+        StatusCode::TOO_MANY_REQUESTS,
+        "rate_limited",
+        format!(
+            "this user's {} per minute are used up; retry in {:.1} s",
+            limited.budget,
+            limited.retry_after.as_secs_f64()
+        ),
+    )
+    .header("retry-after", limited.retry_after.as_secs_f64().ceil().to_string());
+    super::error::quota_headers(&mut e.headers, &limited.quota);
+    e
 }

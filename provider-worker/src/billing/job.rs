@@ -95,6 +95,7 @@ impl Ticket {
         )
         .await?;
         self.sealed = true;
+        live(&self.worker, &self.voucher, false);
         let m = &self.worker.metrics;
         m.requests_ok.fetch_add(1, Relaxed);
         m.prompt_tokens.fetch_add(input_tokens, Relaxed);
@@ -113,6 +114,7 @@ impl Ticket {
     ) -> Result<Sealed, SealError> {
         let sealed = unserved(&self.worker, &self.voucher, status, code, message).await?;
         self.sealed = true;
+        live(&self.worker, &self.voucher, false);
         Ok(sealed)
     }
 }
@@ -123,20 +125,38 @@ impl Drop for Ticket {
             return;
         }
         let (w, v) = (Arc::clone(&self.worker), self.voucher.clone());
-        let Ok(runtime) = tokio::runtime::Handle::try_current() else { return };
+        let Ok(runtime) = tokio::runtime::Handle::try_current() else {
+            live(&w, &v, false);
+            return;
+        };
         runtime.spawn(async move {
             let message = "the request could not be completed; nothing was charged".to_string();
-            for attempt in 0..4u32 {
+            // Backing off up to a minute for about ten minutes (a store that is down for a
+            // while); then the recovery pass takes over.
+            for attempt in 0..16u32 {
                 match unserved(&w, &v, 500, "interrupted", message.clone()).await {
-                    Ok(_) => return,
+                    Ok(_) => break,
                     Err(e) => {
                         tracing::error!(user = %v.user, nonce = v.nonce, error = %e, attempt,
                             "cannot seal an abandoned request");
-                        tokio::time::sleep(Duration::from_millis(500 << attempt)).await;
+                        let wait = Duration::from_millis(500u64 << attempt.min(7));
+                        tokio::time::sleep(wait.min(Duration::from_secs(60))).await;
                     }
                 }
             }
+            live(&w, &v, false);
         });
+    }
+}
+
+/// Mark `v`'s request as served by this process (or no longer).
+fn live(w: &Worker, v: &Voucher, serving: bool) {
+    let mut live = w.live.lock().unwrap_or_else(|p| p.into_inner());
+    let key = (v.user.clone(), v.nonce);
+    if serving {
+        live.insert(key);
+    } else {
+        live.remove(&key);
     }
 }
 
@@ -200,6 +220,12 @@ pub struct QueuePlace {
 }
 
 impl QueuePlace {
+    /// Whether the queue of `kind` has a place now (a cheap check before any work; the place
+    /// itself is taken once the request passed its checks).
+    pub fn has_room(worker: &Worker, kind: ServiceKind) -> bool {
+        capacity(worker, kind).is_some_and(|c| c.waiting.load(Relaxed) < c.queue)
+    }
+
     /// A place if the queue of `kind` has one.
     pub fn take(worker: &Arc<Worker>, kind: ServiceKind) -> Option<QueuePlace> {
         let capacity = capacity(worker, kind)?;

@@ -91,6 +91,20 @@ impl Limits {
     /// Take one request and `tokens` from `user`'s budget, or say when it would fit. A request
     /// larger than a whole minute's token budget needs the full bucket and empties it.
     pub fn take(&self, user: &AccountId, tokens: u64) -> Result<Quota, Limited> {
+        self.take_parts(user, 1.0, tokens)
+    }
+
+    /// Take one request (before the request is measured: even a malformed one costs it).
+    pub fn take_request(&self, user: &AccountId) -> Result<Quota, Limited> {
+        self.take_parts(user, 1.0, 0)
+    }
+
+    /// Take `tokens` (once the request is measured).
+    pub fn take_tokens(&self, user: &AccountId, tokens: u64) -> Result<Quota, Limited> {
+        self.take_parts(user, 0.0, tokens)
+    }
+
+    fn take_parts(&self, user: &AccountId, requests: f64, tokens: u64) -> Result<Quota, Limited> {
         let now = Instant::now();
         let mut users = self.users.lock().unwrap_or_else(|p| p.into_inner());
         if users.len() >= MAX_USERS && !users.contains_key(user) {
@@ -108,7 +122,7 @@ impl Limits {
         let short = |level: f64, need: f64, per_minute: f64| {
             Duration::from_secs_f64(((need - level).max(0.0) / per_minute) * 60.0)
         };
-        if b.requests < 1.0 {
+        if b.requests < requests {
             users.insert(user.clone(), b);
             return Err(Limited {
                 quota: self.quota(&b),
@@ -124,7 +138,7 @@ impl Limits {
                 retry_after: short(b.tokens, need, self.tokens_per_minute),
             });
         }
-        let b = Bucket { requests: b.requests - 1.0, tokens: b.tokens - need, ..b };
+        let b = Bucket { requests: b.requests - requests, tokens: b.tokens - need, ..b };
         users.insert(user.clone(), b);
         Ok(self.quota(&b))
     }

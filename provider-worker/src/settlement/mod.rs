@@ -105,8 +105,16 @@ pub async fn settle_due(worker: &Worker, all: bool) -> Result<usize, ChainError>
     *worker.metrics.unsettled.lock().unwrap_or_else(|p| p.into_inner()) = unsettled;
     let mut submitted = 0;
     planned.sort_by(|a, b| a.0.cmp(&b.0));
+    let mut first_error = None;
     for batch in planned.chunks(max_batch.max(1)) {
-        submitted += submit(worker, batch).await?;
+        // One failed batch (a timeout, a refused transaction) leaves the others going.
+        match submit(worker, batch).await {
+            Ok(n) => submitted += n,
+            Err(e) => {
+                tracing::warn!(claims = batch.len(), error = %e, "batch not settled; next pass");
+                first_error.get_or_insert(e);
+            }
+        }
     }
     if let Err(e) = release_due(worker).await {
         tracing::warn!(error = %e, "cannot release held payments; next pass");
@@ -114,7 +122,11 @@ pub async fn settle_due(worker: &Worker, all: bool) -> Result<usize, ChainError>
     if failed > 0 {
         worker.metrics.settlement_failures.fetch_add(1, Relaxed);
     }
-    Ok(submitted)
+    match first_error {
+        // Every batch failed: back off (the chain or node is likely down).
+        Some(e) if submitted == 0 => Err(e),
+        _ => Ok(submitted),
+    }
 }
 
 /// The claim worth sending for `user`, with what it collects and the escrow; `None` when there
@@ -139,6 +151,10 @@ async fn plan_user(
     };
     let claimed = plan.claim.voucher.voucher.spent.saturating_add(plan.claim.fee_claim);
     let owed = claimed.saturating_sub(escrow.settled_total);
+    if owed > 0 && escrow.balance == 0 {
+        // An empty escrow pays nothing now: wait for a deposit rather than pay fees for nothing.
+        return Ok(None);
+    }
     if owed == 0 {
         // Fee-0 receipts and acks collect nothing: never pay a transaction fee for them.
         let upto = plan.claim.voucher.voucher.nonce;

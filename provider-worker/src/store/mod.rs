@@ -86,7 +86,7 @@ pub const GONE_AFTER_SECS: u64 = 20;
 
 /// Run a blocking SQLite call without stalling the async threads: on a multi-threaded runtime
 /// the thread hands its other tasks away for the duration (`block_in_place`).
-fn blocking<R>(f: impl FnOnce() -> R) -> R {
+pub(crate) fn blocking<R>(f: impl FnOnce() -> R) -> R {
     use tokio::runtime::{Handle, RuntimeFlavor};
     match Handle::try_current() {
         Ok(h) if h.runtime_flavor() == RuntimeFlavor::MultiThread => tokio::task::block_in_place(f),
@@ -205,10 +205,15 @@ impl Store {
         both!(self, s => s.in_flight_before(user, nonce), p => p.in_flight_before(user, nonce).await)
     }
 
-    /// Requests admitted but never sealed by worker processes that are gone (`me` is alive),
-    /// in order.
-    pub async fn orphans(&self, me: i64) -> Result<Vec<SignedVoucher>, StoreError> {
-        both!(self, s => s.orphans(me), p => p.orphans(me).await)
+    /// Requests admitted but never sealed, in order: those of worker processes that are gone
+    /// (`me` is alive), and those of `me` admitted before `stale_before` (unix seconds; the
+    /// caller skips the ones it is still serving).
+    pub async fn orphans(
+        &self,
+        me: i64,
+        stale_before: u64,
+    ) -> Result<Vec<SignedVoucher>, StoreError> {
+        both!(self, s => s.orphans(me, stale_before), p => p.orphans(me, stale_before).await)
     }
 
     /// Traces stored for `user` (tests and operators).

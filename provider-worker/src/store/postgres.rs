@@ -102,32 +102,51 @@ impl PgStore {
     pub async fn register_instance(&self) -> Result<i64, StoreError> {
         let client = self.conn().await?;
         let row = client
-            .query_one("INSERT INTO workers (seen_at) VALUES ($1) RETURNING id", &[&(now() as i64)])
+            .query_one(
+                "INSERT INTO workers (seen_at) VALUES (extract(epoch FROM now())::bigint) \
+                 RETURNING id",
+                &[],
+            )
             .await?;
         Ok(row.get(0))
     }
 
     /// See [`super::Store::heartbeat`].
     pub async fn heartbeat(&self, id: i64) -> Result<(), StoreError> {
+        // The database's clock, not this host's: liveness is compared across hosts.
         let client = self.conn().await?;
-        let now = now() as i64;
-        client.execute("UPDATE workers SET seen_at = $2 WHERE id = $1", &[&id, &now]).await?;
+        client
+            .execute(
+                "UPDATE workers SET seen_at = extract(epoch FROM now())::bigint WHERE id = $1",
+                &[&id],
+            )
+            .await?;
         // Processes gone for a day are forgotten; their requests were sealed long ago.
-        client.execute("DELETE FROM workers WHERE seen_at < $1", &[&(now - 86_400)]).await?;
+        client
+            .execute(
+                "DELETE FROM workers WHERE seen_at < extract(epoch FROM now())::bigint - 86400",
+                &[],
+            )
+            .await?;
         Ok(())
     }
 
     /// See [`super::Store::orphans`]: requests of processes not seen for
-    /// [`super::GONE_AFTER_SECS`].
-    pub async fn orphans(&self, me: i64) -> Result<Vec<SignedVoucher>, StoreError> {
+    /// [`super::GONE_AFTER_SECS`] (by the database's clock), and stale ones of `me`.
+    pub async fn orphans(
+        &self,
+        me: i64,
+        stale_before: u64,
+    ) -> Result<Vec<SignedVoucher>, StoreError> {
         let client = self.conn().await?;
-        let alive_since = now() as i64 - super::GONE_AFTER_SECS as i64;
+        let gone_after = super::GONE_AFTER_SECS as i64;
         let rows = client
             .query(
-                "SELECT voucher FROM traces WHERE receipt IS NULL AND (owner IS NULL OR \
-                 (owner <> $1 AND owner NOT IN (SELECT id FROM workers WHERE seen_at >= $2))) \
-                 ORDER BY usr, nonce",
-                &[&me, &alive_since],
+                "SELECT voucher FROM traces WHERE receipt IS NULL AND (owner IS NULL \
+                 OR (owner <> $1 AND owner NOT IN (SELECT id FROM workers \
+                     WHERE seen_at >= extract(epoch FROM now())::bigint - $2)) \
+                 OR (owner = $1 AND created_at < $3)) ORDER BY usr, nonce",
+                &[&me, &gone_after, &(stale_before as i64)],
             )
             .await?;
         rows.iter().map(|r| decode("voucher", &r.get::<_, Vec<u8>>(0))).collect()

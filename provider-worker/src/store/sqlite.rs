@@ -329,15 +329,16 @@ impl SqliteStore {
         Ok(())
     }
 
-    /// Requests admitted but never sealed by earlier worker processes, in order. One process
-    /// uses a SQLite store, so every process but `me` is gone.
-    pub fn orphans(&self, me: i64) -> Result<Vec<SignedVoucher>, StoreError> {
+    /// Requests admitted but never sealed by earlier worker processes, and those of `me` older
+    /// than `stale_before`, in order. One process uses a SQLite store, so every process but `me`
+    /// is gone.
+    pub fn orphans(&self, me: i64, stale_before: u64) -> Result<Vec<SignedVoucher>, StoreError> {
         let conn = self.conn();
         let mut stmt = conn.prepare(
-            "SELECT voucher FROM traces WHERE receipt IS NULL AND owner IS NOT ?1 \
-             ORDER BY user, nonce",
+            "SELECT voucher FROM traces WHERE receipt IS NULL \
+             AND (owner IS NOT ?1 OR created_at < ?2) ORDER BY user, nonce",
         )?;
-        let rows = stmt.query_map(params![me], |r| r.get::<_, Vec<u8>>(0))?;
+        let rows = stmt.query_map(params![me, stale_before as i64], |r| r.get::<_, Vec<u8>>(0))?;
         rows.map(|r| {
             let r = r?;
             SignedVoucher::decode(&mut &r[..]).map_err(|_| StoreError::Corrupt("voucher"))
