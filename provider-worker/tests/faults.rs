@@ -139,23 +139,35 @@ fn worker_config(
     config
 }
 
-#[tokio::test(flavor = "multi_thread")]
-async fn clients_that_vanish_give_up_or_stall_lock_nobody_out() {
-    let dir = temp_dir("faults-clients");
-    let (_node, rpc, chain) = dev_chain(&dir).await;
+/// A dev node and a worker on it (`top`, `chat`, `limits`: lines added to the config's top
+/// level, `[chat]` and `[limits]`), healthy.
+struct Setup {
+    dir: std::path::PathBuf,
+    node: Proc,
+    chain: Chain,
+    port: u16,
+    base: String,
+    config: std::path::PathBuf,
+    worker: Proc,
+    http: reqwest::Client,
+}
+
+async fn setup(tag: &str, top: &str, chat: &str, limits: &str) -> Setup {
+    let dir = temp_dir(tag);
+    let (node, rpc, chain) = dev_chain(&dir).await;
     let port = free_port();
     let base = format!("http://127.0.0.1:{port}");
-    let config = worker_config(
-        &dir,
-        rpc,
-        port,
-        "",
-        "parallel = 1\nqueue = 2\n",
-        "header_timeout_secs = 2\n",
-    );
-    let _worker = start_worker(&dir, &config, "1");
+    let config = worker_config(&dir, rpc, port, top, chat, limits);
+    let worker = start_worker(&dir, &config, "1");
     let http = reqwest::Client::new();
     wait_healthy(&http, &base, &dir, "1").await;
+    Setup { dir, node, chain, port, base, config, worker, http }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn clients_that_vanish_give_up_or_stall_lock_nobody_out() {
+    let Setup { dir, chain, port, base, http, node: _node, worker: _worker, .. } =
+        setup("faults-clients", "", "parallel = 1\nqueue = 2\n", "header_timeout_secs = 2\n").await;
     let bob = Signer::from_uri("//Bob").unwrap();
     let chat_url = format!("{base}/v1/chat/completions");
 
@@ -330,14 +342,8 @@ async fn clients_that_vanish_give_up_or_stall_lock_nobody_out() {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn an_ack_waits_for_a_stream_and_a_stalled_node_delays_but_never_breaks_settlement() {
-    let dir = temp_dir("faults-window");
-    let (node, rpc, chain) = dev_chain(&dir).await;
-    let port = free_port();
-    let base = format!("http://127.0.0.1:{port}");
-    let config = worker_config(&dir, rpc, port, "window = 2\n", "parallel = 2\n", "");
-    let mut worker = start_worker(&dir, &config, "1");
-    let http = reqwest::Client::new();
-    wait_healthy(&http, &base, &dir, "1").await;
+    let Setup { dir, node, chain, base, config, mut worker, http, .. } =
+        setup("faults-window", "window = 2\n", "parallel = 2\n", "").await;
     let bob = Signer::from_uri("//Bob").unwrap();
     let charlie = Signer::from_uri("//Charlie").unwrap();
     chain.deposit(&charlie, &bob.account_id(), UNIT).await.expect("deposit");
@@ -441,21 +447,8 @@ async fn many_users_at_once_with_random_drops_settle_exactly() {
     let users = env_or("LOAD_USERS", 12);
     let per_user = env_or("LOAD_REQUESTS", 4);
     let drop_percent = env_or("LOAD_DROP_PERCENT", 30) as u64;
-    let dir = temp_dir("faults-load");
-    let (_node, rpc, chain) = dev_chain(&dir).await;
-    let port = free_port();
-    let base = format!("http://127.0.0.1:{port}");
-    let config = worker_config(
-        &dir,
-        rpc,
-        port,
-        "",
-        "parallel = 4\nqueue = 256\n",
-        "max_connections = 256\n",
-    );
-    let _worker = start_worker(&dir, &config, "1");
-    let http = reqwest::Client::new();
-    wait_healthy(&http, &base, &dir, "1").await;
+    let Setup { dir, chain, base, http, node: _node, worker: _worker, .. } =
+        setup("faults-load", "", "parallel = 4\nqueue = 256\n", "max_connections = 256\n").await;
     let alice = Signer::from_uri("//Alice").unwrap();
     let bob = Signer::from_uri("//Bob").unwrap();
     let mut people = vec![];
