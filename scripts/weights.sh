@@ -4,8 +4,9 @@
 # and the runtime wasm built with the same feature (`make weights` does both).
 set -euo pipefail
 cd "$(dirname "$0")/.."
-WASM=$(ls -t target/debug/wbuild/compute-runtime/compute_runtime*.wasm | head -1)
-target/debug/compute-node benchmark pallet \
+TARGET=${CARGO_TARGET_DIR:-target}
+WASM=$(ls -t "$TARGET"/debug/wbuild/compute-runtime/compute_runtime*.wasm | head -1)
+"$TARGET"/debug/compute-node benchmark pallet \
     --runtime "$WASM" \
     --genesis-builder=runtime --genesis-builder-preset=development \
     --pallet pallet_compute --extrinsic '*' \

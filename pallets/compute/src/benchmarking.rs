@@ -262,6 +262,8 @@ mod benchmarks {
     /// the user and burns from the bond.
     #[benchmark]
     fn dispute() {
+        // Both payments must still be locked when the dispute comes, whatever the genesis window.
+        DisputeWindow::<T>::put(T::MaxDisputeWindow::get());
         let (p_key, p) = provider::<T>("provider");
         let (u_key, user) = user_with_escrow::<T>("user", &p, escrow_amount::<T>());
         let genesis = Pallet::<T>::genesis_hash();
