@@ -42,7 +42,7 @@ fn main() {
         pick("../client/src/chain.rs", &["BlockNumber", "EscrowState", "ServiceInfo", "ServiceTerms"]),
     );
     write(out, "store.rs", pick("../provider-worker/src/store/mod.rs", &["Sequence", "UserView"]));
-    let mut model = pick("../inference/src/template.rs", &["ChatMessage"]);
+    let mut model = pick("../inference/src/template.rs", &["ChatMessage", "MessageError"]);
     model.extend(pick("../inference/src/engine.rs", &["GenParams"]));
     write(out, "model.rs", model);
     write(out, "admission.rs", whole("../provider-worker/src/billing/admission.rs"));

@@ -1,9 +1,11 @@
 //! `compute`: the user's command line for the compute marketplace.
 
+mod audit;
 mod catch_up;
 mod chat;
 mod embed;
 mod files;
+mod kept;
 mod key;
 mod proxy;
 mod proxy_auth;
@@ -110,6 +112,18 @@ enum Command {
         /// Most the request may cost (e.g. `0.01unit`).
         #[arg(long, default_value = "0.01unit")]
         cap: String,
+    },
+    /// Check the chat answers kept from PROVIDER against the weights its service committed
+    /// to: each answer's activation proof is recomputed with one prefill of those weights.
+    Audit {
+        provider: String,
+        /// Share of the kept answers to check, drawn at random (1 = every one).
+        #[arg(long, default_value_t = 1.0)]
+        sample: f64,
+        /// A local copy of the committed weights (else downloaded from the provider and cached;
+        /// either way checked against the hash on chain).
+        #[arg(long)]
+        weights: Option<PathBuf>,
     },
     /// Serve a local OpenAI-compatible endpoint that pays PROVIDER: point any OpenAI client's
     /// base URL at http://LISTEN/v1.
@@ -304,6 +318,30 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                 None => chat::interactive(&sess, &svc, &opts).await?,
             }
         }
+        Command::Audit { provider, sample, weights } => {
+            let provider = account(&provider)?;
+            let opts = audit::Options { sample, weights, timeout: ctx.timeout };
+            let user = ctx.signer()?.account_id();
+            let findings = audit::run(&ctx.chain, &ctx.state_path, &user, &provider, &opts).await?;
+            let failed = findings.iter().filter(|f| !f.passed).count();
+            let mut text = String::new();
+            for f in &findings {
+                let verdict = if f.passed { "ok  " } else { "FAIL" };
+                text.push_str(&format!(
+                    "{verdict} nonce {:>6}  {:>5} tokens  {}\n",
+                    f.nonce, f.tokens, f.detail
+                ));
+            }
+            text.push_str(&format!("{} answers checked, {failed} failed", findings.len()));
+            ctx.out(serde_json::to_value(&findings)?, text);
+            if failed > 0 {
+                bail!(
+                    "{failed} of {} answers from {provider} were not computed by the weights its \
+                     service committed to",
+                    findings.len()
+                );
+            }
+        }
         Command::Proxy { provider, listen, cap, token_file, allow_origins, allow_remote } => {
             let opts = proxy::Options { listen, token_file, allow_origins, allow_remote };
             proxy::serve(ctx.session(&provider)?, parse_amount(&cap)?, opts).await?
@@ -326,7 +364,7 @@ async fn services(ctx: &Ctx) -> anyhow::Result<()> {
         let p = ctx.chain.provider(&s.provider).await?;
         rows.push(json!({
             "provider": s.provider.to_string(), "service_id": s.service_id,
-            "kind": kind(s.kind), "model": s.model,
+            "kind": kind(s.kind), "model": s.model, "model_hash": format!("{:?}", s.model_hash),
             "url": s.url, "input_price": s.input_price.to_string(),
             "output_price": s.output_price.to_string(), "price_version": s.price_version,
             "requests_settled": p.as_ref().map(|p| p.requests_settled),
@@ -337,9 +375,10 @@ async fn services(ctx: &Ctx) -> anyhow::Result<()> {
     let mut text = format!("{} service(s)\n", list.len());
     for (s, r) in list.iter().zip(&rows) {
         text.push_str(&format!(
-            "{} #{} {} ({}) at {}\n    price per token: in {} / out {} (version {}); settled requests {}, disputes lost {}\n",
-            s.provider, s.service_id, s.model, kind(s.kind), s.url, s.input_price, s.output_price,
-            s.price_version, r["requests_settled"], r["disputes_lost"]
+            "{} #{} {} ({}) at {}\n    weights {}\n    price per token: in {} / out {} (version {}); settled requests {}, disputes lost {}\n",
+            s.provider, s.service_id, s.model, kind(s.kind), s.url,
+            if s.model_hash.is_zero() { "not committed".to_string() } else { format!("{:?}", s.model_hash) },
+            s.input_price, s.output_price, s.price_version, r["requests_settled"], r["disputes_lost"]
         ));
     }
     ctx.out(Value::Array(rows), text.trim_end().to_string());

@@ -37,21 +37,8 @@ impl Recounter {
         text: &str,
         r: &Receipt,
     ) -> Result<(), String> {
-        let msgs: Vec<ChatMessage> = messages
-            .as_array()
-            .ok_or("the request has no messages to recount")?
-            .iter()
-            .map(|m| ChatMessage {
-                role: m["role"].as_str().unwrap_or_default().to_string(),
-                content: match &m["content"] {
-                    Value::String(s) => s.clone(),
-                    Value::Array(parts) => {
-                        parts.iter().filter_map(|p| p["text"].as_str()).collect::<String>()
-                    }
-                    _ => String::new(),
-                },
-            })
-            .collect();
+        let msgs = ChatMessage::all_from_openai(messages)
+            .map_err(|e| format!("the request's messages cannot be recounted: {e}"))?;
         let count = |s: &str| self.tokenizer.encode(s).map(|ids| ids.len() as u64);
         let prompt = count(&self.template.render(&msgs)).map_err(|e| e.to_string())?;
         if r.input_tokens != prompt {
@@ -125,6 +112,7 @@ mod tests {
             nonce: 1,
             request_hash: H256::zero(),
             response_hash: H256::zero(),
+            proof_hash: Default::default(),
             input_tokens,
             output_tokens,
             fee: 0,

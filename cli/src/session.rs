@@ -11,6 +11,7 @@ use compute_client::{
     wire::{self, ErrorBody, ReceiptJson},
     Chain, EscrowState, ServiceInfo, Signer,
 };
+use compute_inference::proof::ActivationProof;
 use compute_primitives::{
     AccountId, Balance, Nonce, ServiceId, ServiceKind, SignedReceipt, Voucher,
 };
@@ -197,7 +198,25 @@ impl Session {
         text: Option<&str>,
         asked: Option<&serde_json::Value>,
     ) -> Result<SignedReceipt, AnswerError> {
-        self.ledger().record(signed, receipt, text, asked)
+        let r = self.ledger().record(signed, receipt, text, asked)?;
+        // A served chat answer is kept with its proof for `compute audit`. Failing to keep it
+        // loses an audit, not the answer: warn and go on.
+        if let (Some(text), Some(request), Some(proof)) = (text, asked, &receipt.proof) {
+            let kept = crate::kept::Kept {
+                nonce: signed.voucher.nonce,
+                service_id: signed.voucher.service_id,
+                model_hash: signed.service.model_hash,
+                request: request.clone(),
+                text: text.to_string(),
+                receipt: receipt.signed.clone(),
+                proof: proof.clone(),
+            };
+            let dir = crate::kept::dir(&self.state_path, &self.signer.account_id(), &self.provider);
+            if let Err(e) = crate::kept::keep(&dir, &kept) {
+                eprintln!("warning: cannot keep answer {} for audit: {e:#}", kept.nonce);
+            }
+        }
+        Ok(r)
     }
 
     fn ledger(&self) -> Ledger<'_> {
@@ -523,18 +542,21 @@ impl Ledger<'_> {
         text: Option<&str>,
         asked: Option<&serde_json::Value>,
     ) -> Result<SignedReceipt, AnswerError> {
-        self.record_checked(signed, receipt, |r| match text {
-            Some(t) if r.receipt.response_hash != wire::response_hash(t) => {
-                Err("its response hash does not match the text received".to_string())
+        self.record_checked(signed, receipt, |r| {
+            let Some(t) = text else { return Ok(r) };
+            if r.receipt.response_hash != wire::response_hash(t) {
+                return Err("its response hash does not match the text received".to_string());
             }
-            Some(t) => match (self.recount, asked) {
+            if r.receipt.output_tokens > 0 {
+                proof_of(receipt, &r)?;
+            }
+            match (self.recount, asked) {
                 (Some(rc), Some(req)) if r.receipt.fee != 0 => {
                     let max = req["max_tokens"].as_u64().or(req["max_completion_tokens"].as_u64());
                     rc.check(&req["messages"], max, t, &r.receipt).map(|()| r)
                 }
                 _ => Ok(r),
-            },
-            None => Ok(r),
+            }
         })
     }
 
@@ -564,6 +586,25 @@ impl Ledger<'_> {
         locked.commit()?;
         result
     }
+}
+
+/// The activation proof sent with a chat receipt: present, the one `proof_hash` commits to, in
+/// a format this build reads, and covering exactly the tokens billed. Without it the response
+/// cannot be audited against the service's committed weights.
+fn proof_of(json: &ReceiptJson, r: &SignedReceipt) -> Result<ActivationProof, String> {
+    let bytes = json
+        .proof_bytes(&r.receipt)
+        .map_err(|e| e.to_string())?
+        .ok_or("it sent no activation proof for a chat response")?;
+    let proof = ActivationProof::from_bytes(&bytes).map_err(|e| format!("its proof: {e}"))?;
+    if proof.len() as u64 != r.receipt.output_tokens {
+        return Err(format!(
+            "its proof covers {} tokens but the receipt bills {}",
+            proof.len(),
+            r.receipt.output_tokens
+        ));
+    }
+    Ok(proof)
 }
 
 /// No voucher for a provider whose receipt once failed: say why.
@@ -600,6 +641,7 @@ mod tests {
             service_id: 0,
             kind: ServiceKind::Chat,
             model: "m".into(),
+            model_hash: Default::default(),
             url: "http://127.0.0.1:1".into(),
             input_price: 2,
             output_price: 10,
@@ -621,6 +663,17 @@ mod tests {
         }
     }
 
+    /// The bytes of a well-formed activation proof of `n` tokens.
+    fn proof(n: usize) -> Vec<u8> {
+        use compute_inference::proof::TOP_K;
+        ActivationProof {
+            tokens: vec![1; n],
+            indices: vec![0; n * TOP_K],
+            values: vec![0; n * TOP_K],
+        }
+        .to_bytes()
+    }
+
     fn receipt(v: &Voucher, text: &str, fee: Balance) -> Receipt {
         Receipt {
             user: v.user.clone(),
@@ -629,6 +682,7 @@ mod tests {
             nonce: v.nonce,
             request_hash: v.request_hash,
             response_hash: wire::response_hash(text),
+            proof_hash: wire::proof_hash(&proof(5)),
             input_tokens: 10,
             output_tokens: 5,
             fee,
@@ -661,8 +715,9 @@ mod tests {
         };
         let signed =
             |v: Voucher| Signed { voucher: v, header: String::new(), service: service(&bob) };
-        let json =
-            |r: Receipt, by: &Signer| ReceiptJson::from(&wire::sign_receipt(by, r, &genesis));
+        let json = |r: Receipt, by: &Signer| {
+            ReceiptJson::from(&wire::sign_receipt(by, r, &genesis)).with_proof(&proof(5))
+        };
         let state = || ledger.current().unwrap();
 
         // A good receipt (10 x 2 + 5 x 10 = 70) is recorded.
@@ -700,6 +755,25 @@ mod tests {
         );
         let why = refuse_if_distrusted(&state(), &provider).unwrap_err().to_string();
         assert!(why.contains("refusing to sign vouchers") && why.contains("signature"), "{why}");
+
+        // A chat receipt without its activation proof, with another proof than the one it
+        // commits to, or with a proof of other tokens than it bills: nothing to audit.
+        let good =
+            || ReceiptJson::from(&wire::sign_receipt(&bob, receipt(&v1, "hi", 70), &genesis));
+        let other_hash = {
+            let mut r = receipt(&v1, "hi", 70);
+            r.proof_hash = wire::proof_hash(&proof(4));
+            ReceiptJson::from(&wire::sign_receipt(&bob, r, &genesis)).with_proof(&proof(4))
+        };
+        for (json, why) in [
+            (good(), "no activation proof"),
+            (good().with_proof(&proof(4)), "does not hash"),
+            (other_hash, "covers 4 tokens but the receipt bills 5"),
+        ] {
+            std::fs::remove_file(&path).unwrap();
+            let e = ledger.record(&signed(v1.clone()), &json, Some("hi"), None).unwrap_err();
+            assert!(e.to_string().contains(why), "{e}");
+        }
         let _ = std::fs::remove_dir_all(&dir);
     }
 

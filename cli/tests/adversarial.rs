@@ -155,6 +155,7 @@ impl Fake {
         self.forged.lock().unwrap().clone()
     }
 
+    /// The answers' receipts bill five output tokens.
     fn receipt(&self, v: &Voucher, text: &str, lie: Option<Lie>) -> wire::ReceiptJson {
         let mut r = Receipt {
             user: v.user.clone(),
@@ -163,6 +164,7 @@ impl Fake {
             nonce: v.nonce,
             request_hash: v.request_hash,
             response_hash: wire::response_hash(text),
+            proof_hash: wire::proof_hash(&proof()),
             input_tokens: 3,
             output_tokens: 5,
             fee: HONEST_FEE,
@@ -182,7 +184,7 @@ impl Fake {
             Some(Lie::OtherResponse) => r.response_hash = wire::response_hash("another answer"),
         }
         r.total = v.spent + r.fee;
-        ReceiptJson::from(&wire::sign_receipt(&self.bob, r, &self.genesis))
+        ReceiptJson::from(&wire::sign_receipt(&self.bob, r, &self.genesis)).with_proof(&proof())
     }
 
     /// A chat answer with its receipt, streamed when asked.
@@ -242,6 +244,7 @@ impl Fake {
             nonce,
             request_hash: base.request_hash,
             response_hash: wire::response_hash("an answer never given"),
+            proof_hash: Default::default(),
             input_tokens,
             output_tokens,
             fee,
@@ -759,6 +762,7 @@ fn a_lying_provider_cannot_take_the_users_money() {
     let terms = compute_client::ServiceTerms {
         kind: ServiceKind::Chat,
         model: MODEL.into(),
+        model_hash: Default::default(),
         url: url.clone(),
         input_price: INPUT_PRICE,
         output_price: OUTPUT_PRICE,
@@ -794,4 +798,12 @@ fn a_lying_provider_cannot_take_the_users_money() {
     eprintln!("all scenarios in {:.1?}", started.elapsed());
     assert!(failed.is_empty(), "failed scenarios: {failed:#?} (see the panics above)");
     let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// A well-formed activation proof of the five tokens every answer bills (the CLI checks its
+/// form and hash, not the activations: that is `compute audit`'s work).
+fn proof() -> Vec<u8> {
+    use compute_inference::proof::{ActivationProof, TOP_K};
+    ActivationProof { tokens: vec![1; 5], indices: vec![0; 5 * TOP_K], values: vec![0; 5 * TOP_K] }
+        .to_bytes()
 }

@@ -308,6 +308,34 @@ fn fund_chat_ack_and_refund_through_the_cli() {
     let e = fails(&run(&dir, rpc, &["dispute", BOB]));
     assert!(e.contains("nothing to dispute"), "{e}");
 
+    // Every served chat answer was kept with its activation proof. The audit downloads the
+    // weights the service committed to (checked against the hash on chain), recomputes each
+    // proof with one prefill, and every answer holds up: the four single chats, the two
+    // interactive turns and the proxy's answer.
+    let out = ok(&run(&dir, rpc, &["--json", "audit", BOB]));
+    let findings: Vec<serde_json::Value> = serde_json::from_str(out.trim()).unwrap();
+    let nonces: Vec<u64> = findings.iter().map(|f| f["nonce"].as_u64().unwrap()).collect();
+    assert_eq!(nonces, [1, 2, 3, 4, 5, 6, 11], "{out}");
+    assert!(findings.iter().all(|f| f["passed"] == true), "{out}");
+    let cached = std::fs::read_dir(dir.join("weights")).unwrap().count();
+    assert_eq!(cached, 1, "the downloaded weights are cached");
+    // A local copy that is not the committed file is refused before anything is checked.
+    let wrong = embedding.join("model.safetensors");
+    let e = fails(&run(&dir, rpc, &["audit", BOB, "--weights", wrong.to_str().unwrap()]));
+    assert!(e.contains("is not the weights the service committed to"), "{e}");
+    // An answer whose text is not what its proof's tokens say fails, and the audit says so.
+    let kept = std::fs::read_dir(dir.join("kept")).unwrap().next().unwrap().unwrap().path();
+    let kept = std::fs::read_dir(kept).unwrap().next().unwrap().unwrap().path();
+    let first = kept.join(format!("{:020}.json", 1));
+    let mut answer: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(&first).unwrap()).unwrap();
+    answer["text"] = "Something else entirely.".into();
+    std::fs::write(&first, answer.to_string()).unwrap();
+    let out = run(&dir, rpc, &["audit", BOB, "--sample", "1"]);
+    let (o, e) = (String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+    assert!(!out.status.success() && e.contains("1 of 7 answers"), "{o}\n{e}");
+    assert!(o.contains("FAIL nonce      1") && o.contains("not what the proven tokens say"), "{o}");
+
     // Refund: withdrawing before the unlock names the block.
     ok(&run(&dir, rpc, &["refund", "request", BOB, "0.1unit"]));
     let e = fails(&run(&dir, rpc, &["refund", "withdraw", BOB]));

@@ -98,6 +98,8 @@ pub struct ServiceTerms {
     pub kind: ServiceKind,
     /// Model name clients send.
     pub model: String,
+    /// blake2-256 of the weight file served; zero to commit to none.
+    pub model_hash: H256,
     /// Where the worker answers.
     pub url: String,
     /// Per input token.
@@ -115,6 +117,8 @@ pub struct ServiceInfo {
     pub service_id: ServiceId,
     pub kind: ServiceKind,
     pub model: String,
+    /// blake2-256 of the weights served; zero when none is committed.
+    pub model_hash: H256,
     pub url: String,
     pub input_price: Balance,
     pub output_price: Balance,
@@ -128,6 +132,7 @@ impl ServiceInfo {
         ServiceTerms {
             kind: self.kind,
             model: self.model.clone(),
+            model_hash: self.model_hash,
             url: self.url.clone(),
             input_price: self.input_price,
             output_price: self.output_price,
@@ -229,6 +234,7 @@ fn service_from_json(s: ServiceJson) -> Result<ServiceInfo, ChainError> {
         service_id: s.service_id,
         kind: s.kind,
         model: s.model,
+        model_hash: s.model_hash,
         url: s.url,
         input_price: s.input_price,
         output_price: s.output_price,
@@ -526,6 +532,7 @@ impl Chain {
             Scale(service_id),
             Scale(terms.kind),
             Scale(model),
+            Scale(terms.model_hash),
             Scale(url),
             Scale(terms.input_price),
             Scale(terms.output_price),

@@ -58,6 +58,11 @@ pub fn response_hash(text: &str) -> H256 {
     H256(blake2_256(text.as_bytes()))
 }
 
+/// blake2-256 of an activation proof's bytes: a receipt's `proof_hash`.
+pub fn proof_hash(proof: &[u8]) -> H256 {
+    H256(blake2_256(proof))
+}
+
 /// blake2-256 of an embeddings response: the little-endian f32 bytes of every vector, in input
 /// order (the bytes `encoding_format: "base64"` carries, concatenated).
 pub fn embedding_hash<V: AsRef<[f32]>>(vectors: &[V]) -> H256 {
@@ -91,6 +96,9 @@ pub struct ReceiptJson {
     pub nonce: u64,
     pub request_hash: String,
     pub response_hash: String,
+    /// blake2-256 of `proof`; zero without one.
+    #[serde(default)]
+    pub proof_hash: String,
     pub input_tokens: u64,
     pub output_tokens: u64,
     /// Decimal string.
@@ -104,6 +112,10 @@ pub struct ReceiptJson {
     /// check that it signed each of them (and for at most how much).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub voucher: Option<String>,
+    /// The response's activation proof as hex (chat): the bytes `proof_hash` commits to, which
+    /// an auditor checks against the committed weights (`compute_inference::proof`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub proof: Option<String>,
 }
 
 impl ReceiptJson {
@@ -111,6 +123,25 @@ impl ReceiptJson {
     pub fn with_voucher(mut self, voucher: &SignedVoucher) -> Self {
         self.voucher = Some(to_hex(voucher));
         self
+    }
+
+    /// The receipt with its activation proof attached.
+    pub fn with_proof(mut self, proof: &[u8]) -> Self {
+        self.proof = Some(format!("0x{}", hex::encode(proof)));
+        self
+    }
+
+    /// The attached proof's bytes, if any and if it is the one the receipt commits to.
+    pub fn proof_bytes(&self, receipt: &Receipt) -> Result<Option<Vec<u8>>, ReceiptError> {
+        let Some(text) = &self.proof else { return Ok(None) };
+        let bytes = text
+            .strip_prefix("0x")
+            .and_then(|h| hex::decode(h).ok())
+            .ok_or(ReceiptError::ProofEncoding)?;
+        if proof_hash(&bytes) != receipt.proof_hash {
+            return Err(ReceiptError::ProofHash);
+        }
+        Ok(Some(bytes))
     }
 }
 
@@ -124,12 +155,14 @@ impl From<&SignedReceipt> for ReceiptJson {
             nonce: r.nonce,
             request_hash: format!("{:?}", r.request_hash),
             response_hash: format!("{:?}", r.response_hash),
+            proof_hash: format!("{:?}", r.proof_hash),
             input_tokens: r.input_tokens,
             output_tokens: r.output_tokens,
             fee: r.fee.to_string(),
             total: r.total.to_string(),
             signed: to_hex(s),
             voucher: None,
+            proof: None,
         }
     }
 }
@@ -153,6 +186,10 @@ pub enum ReceiptError {
     AboveCap { fee: Balance, cap: Balance },
     #[error("receipt total {got} is not the previous total {previous} plus fee {fee}")]
     Total { previous: Balance, fee: Balance, got: Balance },
+    #[error("the receipt's proof is not `0x` and hex digits")]
+    ProofEncoding,
+    #[error("the proof sent does not hash to the receipt's proof_hash")]
+    ProofHash,
 }
 
 /// Every check a client makes on a receipt for its own voucher: signature by the provider on
@@ -336,6 +373,7 @@ mod tests {
             nonce: v.nonce,
             request_hash: v.request_hash,
             response_hash: response_hash("hi"),
+            proof_hash: Default::default(),
             input_tokens: 10,
             output_tokens: 5,
             fee,

@@ -163,6 +163,7 @@ export async function services(api) {
         provider: provider.toString(),
         serviceId: id.toNumber(),
         model: s.model.toUtf8(),
+        modelHash: s.modelHash.toHex(),
         url: s.url.toUtf8(),
         inputPrice: s.inputPrice.toBigInt(),
         outputPrice: s.outputPrice.toBigInt(),

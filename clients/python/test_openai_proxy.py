@@ -155,6 +155,14 @@ class OpenAIThroughProxy(unittest.TestCase):
                          + usage.get("completion_tokens", 0) * prices[1])
         self.assertEqual(int(receipt["total"]), sum(self.fees) + fee)
         self.fees.append(fee)
+        # A chat response carries its activation proof: version 1, one entry per billed token,
+        # and the hash the signed receipt commits to.
+        if receipt["output_tokens"]:
+            proof = bytes.fromhex(receipt["proof"][2:])
+            self.assertEqual(receipt["proof_hash"],
+                             "0x" + hashlib.blake2b(proof, digest_size=32).hexdigest())
+            self.assertEqual(proof[0], 1)
+            self.assertEqual(int.from_bytes(proof[1:5], "little"), receipt["output_tokens"])
 
     def test_1_models(self):
         ids = [m.id for m in self.client.models.list()]

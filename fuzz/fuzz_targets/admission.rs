@@ -108,6 +108,7 @@ fuzz_target!(|case: Case| {
             service_id: case.service_id,
             kind: if chat { ServiceKind::Chat } else { ServiceKind::Embedding },
             model: MODELS[model as usize % MODELS.len()].to_string(),
+            model_hash: Default::default(),
             url: String::new(),
             input_price: input_price.get(),
             output_price: output_price.get(),

@@ -203,6 +203,7 @@ pub fn check_receipt_signature(sr: &SignedReceipt) -> bool {
 #[allow(dead_code, clippy::all)]
 pub mod client {
     use compute_primitives::{AccountId, Balance, Nonce, ServiceId, ServiceKind};
+    use polkadot_sdk::sp_core::H256;
     include!(concat!(env!("OUT_DIR"), "/client.rs"));
 }
 

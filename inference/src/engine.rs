@@ -7,6 +7,7 @@
 //! final, cancellation when the consumer stops listening.
 
 use super::llama::{Llama, SeqCache};
+use super::proof::{ActivationProof, ProofBuilder};
 use super::WeightFormat;
 use super::{read_gguf, tokenizer::ModelTokenizer, ChatMessage, ChatTemplate, LoadError};
 use candle_core::{DType, Device, Tensor};
@@ -93,6 +94,8 @@ pub struct Generation {
     pub time_to_first_token: Duration,
     /// Total time.
     pub elapsed: Duration,
+    /// The activation proof of the generated tokens.
+    pub proof: ActivationProof,
 }
 
 impl From<candle_core::Error> for EngineError {
@@ -235,6 +238,7 @@ struct Seq {
     first_token: Option<Duration>,
     /// What the next forward pass feeds: the prompt, then each sampled token.
     feed: Vec<u32>,
+    proof: ProofBuilder,
 }
 
 struct Scheduler {
@@ -262,12 +266,12 @@ impl Scheduler {
             if active.is_empty() {
                 continue;
             }
-            let logits = {
+            let out = {
                 let mut batch: Vec<(&mut SeqCache, &[u32])> =
                     active.iter_mut().map(|s| (&mut s.cache, &s.feed[..])).collect();
                 self.model.step(&mut batch)
             };
-            let logits = match logits {
+            let out = match out {
                 Ok(l) => l,
                 Err(e) => {
                     let e = EngineError::from(e);
@@ -277,13 +281,16 @@ impl Scheduler {
                     continue;
                 }
             };
+            let d = self.model.config.hidden;
             let mut i = 0;
             let mut row = 0;
             while i < active.len() {
-                let step = logits
+                let hidden = &out.hidden[row * d..(row + 1) * d];
+                let step = out
+                    .logits
                     .get(row)
                     .map_err(EngineError::from)
-                    .and_then(|l| self.accept(&mut active[i], &l));
+                    .and_then(|l| self.accept(&mut active[i], &l, hidden));
                 row += 1;
                 match step {
                     Ok(None) => i += 1,
@@ -334,12 +341,20 @@ impl Scheduler {
             emitted: 0,
             first_token: None,
             feed,
+            proof: ProofBuilder::default(),
         })
     }
 
     /// Sample the next token from `logits` and stream what text became final; `Some` when the
     /// request is finished.
-    fn accept(&self, s: &mut Seq, logits: &Tensor) -> Result<Option<FinishReason>, EngineError> {
+    /// `hidden` is the final hidden state the logits came from, recorded in the proof with the
+    /// token it produced.
+    fn accept(
+        &self,
+        s: &mut Seq,
+        logits: &Tensor,
+        hidden: &[f32],
+    ) -> Result<Option<FinishReason>, EngineError> {
         if s.job.cancel.load(Ordering::Relaxed) {
             return Ok(Some(FinishReason::Cancelled));
         }
@@ -352,6 +367,7 @@ impl Scheduler {
             return Ok(Some(FinishReason::Stop));
         }
         s.ids.push(next);
+        s.proof.push(next, hidden);
         s.text = self.tokenizer.decode(&s.ids)?;
         if let Some(at) = s.job.params.stop.iter().filter_map(|x| s.text.find(x.as_str())).min() {
             let keep = at.max(s.emitted);
@@ -393,6 +409,7 @@ impl Scheduler {
             time_to_first_token: s.first_token.unwrap_or(elapsed),
             elapsed,
             text: s.text,
+            proof: s.proof.finish(),
         })));
     }
 }

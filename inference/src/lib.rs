@@ -15,6 +15,7 @@ pub mod embedder;
 pub mod engine;
 #[cfg(feature = "engine")]
 pub mod llama;
+pub mod proof;
 #[cfg(feature = "engine")]
 pub mod qmatmul;
 #[cfg(feature = "engine")]
@@ -23,6 +24,7 @@ mod simd;
 pub mod team;
 pub mod template;
 pub mod tokenizer;
+pub mod weights;
 
 #[cfg(feature = "engine")]
 pub use embed_batcher::EmbedBatcher;

@@ -39,6 +39,17 @@ pub struct Config {
     pub rope_dim: usize,
 }
 
+/// Which matrix kernels a CPU model runs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Kernels {
+    /// Ours where the CPU and the weight format allow (`qmatmul`), else candle's.
+    #[default]
+    Fastest,
+    /// candle's quantized matmul everywhere: an independent implementation of the same
+    /// arithmetic, which validators and tests compare ours against.
+    Candle,
+}
+
 /// A weight matrix: our kernels on CPUs that run them (q4_1, q8_0), else candle's quantized
 /// matmul.
 enum Mat {
@@ -49,8 +60,8 @@ enum Mat {
 
 impl Mat {
     /// `t` (in host memory) as a matrix on `device`.
-    fn new(t: QTensor, device: &Device) -> Result<Self> {
-        if device.is_cpu() {
+    fn new(t: QTensor, device: &Device, kernels: Kernels) -> Result<Self> {
+        if device.is_cpu() && kernels == Kernels::Fastest {
             if let Some(m) = super::qmatmul::QMatrix::new(&t)? {
                 return Ok(Mat::Ours(m));
             }
@@ -88,7 +99,7 @@ struct Fused {
 impl Fused {
     /// Concatenate `ts` (each `[out_i, in]`, read into host memory) into one `[Σ out_i, in]`
     /// matrix on `device` when they share a format; otherwise move them there apart.
-    fn new(ts: Vec<QTensor>, device: &Device) -> Result<Self> {
+    fn new(ts: Vec<QTensor>, device: &Device, kernels: Kernels) -> Result<Self> {
         let widths: Vec<usize> = ts.iter().map(|t| t.shape().dims()[0]).collect();
         let same = ts.windows(2).all(|w| {
             w[0].dtype() == w[1].dtype() && w[0].shape().dims()[1..] == w[1].shape().dims()[1..]
@@ -103,9 +114,9 @@ impl Fused {
             let storage = QStorage::from_data(Cow::Owned(bytes), &Device::Cpu, dtype)?;
             let rows: usize = widths.iter().sum();
             let fused = QTensor::new(storage, (rows, cols))?;
-            return Ok(Fused { parts: vec![Mat::new(fused, device)?], widths });
+            return Ok(Fused { parts: vec![Mat::new(fused, device, kernels)?], widths });
         }
-        let parts = ts.into_iter().map(|t| Mat::new(t, device)).collect::<Result<_>>()?;
+        let parts = ts.into_iter().map(|t| Mat::new(t, device, kernels)).collect::<Result<_>>()?;
         Ok(Fused { parts, widths })
     }
 
@@ -177,6 +188,15 @@ struct HostParts {
     sin: Vec<f32>,
 }
 
+/// What one forward pass gives each sequence fed, for its last row.
+pub struct StepOut {
+    /// `[batch, vocab]` (row `i` for `batch[i]`).
+    pub logits: Tensor,
+    /// `[batch * hidden]`: the final hidden state (after the output norm) of each sequence's
+    /// last row, the activations an activation proof commits to.
+    pub hidden: Vec<f32>,
+}
+
 /// One sequence's key/value cache: per layer `[n_kv_head, capacity, head_dim]`, filled up to
 /// `len` positions; in host memory on the CPU (read and written by the plain-vector path), as
 /// tensors on other devices.
@@ -244,6 +264,16 @@ fn md<'a>(c: &'a gguf_file::Content, key: &str) -> Result<&'a gguf_file::Value> 
 impl Llama {
     /// Build from a GGUF's content and bytes (as read by [`super::read_gguf`]).
     pub fn from_gguf(content: &gguf_file::Content, bytes: &[u8], device: &Device) -> Result<Self> {
+        Self::from_gguf_with(content, bytes, device, Kernels::Fastest)
+    }
+
+    /// [`Self::from_gguf`] running `kernels` on the CPU.
+    pub fn from_gguf_with(
+        content: &gguf_file::Content,
+        bytes: &[u8],
+        device: &Device,
+        kernels: Kernels,
+    ) -> Result<Self> {
         let arch = md(content, "general.architecture")?.to_string()?.clone();
         if arch != "llama" {
             candle_core::bail!("architecture `{arch}` is not llama");
@@ -274,17 +304,17 @@ impl Llama {
         }
         let embed = embed_q.dequantize(device)?;
         let norm = tensor("output_norm.weight")?.dequantize(device)?;
-        let output = Mat::new(tensor("output.weight").unwrap_or(embed_q), device)?;
+        let output = Mat::new(tensor("output.weight").unwrap_or(embed_q), device, kernels)?;
         let mut layers = Vec::with_capacity(config.n_layer);
         for i in 0..config.n_layer {
             let mut w = |n: &str| tensor(&format!("blk.{i}.{n}.weight"));
             layers.push(Layer {
                 attn_norm: w("attn_norm")?.dequantize(device)?,
-                qkv: Fused::new(vec![w("attn_q")?, w("attn_k")?, w("attn_v")?], device)?,
-                wo: Mat::new(w("attn_output")?, device)?,
+                qkv: Fused::new(vec![w("attn_q")?, w("attn_k")?, w("attn_v")?], device, kernels)?,
+                wo: Mat::new(w("attn_output")?, device, kernels)?,
                 ffn_norm: w("ffn_norm")?.dequantize(device)?,
-                gate_up: Fused::new(vec![w("ffn_gate")?, w("ffn_up")?], device)?,
-                down: Mat::new(w("ffn_down")?, device)?,
+                gate_up: Fused::new(vec![w("ffn_gate")?, w("ffn_up")?], device, kernels)?,
+                down: Mat::new(w("ffn_down")?, device, kernels)?,
             });
         }
         // RoPE tables for every position of the context.
@@ -351,8 +381,25 @@ impl Llama {
             );
         }
         if let Some(host) = &self.host {
-            return self.forward_host(host, &mut [(cache, tokens)])?.squeeze(0);
+            return self.forward_host(host, &mut [(cache, tokens)])?.logits.squeeze(0);
         }
+        let (logits, _) = self.prefill_device(cache, tokens)?;
+        logits.squeeze(0)
+    }
+
+    /// [`Self::prefill`] on candle tensors: the logits (`[1, vocab]`) and the final hidden state
+    /// (`[1, hidden]`) after the last token.
+    fn prefill_device(&self, cache: &mut SeqCache, tokens: &[u32]) -> Result<(Tensor, Tensor)> {
+        let x = self.layers_device(cache, tokens)?;
+        let last = x.narrow(0, tokens.len() - 1, 1)?;
+        self.head(&last)
+    }
+
+    /// Every layer over `tokens` appended to `cache` on candle tensors; the residual stream of
+    /// every row (`[t, hidden]`).
+    fn layers_device(&self, cache: &mut SeqCache, tokens: &[u32]) -> Result<Tensor> {
+        let t = tokens.len();
+        let start = cache.len;
         let cos = self.cos.narrow(0, start, t)?;
         let sin = self.sin.narrow(0, start, t)?;
         let mut x = self.embed_rows(tokens)?;
@@ -365,48 +412,73 @@ impl Llama {
             x = self.finish_layer(layer, &x, &y)?;
         }
         cache.len += t;
-        let last = x.narrow(0, t - 1, 1)?;
-        self.logits(&last)?.squeeze(0)
+        Ok(x)
     }
 
     /// Feed every sequence of `batch` its tokens (a prompt, or the one token sampled last) and
     /// return the logits after each one's last token, `[batch, vocab]` (row `i` for `batch[i]`).
     /// On the CPU this is one forward pass whatever the mix; on other devices the prompts are
     /// fed one by one and the single tokens together.
-    pub fn step(&self, batch: &mut [(&mut SeqCache, &[u32])]) -> Result<Tensor> {
+    pub fn step(&self, batch: &mut [(&mut SeqCache, &[u32])]) -> Result<StepOut> {
         if let Some(host) = &self.host {
             return self.forward_host(host, batch);
         }
-        let mut rows: Vec<Option<Tensor>> = vec![None; batch.len()];
+        let mut rows: Vec<Option<(Tensor, Tensor)>> = vec![None; batch.len()];
         let mut singles: Vec<(usize, &mut SeqCache, u32)> = Vec::new();
         for (i, (cache, tokens)) in batch.iter_mut().enumerate() {
             match tokens {
+                [] => candle_core::bail!("no token to feed sequence {i}"),
                 [t] => singles.push((i, &mut **cache, *t)),
-                _ => rows[i] = Some(self.prefill(cache, tokens)?),
+                _ => rows[i] = Some(self.prefill_device(cache, tokens)?),
             }
         }
         if !singles.is_empty() {
             let at: Vec<usize> = singles.iter().map(|(i, _, _)| *i).collect();
             let mut decode: Vec<(&mut SeqCache, u32)> =
                 singles.into_iter().map(|(_, c, t)| (c, t)).collect();
-            let out = self.decode(&mut decode)?;
+            let (logits, hidden) = self.decode_device(&mut decode)?;
             for (k, i) in at.into_iter().enumerate() {
-                rows[i] = Some(out.get(k)?);
+                rows[i] = Some((logits.narrow(0, k, 1)?, hidden.narrow(0, k, 1)?));
             }
         }
-        let rows = rows
+        let (logits, hidden): (Vec<Tensor>, Vec<Tensor>) = rows
             .into_iter()
             .collect::<Option<Vec<_>>>()
-            .ok_or_else(|| candle_core::Error::Msg("a sequence was fed no token".into()))?;
-        Tensor::stack(&rows, 0)
+            .ok_or_else(|| candle_core::Error::Msg("a sequence was fed no token".into()))?
+            .into_iter()
+            .unzip();
+        let hidden = Tensor::cat(&hidden, 0)?.to_dtype(DType::F32)?.flatten_all()?.to_vec1()?;
+        Ok(StepOut { logits: Tensor::cat(&logits, 0)?, hidden })
+    }
+
+    /// The final hidden state (after the output norm) of every position of `tokens` fed from
+    /// an empty context, `[t * hidden]` row after row: one batched pass without the output
+    /// head. What a validator recomputes to check an activation proof.
+    pub fn hidden_states(&self, tokens: &[u32]) -> Result<Vec<f32>> {
+        if tokens.is_empty() || tokens.len() > self.config.context {
+            candle_core::bail!(
+                "{} positions outside 1..={} of the context",
+                tokens.len(),
+                self.config.context
+            );
+        }
+        let mut cache = self.new_cache(tokens.len())?;
+        if let Some(host) = &self.host {
+            let x = self.layers_host(host, &mut [(&mut cache, tokens)])?;
+            let mut normed = vec![0f32; x.len()];
+            rms_norm_rows(&x, &host.norm, self.config.rms_eps as f32, &mut normed);
+            return Ok(normed);
+        }
+        let x = self.layers_device(&mut cache, tokens)?;
+        candle_nn::ops::rms_norm(&x, &self.norm, self.config.rms_eps as f32)?
+            .to_dtype(DType::F32)?
+            .flatten_all()?
+            .to_vec1()
     }
 
     /// Advance every sequence of `batch` by its one token in a single forward pass; return the
     /// logits `[batch, vocab]` (row `i` for `batch[i]`).
     pub fn decode(&self, batch: &mut [(&mut SeqCache, u32)]) -> Result<Tensor> {
-        let c = &self.config;
-        let b = batch.len();
-        let positions: Vec<u32> = batch.iter().map(|(c, _)| c.len as u32).collect();
         if let Some(full) = batch.iter().find(|(c, _)| c.len >= c.capacity) {
             candle_core::bail!("KV cache full at {} positions", full.0.len);
         }
@@ -414,8 +486,17 @@ impl Llama {
             let tokens: Vec<[u32; 1]> = batch.iter().map(|(_, t)| [*t]).collect();
             let mut seqs: Vec<(&mut SeqCache, &[u32])> =
                 batch.iter_mut().zip(&tokens).map(|((c, _), t)| (&mut **c, &t[..])).collect();
-            return self.forward_host(host, &mut seqs);
+            return Ok(self.forward_host(host, &mut seqs)?.logits);
         }
+        Ok(self.decode_device(batch)?.0)
+    }
+
+    /// [`Self::decode`] on candle tensors: the logits (`[batch, vocab]`) and the final hidden
+    /// states (`[batch, hidden]`).
+    fn decode_device(&self, batch: &mut [(&mut SeqCache, u32)]) -> Result<(Tensor, Tensor)> {
+        let c = &self.config;
+        let b = batch.len();
+        let positions: Vec<u32> = batch.iter().map(|(c, _)| c.len as u32).collect();
         let tokens: Vec<u32> = batch.iter().map(|(_, t)| *t).collect();
         let pos = Tensor::new(positions.as_slice(), &self.device)?;
         // One row of angles per sequence: [b, 1, hd/2], each rotating its own position.
@@ -445,7 +526,7 @@ impl Llama {
         for (cache, _) in batch.iter_mut() {
             cache.len += 1;
         }
-        self.logits(&x)
+        self.head(&x)
     }
 
     /// The embeddings of `tokens` from the host table, row after row.
@@ -486,7 +567,34 @@ impl Llama {
     /// whole prompt when prefilling; the rows of all sequences go through every weight product
     /// together); returns the logits after each sequence's last token, `[batch, vocab]`. The
     /// weight products are the same matrices as the tensor path's.
-    fn forward_host(&self, h: &HostParts, batch: &mut [(&mut SeqCache, &[u32])]) -> Result<Tensor> {
+    fn forward_host(
+        &self,
+        h: &HostParts,
+        batch: &mut [(&mut SeqCache, &[u32])],
+    ) -> Result<StepOut> {
+        let (c, d) = (&self.config, self.config.hidden);
+        let x = self.layers_host(h, batch)?;
+        // Only each sequence's last row goes through the output head.
+        let mut last = Vec::with_capacity(batch.len() * d);
+        let mut at = 0;
+        for (_, tokens) in batch.iter() {
+            at += tokens.len();
+            last.extend_from_slice(&x[(at - 1) * d..at * d]);
+        }
+        let b = batch.len();
+        let mut hidden = vec![0f32; b * d];
+        rms_norm_rows(&last, &h.norm, c.rms_eps as f32, &mut hidden);
+        let logits = self.output.forward_host(&hidden)?;
+        Ok(StepOut { logits: Tensor::from_vec(logits, (b, c.vocab), &Device::Cpu)?, hidden })
+    }
+
+    /// Every layer of [`Self::forward_host`]: feeds each sequence of `batch` its tokens and
+    /// returns the residual stream of every row fed, `[rows, hidden]`, sequence after sequence.
+    fn layers_host(
+        &self,
+        h: &HostParts,
+        batch: &mut [(&mut SeqCache, &[u32])],
+    ) -> Result<Vec<f32>> {
         let c = &self.config;
         let (d, hd) = (c.hidden, c.head_dim);
         let (q_w, kv_w) = (c.n_head * hd, c.n_kv_head * hd);
@@ -573,18 +681,10 @@ impl Llama {
             let down = layer.down.forward_host(&m)?;
             x.iter_mut().zip(&down).for_each(|(x, o)| *x += o);
         }
-        // Only each sequence's last row goes through the output head.
-        let mut last = Vec::with_capacity(batch.len() * d);
-        let mut at = 0;
         for (cache, tokens) in batch.iter_mut() {
             cache.len += tokens.len();
-            at += tokens.len();
-            last.extend_from_slice(&x[(at - 1) * d..at * d]);
         }
-        let b = batch.len();
-        rms_norm_rows(&last, &h.norm, eps, &mut normed[..b * d]);
-        let logits = self.output.forward_host(&normed[..b * d])?;
-        Tensor::from_vec(logits, (b, c.vocab), &Device::Cpu)
+        Ok(x)
     }
 
     /// q, k, v of `h` (`[t, hidden]`), rotated with `cos`/`sin` (`[t, hd/2]`): q as
@@ -664,9 +764,11 @@ impl Llama {
         x + layer.down.forward(&m)?
     }
 
-    fn logits(&self, x: &Tensor) -> Result<Tensor> {
+    /// The output norm and head: the final hidden states and the logits of `x`'s rows.
+    fn head(&self, x: &Tensor) -> Result<(Tensor, Tensor)> {
         let h = candle_nn::ops::rms_norm(x, &self.norm, self.config.rms_eps as f32)?;
-        self.output.forward(&h)
+        let logits = self.output.forward(&h)?;
+        Ok((logits, h))
     }
 
     /// The quantization of the largest weight matrix (for logs).

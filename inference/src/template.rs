@@ -9,6 +9,59 @@ pub struct ChatMessage {
     pub content: String,
 }
 
+/// Why a message of OpenAI's chat API cannot be rendered.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum MessageError {
+    /// A role other than `system`, `user`, `assistant`, `developer`.
+    Role(String),
+    /// Content that is neither a string nor a list of text parts.
+    Content,
+}
+
+impl std::fmt::Display for MessageError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            MessageError::Role(r) => write!(f, "unknown role `{r}`"),
+            MessageError::Content => f.write_str("message content must be a string or text parts"),
+        }
+    }
+}
+
+impl std::error::Error for MessageError {}
+
+impl ChatMessage {
+    /// A message of OpenAI's chat API as the worker renders it: `developer` is served as
+    /// `system`; content is a string, or text parts joined (other parts ignored). The worker,
+    /// the CLI's token recount and its audit all read requests through this.
+    pub fn from_openai(role: &str, content: &serde_json::Value) -> Result<Self, MessageError> {
+        if !matches!(role, "system" | "user" | "assistant" | "developer") {
+            return Err(MessageError::Role(role.to_string()));
+        }
+        let content = match content {
+            serde_json::Value::String(s) => s.clone(),
+            serde_json::Value::Array(parts) => parts
+                .iter()
+                .filter_map(|p| p.get("text").and_then(serde_json::Value::as_str))
+                .collect::<Vec<_>>()
+                .join(""),
+            _ => return Err(MessageError::Content),
+        };
+        let role = if role == "developer" { "system" } else { role };
+        Ok(ChatMessage { role: role.to_string(), content })
+    }
+
+    /// Every message of an OpenAI `messages` array.
+    pub fn all_from_openai(messages: &serde_json::Value) -> Result<Vec<Self>, MessageError> {
+        let list = messages.as_array().ok_or(MessageError::Content)?;
+        list.iter()
+            .map(|m| {
+                let role = m.get("role").and_then(serde_json::Value::as_str).unwrap_or_default();
+                Self::from_openai(role, m.get("content").unwrap_or(&serde_json::Value::Null))
+            })
+            .collect()
+    }
+}
+
 /// A ChatML template.
 #[derive(Debug, Clone)]
 pub struct ChatTemplate {

@@ -37,7 +37,7 @@ pub type Signature = MultiSignature;
 /// Domain tag of a voucher's signing payload.
 pub const VOUCHER_TAG: &[u8] = b"compute/voucher/v1";
 /// Domain tag of a receipt's signing payload.
-pub const RECEIPT_TAG: &[u8] = b"compute/receipt/v1";
+pub const RECEIPT_TAG: &[u8] = b"compute/receipt/v2";
 /// Domain tag of an authentication challenge (`GET /v1/receipts`).
 pub const AUTH_TAG: &[u8] = b"compute/auth/v1";
 
@@ -108,6 +108,10 @@ pub struct Service {
     pub kind: ServiceKind,
     /// Model name, as the worker's `/v1/models` reports it.
     pub model: ModelName,
+    /// blake2-256 of the exact weight file served (the GGUF for chat, the safetensors for
+    /// embeddings), which the worker serves by this hash for anyone to check; zero where the
+    /// provider commits to none.
+    pub model_hash: H256,
     /// Public endpoint of the worker.
     pub url: Url,
     /// Price per input token.
@@ -254,6 +258,10 @@ pub struct Receipt {
     pub request_hash: H256,
     /// blake2-256 of the response text (chat) or little-endian f32 vectors (embeddings).
     pub response_hash: H256,
+    /// blake2-256 of the response's activation proof (chat; the format of
+    /// `compute_inference::proof`); zero where there is none (embeddings, whose vectors anyone
+    /// with the weights recomputes exactly, and refused requests).
+    pub proof_hash: H256,
     /// Prompt tokens counted with the model's tokenizer.
     pub input_tokens: u64,
     /// Generated tokens.
@@ -516,6 +524,7 @@ mod tests {
             nonce,
             request_hash: H256::zero(),
             response_hash: H256::zero(),
+            proof_hash: Default::default(),
             input_tokens: 1,
             output_tokens: 1,
             fee: 1,

@@ -4,6 +4,7 @@
 //! and `embedding`.
 
 use crate::{Balance, Nonce, ServiceId, ServiceKind};
+use polkadot_sdk::sp_core::H256;
 use serde::{Deserialize, Serialize};
 
 /// A `u128` as a decimal string.
@@ -28,6 +29,8 @@ pub struct ServiceJson {
     pub service_id: ServiceId,
     pub kind: ServiceKind,
     pub model: String,
+    /// blake2-256 of the weights served (`0x` and 64 hex digits); zero when none is committed.
+    pub model_hash: H256,
     pub url: String,
     #[serde(with = "amount")]
     pub input_price: Balance,
@@ -111,6 +114,7 @@ mod tests {
             service_id: 1,
             kind: ServiceKind::Embedding,
             model: "m".into(),
+            model_hash: H256::repeat_byte(0xab),
             url: "u".into(),
             input_price: u128::MAX,
             output_price: 0,

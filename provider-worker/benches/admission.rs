@@ -24,6 +24,7 @@ fn run(c: &mut Criterion, name: &str, store: SqliteStore) {
         service_id: 0,
         kind: ServiceKind::Chat,
         model: "m".into(),
+        model_hash: Default::default(),
         url: String::new(),
         input_price: 1,
         output_price: 1,
@@ -77,13 +78,14 @@ fn run(c: &mut Criterion, name: &str, store: SqliteStore) {
                     nonce: v.nonce,
                     request_hash: v.request_hash,
                     response_hash: wire::response_hash("hi there"),
+                    proof_hash: Default::default(),
                     input_tokens: 10,
                     output_tokens: 20,
                     fee: 30,
                     total: v.spent + 30,
                 };
                 let signed = wire::sign_receipt(&provider, receipt, &genesis);
-                store.seal(&signed, 200, "{\"choices\":[]}").unwrap();
+                store.seal(&signed, None, 200, "{\"choices\":[]}").unwrap();
             }
             nonce += iters;
             total += 30 * iters as u128;

@@ -38,6 +38,11 @@ pub struct ServiceConfig {
     /// How responses can be verified.
     #[serde(default)]
     pub verifiability: String,
+    /// The weights this service commits to (`0x` and 64 hex digits): the worker refuses to
+    /// start unless the model it loads hashes to this. Without it, the service commits to
+    /// whatever the worker loaded.
+    #[serde(default)]
+    pub model_hash: Option<polkadot_sdk::sp_core::H256>,
 }
 
 fn chat() -> ServiceKind {

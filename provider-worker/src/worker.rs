@@ -41,8 +41,44 @@ pub enum StartError {
     Store(#[from] StoreError),
     #[error(transparent)]
     Model(#[from] crate::model::LoadError),
+    #[error(
+        "service {service}: the config commits to weights {configured:?} but {path} hashes to \
+         {loaded:?}; refusing to register a hash this worker does not serve"
+    )]
+    WrongModelHash { service: ServiceId, configured: H256, loaded: H256, path: String },
     #[error("{0}")]
     Other(String),
+}
+
+/// What a receipt says was served; the default is nothing (a refused or interrupted request).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Served {
+    pub response_hash: H256,
+    /// blake2-256 of the activation proof; zero without one.
+    pub proof_hash: H256,
+    pub input_tokens: u64,
+    pub output_tokens: u64,
+    pub fee: Balance,
+}
+
+/// Weights this worker loaded, as a service commits to them.
+#[derive(Debug, Clone)]
+pub struct Weights {
+    /// The file read (the GGUF, or the embedding model's `model.safetensors`).
+    pub path: std::path::PathBuf,
+    /// blake2-256 of that file: the services' `model_hash`.
+    pub hash: H256,
+    /// Its size in bytes.
+    pub len: u64,
+}
+
+impl Weights {
+    /// Hash `path` (streamed; blocking).
+    pub fn of(path: std::path::PathBuf) -> std::io::Result<Self> {
+        let hash = H256(crate::model::weights::file_hash(&path)?);
+        let len = std::fs::metadata(&path)?.len();
+        Ok(Weights { path, hash, len })
+    }
 }
 
 /// The chat model and what serving it needs.
@@ -54,6 +90,8 @@ pub struct ChatService {
     pub capacity: Capacity,
     /// Largest `max_tokens` served.
     pub max_tokens: u64,
+    /// The GGUF served.
+    pub weights: Weights,
 }
 
 /// The embedding model and what serving it needs.
@@ -68,6 +106,8 @@ pub struct EmbeddingService {
     pub max_inputs: usize,
     /// Most tokens in one request.
     pub max_tokens: usize,
+    /// The safetensors served.
+    pub weights: Weights,
 }
 
 /// Slots of one model and the bounded queue of requests waiting for them.
@@ -114,6 +154,8 @@ pub struct Worker {
     /// Escrows whose settled payments are still held, with the first block at which some of it
     /// can be released (see `settlement::release_due`).
     pub releases: Mutex<std::collections::BTreeMap<AccountId, compute_client::chain::BlockNumber>>,
+    /// Places for weight downloads (`GET /v1/weights/{hash}`).
+    pub downloads: Arc<Semaphore>,
 }
 
 impl Worker {
@@ -155,8 +197,14 @@ impl Worker {
                 let device = on.clone();
                 let t = Instant::now();
                 let (path, format, parallel) = (c.model.clone(), c.weights, c.parallel);
-                let engine = tokio::task::spawn_blocking(move || {
-                    Engine::load_with(&path, format, device, parallel)
+                let (engine, weights) = tokio::task::spawn_blocking(move || {
+                    let weights = Weights::of(path.clone()).map_err(|e| {
+                        StartError::Other(format!("hashing {}: {e}", path.display()))
+                    })?;
+                    Ok::<_, StartError>((
+                        Engine::load_with(&path, format, device, parallel)?,
+                        weights,
+                    ))
                 })
                 .await
                 .map_err(|e| StartError::Other(e.to_string()))??;
@@ -171,6 +219,7 @@ impl Worker {
                     name: first_name(ServiceKind::Chat).unwrap_or_else(|| stem(&c.model, "model")),
                     capacity: Capacity::new(c.parallel, c.queue),
                     max_tokens: c.max_tokens,
+                    weights,
                 })
             }
             None => None,
@@ -180,10 +229,17 @@ impl Worker {
                 let device = on.clone();
                 let t = Instant::now();
                 let dir = c.model.clone();
-                let e = tokio::task::spawn_blocking(move || Embedder::load(&dir, &device))
-                    .await
-                    .map_err(|e| StartError::Other(e.to_string()))?
-                    .map_err(|e| StartError::Other(e.to_string()))?;
+                let (e, weights) = tokio::task::spawn_blocking(move || {
+                    let file = crate::model::weights::embedding_weights_file(&dir);
+                    let weights = Weights::of(file.clone()).map_err(|e| {
+                        StartError::Other(format!("hashing {}: {e}", file.display()))
+                    })?;
+                    let e = Embedder::load(&dir, &device)
+                        .map_err(|e| StartError::Other(e.to_string()))?;
+                    Ok::<_, StartError>((e, weights))
+                })
+                .await
+                .map_err(|e| StartError::Other(e.to_string()))??;
                 tracing::info!(model = %c.model.display(), dim = e.dim, max_tokens = e.max_tokens,
                     secs = t.elapsed().as_secs_f32(), "embedding model loaded");
                 let batcher = EmbedBatcher::start(Arc::new(e)).map_err(|e| {
@@ -200,6 +256,7 @@ impl Worker {
                     capacity: Capacity::new(c.parallel, c.queue),
                     max_inputs: c.max_inputs,
                     max_tokens: c.max_tokens,
+                    weights,
                 })
             }
             None => None,
@@ -224,6 +281,7 @@ impl Worker {
             settling: tokio::sync::Mutex::new(()),
             live: Mutex::new(Default::default()),
             releases: Mutex::new(Default::default()),
+            downloads: Arc::new(Semaphore::new(crate::api::weights::MAX_DOWNLOADS)),
         });
         worker.register_services().await?;
         worker.recover().await?;
@@ -242,6 +300,22 @@ impl Worker {
         }
     }
 
+    /// The weights serving a service kind, if that kind is loaded.
+    pub fn weights(&self, kind: ServiceKind) -> Option<&Weights> {
+        match kind {
+            ServiceKind::Chat => self.chat.as_ref().map(|c| &c.weights),
+            ServiceKind::Embedding => self.embeddings.as_ref().map(|e| &e.weights),
+        }
+    }
+
+    /// The loaded weights whose hash is `hash`.
+    pub fn weights_by_hash(&self, hash: &H256) -> Option<&Weights> {
+        [ServiceKind::Chat, ServiceKind::Embedding]
+            .into_iter()
+            .filter_map(|k| self.weights(k))
+            .find(|w| w.hash == *hash)
+    }
+
     /// Register the configured services that are missing on chain, update those whose terms
     /// differ, then load the chain's view.
     pub async fn register_services(&self) -> Result<(), StartError> {
@@ -253,9 +327,21 @@ impl Worker {
             .unwrap_or_else(|| format!("http://{}", self.config.listen));
         for s in &self.config.services {
             let model = s.model_name.clone().unwrap_or_else(|| self.model_name(s.kind));
+            let loaded = self.weights(s.kind).map_or_else(H256::zero, |w| w.hash);
+            if let Some(configured) = s.model_hash.filter(|h| *h != loaded) {
+                return Err(StartError::WrongModelHash {
+                    service: s.id,
+                    configured,
+                    loaded,
+                    path: self
+                        .weights(s.kind)
+                        .map_or_else(|| "no model".into(), |w| w.path.display().to_string()),
+                });
+            }
             let terms = ServiceTerms {
                 kind: s.kind,
                 model,
+                model_hash: loaded,
                 url: url.clone(),
                 input_price: s.input_price,
                 output_price: s.output_price,
@@ -311,7 +397,7 @@ impl Worker {
                 continue;
             }
             let seq = self.store.sequence(&v.user).await?;
-            let receipt = self.receipt(v, H256::zero(), 0, 0, 0, seq.last_total);
+            let receipt = self.receipt(v, Served::default(), seq.last_total);
             let body = serde_json::to_string(
                 &wire::ErrorBody::new(
                     "server_error",
@@ -321,7 +407,7 @@ impl Worker {
                 .with_receipt(&receipt),
             )
             .unwrap_or_default();
-            match self.store.seal(&receipt, 500, &body).await {
+            match self.store.seal(&receipt, None, 500, &body).await {
                 Ok(()) => {
                     sealed += 1;
                     self.sealed.notify_waiters();
@@ -359,25 +445,18 @@ impl Worker {
     }
 
     /// Sign a receipt for `v`.
-    pub fn receipt(
-        &self,
-        v: &Voucher,
-        response_hash: H256,
-        input_tokens: u64,
-        output_tokens: u64,
-        fee: Balance,
-        total: Balance,
-    ) -> SignedReceipt {
+    pub fn receipt(&self, v: &Voucher, served: Served, total: Balance) -> SignedReceipt {
         let receipt = Receipt {
             user: v.user.clone(),
             provider: self.provider.clone(),
             service_id: v.service_id,
             nonce: v.nonce,
             request_hash: v.request_hash,
-            response_hash,
-            input_tokens,
-            output_tokens,
-            fee,
+            response_hash: served.response_hash,
+            proof_hash: served.proof_hash,
+            input_tokens: served.input_tokens,
+            output_tokens: served.output_tokens,
+            fee: served.fee,
             total,
         };
         wire::sign_receipt(&self.signer, receipt, &self.genesis)

@@ -11,6 +11,7 @@ use compute_client::{
     Signer,
 };
 use compute_primitives::{Balance, Voucher};
+use provider_worker::model;
 use serde_json::{json, Value};
 use std::time::{Duration, Instant};
 
@@ -58,6 +59,20 @@ async fn paid_chats_settle_exactly_once_across_a_worker_crash() {
     assert_eq!(resp["usage"]["prompt_tokens"], signed.receipt.input_tokens);
     assert_eq!(resp["usage"]["completion_tokens"], signed.receipt.output_tokens);
     assert!(signed.receipt.output_tokens > 0 && signed.receipt.output_tokens <= 24);
+    // The receipt commits to the response's activation proof, sent with it; recomputed here
+    // from the weights the service commits to, it passes.
+    assert_eq!(chat_service.model_hash.0, model::weights::file_hash(&model).unwrap());
+    assert_eq!(models["data"][0]["model_hash"], format!("{:?}", chat_service.model_hash));
+    let proof = receipt.proof_bytes(&signed.receipt).unwrap().expect("a proof with the receipt");
+    let proof = model::proof::ActivationProof::from_bytes(&proof).unwrap();
+    assert_eq!(proof.len() as u64, signed.receipt.output_tokens);
+    let validator = Validator::load(&model);
+    let verdict = validator.check("What is the capital of France?", &proof);
+    assert!(verdict.passed(), "{verdict:?}");
+    assert!(model::proof::covers_text(&validator.tokenizer, &proof, text, &[]));
+    assert!(!model::proof::covers_text(&validator.tokenizer, &proof, "Berlin, I think.", &[]));
+    // The same proof does not pass for another question.
+    assert!(!validator.check("What is the capital of Spain?", &proof).passed());
 
     // A retry of the same request gets the same answer and receipt, charged once.
     let (status2, resp2) = post(&http, &url, body, Some(user.header(v.clone()))).await;
@@ -90,6 +105,10 @@ async fn paid_chats_settle_exactly_once_across_a_worker_crash() {
     let signed = user.accept(&receipt, &v);
     assert_eq!(signed.receipt.response_hash, wire::response_hash(&streamed));
     assert_eq!(last["usage"]["completion_tokens"], signed.receipt.output_tokens);
+    let proof = receipt.proof_bytes(&signed.receipt).unwrap().expect("a proof in the last chunk");
+    let proof = model::proof::ActivationProof::from_bytes(&proof).unwrap();
+    assert!(validator.check("Name three colours.", &proof).passed());
+    assert!(model::proof::covers_text(&validator.tokenizer, &proof, &streamed, &[]));
 
     // 3. A cap that only fits a few output tokens lowers max_tokens instead of overcharging.
     let body = chat_body("Tell me a long story about a dragon.", 64, false);
@@ -126,6 +145,7 @@ async fn paid_chats_settle_exactly_once_across_a_worker_crash() {
     assert_eq!(signed.receipt.input_tokens, 12 + 6, "WordPiece tokens with [CLS] and [SEP]");
     assert_eq!(resp["usage"]["prompt_tokens"], signed.receipt.input_tokens);
     assert_eq!((signed.receipt.output_tokens, signed.receipt.fee), (0, 18 * EMBED_PRICE));
+    assert_eq!((signed.receipt.proof_hash, receipt.proof), (Default::default(), None));
     let metrics = http.get(format!("{base}/metrics")).send().await.unwrap().text().await.unwrap();
     assert!(metrics.contains("\ncompute_embedding_inputs_total 2\n"), "{metrics}");
     assert!(metrics.contains("\ncompute_embedding_passes_total 1\n"), "{metrics}");
@@ -256,6 +276,11 @@ async fn paid_chats_settle_exactly_once_across_a_worker_crash() {
             wire::from_hex("voucher", r.voucher.as_deref().expect("voucher attached")).unwrap();
         assert!(sv.verify(&user.genesis) && sv.voucher.user == charlie.account_id());
         assert_eq!(sv.voucher.nonce, r.nonce);
+        // Served chats come back with their proofs.
+        let signed: compute_primitives::SignedReceipt = wire::from_hex("r", &r.signed).unwrap();
+        let proof = r.proof_bytes(&signed.receipt).unwrap();
+        let chat = sv.voucher.service_id == 7 && signed.receipt.output_tokens > 0;
+        assert_eq!(proof.is_some(), chat, "nonce {}", r.nonce);
     }
     let forged = wire::SignedAuth::new(&bob, bob.account_id(), now, &user.genesis);
     let mut forged = forged;
@@ -455,6 +480,42 @@ async fn an_embeddings_only_worker_needs_no_chat_model() {
     assert_eq!(services.len(), 1);
     assert_eq!(services[0].kind, compute_primitives::ServiceKind::Embedding);
     assert_eq!(services[0].model, "all-MiniLM-L6-v2", "named after the model's directory");
+
+    // The service commits to the safetensors served, which anyone can download by that hash,
+    // whole or in ranges; nothing else is served.
+    let file = model::weights::embedding_weights_file(&embedding_model());
+    let bytes = std::fs::read(&file).unwrap();
+    let hash = services[0].model_hash;
+    assert_eq!(hash.0, model::weights::file_hash(&file).unwrap());
+    let weights = format!("{base}/v1/weights/{hash:?}");
+    let whole = http.get(&weights).send().await.unwrap();
+    assert_eq!(whole.status(), 200);
+    assert_eq!(whole.headers()["x-model-hash"].to_str().unwrap(), format!("{hash:?}"));
+    assert!(whole.bytes().await.unwrap() == bytes, "the whole file, byte for byte");
+    let part = http.get(&weights).header("range", "bytes=100-199").send().await.unwrap();
+    assert_eq!(part.status(), 206);
+    assert_eq!(part.bytes().await.unwrap(), bytes[100..200]);
+    let other = format!("{base}/v1/weights/{:?}", polkadot_sdk::sp_core::H256::repeat_byte(1));
+    assert_eq!(http.get(&other).send().await.unwrap().status(), 404);
+    for bad in ["0x12", "..%2F..%2Fetc%2Fpasswd", "config.json"] {
+        let status = http.get(format!("{base}/v1/weights/{bad}")).send().await.unwrap().status();
+        assert_eq!(status, 400, "{bad}");
+    }
+
+    // A worker told to commit to other weights than it loads refuses to start.
+    let wrong_dir = dir.join("wrong");
+    std::fs::create_dir_all(&wrong_dir).unwrap();
+    let wrong = config_with(
+        &wrong_dir,
+        rpc,
+        free_port(),
+        &format!("{rest}model_hash = \"{:?}\"\n", polkadot_sdk::sp_core::H256::repeat_byte(9)),
+    );
+    let mut refused = start_worker(&wrong_dir, &wrong, "wrong");
+    let status = refused.0.wait().unwrap();
+    let log = std::fs::read_to_string(wrong_dir.join("worker-wrong.log")).unwrap();
+    assert!(!status.success() && log.contains("refusing to register"), "{log}");
+    assert_eq!(chain.services_of(&bob.account_id()).await.unwrap()[0].model_hash, hash);
     let health: Value =
         http.get(format!("{base}/health")).send().await.unwrap().json().await.unwrap();
     assert_eq!(
@@ -521,4 +582,36 @@ async fn an_embeddings_only_worker_needs_no_chat_model() {
     let (status, again) = post(&http, &url, body, Some(user.header(v))).await;
     assert_eq!((status, &again), (504, &resp), "a retry gets the stored answer");
     let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// What an auditor runs: the committed weights, and one prefill per proof.
+struct Validator {
+    llama: model::llama::Llama,
+    tokenizer: model::ModelTokenizer,
+}
+
+impl Validator {
+    fn load(path: &std::path::Path) -> Self {
+        let loaded = model::read_gguf(path, model::WeightFormat::AsStored).unwrap();
+        let llama = model::llama::Llama::from_gguf(
+            &loaded.content,
+            &loaded.bytes,
+            &candle_core::Device::Cpu,
+        )
+        .unwrap();
+        let tokenizer = model::ModelTokenizer::from_gguf(&loaded.content).unwrap();
+        Validator { llama, tokenizer }
+    }
+
+    /// Check `proof` as the answer to the one-message chat `question` (as `chat_body` sends).
+    fn check(
+        &self,
+        question: &str,
+        proof: &model::proof::ActivationProof,
+    ) -> model::proof::Verdict {
+        let messages = [model::ChatMessage { role: "user".into(), content: question.into() }];
+        let prompt =
+            self.tokenizer.encode(&model::ChatTemplate::default().render(&messages)).unwrap();
+        model::proof::validate(&self.llama, &prompt, proof, model::proof::THRESHOLDS)
+    }
 }

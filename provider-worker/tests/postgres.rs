@@ -88,13 +88,17 @@ async fn two_processes_share_one_sequencer() {
             nonce,
             request_hash: sv.voucher.request_hash,
             response_hash: H256::zero(),
+            proof_hash: Default::default(),
             input_tokens: 1,
             output_tokens: 1,
             fee: 5,
             total,
         };
         let store = if nonce % 2 == 0 { &a } else { &b };
-        store.seal(&wire::sign_receipt(&provider, r, &H256::zero()), 200, "{}").await.unwrap();
+        // Odd nonces carry a proof (the bytes are opaque to the store).
+        let proof = (nonce % 2 == 1).then(|| vec![nonce as u8; 9]);
+        let signed = wire::sign_receipt(&provider, r, &H256::zero());
+        store.seal(&signed, proof.as_deref(), 200, "{}").await.unwrap();
     }
     // A receipt that does not continue the total is refused.
     let bad = Receipt {
@@ -104,17 +108,26 @@ async fn two_processes_share_one_sequencer() {
         nonce: 21,
         request_hash: H256::zero(),
         response_hash: H256::zero(),
+        proof_hash: Default::default(),
         input_tokens: 0,
         output_tokens: 0,
         fee: 5,
         total: 1,
     };
-    assert!(a.seal(&wire::sign_receipt(&provider, bad, &H256::zero()), 200, "{}").await.is_err());
+    assert!(a
+        .seal(&wire::sign_receipt(&provider, bad, &H256::zero()), None, 200, "{}")
+        .await
+        .is_err());
 
     let seq = a.sequence(&user.account_id()).await.unwrap();
     assert_eq!((seq.sealed_nonce, seq.last_total), (20, 100));
     assert_eq!(a.orphans(a_id, 0).await.unwrap().len(), 1, "only the gone process's request");
-    assert_eq!(b.receipts(&user.account_id(), 15, 100).await.unwrap().len(), 5);
+    let listed = b.receipts(&user.account_id(), 15, 100).await.unwrap();
+    assert_eq!(listed.len(), 5);
+    for s in &listed {
+        let n = s.receipt.receipt.nonce;
+        assert_eq!(s.proof, (n % 2 == 1).then(|| vec![n as u8; 9]), "nonce {n}");
+    }
     let alice = |users: Vec<(compute_primitives::AccountId, u64, u32)>| {
         users.into_iter().find(|u| u.0 == user.account_id()).map(|u| u.2)
     };

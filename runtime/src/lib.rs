@@ -90,7 +90,7 @@ pub const VERSION: RuntimeVersion = RuntimeVersion {
     spec_name: alloc::borrow::Cow::Borrowed("compute-runtime"),
     impl_name: alloc::borrow::Cow::Borrowed("compute-runtime"),
     authoring_version: 1,
-    spec_version: 101,
+    spec_version: 102,
     impl_version: 1,
     apis: apis::RUNTIME_API_VERSIONS,
     transaction_version: 1,
@@ -155,7 +155,10 @@ pub type UncheckedExtrinsic =
 /// What a transaction signer signs.
 pub type SignedPayload = generic::SignedPayload<RuntimeCall, TxExtension>;
 /// Storage migrations run at a runtime upgrade (each checks the storage version it expects).
-type Migrations = (pallet_compute::migrations::MigrateV1ToV2<Runtime>,);
+type Migrations = (
+    pallet_compute::migrations::MigrateV1ToV2<Runtime>,
+    pallet_compute::migrations::MigrateV2ToV3<Runtime>,
+);
 /// Dispatches extrinsics to the pallets.
 pub type RuntimeExecutive = frame_executive::Executive<
     Runtime,

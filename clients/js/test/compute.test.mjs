@@ -63,12 +63,14 @@ test('amounts', () => {
 test('deposit, refund request, early withdraw refused, withdraw after the lock', async () => {
   // A provider registers a service: the enum and bounded byte vectors are encoded from metadata.
   const reg = await submit(api, api.tx.compute.registerService(
-    0, 'Chat', 'SmolLM2-135M-Instruct', 'http://127.0.0.1:1', 1_000_000n, 4_000_000n, 'none'), bob);
+    0, 'Chat', 'SmolLM2-135M-Instruct', `0x${'4d'.repeat(32)}`, 'http://127.0.0.1:1', 1_000_000n,
+    4_000_000n, 'none'), bob);
   assert.deepEqual(reg.events.map((e) => e.name), ['ServiceRegistered']);
   const listed = await services(api);
   assert.equal(listed.length, 1);
   assert.equal(listed[0].provider, bob.address);
   assert.equal(listed[0].model, 'SmolLM2-135M-Instruct');
+  assert.equal(listed[0].modelHash, `0x${'4d'.repeat(32)}`);
 
   // Root shortens the refund lock to two blocks.
   await submit(api, api.tx.sudo.sudo(api.tx.compute.setRefundLock(2)), alice);

@@ -86,6 +86,7 @@ fn service() -> Service {
     Service {
         kind: ServiceKind::Chat,
         model: bytes(compute_primitives::MAX_MODEL_LEN),
+        model_hash: H256::repeat_byte(0x4d),
         url: bytes(compute_primitives::MAX_URL_LEN),
         input_price: 1_000,
         output_price: 2_000,
@@ -153,6 +154,7 @@ mod benchmarks {
             0,
             s.kind,
             s.model,
+            s.model_hash,
             s.url,
             s.input_price,
             s.output_price,
@@ -166,7 +168,17 @@ mod benchmarks {
         let (_, who) = provider::<T>("provider");
         let s = service();
         #[extrinsic_call]
-        _(RawOrigin::Signed(who.clone()), 0, s.kind, s.model, s.url, 5, 6, s.verifiability);
+        _(
+            RawOrigin::Signed(who.clone()),
+            0,
+            s.kind,
+            s.model,
+            s.model_hash,
+            s.url,
+            5,
+            6,
+            s.verifiability,
+        );
         assert_eq!(Services::<T>::get(&who, 0).map(|s| s.price_version), Some(1));
     }
 
@@ -288,6 +300,7 @@ mod benchmarks {
             nonce: 2,
             request_hash: H256::repeat_byte(1),
             response_hash: H256::repeat_byte(2),
+            proof_hash: Default::default(),
             input_tokens: 1,
             output_tokens: 1,
             fee: 50,

@@ -48,7 +48,7 @@ pub mod pallet {
     };
 
     /// The in-code storage version.
-    pub const STORAGE_VERSION: StorageVersion = StorageVersion::new(2);
+    pub const STORAGE_VERSION: StorageVersion = StorageVersion::new(3);
 
     #[pallet::pallet]
     #[pallet::storage_version(STORAGE_VERSION)]
@@ -503,6 +503,7 @@ pub mod pallet {
             service_id: ServiceId,
             kind: ServiceKind,
             model: ModelName,
+            model_hash: H256,
             url: Url,
             input_price: Balance,
             output_price: Balance,
@@ -512,6 +513,7 @@ pub mod pallet {
             let service = Service {
                 kind,
                 model,
+                model_hash,
                 url,
                 input_price,
                 output_price,
@@ -530,6 +532,7 @@ pub mod pallet {
             service_id: ServiceId,
             kind: ServiceKind,
             model: ModelName,
+            model_hash: H256,
             url: Url,
             input_price: Balance,
             output_price: Balance,
@@ -539,6 +542,7 @@ pub mod pallet {
             let terms = Service {
                 kind,
                 model,
+                model_hash,
                 url,
                 input_price,
                 output_price,

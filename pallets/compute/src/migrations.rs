@@ -6,6 +6,10 @@
 //! paid the provider at once, so they hold nothing; the bond stays locked for one dispute
 //! window after the provider's last settlement, as version 1 ruled. Escrow records of version 1
 //! were opened without the record deposit and keep none.
+//!
+//! Version 3 names the weights behind each service (`Service::model_hash`). Services registered
+//! under version 2 committed to none: they get the zero hash, which clients show as "no weights
+//! committed" until the provider updates its terms.
 
 use crate::{pallet::*, types::*};
 use codec::{Decode, Encode};
@@ -49,6 +53,56 @@ pub mod v1 {
         pub last_settled_at: BlockNumber,
     }
 }
+
+/// The records as version 2 stored them, where they differ from version 3.
+pub mod v2 {
+    use super::*;
+    use compute_primitives::{ModelName, ServiceKind, Url, Verifiability};
+
+    /// A service of version 2: no `model_hash`.
+    #[derive(Encode, Decode, Clone, PartialEq, Eq, Debug)]
+    pub struct Service {
+        pub kind: ServiceKind,
+        pub model: ModelName,
+        pub url: Url,
+        pub input_price: Balance,
+        pub output_price: Balance,
+        pub verifiability: Verifiability,
+        pub price_version: u32,
+    }
+}
+
+/// Translates every service from version 2 to version 3 (the zero `model_hash`).
+pub struct InnerMigrateV2ToV3<T>(core::marker::PhantomData<T>);
+
+impl<T: Config> UncheckedOnRuntimeUpgrade for InnerMigrateV2ToV3<T> {
+    fn on_runtime_upgrade() -> Weight {
+        let mut records: u64 = 0;
+        Services::<T>::translate::<v2::Service, _>(|_, _, old| {
+            records.saturating_inc();
+            Some(Service {
+                kind: old.kind,
+                model: old.model,
+                model_hash: Default::default(),
+                url: old.url,
+                input_price: old.input_price,
+                output_price: old.output_price,
+                verifiability: old.verifiability,
+                price_version: old.price_version,
+            })
+        });
+        T::DbWeight::get().reads_writes(records.saturating_add(1), records)
+    }
+}
+
+/// [`InnerMigrateV2ToV3`], run only when the on-chain storage version is 2; sets it to 3.
+pub type MigrateV2ToV3<T> = VersionedMigration<
+    2,
+    3,
+    InnerMigrateV2ToV3<T>,
+    crate::pallet::Pallet<T>,
+    <T as polkadot_sdk::frame_system::Config>::DbWeight,
+>;
 
 /// Translates every escrow and provider record from version 1 to version 2.
 pub struct InnerMigrateV1ToV2<T>(core::marker::PhantomData<T>);

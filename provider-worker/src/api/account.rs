@@ -5,7 +5,10 @@ use super::{
     error::{stored, ApiError},
     paid::{refuse, replay, voucher_of},
 };
-use crate::{billing::admission, worker::Worker};
+use crate::{
+    billing::admission,
+    worker::{Served, Worker},
+};
 use axum::{
     extract::{Query, State},
     http::{HeaderMap, StatusCode},
@@ -13,7 +16,6 @@ use axum::{
     Json,
 };
 use compute_client::wire::{self, ReceiptJson, SignedAuth};
-use polkadot_sdk::sp_core::H256;
 use serde::{Deserialize, Serialize};
 use std::sync::Arc;
 
@@ -67,10 +69,10 @@ pub async fn ack(State(w): State<Arc<Worker>>, headers: HeaderMap) -> Result<Res
             // Nothing is in flight (admission checked), so the ack seals right after the
             // latest receipt.
             let total = last_total.unwrap_or(0);
-            let receipt = w.receipt(&v, H256::zero(), 0, 0, 0, total);
+            let receipt = w.receipt(&v, Served::default(), total);
             let body = serde_json::to_string(&AckAnswer { receipt: (&receipt).into() })
                 .map_err(ApiError::internal)?;
-            w.store.seal(&receipt, 200, &body).await.map_err(ApiError::internal)?;
+            w.store.seal(&receipt, None, 200, &body).await.map_err(ApiError::internal)?;
             w.sealed.notify_waiters();
             Ok(stored(200, body, Some(&receipt)))
         }
@@ -120,7 +122,8 @@ pub async fn receipts(
             format!("auth timestamp is {skew} s off"),
         ));
     }
-    let limit = q.limit.unwrap_or(100).min(1000);
+    // Each receipt may carry a proof of some kilobytes: pages stay at most 100 receipts.
+    let limit = q.limit.unwrap_or(100).min(100);
     let list = w
         .store
         .receipts(&auth.challenge.user, q.after.unwrap_or(0), limit)
@@ -128,6 +131,15 @@ pub async fn receipts(
         .map_err(ApiError::internal)?;
     // Each receipt with the user's voucher it answers: a client catching up on receipts it
     // never saw adopts only those it signed a voucher for.
-    let data = list.iter().map(|(v, r)| ReceiptJson::from(r).with_voucher(v)).collect();
+    let data = list
+        .iter()
+        .map(|s| {
+            let json = ReceiptJson::from(&s.receipt).with_voucher(&s.voucher);
+            match &s.proof {
+                Some(p) => json.with_proof(p),
+                None => json,
+            }
+        })
+        .collect();
     Ok(Json(ReceiptList { object: "list", data }).into_response())
 }

@@ -107,8 +107,11 @@ impl ChatJob {
         };
         let v = ticket.voucher().clone();
         let hash = wire::response_hash(&g.text);
+        let proof = g.proof.to_bytes();
         let sealed = ticket
-            .seal(hash, g.prompt_tokens, g.completion_tokens, |r| self.completion(&g, r))
+            .seal(hash, Some(proof), g.prompt_tokens, g.completion_tokens, |r| {
+                self.completion(&g, r)
+            })
             .await?;
         if g.finish == crate::model::FinishReason::Cancelled {
             tracing::info!(user = %v.user, nonce = v.nonce,
@@ -222,7 +225,8 @@ pub async fn chat(
             Ok(Ok((s, Some(g)))) => {
                 let mut last = job.chunk(Delta::default(), Some(g.finish.as_str().into()));
                 last.usage = Some(Usage::chat(g.prompt_tokens, g.completion_tokens));
-                last.receipt = Some(wire::ReceiptJson::from(&s.receipt));
+                last.receipt =
+                    Some(wire::ReceiptJson::from(&s.receipt).with_proof(&g.proof.to_bytes()));
                 sse(&last)
             }
             Ok(Ok((s, None))) => Bytes::from(format!("data: {}\n\n", s.body)),

@@ -75,7 +75,7 @@ async fn run(
     let hash = wire::embedding_hash(&vectors);
     let model = parsed.model;
     let sealed = ticket
-        .seal(hash, tokens, 0, |receipt| {
+        .seal(hash, None, tokens, 0, |receipt| {
             let list = EmbeddingList {
                 object: "list",
                 data,

@@ -49,6 +49,8 @@ pub struct Model {
     created: u64,
     service_id: u32,
     kind: ServiceKind,
+    /// The weights committed on chain; `GET /v1/weights/{model_hash}` serves them.
+    model_hash: String,
     input_price: String,
     output_price: String,
     price_version: u32,
@@ -73,6 +75,7 @@ pub async fn models(State(w): State<Arc<Worker>>) -> Json<ModelList> {
             created: 0,
             service_id: s.service_id,
             kind: s.kind,
+            model_hash: format!("{:?}", s.model_hash),
             input_price: s.input_price.to_string(),
             output_price: s.output_price.to_string(),
             price_version: s.price_version,

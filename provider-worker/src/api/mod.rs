@@ -1,5 +1,5 @@
 //! The OpenAI-compatible HTTP API: routes ([`chat`], [`embeddings`], [`account`], [`info`]),
-//! OpenAI's wire shapes ([`openai`]), the steps every paid request takes before its job starts
+//! the committed weights ([`weights`]), OpenAI's wire shapes ([`openai`]), the steps every paid request takes before its job starts
 //! ([`paid`]), the one error type ([`error`]), and the server that bounds connections and how
 //! long a client may take to send a request ([`serve`]).
 
@@ -10,6 +10,7 @@ pub mod error;
 pub mod info;
 pub mod openai;
 pub mod paid;
+pub mod weights;
 
 use crate::{config::LimitsConfig, worker::Worker};
 use axum::{
@@ -46,6 +47,7 @@ pub fn router(worker: Arc<Worker>) -> Router {
         .route("/v1/embeddings", post(embeddings::embeddings))
         .route("/v1/ack", post(account::ack))
         .route("/v1/receipts", get(account::receipts))
+        .route("/v1/weights/{hash}", get(weights::weights))
         .fallback(|| async { error::ApiError::not_found("no such endpoint") })
         .with_state(worker)
 }

@@ -57,28 +57,10 @@ pub fn parse_chat(body: &[u8], limit: u64) -> Result<Parsed, Rejection> {
     }
     let mut messages = Vec::with_capacity(req.messages.len());
     for m in req.messages {
-        if !matches!(m.role.as_str(), "system" | "user" | "assistant" | "developer") {
-            return Err(Rejection::bad_request(
-                "invalid_messages",
-                format!("unknown role `{}`", m.role),
-            ));
-        }
-        let content = match m.content {
-            Value::String(s) => s,
-            Value::Array(parts) => parts
-                .iter()
-                .filter_map(|p| p.get("text").and_then(Value::as_str))
-                .collect::<Vec<_>>()
-                .join(""),
-            _ => {
-                return Err(Rejection::bad_request(
-                    "invalid_messages",
-                    "message content must be a string or text parts",
-                ))
-            }
-        };
-        let role = if m.role == "developer" { "system".to_string() } else { m.role };
-        messages.push(ChatMessage { role, content });
+        messages.push(
+            ChatMessage::from_openai(&m.role, &m.content)
+                .map_err(|e| Rejection::bad_request("invalid_messages", e.to_string()))?,
+        );
     }
     let temperature = req.temperature.unwrap_or(1.0);
     if !(0.0..=2.0).contains(&temperature) {

@@ -11,7 +11,7 @@ use crate::{
         job::{QueuePlace, Ticket},
         limits::{Limited, Quota},
     },
-    worker::Worker,
+    worker::{Served, Worker},
 };
 use axum::{
     body::Body,
@@ -124,7 +124,7 @@ pub async fn refuse(
     let uses_nonce = r.uses_nonce;
     let error = ApiError::from(r);
     let (true, Some(total)) = (uses_nonce, last_total) else { return error };
-    let receipt = w.receipt(&sv.voucher, Default::default(), 0, 0, 0, total);
+    let receipt = w.receipt(&sv.voucher, Served::default(), total);
     let text =
         serde_json::to_string(&error.body.clone().with_receipt(&receipt)).unwrap_or_default();
     match w.store.admit_and_seal(sv, &receipt, error.status.as_u16(), &text).await {

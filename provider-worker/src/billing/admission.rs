@@ -316,6 +316,7 @@ mod tests {
             service_id: 0,
             kind: ServiceKind::Chat,
             model: "m".into(),
+            model_hash: Default::default(),
             url: "http://x".into(),
             input_price: 10,
             output_price: 100,

@@ -7,10 +7,10 @@
 
 use crate::{
     store::StoreError,
-    worker::{Capacity, Worker},
+    worker::{Capacity, Served, Worker},
 };
 use compute_client::{
-    wire::{ErrorBody, ReceiptJson},
+    wire::{self, ErrorBody, ReceiptJson},
     ServiceInfo,
 };
 use compute_primitives::{Balance, ServiceKind, SignedReceipt, Voucher};
@@ -72,11 +72,13 @@ impl Ticket {
         self.started + Duration::from_secs(self.worker.config.limits.request_timeout_secs)
     }
 
-    /// Price what was served at the service's prices, sign the receipt and store it with the
-    /// response `body` (built around the receipt's JSON).
+    /// Price what was served at the service's prices, sign the receipt (committing to
+    /// `proof`, the response's activation proof, if any) and store it with the proof and the
+    /// response `body` (built around the receipt's JSON, which carries the proof).
     pub async fn seal(
         mut self,
         response_hash: H256,
+        proof: Option<Vec<u8>>,
         input_tokens: u64,
         output_tokens: u64,
         body: impl FnOnce(ReceiptJson) -> String,
@@ -86,14 +88,9 @@ impl Ticket {
             .fee(input_tokens, output_tokens)
             .filter(|f| *f <= self.voucher.cap)
             .ok_or(SealError::AboveCap)?;
-        let sealed = seal(
-            &self.worker,
-            &self.voucher,
-            (response_hash, input_tokens, output_tokens, fee),
-            200,
-            body,
-        )
-        .await?;
+        let proof_hash = proof.as_deref().map_or_else(H256::zero, wire::proof_hash);
+        let served = Served { response_hash, proof_hash, input_tokens, output_tokens, fee };
+        let sealed = seal(&self.worker, &self.voucher, served, proof.as_deref(), 200, body).await?;
         self.sealed = true;
         live(&self.worker, &self.voucher, false);
         let m = &self.worker.metrics;
@@ -169,7 +166,7 @@ async fn unserved(
     message: String,
 ) -> Result<Sealed, SealError> {
     w.metrics.rejected(code);
-    seal(w, v, (H256::zero(), 0, 0, 0), status, |receipt| {
+    seal(w, v, Served::default(), None, status, |receipt| {
         let mut body = ErrorBody::new("server_error", code, message);
         body.error.receipt = Some(receipt);
         serde_json::to_string(&body).unwrap_or_default()
@@ -181,15 +178,20 @@ async fn unserved(
 async fn seal(
     w: &Worker,
     v: &Voucher,
-    (response_hash, input_tokens, output_tokens, fee): (H256, u64, u64, Balance),
+    served: Served,
+    proof: Option<&[u8]>,
     status: u16,
     body: impl FnOnce(ReceiptJson) -> String,
 ) -> Result<Sealed, SealError> {
     let previous = sealed_total_before(w, v).await?;
-    let total = previous.checked_add(fee).ok_or(SealError::Overflow)?;
-    let receipt = w.receipt(v, response_hash, input_tokens, output_tokens, fee, total);
-    let body = body(ReceiptJson::from(&receipt));
-    w.store.seal(&receipt, status, &body).await?;
+    let total = previous.checked_add(served.fee).ok_or(SealError::Overflow)?;
+    let receipt = w.receipt(v, served, total);
+    let mut json = ReceiptJson::from(&receipt);
+    if let Some(proof) = proof {
+        json = json.with_proof(proof);
+    }
+    let body = body(json);
+    w.store.seal(&receipt, proof, status, &body).await?;
     w.sealed.notify_waiters();
     Ok(Sealed { status, body, receipt })
 }

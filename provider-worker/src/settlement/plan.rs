@@ -109,6 +109,7 @@ mod tests {
             nonce,
             request_hash: H256::zero(),
             response_hash: H256::zero(),
+            proof_hash: Default::default(),
             input_tokens: 0,
             output_tokens: 0,
             fee,

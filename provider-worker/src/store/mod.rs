@@ -27,6 +27,22 @@ pub enum StoreError {
     Corrupt(&'static str),
     #[error("trace store unavailable: {0}")]
     Unavailable(&'static str),
+    #[error(
+        "the trace store holds receipts of an older format (without `proof_hash`), which this \
+         chain no longer accepts; settle them with the worker that wrote them, or start with a \
+         new store"
+    )]
+    OldReceiptFormat,
+}
+
+/// A sealed receipt as `GET /v1/receipts` returns it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StoredReceipt {
+    /// The user's voucher it answers.
+    pub voucher: SignedVoucher,
+    pub receipt: SignedReceipt,
+    /// The activation proof whose hash the receipt carries (chat responses).
+    pub proof: Option<Vec<u8>>,
 }
 
 /// How hard each commit is pushed to disk.
@@ -158,14 +174,18 @@ impl Store {
         both!(self, s => s.sequence(user), p => p.sequence(user).await)
     }
 
-    /// Seal an admitted request with its receipt and response.
+    /// Seal an admitted request with its receipt, the activation proof the receipt commits to
+    /// (if any) and the response.
     pub async fn seal(
         &self,
         receipt: &SignedReceipt,
+        proof: Option<&[u8]>,
         status: u16,
         response: &str,
     ) -> Result<(), StoreError> {
-        both!(self, s => s.seal(receipt, status, response), p => p.seal(receipt, status, response).await)
+        both!(self,
+            s => s.seal(receipt, proof, status, response),
+            p => p.seal(receipt, proof, status, response).await)
     }
 
     /// Take a nonce and seal it at once with a fee-0 receipt.
@@ -192,7 +212,7 @@ impl Store {
         user: &AccountId,
         after: Nonce,
         limit: u32,
-    ) -> Result<Vec<(SignedVoucher, SignedReceipt)>, StoreError> {
+    ) -> Result<Vec<StoredReceipt>, StoreError> {
         both!(self, s => s.receipts(user, after, limit), p => p.receipts(user, after, limit).await)
     }
 

@@ -3,7 +3,7 @@
 //! takes a nonce, so two processes can never both admit the same nonce; settlement is done by
 //! whichever process holds a session advisory lock (taken over if that process dies).
 
-use super::{now, u128_of, Sequence, StoreError, Trace, UserView};
+use super::{now, u128_of, Sequence, StoreError, StoredReceipt, Trace, UserView};
 use codec::{Decode, Encode};
 use compute_primitives::{AccountId, Balance, Nonce, SignedReceipt, SignedVoucher};
 use tokio::sync::Mutex;
@@ -69,10 +69,36 @@ impl PgStore {
     pub async fn connect(url: &str) -> Result<Self, StoreError> {
         let client = Self::open(url).await?;
         client.execute("SELECT pg_advisory_lock($1)", &[&SCHEMA_LOCK]).await?;
-        let created = client.batch_execute(SCHEMA).await;
+        let created = Self::create_schema(&client).await;
         client.execute("SELECT pg_advisory_unlock($1)", &[&SCHEMA_LOCK]).await?;
         created?;
         Ok(PgStore { url: url.to_string(), client: Mutex::new(client) })
+    }
+
+    /// Create the schema, or bring an existing one up to date. Receipts written before they
+    /// committed to activation proofs are of a format this chain no longer accepts: such a
+    /// store is refused.
+    async fn create_schema(client: &Client) -> Result<(), StoreError> {
+        client.batch_execute(SCHEMA).await?;
+        let has_proof: bool = client
+            .query_one(
+                "SELECT COUNT(*) > 0 FROM information_schema.columns \
+                 WHERE table_name = 'traces' AND column_name = 'proof'",
+                &[],
+            )
+            .await?
+            .get(0);
+        if !has_proof {
+            let receipts: i64 = client
+                .query_one("SELECT COUNT(*) FROM traces WHERE receipt IS NOT NULL", &[])
+                .await?
+                .get(0);
+            if receipts > 0 {
+                return Err(StoreError::OldReceiptFormat);
+            }
+            client.batch_execute("ALTER TABLE traces ADD COLUMN proof BYTEA").await?;
+        }
+        Ok(())
     }
 
     async fn open(url: &str) -> Result<Client, StoreError> {
@@ -268,6 +294,7 @@ impl PgStore {
     pub async fn seal(
         &self,
         receipt: &SignedReceipt,
+        proof: Option<&[u8]>,
         status: u16,
         response: &str,
     ) -> Result<(), StoreError> {
@@ -281,8 +308,8 @@ impl PgStore {
         }
         let changed = tx
             .execute(
-                "UPDATE traces SET receipt = $3, total = $4, status = $5, response = $6 \
-                 WHERE usr = $1 AND nonce = $2 AND receipt IS NULL",
+                "UPDATE traces SET receipt = $3, total = $4, status = $5, response = $6, \
+                 proof = $7 WHERE usr = $1 AND nonce = $2 AND receipt IS NULL",
                 &[
                     &user,
                     &(r.nonce as i64),
@@ -290,6 +317,7 @@ impl PgStore {
                     &r.total.to_string(),
                     &i32::from(status),
                     &response,
+                    &proof,
                 ],
             )
             .await?;
@@ -383,21 +411,22 @@ impl PgStore {
         user: &AccountId,
         after: Nonce,
         limit: u32,
-    ) -> Result<Vec<(SignedVoucher, SignedReceipt)>, StoreError> {
+    ) -> Result<Vec<StoredReceipt>, StoreError> {
         let client = self.conn().await?;
         let rows = client
             .query(
-                "SELECT voucher, receipt FROM traces WHERE usr = $1 AND nonce > $2 \
+                "SELECT voucher, receipt, proof FROM traces WHERE usr = $1 AND nonce > $2 \
                  AND receipt IS NOT NULL ORDER BY nonce LIMIT $3",
                 &[&user.encode(), &(after as i64), &i64::from(limit)],
             )
             .await?;
         rows.iter()
             .map(|r| {
-                Ok((
-                    decode("voucher", &r.get::<_, Vec<u8>>(0))?,
-                    decode("receipt", &r.get::<_, Vec<u8>>(1))?,
-                ))
+                Ok(StoredReceipt {
+                    voucher: decode("voucher", &r.get::<_, Vec<u8>>(0))?,
+                    receipt: decode("receipt", &r.get::<_, Vec<u8>>(1))?,
+                    proof: r.get(2),
+                })
             })
             .collect()
     }

@@ -1,6 +1,6 @@
 //! The embedded backend: SQLite in WAL mode.
 
-use super::{Durability, Sequence, StoreError, Trace, UserView};
+use super::{Durability, Sequence, StoreError, StoredReceipt, Trace, UserView};
 use codec::{Decode, Encode};
 use compute_primitives::{AccountId, Balance, Nonce, SignedReceipt, SignedVoucher};
 use rusqlite::{params, Connection, OptionalExtension, TransactionBehavior};
@@ -82,6 +82,23 @@ impl SqliteStore {
         )?;
         if !has_owner {
             conn.execute_batch("ALTER TABLE traces ADD COLUMN owner INTEGER")?;
+        }
+        // Stores created before receipts committed to activation proofs: their receipts are of
+        // the older format, which cannot be decoded nor settled any more.
+        let has_proof: bool = conn.query_row(
+            "SELECT COUNT(*) > 0 FROM pragma_table_info('traces') WHERE name = 'proof'",
+            [],
+            |r| r.get(0),
+        )?;
+        if !has_proof {
+            let receipts: i64 =
+                conn.query_row("SELECT COUNT(*) FROM traces WHERE receipt IS NOT NULL", [], |r| {
+                    r.get(0)
+                })?;
+            if receipts > 0 {
+                return Err(StoreError::OldReceiptFormat);
+            }
+            conn.execute_batch("ALTER TABLE traces ADD COLUMN proof BLOB")?;
         }
         Ok(SqliteStore { conn: Mutex::new(conn) })
     }
@@ -176,6 +193,7 @@ impl SqliteStore {
     pub fn seal(
         &self,
         receipt: &SignedReceipt,
+        proof: Option<&[u8]>,
         status: u16,
         response: &str,
     ) -> Result<(), StoreError> {
@@ -188,9 +206,17 @@ impl SqliteStore {
             return Err(StoreError::Corrupt("receipt sequence"));
         }
         let changed = tx.execute(
-            "UPDATE traces SET receipt = ?3, total = ?4, status = ?5, response = ?6 \
+            "UPDATE traces SET receipt = ?3, total = ?4, status = ?5, response = ?6, proof = ?7 \
              WHERE user = ?1 AND nonce = ?2 AND receipt IS NULL",
-            params![user, r.nonce as i64, receipt.encode(), r.total.to_string(), status, response],
+            params![
+                user,
+                r.nonce as i64,
+                receipt.encode(),
+                r.total.to_string(),
+                status,
+                response,
+                proof
+            ],
         )?;
         if changed != 1 {
             return Err(StoreError::Corrupt("trace to seal"));
@@ -286,21 +312,24 @@ impl SqliteStore {
         user: &AccountId,
         after: Nonce,
         limit: u32,
-    ) -> Result<Vec<(SignedVoucher, SignedReceipt)>, StoreError> {
+    ) -> Result<Vec<StoredReceipt>, StoreError> {
         let conn = self.conn();
         let mut stmt = conn.prepare_cached(
-            "SELECT voucher, receipt FROM traces WHERE user = ?1 AND nonce > ?2 \
+            "SELECT voucher, receipt, proof FROM traces WHERE user = ?1 AND nonce > ?2 \
              AND receipt IS NOT NULL ORDER BY nonce LIMIT ?3",
         )?;
         let rows = stmt.query_map(params![user.encode(), after as i64, limit], |r| {
-            Ok((r.get::<_, Vec<u8>>(0)?, r.get::<_, Vec<u8>>(1)?))
+            Ok((r.get::<_, Vec<u8>>(0)?, r.get::<_, Vec<u8>>(1)?, r.get::<_, Option<Vec<u8>>>(2)?))
         })?;
         rows.map(|r| {
-            let (v, rc) = r?;
-            Ok((
-                SignedVoucher::decode(&mut &v[..]).map_err(|_| StoreError::Corrupt("voucher"))?,
-                SignedReceipt::decode(&mut &rc[..]).map_err(|_| StoreError::Corrupt("receipt"))?,
-            ))
+            let (v, rc, proof) = r?;
+            Ok(StoredReceipt {
+                voucher: SignedVoucher::decode(&mut &v[..])
+                    .map_err(|_| StoreError::Corrupt("voucher"))?,
+                receipt: SignedReceipt::decode(&mut &rc[..])
+                    .map_err(|_| StoreError::Corrupt("receipt"))?,
+                proof,
+            })
         })
         .collect()
     }
@@ -453,6 +482,35 @@ mod tests {
     use compute_primitives::{Receipt, Voucher};
     use polkadot_sdk::sp_core::H256;
 
+    /// A store written before receipts committed to proofs: opened empty, it gains the column;
+    /// holding receipts of the older format, it is refused with the reason.
+    #[test]
+    fn a_store_of_older_receipts_is_refused() {
+        let path = std::env::temp_dir().join(format!("old-store-{}.sqlite", std::process::id()));
+        let _ = std::fs::remove_file(&path);
+        let old = |with_receipt: bool| {
+            let conn = Connection::open(&path).unwrap();
+            conn.execute_batch(SCHEMA).unwrap();
+            if with_receipt {
+                conn.execute(
+                    "INSERT INTO traces (user, nonce, voucher, cap, receipt, created_at) \
+                     VALUES (x'00', 1, x'00', '0', x'00', 0)",
+                    [],
+                )
+                .unwrap();
+            }
+        };
+        old(false);
+        drop(SqliteStore::open(&path, Durability::Os).expect("an empty old store is brought up"));
+        let _ = std::fs::remove_file(&path);
+        old(true);
+        assert!(matches!(
+            SqliteStore::open(&path, Durability::Os),
+            Err(StoreError::OldReceiptFormat)
+        ));
+        let _ = std::fs::remove_file(&path);
+    }
+
     #[test]
     fn receipts_come_with_the_voucher_they_answer() {
         let store = SqliteStore::in_memory().unwrap();
@@ -478,6 +536,7 @@ mod tests {
                 nonce,
                 request_hash: v.request_hash,
                 response_hash: H256::zero(),
+                proof_hash: Default::default(),
                 input_tokens: 0,
                 output_tokens: 0,
                 fee: 0,
@@ -488,8 +547,17 @@ mod tests {
                 wire::sign_receipt(&provider, r, &genesis),
             );
             assert!(store.admit_and_seal(&sv, &sr, 400, "{}").unwrap());
-            pairs.push((sv, sr));
+            pairs.push(StoredReceipt { voucher: sv, receipt: sr, proof: None });
         }
+        // A served request's proof comes back with its receipt.
+        let v = Voucher { nonce: 4, ..pairs[2].voucher.voucher.clone() };
+        let sv = wire::sign_voucher(&user, v.clone(), &genesis);
+        assert!(store.admit(&sv, 1, 7, |_| Ok::<(), ()>(())).unwrap().is_ok());
+        let mut r = pairs[2].receipt.receipt.clone();
+        r.nonce = 4;
+        let sr = wire::sign_receipt(&provider, r, &genesis);
+        store.seal(&sr, Some(&[1, 2, 3]), 200, "{}").unwrap();
+        pairs.push(StoredReceipt { voucher: sv, receipt: sr, proof: Some(vec![1, 2, 3]) });
         assert_eq!(store.receipts(&user.account_id(), 1, 100).unwrap(), pairs[1..].to_vec());
         assert_eq!(store.receipts(&user.account_id(), 0, 1).unwrap(), pairs[..1].to_vec());
     }

@@ -112,6 +112,7 @@ pub fn service_json<A: Ss58Codec>(provider: &A, service_id: ServiceId, s: Servic
         service_id,
         kind: s.kind,
         model: String::from_utf8_lossy(&s.model).into_owned(),
+        model_hash: s.model_hash,
         url: String::from_utf8_lossy(&s.url).into_owned(),
         input_price: s.input_price,
         output_price: s.output_price,

@@ -1,5 +1,5 @@
 use super::*;
-use crate::migrations::{v1, MigrateV1ToV2};
+use crate::migrations::{v1, v2, MigrateV1ToV2, MigrateV2ToV3};
 use codec::Encode;
 use polkadot_sdk::frame_support::{
     storage::unhashed,
@@ -54,5 +54,33 @@ fn version_1_records_come_through_with_nothing_held() {
         // A second run finds version 2 and leaves the records alone.
         MigrateV1ToV2::<Test>::on_runtime_upgrade();
         assert_eq!(provider_info(Bob), p);
+    });
+}
+
+#[test]
+fn version_2_services_come_through_without_a_model_hash() {
+    new_test_ext().execute_with(|| {
+        StorageVersion::new(2).put::<Compute>();
+        let old = v2::Service {
+            kind: ServiceKind::Chat,
+            model: bytes("SmolLM2"),
+            url: bytes("http://w"),
+            input_price: 3,
+            output_price: 4,
+            verifiability: bytes("none"),
+            price_version: 2,
+        };
+        unhashed::put_raw(&Services::<Test>::hashed_key_for(account(Bob), 7), &old.encode());
+
+        MigrateV2ToV3::<Test>::on_runtime_upgrade();
+        assert_eq!(Compute::on_chain_storage_version(), 3);
+        let s = Services::<Test>::get(account(Bob), 7).expect("translated");
+        assert_eq!(s.model.to_vec(), b"SmolLM2".to_vec());
+        assert_eq!((s.input_price, s.output_price, s.price_version), (3, 4, 2));
+        assert_eq!(s.model_hash, H256::zero());
+
+        // A second run finds version 3 and leaves the records alone.
+        MigrateV2ToV3::<Test>::on_runtime_upgrade();
+        assert_eq!(Services::<Test>::get(account(Bob), 7), Some(s));
     });
 }

@@ -37,6 +37,7 @@ fn duplicate_ids_and_too_many_services_are_refused() {
                 0,
                 ServiceKind::Chat,
                 bytes("m"),
+                H256::repeat_byte(0x4d),
                 bytes("u"),
                 1,
                 1,
@@ -53,6 +54,7 @@ fn duplicate_ids_and_too_many_services_are_refused() {
                 9,
                 ServiceKind::Embedding,
                 bytes("m"),
+                H256::repeat_byte(0x4d),
                 bytes("u"),
                 1,
                 0,
@@ -72,6 +74,7 @@ fn a_provider_without_funds_cannot_bond() {
                 0,
                 ServiceKind::Chat,
                 bytes("m"),
+                H256::repeat_byte(0x4d),
                 bytes("u"),
                 1,
                 1,
@@ -91,6 +94,7 @@ fn updating_bumps_the_price_version() {
             0,
             ServiceKind::Chat,
             bytes("m2"),
+            H256::repeat_byte(0x4e),
             bytes("http://x"),
             5,
             7,
@@ -99,12 +103,14 @@ fn updating_bumps_the_price_version() {
         let s = Services::<Test>::get(account(Bob), 0).unwrap();
         assert_eq!((s.price_version, s.input_price, s.output_price), (1, 5, 7));
         assert_eq!(s.model.to_vec(), b"m2".to_vec());
+        assert_eq!(s.model_hash, H256::repeat_byte(0x4e));
         assert_noop!(
             Compute::update_service(
                 RuntimeOrigin::signed(account(Bob)),
                 3,
                 ServiceKind::Chat,
                 bytes("m"),
+                H256::repeat_byte(0x4d),
                 bytes("u"),
                 1,
                 1,
@@ -118,6 +124,7 @@ fn updating_bumps_the_price_version() {
                 0,
                 ServiceKind::Chat,
                 bytes("m"),
+                H256::repeat_byte(0x4d),
                 bytes("u"),
                 1,
                 1,

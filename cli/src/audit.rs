@@ -1,0 +1,243 @@
+//! `compute audit PROVIDER`: check the answers kept from PROVIDER (`kept.rs`) against the
+//! weights its services committed to. For each answer (or a random sample): the proof is the
+//! one the signed receipt commits to, the text is what the proven tokens decode to, and the
+//! proven activations are what the committed weights compute for the request (one prefill,
+//! `compute_inference::proof::validate`). The weights come from `--weights FILE` or from the
+//! provider (`GET /v1/weights/{model_hash}`), checked against the hash before use and cached
+//! beside the state file.
+
+use crate::kept::{self, Kept};
+use anyhow::{anyhow, bail, Context};
+use candle_core::Device;
+use compute_client::{wire, Chain};
+use compute_inference::{
+    llama::Llama,
+    proof::{covers_text, validate, ActivationProof, Verdict, THRESHOLDS},
+    read_gguf,
+    weights::file_hash,
+    ChatMessage, ChatTemplate, ModelTokenizer, WeightFormat,
+};
+use compute_primitives::{AccountId, SignedReceipt};
+use futures::StreamExt;
+use polkadot_sdk::sp_core::H256;
+use serde::Serialize;
+use std::{
+    collections::BTreeMap,
+    io::Write,
+    path::{Path, PathBuf},
+    time::Duration,
+};
+
+/// Largest weight file downloaded (a 70B model at 8 bits is some 75 GB).
+const MAX_WEIGHTS_BYTES: u64 = 256 << 30;
+
+/// What to audit and with what.
+pub struct Options {
+    /// Share of the kept answers checked, each drawn at random (1 = all).
+    pub sample: f64,
+    /// A local copy of the weights (checked against the hash).
+    pub weights: Option<PathBuf>,
+    /// Longest wait for each read of a download.
+    pub timeout: Duration,
+}
+
+/// The verdict on one kept answer.
+#[derive(Debug, Serialize)]
+pub struct Finding {
+    pub nonce: u64,
+    pub tokens: usize,
+    pub passed: bool,
+    pub detail: String,
+}
+
+/// Audit the answers `user` kept from `provider`; returns a finding per answer checked.
+pub async fn run(
+    chain: &Chain,
+    state_path: &Path,
+    user: &AccountId,
+    provider: &AccountId,
+    opts: &Options,
+) -> anyhow::Result<Vec<Finding>> {
+    anyhow::ensure!(opts.sample > 0.0 && opts.sample <= 1.0, "--sample must be in (0, 1]");
+    let all = kept::load(&kept::dir(state_path, user, provider))?;
+    if all.is_empty() {
+        bail!(
+            "no answers from {provider} are kept; `compute chat` and `compute proxy` keep every \
+             chat answer whose receipt verifies"
+        );
+    }
+    let mut by_weights: BTreeMap<H256, Vec<Kept>> = BTreeMap::new();
+    for k in all {
+        if draw(opts.sample)? {
+            by_weights.entry(k.model_hash).or_default().push(k);
+        }
+    }
+    let services = chain.services_of(provider).await?;
+    let mut findings = Vec::new();
+    for (hash, answers) in by_weights {
+        if hash.is_zero() {
+            for k in answers {
+                findings.push(Finding {
+                    nonce: k.nonce,
+                    tokens: 0,
+                    passed: false,
+                    detail: "the service committed to no weights: nothing to check against".into(),
+                });
+            }
+            continue;
+        }
+        let url = services
+            .iter()
+            .find(|s| s.model_hash == hash)
+            .or_else(|| services.iter().find(|s| s.service_id == answers[0].service_id))
+            .map(|s| s.url.clone());
+        let path = weights(state_path, hash, opts, url.as_deref()).await?;
+        let loaded = read_gguf(&path, WeightFormat::AsStored)?;
+        let model = Llama::from_gguf(&loaded.content, &loaded.bytes, &Device::Cpu)
+            .map_err(|e| anyhow!("loading {}: {e}", path.display()))?;
+        let tokenizer = ModelTokenizer::from_gguf(&loaded.content)?;
+        for k in answers {
+            let (tokens, result) = match check(&model, &tokenizer, &k) {
+                Ok((tokens, verdict)) => (tokens, verdict),
+                Err(why) => (0, Err(why)),
+            };
+            findings.push(Finding {
+                nonce: k.nonce,
+                tokens,
+                passed: result.is_ok(),
+                detail: match result {
+                    Ok(detail) | Err(detail) => detail,
+                },
+            });
+        }
+    }
+    findings.sort_by_key(|f| f.nonce);
+    Ok(findings)
+}
+
+/// Whether to check an answer, drawn with this machine's randomness: the provider cannot tell
+/// which answers an audit will look at.
+fn draw(rate: f64) -> anyhow::Result<bool> {
+    if rate >= 1.0 {
+        return Ok(true);
+    }
+    let mut bytes = [0u8; 8];
+    getrandom::fill(&mut bytes).map_err(|e| anyhow!("no randomness: {e}"))?;
+    Ok((u64::from_le_bytes(bytes) as f64) < rate * u64::MAX as f64)
+}
+
+/// One kept answer: `(tokens, Ok(detail))` when it holds up, `Err(why)` when it does not.
+#[allow(clippy::type_complexity)]
+fn check(
+    model: &Llama,
+    tokenizer: &ModelTokenizer,
+    k: &Kept,
+) -> Result<(usize, Result<String, String>), String> {
+    let receipt: SignedReceipt =
+        wire::from_hex("receipt", &k.receipt).map_err(|e| format!("kept receipt: {e}"))?;
+    let bytes = k
+        .proof
+        .strip_prefix("0x")
+        .and_then(|h| hex::decode(h).ok())
+        .ok_or("kept proof is not hex")?;
+    if wire::proof_hash(&bytes) != receipt.receipt.proof_hash {
+        return Err("the proof is not the one the receipt commits to".into());
+    }
+    let proof = ActivationProof::from_bytes(&bytes).map_err(|e| e.to_string())?;
+    let tokens = proof.len();
+    let messages = ChatMessage::all_from_openai(&k.request["messages"])
+        .map_err(|e| format!("kept request: {e}"))?;
+    let prompt = tokenizer
+        .encode(&ChatTemplate::default().render(&messages))
+        .map_err(|e| format!("tokenizing the request: {e}"))?;
+    let stop: Vec<String> = match &k.request["stop"] {
+        serde_json::Value::String(s) => vec![s.clone()],
+        serde_json::Value::Array(v) => {
+            v.iter().filter_map(|s| s.as_str().map(String::from)).collect()
+        }
+        _ => Vec::new(),
+    };
+    if !covers_text(tokenizer, &proof, &k.text, &stop) {
+        return Ok((tokens, Err("the text received is not what the proven tokens say".into())));
+    }
+    Ok((
+        tokens,
+        match validate(model, &prompt, &proof, THRESHOLDS) {
+            Verdict::Pass(worst) => Ok(worst.map_or_else(
+                || "no tokens".to_string(),
+                |w| format!("activations match (least overlap {:.2})", w.overlap),
+            )),
+            Verdict::Fail(reason) => Err(format!("not these weights' answer: {reason}")),
+        },
+    ))
+}
+
+/// The weight file committed to as `hash`: `--weights`, else the cache, else downloaded from the
+/// service's `url`; always checked against the hash.
+async fn weights(
+    state_path: &Path,
+    hash: H256,
+    opts: &Options,
+    url: Option<&str>,
+) -> anyhow::Result<PathBuf> {
+    let check = |path: &Path| -> anyhow::Result<bool> {
+        Ok(H256(file_hash(path).with_context(|| format!("reading {}", path.display()))?) == hash)
+    };
+    if let Some(path) = &opts.weights {
+        if !check(path)? {
+            bail!("{} is not the weights the service committed to ({hash:?})", path.display());
+        }
+        return Ok(path.clone());
+    }
+    let cache = state_path.parent().unwrap_or_else(|| Path::new(".")).join("weights");
+    let path = cache.join(format!("{hash:?}.gguf"));
+    if path.exists() && check(&path)? {
+        return Ok(path);
+    }
+    let url = url.ok_or_else(|| {
+        anyhow!("no service of this provider serves weights {hash:?}; give a copy with --weights")
+    })?;
+    std::fs::create_dir_all(&cache)?;
+    let from = format!("{}/v1/weights/{hash:?}", url.trim_end_matches('/'));
+    eprintln!("downloading the committed weights from {from}");
+    let partial = cache.join(format!("{hash:?}.part"));
+    download(&from, &partial, opts.timeout).await?;
+    if !check(&partial)? {
+        let _ = std::fs::remove_file(&partial);
+        bail!("the provider served weights that do not hash to {hash:?}");
+    }
+    std::fs::rename(&partial, &path)?;
+    Ok(path)
+}
+
+async fn download(url: &str, to: &Path, timeout: Duration) -> anyhow::Result<()> {
+    let http = reqwest::Client::builder().connect_timeout(timeout).read_timeout(timeout).build()?;
+    let resp = http.get(url).send().await.with_context(|| format!("GET {url}"))?;
+    if !resp.status().is_success() {
+        bail!("GET {url}: {}", resp.status());
+    }
+    let total = resp.content_length();
+    if total.is_some_and(|t| t > MAX_WEIGHTS_BYTES) {
+        bail!("GET {url}: {} bytes is more than any weights this client takes", total.unwrap_or(0));
+    }
+    let mut file = std::fs::File::create(to)?;
+    let mut stream = resp.bytes_stream();
+    let (mut got, mut shown) = (0u64, 0u64);
+    while let Some(chunk) = stream.next().await {
+        let chunk = chunk.with_context(|| format!("reading {url}"))?;
+        got += chunk.len() as u64;
+        if got > MAX_WEIGHTS_BYTES {
+            bail!("GET {url}: the provider sends more than any weights this client takes");
+        }
+        file.write_all(&chunk)?;
+        if got - shown >= 64 << 20 {
+            shown = got;
+            match total {
+                Some(t) => eprintln!("  {} of {} MiB", got >> 20, t >> 20),
+                None => eprintln!("  {} MiB", got >> 20),
+            }
+        }
+    }
+    file.sync_all()?;
+    Ok(())
+}

@@ -1,0 +1,132 @@
+//! Chat answers kept for `compute audit`: for each answer whose receipt verified, the request
+//! sent, the text received, the signed receipt and its activation proof. One file per answer,
+//! `<state dir>/kept/<user>/<provider>/<nonce>.json`, owner-only like the state file; at most
+//! [`MAX_KEPT`] per provider, the oldest removed first, so a long-running proxy cannot fill the
+//! disk.
+
+use crate::files;
+use anyhow::Context;
+use compute_primitives::{AccountId, Nonce, ServiceId};
+use polkadot_sdk::sp_core::H256;
+use serde::{Deserialize, Serialize};
+use std::path::{Path, PathBuf};
+
+/// Answers kept per (user, provider).
+pub const MAX_KEPT: usize = 2_000;
+/// Largest kept file read back (a request body is at most some tens of KiB; a proof 36 bytes a
+/// token): anything larger was not written by us.
+const MAX_FILE: u64 = 16 << 20;
+
+/// One kept answer.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct Kept {
+    pub nonce: Nonce,
+    pub service_id: ServiceId,
+    /// The weights the service committed to when the request was paid.
+    pub model_hash: H256,
+    /// The request body sent (OpenAI's JSON).
+    pub request: serde_json::Value,
+    /// The text received.
+    pub text: String,
+    /// The verified receipt (hex SCALE `SignedReceipt`).
+    pub receipt: String,
+    /// Its activation proof (`0x` hex).
+    pub proof: String,
+}
+
+/// Where the answers of `user` with `provider` are kept, beside the state file.
+pub fn dir(state_path: &Path, user: &AccountId, provider: &AccountId) -> PathBuf {
+    let base = state_path.parent().unwrap_or_else(|| Path::new("."));
+    base.join("kept").join(user.to_string()).join(provider.to_string())
+}
+
+fn file_name(nonce: Nonce) -> String {
+    format!("{nonce:020}.json")
+}
+
+/// Keep `kept` in `dir`, then drop the oldest beyond [`MAX_KEPT`].
+pub fn keep(dir: &Path, kept: &Kept) -> anyhow::Result<()> {
+    keep_at_most(dir, kept, MAX_KEPT)
+}
+
+fn keep_at_most(dir: &Path, kept: &Kept, max: usize) -> anyhow::Result<()> {
+    files::create_private_dir(dir)?;
+    let bytes = serde_json::to_vec(kept)?;
+    files::write_private(&dir.join(file_name(kept.nonce)), &bytes)?;
+    let mut names = kept_files(dir)?;
+    if names.len() > max {
+        names.sort();
+        for old in &names[..names.len() - max] {
+            std::fs::remove_file(dir.join(old))
+                .with_context(|| format!("removing {}", dir.join(old).display()))?;
+        }
+    }
+    Ok(())
+}
+
+fn kept_files(dir: &Path) -> anyhow::Result<Vec<String>> {
+    let mut names = Vec::new();
+    for entry in std::fs::read_dir(dir).with_context(|| format!("reading {}", dir.display()))? {
+        let name = entry?.file_name().to_string_lossy().into_owned();
+        if name.len() == 25
+            && name.ends_with(".json")
+            && name[..20].bytes().all(|b| b.is_ascii_digit())
+        {
+            names.push(name);
+        }
+    }
+    Ok(names)
+}
+
+/// Every answer kept in `dir`, oldest first (none if nothing was kept).
+pub fn load(dir: &Path) -> anyhow::Result<Vec<Kept>> {
+    if !dir.exists() {
+        return Ok(Vec::new());
+    }
+    let mut names = kept_files(dir)?;
+    names.sort();
+    let mut out = Vec::with_capacity(names.len());
+    for name in names {
+        let path = dir.join(&name);
+        files::check_private(&path)?;
+        let len = std::fs::metadata(&path)?.len();
+        anyhow::ensure!(len <= MAX_FILE, "{} is {len} bytes: not a kept answer", path.display());
+        let text = std::fs::read_to_string(&path)?;
+        out.push(
+            serde_json::from_str(&text).with_context(|| format!("reading {}", path.display()))?,
+        );
+    }
+    Ok(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn kept(nonce: Nonce) -> Kept {
+        Kept {
+            nonce,
+            service_id: 0,
+            model_hash: H256::repeat_byte(1),
+            request: serde_json::json!({ "messages": [{ "role": "user", "content": "hi" }] }),
+            text: "hello".into(),
+            receipt: "0x00".into(),
+            proof: "0x01".into(),
+        }
+    }
+
+    #[test]
+    fn keeps_the_newest_and_reads_them_back_in_order() {
+        let dir = std::env::temp_dir().join(format!("compute-kept-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        for nonce in [7, 3, 9, 1, 8, 2, 10, 5] {
+            keep_at_most(&dir, &kept(nonce), 5).unwrap();
+        }
+        std::fs::write(dir.join("notes.txt"), "ignored").unwrap();
+        let all = load(&dir).unwrap();
+        let nonces: Vec<Nonce> = all.iter().map(|k| k.nonce).collect();
+        assert_eq!(nonces, [5, 7, 8, 9, 10], "the five highest nonces, oldest first");
+        assert_eq!(all.last(), Some(&kept(10)));
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+}
