@@ -28,8 +28,8 @@ use std::{
     time::Duration,
 };
 
-/// Largest weight file downloaded (a 70B model at 8 bits is some 75 GB).
-const MAX_WEIGHTS_BYTES: u64 = 256 << 30;
+/// Largest weight file downloaded (a 70B model at 6 bits; larger ones are given with `--weights`).
+const MAX_WEIGHTS_BYTES: u64 = 64 << 30;
 
 /// What to audit and with what.
 pub struct Options {

@@ -528,17 +528,16 @@ impl Chain {
         let url: Url = bounded("url", &terms.url)?;
         let verifiability: Verifiability = bounded("verifiability", &terms.verifiability)?;
         let call = if update { "update_service" } else { "register_service" };
-        let args = (
-            Scale(service_id),
-            Scale(terms.kind),
-            Scale(model),
-            Scale(terms.model_hash),
-            Scale(url),
-            Scale(terms.input_price),
-            Scale(terms.output_price),
-            Scale(verifiability),
-        );
-        self.submit(signer, call, args, Wait::Finalized).await
+        let on_chain = compute_primitives::ServiceTerms {
+            kind: terms.kind,
+            model,
+            model_hash: terms.model_hash,
+            url,
+            input_price: terms.input_price,
+            output_price: terms.output_price,
+            verifiability,
+        };
+        self.submit(signer, call, (Scale(service_id), Scale(on_chain)), Wait::Finalized).await
     }
 
     /// Move `amount` of free balance to `to` (`Balances::transfer_keep_alive`).

@@ -103,12 +103,9 @@ impl ActivationProof {
         let body = &rest[4..];
         let (tokens, body) = body.split_at(4 * n);
         let (indices, values) = body.split_at(2 * n * TOP_K);
-        let u16s = |b: &[u8]| b.chunks_exact(2).map(|c| u16::from_le_bytes([c[0], c[1]])).collect();
+        let u16s = |b: &[u8]| b.as_chunks::<2>().0.iter().map(|c| u16::from_le_bytes(*c)).collect();
         Ok(ActivationProof {
-            tokens: tokens
-                .chunks_exact(4)
-                .map(|c| u32::from_le_bytes([c[0], c[1], c[2], c[3]]))
-                .collect(),
+            tokens: tokens.as_chunks::<4>().0.iter().map(|c| u32::from_le_bytes(*c)).collect(),
             indices: u16s(indices),
             values: u16s(values),
         })
@@ -181,7 +178,9 @@ mod engine_part {
     fn top_k(row: &[f32], order: &mut Vec<u32>) -> [(u16, f32); TOP_K] {
         order.clear();
         order.extend(0..row.len().min(u16::MAX as usize + 1) as u32);
-        let key = |i: &u32| (std::cmp::Reverse(TotalAbs(row[*i as usize])), *i);
+        // For magnitudes the bit patterns order like the numbers, NaN above everything (so a
+        // broken row is never silently small).
+        let key = |i: &u32| (std::cmp::Reverse(row[*i as usize].abs().to_bits()), *i);
         let k = TOP_K.min(order.len());
         if k < order.len() {
             order.select_nth_unstable_by_key(k, key);
@@ -193,18 +192,6 @@ mod engine_part {
             *o = (i as u16, row[i as usize]);
         }
         out
-    }
-
-    /// `|x|` ordered totally (NaN above everything, so a broken row is never silently small).
-    #[derive(PartialEq, PartialOrd, Clone, Copy)]
-    struct TotalAbs(f32);
-
-    impl Eq for TotalAbs {}
-
-    impl Ord for TotalAbs {
-        fn cmp(&self, other: &Self) -> std::cmp::Ordering {
-            self.0.abs().total_cmp(&other.0.abs())
-        }
     }
 
     /// What validation measured on the chunk that agreed least.

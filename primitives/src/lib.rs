@@ -124,7 +124,38 @@ pub struct Service {
     pub price_version: u32,
 }
 
+/// What a provider offers a service on: the argument of `register_service` and
+/// `update_service`.
+#[derive(
+    Encode, Decode, DecodeWithMemTracking, MaxEncodedLen, TypeInfo, Clone, PartialEq, Eq, Debug,
+)]
+pub struct ServiceTerms {
+    pub kind: ServiceKind,
+    pub model: ModelName,
+    pub model_hash: H256,
+    pub url: Url,
+    pub input_price: Balance,
+    pub output_price: Balance,
+    pub verifiability: Verifiability,
+}
+
 impl Service {
+    /// A service on `terms`, at `price_version`.
+    pub fn new(terms: ServiceTerms, price_version: u32) -> Self {
+        let ServiceTerms { kind, model, model_hash, url, input_price, output_price, verifiability } =
+            terms;
+        Service {
+            kind,
+            model,
+            model_hash,
+            url,
+            input_price,
+            output_price,
+            verifiability,
+            price_version,
+        }
+    }
+
     /// The fee of a request with these token counts at this service's prices.
     pub fn fee(&self, input_tokens: u64, output_tokens: u64) -> Option<Balance> {
         fee(input_tokens, output_tokens, self.input_price, self.output_price)

@@ -62,9 +62,11 @@ test('amounts', () => {
 
 test('deposit, refund request, early withdraw refused, withdraw after the lock', async () => {
   // A provider registers a service: the enum and bounded byte vectors are encoded from metadata.
-  const reg = await submit(api, api.tx.compute.registerService(
-    0, 'Chat', 'SmolLM2-135M-Instruct', `0x${'4d'.repeat(32)}`, 'http://127.0.0.1:1', 1_000_000n,
-    4_000_000n, 'none'), bob);
+  const reg = await submit(api, api.tx.compute.registerService(0, {
+    kind: 'Chat', model: 'SmolLM2-135M-Instruct', modelHash: `0x${'4d'.repeat(32)}`,
+    url: 'http://127.0.0.1:1', inputPrice: 1_000_000n, outputPrice: 4_000_000n,
+    verifiability: 'none',
+  }), bob);
   assert.deepEqual(reg.events.map((e) => e.name), ['ServiceRegistered']);
   const listed = await services(api);
   assert.equal(listed.length, 1);

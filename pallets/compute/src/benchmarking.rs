@@ -82,8 +82,9 @@ fn bytes<S: Get<u32>>(len: u32) -> BoundedVec<u8, S> {
     alloc::vec![b'x'; len.min(S::get()) as usize].try_into().expect("within bound")
 }
 
-fn service() -> Service {
-    Service {
+/// Terms with every bounded field at its longest.
+fn terms() -> ServiceTerms {
+    ServiceTerms {
         kind: ServiceKind::Chat,
         model: bytes(compute_primitives::MAX_MODEL_LEN),
         model_hash: H256::repeat_byte(0x4d),
@@ -91,7 +92,6 @@ fn service() -> Service {
         input_price: 1_000,
         output_price: 2_000,
         verifiability: bytes(compute_primitives::MAX_VERIFIABILITY_LEN),
-        price_version: 0,
     }
 }
 
@@ -99,7 +99,8 @@ fn service() -> Service {
 fn provider<T: Config>(name: &str) -> (ecdsa::Public, AccountId32) {
     let (public, account) = key(name);
     fund::<T>(&account);
-    Pallet::<T>::do_register_service(account.clone(), 0, service()).expect("registers");
+    Pallet::<T>::do_register_service(account.clone(), 0, Service::new(terms(), 0))
+        .expect("registers");
     (public, account)
 }
 
@@ -147,38 +148,17 @@ mod benchmarks {
     fn register_service() {
         let (_, who) = key("provider");
         fund::<T>(&who);
-        let s = service();
         #[extrinsic_call]
-        _(
-            RawOrigin::Signed(who.clone()),
-            0,
-            s.kind,
-            s.model,
-            s.model_hash,
-            s.url,
-            s.input_price,
-            s.output_price,
-            s.verifiability,
-        );
+        _(RawOrigin::Signed(who.clone()), 0, terms());
         assert!(Services::<T>::contains_key(&who, 0));
     }
 
     #[benchmark]
     fn update_service() {
         let (_, who) = provider::<T>("provider");
-        let s = service();
+        let terms = ServiceTerms { input_price: 5, output_price: 6, ..terms() };
         #[extrinsic_call]
-        _(
-            RawOrigin::Signed(who.clone()),
-            0,
-            s.kind,
-            s.model,
-            s.model_hash,
-            s.url,
-            5,
-            6,
-            s.verifiability,
-        );
+        _(RawOrigin::Signed(who.clone()), 0, terms);
         assert_eq!(Services::<T>::get(&who, 0).map(|s| s.price_version), Some(1));
     }
 

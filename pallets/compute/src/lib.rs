@@ -497,59 +497,25 @@ pub mod pallet {
         /// tops the bond back up to it) and cancels unbonding.
         #[pallet::call_index(0)]
         #[pallet::weight(T::WeightInfo::register_service())]
-        #[allow(clippy::too_many_arguments)]
         pub fn register_service(
             origin: OriginFor<T>,
             service_id: ServiceId,
-            kind: ServiceKind,
-            model: ModelName,
-            model_hash: H256,
-            url: Url,
-            input_price: Balance,
-            output_price: Balance,
-            verifiability: Verifiability,
+            terms: ServiceTerms,
         ) -> DispatchResult {
             let provider = ensure_signed(origin)?;
-            let service = Service {
-                kind,
-                model,
-                model_hash,
-                url,
-                input_price,
-                output_price,
-                verifiability,
-                price_version: 0,
-            };
-            Self::do_register_service(provider, service_id, service)
+            Self::do_register_service(provider, service_id, Service::new(terms, 0))
         }
 
         /// Change a service's terms; its `price_version` goes up by one.
         #[pallet::call_index(1)]
         #[pallet::weight(T::WeightInfo::update_service())]
-        #[allow(clippy::too_many_arguments)]
         pub fn update_service(
             origin: OriginFor<T>,
             service_id: ServiceId,
-            kind: ServiceKind,
-            model: ModelName,
-            model_hash: H256,
-            url: Url,
-            input_price: Balance,
-            output_price: Balance,
-            verifiability: Verifiability,
+            terms: ServiceTerms,
         ) -> DispatchResult {
             let provider = ensure_signed(origin)?;
-            let terms = Service {
-                kind,
-                model,
-                model_hash,
-                url,
-                input_price,
-                output_price,
-                verifiability,
-                price_version: 0,
-            };
-            Self::do_update_service(provider, service_id, terms)
+            Self::do_update_service(provider, service_id, Service::new(terms, 0))
         }
 
         /// Remove a service. Removing the last one starts unbonding.

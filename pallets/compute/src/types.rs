@@ -3,7 +3,8 @@
 
 pub use compute_primitives::{
     Balance, Claim, Escrow, ModelName, Nonce, ProviderInfo, Receipt, RejectReason, Service,
-    ServiceId, ServiceKind, SignedReceipt, SignedVoucher, Url, Verifiability, Voucher,
+    ServiceId, ServiceKind, ServiceTerms, SignedReceipt, SignedVoucher, Url, Verifiability,
+    Voucher,
 };
 
 /// What happened to one accepted settlement claim.

@@ -310,17 +310,8 @@ fn apply(action: &Action, m: &mut Model) {
     // which the transactional dispatch and the checks below verify.
     match action.clone() {
         Action::Register { provider, service } => {
-            let _ = Compute::register_service(
-                origin(m, provider),
-                service,
-                ServiceKind::Chat,
-                bytes("m"),
-                H256::repeat_byte(0x4d),
-                bytes("u"),
-                1,
-                2,
-                bytes("none"),
-            );
+            let terms = terms(ServiceKind::Chat, "m", "u", 1, 2, "none");
+            let _ = Compute::register_service(origin(m, provider), service, terms);
         }
         Action::Remove { provider, service } => {
             let _ = Compute::remove_service(origin(m, provider), service);

@@ -22,17 +22,38 @@ pub(crate) fn bytes<S: polkadot_sdk::sp_core::Get<u32>>(s: &str) -> BoundedVec<u
     s.as_bytes().to_vec().try_into().expect("test string fits")
 }
 
+/// Terms committing to the weights `0x4d4d…`.
+pub(crate) fn terms(
+    kind: ServiceKind,
+    model: &str,
+    url: &str,
+    input_price: Balance,
+    output_price: Balance,
+    verifiability: &str,
+) -> ServiceTerms {
+    ServiceTerms {
+        kind,
+        model: bytes(model),
+        model_hash: H256::repeat_byte(0x4d),
+        url: bytes(url),
+        input_price,
+        output_price,
+        verifiability: bytes(verifiability),
+    }
+}
+
 pub(crate) fn register(provider: Sr25519Keyring, service_id: ServiceId) {
     assert_ok!(Compute::register_service(
         RuntimeOrigin::signed(account(provider)),
         service_id,
-        ServiceKind::Chat,
-        bytes("SmolLM2-135M-Instruct"),
-        H256::repeat_byte(0x4d),
-        bytes("http://127.0.0.1:8080"),
-        INPUT_PRICE,
-        OUTPUT_PRICE,
-        bytes("none"),
+        terms(
+            ServiceKind::Chat,
+            "SmolLM2-135M-Instruct",
+            "http://127.0.0.1:8080",
+            INPUT_PRICE,
+            OUTPUT_PRICE,
+            "none"
+        )
     ));
 }
 

@@ -35,13 +35,7 @@ fn duplicate_ids_and_too_many_services_are_refused() {
             Compute::register_service(
                 RuntimeOrigin::signed(account(Bob)),
                 0,
-                ServiceKind::Chat,
-                bytes("m"),
-                H256::repeat_byte(0x4d),
-                bytes("u"),
-                1,
-                1,
-                bytes("none")
+                terms(ServiceKind::Chat, "m", "u", 1, 1, "none")
             ),
             Error::<Test>::ServiceAlreadyRegistered
         );
@@ -52,13 +46,7 @@ fn duplicate_ids_and_too_many_services_are_refused() {
             Compute::register_service(
                 RuntimeOrigin::signed(account(Bob)),
                 9,
-                ServiceKind::Embedding,
-                bytes("m"),
-                H256::repeat_byte(0x4d),
-                bytes("u"),
-                1,
-                0,
-                bytes("none")
+                terms(ServiceKind::Embedding, "m", "u", 1, 0, "none")
             ),
             Error::<Test>::TooManyServices
         );
@@ -72,13 +60,7 @@ fn a_provider_without_funds_cannot_bond() {
             Compute::register_service(
                 RuntimeOrigin::signed(account(One)),
                 0,
-                ServiceKind::Chat,
-                bytes("m"),
-                H256::repeat_byte(0x4d),
-                bytes("u"),
-                1,
-                1,
-                bytes("none")
+                terms(ServiceKind::Chat, "m", "u", 1, 1, "none")
             ),
             Error::<Test>::InsufficientBalanceForBond
         );
@@ -92,13 +74,10 @@ fn updating_bumps_the_price_version() {
         assert_ok!(Compute::update_service(
             RuntimeOrigin::signed(account(Bob)),
             0,
-            ServiceKind::Chat,
-            bytes("m2"),
-            H256::repeat_byte(0x4e),
-            bytes("http://x"),
-            5,
-            7,
-            bytes("tee")
+            ServiceTerms {
+                model_hash: H256::repeat_byte(0x4e),
+                ..terms(ServiceKind::Chat, "m2", "http://x", 5, 7, "tee")
+            }
         ));
         let s = Services::<Test>::get(account(Bob), 0).unwrap();
         assert_eq!((s.price_version, s.input_price, s.output_price), (1, 5, 7));
@@ -108,13 +87,7 @@ fn updating_bumps_the_price_version() {
             Compute::update_service(
                 RuntimeOrigin::signed(account(Bob)),
                 3,
-                ServiceKind::Chat,
-                bytes("m"),
-                H256::repeat_byte(0x4d),
-                bytes("u"),
-                1,
-                1,
-                bytes("none")
+                terms(ServiceKind::Chat, "m", "u", 1, 1, "none")
             ),
             Error::<Test>::ServiceNotFound
         );
@@ -122,13 +95,7 @@ fn updating_bumps_the_price_version() {
             Compute::update_service(
                 RuntimeOrigin::signed(account(Charlie)),
                 0,
-                ServiceKind::Chat,
-                bytes("m"),
-                H256::repeat_byte(0x4d),
-                bytes("u"),
-                1,
-                1,
-                bytes("none")
+                terms(ServiceKind::Chat, "m", "u", 1, 1, "none")
             ),
             Error::<Test>::ServiceNotFound
         );
