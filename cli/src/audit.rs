@@ -165,7 +165,7 @@ fn check(
         match validate(model, &prompt, &proof, THRESHOLDS) {
             Verdict::Pass(worst) => Ok(worst.map_or_else(
                 || "no tokens".to_string(),
-                |w| format!("activations match (least overlap {:.2})", w.overlap),
+                |w| format!("activations match (largest chunk error {:.3} of RMS)", w.error),
             )),
             Verdict::Fail(reason) => Err(format!("not these weights' answer: {reason}")),
         },

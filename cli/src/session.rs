@@ -665,13 +665,8 @@ mod tests {
 
     /// The bytes of a well-formed activation proof of `n` tokens.
     fn proof(n: usize) -> Vec<u8> {
-        use compute_inference::proof::TOP_K;
-        ActivationProof {
-            tokens: vec![1; n],
-            indices: vec![0; n * TOP_K],
-            values: vec![0; n * TOP_K],
-        }
-        .to_bytes()
+        use compute_inference::proof::ENTRIES;
+        ActivationProof { tokens: vec![1; n], values: vec![0; n * ENTRIES] }.to_bytes()
     }
 
     fn receipt(v: &Voucher, text: &str, fee: Balance) -> Receipt {

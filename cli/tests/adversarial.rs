@@ -803,7 +803,6 @@ fn a_lying_provider_cannot_take_the_users_money() {
 /// A well-formed activation proof of the five tokens every answer bills (the CLI checks its
 /// form and hash, not the activations: that is `compute audit`'s work).
 fn proof() -> Vec<u8> {
-    use compute_inference::proof::{ActivationProof, TOP_K};
-    ActivationProof { tokens: vec![1; 5], indices: vec![0; 5 * TOP_K], values: vec![0; 5 * TOP_K] }
-        .to_bytes()
+    use compute_inference::proof::{ActivationProof, ENTRIES};
+    ActivationProof { tokens: vec![1; 5], values: vec![0; 5 * ENTRIES] }.to_bytes()
 }

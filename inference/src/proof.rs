@@ -2,35 +2,61 @@
 //! generated a response, which anyone holding the same weights can check with one batched
 //! prefill (far cheaper than generating).
 //!
-//! While generating, the worker keeps, for every generated token, the [`TOP_K`] largest
-//! entries (by magnitude) of the final hidden state that produced it, with their positions and
-//! their values rounded to half precision. A validator feeds the prompt and the generated tokens
-//! through the committed weights in one pass, recomputes those hidden states and compares: the
-//! committed positions must be (nearly all) among its own largest entries, and the values must
-//! agree within the noise that different kernels, thread counts and batch compositions leave.
-//! Other weights (another model, a coarser quantization, a perturbed copy), another context (a
-//! changed system prompt, a truncated history) or a proof lifted from another response move the
-//! hidden states far beyond that noise. The check runs per chunk of [`CHUNK`] tokens, so a
-//! response cannot hide a substituted stretch in an honest average. Thresholds are calibrated by
+//! While generating, the worker keeps, for every generated token, [`ENTRIES`] entries of the
+//! final hidden state that produced it, rounded to half precision. Which entries is fixed by the
+//! token's place in the response ([`positions`]): spread over the whole hidden state, different
+//! for each token, so a chunk of tokens samples most of it. A validator feeds the prompt and the
+//! generated tokens through the committed weights in one pass, recomputes those hidden states
+//! and measures how far the committed values are from its own, in units of each state's RMS.
+//! Different kernels, thread counts and batch compositions move them by about 2 % of the RMS;
+//! other weights (another model, a coarser quantization, a perturbed copy), another context (a
+//! changed system prompt, a truncated history) or a proof lifted from another response move
+//! them by 10 % to 100 %. The check runs per chunk of [`CHUNK`] tokens, so a response cannot
+//! hide a substituted stretch in an honest average. Thresholds are calibrated by
 //! `tests/proof.rs`; `docs/verification.md` gives the figures.
 //!
-//! Byte format (version 1, little-endian), [`ActivationProof::to_bytes`]:
-//! `version: u8`, `n: u32`, `n x token: u32`, `n x TOP_K x index: u16`,
-//! `n x TOP_K x value: u16` (IEEE half-precision bits); `5 + n * (4 + 4 * TOP_K)` bytes. The
-//! receipt's `proof_hash` is blake2-256 of these bytes.
+//! Byte format (version 1, little-endian), [`ActivationProof::to_bytes`]: `version: u8`,
+//! `n: u32`, `n x token: u32`, `n x ENTRIES x value: u16` (IEEE half-precision bits, token after
+//! token); `5 + n * (4 + 2 * ENTRIES)` bytes. The receipt's `proof_hash` is blake2-256 of these
+//! bytes.
 
 /// Version of the proof format and its parameters.
 pub const PROOF_VERSION: u8 = 1;
 
-/// Largest-magnitude hidden-state entries committed per generated token.
-pub const TOP_K: usize = 8;
+/// Hidden-state entries committed per generated token.
+pub const ENTRIES: usize = 8;
 
 /// Tokens per validation chunk: each chunk must pass on its own.
 pub const CHUNK: usize = 32;
 
 /// Bytes of a proof of `n` tokens.
 pub const fn proof_len(n: usize) -> usize {
-    5 + n * (4 + 4 * TOP_K)
+    5 + n * (4 + 2 * ENTRIES)
+}
+
+/// The positions in a hidden state of width `hidden` committed for the `token`-th generated
+/// token: `ENTRIES` consecutive steps of a stride coprime to `hidden` (about 0.618 of it), so
+/// the entries of one token are distinct and successive tokens cover the state evenly.
+pub fn positions(token: usize, hidden: usize) -> impl Iterator<Item = usize> {
+    let stride = stride(hidden);
+    (0..ENTRIES).map(move |i| {
+        let k = (token as u128 * ENTRIES as u128 + i as u128) * stride as u128;
+        (k % hidden.max(1) as u128) as usize
+    })
+}
+
+fn stride(hidden: usize) -> usize {
+    let gcd = |mut a: usize, mut b: usize| {
+        while b != 0 {
+            (a, b) = (b, a % b);
+        }
+        a
+    };
+    let mut s = (hidden * 618 / 1000).max(1);
+    while hidden > 1 && gcd(s, hidden) != 1 {
+        s += 1;
+    }
+    s
 }
 
 /// A commitment to the hidden states behind each generated token.
@@ -38,9 +64,7 @@ pub const fn proof_len(n: usize) -> usize {
 pub struct ActivationProof {
     /// The generated token ids, in order (a stop token that ended generation excluded).
     pub tokens: Vec<u32>,
-    /// `tokens.len() x TOP_K` positions in the hidden state, ascending within each token.
-    pub indices: Vec<u16>,
-    /// The values at `indices`, as half-precision bits.
+    /// `tokens.len() x ENTRIES` half-precision bits: token `j`'s values at [`positions`]`(j)`.
     pub values: Vec<u16>,
 }
 
@@ -75,9 +99,6 @@ impl ActivationProof {
         for t in &self.tokens {
             out.extend_from_slice(&t.to_le_bytes());
         }
-        for i in &self.indices {
-            out.extend_from_slice(&i.to_le_bytes());
-        }
         for v in &self.values {
             out.extend_from_slice(&v.to_le_bytes());
         }
@@ -93,21 +114,17 @@ impl ActivationProof {
         let n = rest.get(..4).ok_or(ProofFormatError::Truncated)?;
         let n = u32::from_le_bytes([n[0], n[1], n[2], n[3]]) as usize;
         // Compare in u128 so a huge claimed `n` cannot overflow the expected length.
-        let expected = 5u128 + n as u128 * (4 + 4 * TOP_K as u128);
+        let expected = 5u128 + n as u128 * (4 + 2 * ENTRIES as u128);
         if bytes.len() as u128 != expected {
             return Err(ProofFormatError::Length {
                 got: bytes.len(),
                 expected: usize::try_from(expected).unwrap_or(usize::MAX),
             });
         }
-        let body = &rest[4..];
-        let (tokens, body) = body.split_at(4 * n);
-        let (indices, values) = body.split_at(2 * n * TOP_K);
-        let u16s = |b: &[u8]| b.as_chunks::<2>().0.iter().map(|c| u16::from_le_bytes(*c)).collect();
+        let (tokens, values) = rest[4..].split_at(4 * n);
         Ok(ActivationProof {
             tokens: tokens.as_chunks::<4>().0.iter().map(|c| u32::from_le_bytes(*c)).collect(),
-            indices: u16s(indices),
-            values: u16s(values),
+            values: values.as_chunks::<2>().0.iter().map(|c| u16::from_le_bytes(*c)).collect(),
         })
     }
 }
@@ -135,24 +152,28 @@ pub use engine_part::*;
 
 #[cfg(feature = "engine")]
 mod engine_part {
-    use super::{ActivationProof, CHUNK, TOP_K};
+    use super::{positions, ActivationProof, CHUNK, ENTRIES};
     use crate::llama::Llama;
     use half::f16;
+
+    /// Largest error one entry contributes, in RMS units (a wild value counts, but does not
+    /// swamp a chunk's mean on its own).
+    const ENTRY_ERROR_CAP: f64 = 4.0;
 
     /// Collects a proof while a response is generated: one call per generated token with the
     /// hidden state that produced it.
     #[derive(Debug, Default)]
     pub struct ProofBuilder {
         proof: ActivationProof,
-        order: Vec<u32>,
     }
 
     impl ProofBuilder {
         /// Record token `token`, produced from the final hidden state `hidden`.
         pub fn push(&mut self, token: u32, hidden: &[f32]) {
+            let j = self.proof.tokens.len();
             self.proof.tokens.push(token);
-            for (i, v) in top_k(hidden, &mut self.order) {
-                self.proof.indices.push(i);
+            for p in positions(j, hidden.len()) {
+                let v = hidden.get(p).copied().unwrap_or(f32::NAN);
                 self.proof.values.push(f16::from_f32(v).to_bits());
             }
         }
@@ -173,48 +194,45 @@ mod engine_part {
         }
     }
 
-    /// The [`TOP_K`] entries of `row` largest in magnitude (ties to the lower index), ascending
-    /// by index; `order` is scratch space.
-    fn top_k(row: &[f32], order: &mut Vec<u32>) -> [(u16, f32); TOP_K] {
-        order.clear();
-        order.extend(0..row.len().min(u16::MAX as usize + 1) as u32);
-        // For magnitudes the bit patterns order like the numbers, NaN above everything (so a
-        // broken row is never silently small).
-        let key = |i: &u32| (std::cmp::Reverse(row[*i as usize].abs().to_bits()), *i);
-        let k = TOP_K.min(order.len());
-        if k < order.len() {
-            order.select_nth_unstable_by_key(k, key);
+    /// The chunks of `n` tokens, as `(first, end)`: [`CHUNK`] tokens each, a shorter rest of
+    /// fewer than `CHUNK / 2` tokens joined to the chunk before it (a handful of tokens would
+    /// make a noisy mean on its own).
+    fn chunks(n: usize) -> impl Iterator<Item = (usize, usize)> {
+        let mut bounds: Vec<(usize, usize)> =
+            (0..n).step_by(CHUNK).map(|first| (first, (first + CHUNK).min(n))).collect();
+        if bounds.len() > 1 && bounds.last().is_some_and(|(a, b)| b - a < CHUNK / 2) {
+            if let Some((_, end)) = bounds.pop() {
+                if let Some(last) = bounds.last_mut() {
+                    last.1 = end;
+                }
+            }
         }
-        let top = &mut order[..k];
-        top.sort_unstable();
-        let mut out = [(0u16, 0f32); TOP_K];
-        for (o, &i) in out.iter_mut().zip(top.iter()) {
-            *o = (i as u16, row[i as usize]);
-        }
-        out
+        bounds.into_iter()
     }
 
-    /// What validation measured on the chunk that agreed least.
+    #[cfg(test)]
+    pub(super) fn chunks_of(n: usize) -> Vec<(usize, usize)> {
+        chunks(n).collect()
+    }
+
+    /// What validation measured on one chunk.
     #[derive(Debug, Clone, Copy, PartialEq)]
     pub struct ChunkScore {
         /// Index of the chunk (tokens `chunk * CHUNK ..`).
         pub chunk: usize,
-        /// Share of committed positions found among the recomputed largest entries.
-        pub overlap: f64,
-        /// Mean of `|committed - recomputed| / |recomputed|` over the committed positions.
-        pub mean_error: f64,
+        /// Mean of `|committed - recomputed|`, in units of the recomputed state's RMS, over the
+        /// chunk's committed entries.
+        pub error: f64,
     }
 
-    /// Thresholds of [`validate`]: a chunk passes when its overlap is at least `min_overlap` and
-    /// its mean relative error at most `max_mean_error`.
+    /// Thresholds of [`validate`]: a chunk passes when its error is at most `max_error`.
     #[derive(Debug, Clone, Copy, PartialEq)]
     pub struct Thresholds {
-        pub min_overlap: f64,
-        pub max_mean_error: f64,
+        pub max_error: f64,
     }
 
     /// The calibrated thresholds (`tests/proof.rs`, `docs/verification.md`).
-    pub const THRESHOLDS: Thresholds = Thresholds { min_overlap: 0.9, max_mean_error: 0.05 };
+    pub const THRESHOLDS: Thresholds = Thresholds { max_error: 0.06 };
 
     /// The outcome of checking a proof.
     #[derive(Debug, Clone, PartialEq)]
@@ -235,17 +253,15 @@ mod engine_part {
     /// Why a proof failed.
     #[derive(Debug, Clone, PartialEq, thiserror::Error)]
     pub enum FailReason {
-        #[error("the proof covers {tokens} tokens but commits {entries} entries")]
+        #[error("the proof covers {tokens} tokens but commits {entries} values")]
         Malformed { tokens: usize, entries: usize },
-        #[error("the proof commits position {index} of a hidden state of {hidden}")]
-        IndexOutOfRange { index: u16, hidden: usize },
         #[error("token {0} is outside the model's vocabulary")]
         TokenOutOfRange(u32),
         #[error("prompt and response ({0} tokens) exceed the model's context")]
         TooLong(usize),
         #[error("empty prompt")]
         EmptyPrompt,
-        #[error("chunk {} disagrees: overlap {:.3}, mean error {:.4}", .0.chunk, .0.overlap, .0.mean_error)]
+        #[error("chunk {} disagrees: error {:.4} of the state's RMS", .0.chunk, .0.error)]
         Mismatch(ChunkScore),
         #[error("the model failed: {0}")]
         Model(String),
@@ -263,18 +279,12 @@ mod engine_part {
         match scores(model, prompt, proof) {
             Err(reason) => Verdict::Fail(reason),
             Ok(scores) => {
-                for s in &scores {
-                    if s.overlap < thresholds.min_overlap
-                        || s.mean_error > thresholds.max_mean_error
-                    {
-                        return Verdict::Fail(FailReason::Mismatch(*s));
+                match scores.iter().find(|s| s.error.is_nan() || s.error > thresholds.max_error) {
+                    Some(s) => Verdict::Fail(FailReason::Mismatch(*s)),
+                    None => {
+                        Verdict::Pass(scores.into_iter().max_by(|a, b| a.error.total_cmp(&b.error)))
                     }
                 }
-                Verdict::Pass(scores.into_iter().min_by(|a, b| {
-                    (a.overlap, -a.mean_error)
-                        .partial_cmp(&(b.overlap, -b.mean_error))
-                        .unwrap_or(std::cmp::Ordering::Equal)
-                }))
             }
         }
     }
@@ -287,11 +297,8 @@ mod engine_part {
     ) -> Result<Vec<ChunkScore>, FailReason> {
         let c = &model.config;
         let (n, d) = (proof.tokens.len(), c.hidden);
-        if proof.indices.len() != n * TOP_K || proof.values.len() != n * TOP_K {
-            return Err(FailReason::Malformed { tokens: n, entries: proof.indices.len() });
-        }
-        if let Some(&index) = proof.indices.iter().find(|i| **i as usize >= d) {
-            return Err(FailReason::IndexOutOfRange { index, hidden: d });
+        if proof.values.len() != n * ENTRIES {
+            return Err(FailReason::Malformed { tokens: n, entries: proof.values.len() });
         }
         if let Some(&t) = proof.tokens.iter().find(|t| **t as usize >= c.vocab) {
             return Err(FailReason::TokenOutOfRange(t));
@@ -311,27 +318,22 @@ mod engine_part {
         let hidden = model.hidden_states(&fed).map_err(|e| FailReason::Model(e.to_string()))?;
         // Row j (producing token j) is the hidden state at position prompt.len() - 1 + j.
         let rows = &hidden[(prompt.len() - 1) * d..];
-        let mut order = Vec::new();
         let mut out = Vec::with_capacity(n.div_ceil(CHUNK));
-        for (chunk, first) in (0..n).step_by(CHUNK).enumerate() {
-            let (mut found, mut error, mut entries) = (0usize, 0f64, 0usize);
-            for j in first..(first + CHUNK).min(n) {
+        for (chunk, (first, end)) in chunks(n).enumerate() {
+            let (mut error, mut entries) = (0f64, 0usize);
+            for j in first..end {
                 let row = &rows[j * d..(j + 1) * d];
-                let own = top_k(row, &mut order);
-                for e in j * TOP_K..(j + 1) * TOP_K {
-                    let (i, v) = (proof.indices[e], f16::from_bits(proof.values[e]).to_f32());
-                    found += usize::from(own.iter().any(|(o, _)| *o == i));
-                    let r = row[i as usize];
-                    let rel = ((v - r).abs() / r.abs().max(f32::EPSILON)) as f64;
-                    error += if rel.is_finite() { rel.min(1.0) } else { 1.0 };
+                let rms = (row.iter().map(|x| f64::from(*x).powi(2)).sum::<f64>() / d as f64)
+                    .sqrt()
+                    .max(f64::from(f32::EPSILON));
+                for (p, bits) in positions(j, d).zip(&proof.values[j * ENTRIES..]) {
+                    let committed = f64::from(f16::from_bits(*bits).to_f32());
+                    let e = (committed - f64::from(row[p])).abs() / rms;
+                    error += if e.is_finite() { e.min(ENTRY_ERROR_CAP) } else { ENTRY_ERROR_CAP };
                     entries += 1;
                 }
             }
-            out.push(ChunkScore {
-                chunk,
-                overlap: found as f64 / entries as f64,
-                mean_error: error / entries as f64,
-            });
+            out.push(ChunkScore { chunk, error: error / entries as f64 });
         }
         Ok(out)
     }
@@ -345,8 +347,7 @@ mod tests {
     fn bytes_round_trip_and_refuse_other_lengths_and_versions() {
         let proof = ActivationProof {
             tokens: vec![1, 70_000],
-            indices: (0..2 * TOP_K as u16).collect(),
-            values: (100..100 + 2 * TOP_K as u16).collect(),
+            values: (100..100 + 2 * ENTRIES as u16).collect(),
         };
         let bytes = proof.to_bytes();
         assert_eq!(bytes.len(), proof_len(2));
@@ -363,9 +364,38 @@ mod tests {
         assert!(matches!(ActivationProof::from_bytes(&huge), Err(ProofFormatError::Length { .. })));
         assert_eq!(ActivationProof::from_bytes(&[]), Err(ProofFormatError::Truncated));
         assert_eq!(ActivationProof::from_bytes(&[1, 0, 0]), Err(ProofFormatError::Truncated));
-        assert_eq!(
-            ActivationProof::from_bytes(&ActivationProof::default().to_bytes()).unwrap().len(),
-            0
-        );
+        let empty = ActivationProof::default().to_bytes();
+        assert_eq!(ActivationProof::from_bytes(&empty).unwrap().len(), 0);
+    }
+
+    #[cfg(feature = "engine")]
+    #[test]
+    fn a_short_rest_joins_the_chunk_before() {
+        let all = |n| engine_part::chunks_of(n);
+        assert_eq!(all(0), vec![]);
+        assert_eq!(all(5), vec![(0, 5)]);
+        assert_eq!(all(32), vec![(0, 32)]);
+        assert_eq!(all(40), vec![(0, 40)]);
+        assert_eq!(all(48), vec![(0, 32), (32, 48)]);
+        assert_eq!(all(70), vec![(0, 32), (32, 70)]);
+    }
+
+    #[test]
+    fn positions_are_distinct_per_token_and_cover_the_state() {
+        for hidden in [576, 2048, 4096, 5120, 7, 1] {
+            let mut seen = vec![0u32; hidden];
+            for j in 0..hidden.div_ceil(ENTRIES) {
+                let mut mine: Vec<usize> = positions(j, hidden).collect();
+                assert!(mine.iter().all(|p| *p < hidden));
+                mine.sort();
+                mine.dedup();
+                assert_eq!(mine.len(), ENTRIES.min(hidden), "hidden {hidden}, token {j}");
+                for p in mine {
+                    seen[p] += 1;
+                }
+            }
+            // `hidden / ENTRIES` tokens visit every position once.
+            assert!(seen.iter().all(|s| *s >= 1), "hidden {hidden}");
+        }
     }
 }

@@ -137,7 +137,7 @@ fn requantized(path: &Path, dtype: GgmlDType) -> PathBuf {
 /// Every matrix of the layers' MLPs plus noise of `relative` times its own spread, in the
 /// original format.
 fn perturbed(path: &Path, relative: f64) -> PathBuf {
-    rewrite(path, "perturbed", |name, t| {
+    rewrite(path, &format!("perturbed-{relative}"), |name, t| {
         if !name.contains("ffn_") {
             return t;
         }
@@ -181,8 +181,8 @@ fn honest_prompt(engine: &Engine, conv: &[ChatMessage]) -> Vec<u32> {
     engine.tokenizer.encode(&ChatTemplate::default().render(conv)).unwrap()
 }
 
-/// Verdicts, and per response the score of its least agreeing chunk (lowest overlap, highest
-/// error): what decides its verdict.
+/// Verdicts, and per response the score of its least agreeing chunk (highest error): what
+/// decides its verdict.
 #[derive(Default)]
 struct Tally {
     passed: usize,
@@ -193,9 +193,8 @@ struct Tally {
 impl Tally {
     fn add(&mut self, validator: &Llama, prompt: &[u32], proof: &ActivationProof) {
         if let Ok(s) = scores(validator, prompt, proof) {
-            let overlap = s.iter().map(|c| c.overlap).fold(f64::INFINITY, f64::min);
-            let mean_error = s.iter().map(|c| c.mean_error).fold(0.0, f64::max);
-            self.worst.push(ChunkScore { chunk: s.len(), overlap, mean_error });
+            let error = s.iter().map(|c| c.error).fold(0.0, f64::max);
+            self.worst.push(ChunkScore { chunk: s.len(), error });
         }
         match validate(validator, prompt, proof, THRESHOLDS) {
             Verdict::Pass(_) => self.passed += 1,
@@ -209,14 +208,12 @@ impl Tally {
         let max =
             |f: fn(&ChunkScore) -> f64| self.worst.iter().map(f).fold(f64::NEG_INFINITY, f64::max);
         println!(
-            "{what:<36} pass {:>4} fail {:>4}  chunks {:>4}  worst overlap {:.3}..{:.3}  worst error {:.4}..{:.4}",
+            "{what:<36} pass {:>4} fail {:>4}  chunks {:>4}  worst chunk's error {:.4}..{:.4}",
             self.passed,
             self.failed,
             self.worst.iter().map(|s| s.chunk).sum::<usize>(),
-            min(|s| s.overlap),
-            max(|s| s.overlap),
-            min(|s| s.mean_error),
-            max(|s| s.mean_error),
+            min(|s| s.error),
+            max(|s| s.error),
         );
     }
 }
@@ -313,29 +310,25 @@ fn honest_responses_pass_and_substitutes_fail() {
 
 #[test]
 fn malformed_proofs_fail_with_reasons() {
-    use compute_inference::proof::{FailReason, TOP_K};
+    use compute_inference::proof::{FailReason, ENTRIES};
     let stored = read_gguf(&model_path(), WeightFormat::AsStored).unwrap();
     let model = Llama::from_gguf(&stored.content, &stored.bytes, &Device::Cpu).unwrap();
     let prompt = [1u32, 2, 3];
-    let proof = |tokens: Vec<u32>, index: u16| ActivationProof {
-        indices: vec![index; tokens.len() * TOP_K],
-        values: vec![0; tokens.len() * TOP_K],
-        tokens,
-    };
+    let proof =
+        |tokens: Vec<u32>| ActivationProof { values: vec![0; tokens.len() * ENTRIES], tokens };
     let fail = |p: &ActivationProof, prompt: &[u32]| match validate(&model, prompt, p, THRESHOLDS) {
         Verdict::Fail(r) => r,
         Verdict::Pass(_) => panic!("passed"),
     };
-    assert!(matches!(fail(&proof(vec![5], 9_999), &prompt), FailReason::IndexOutOfRange { .. }));
-    assert!(matches!(fail(&proof(vec![u32::MAX], 0), &prompt), FailReason::TokenOutOfRange(_)));
-    assert_eq!(fail(&proof(vec![5], 0), &[]), FailReason::EmptyPrompt);
-    let long = proof(vec![5; model.config.context], 0);
+    assert!(matches!(fail(&proof(vec![u32::MAX]), &prompt), FailReason::TokenOutOfRange(_)));
+    assert_eq!(fail(&proof(vec![5]), &[]), FailReason::EmptyPrompt);
+    let long = proof(vec![5; model.config.context]);
     assert!(matches!(fail(&long, &prompt), FailReason::TooLong(_)));
-    let mut short = proof(vec![5, 6], 0);
+    let mut short = proof(vec![5, 6]);
     short.values.pop();
     assert!(matches!(fail(&short, &prompt), FailReason::Malformed { .. }));
-    // Zeros at position 0 are not what the model computes.
-    assert!(matches!(fail(&proof(vec![5, 6], 0), &prompt), FailReason::Mismatch(_)));
+    // Zeros are not what the model computes.
+    assert!(matches!(fail(&proof(vec![5, 6]), &prompt), FailReason::Mismatch(_)));
     // No generated token: nothing to check, nothing to fail.
     assert!(validate(&model, &prompt, &ActivationProof::default(), THRESHOLDS).passed());
 }
