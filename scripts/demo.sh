@@ -67,7 +67,7 @@ id = 0
 model_name = "SmolLM2-135M-Instruct"
 input_price = "1000000"
 output_price = "4000000"
-verifiability = "none"
+verifiability = "activation-proof-v1"
 [[services]]
 id = 1
 kind = "embedding"
@@ -127,6 +127,9 @@ curl -s "http://127.0.0.1:$PROXY_PORT/v1/chat/completions" -H 'content-type: app
     -d '{"model":"SmolLM2-135M-Instruct","max_tokens":24,"messages":[{"role":"user","content":"Name three colours."}]}' |
     python3 -c 'import json,sys; r=json.load(sys.stdin); print(r["choices"][0]["message"]["content"]); print("-- usage", r["usage"], "fee", r["receipt"]["fee"], "total", r["receipt"]["total"])'
 kill "$PPID_" 2>/dev/null || true
+echo "==> Charlie audits Bob: every kept answer's activation proof recomputed with the weights"
+echo "    Bob's service committed to on chain (downloaded from the worker, checked against the hash)"
+compute audit "$BOB"
 echo "==> Charlie closes the session with a signed ack of the total"
 compute ack "$BOB"
 total=$(python3 -c 'import json,sys; s=json.load(open(sys.argv[1])); print(list(s["providers"].values())[0]["total"])' "$BASE/state.json")

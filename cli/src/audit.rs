@@ -59,8 +59,12 @@ pub async fn run(
     opts: &Options,
 ) -> anyhow::Result<Vec<Finding>> {
     anyhow::ensure!(opts.sample > 0.0 && opts.sample <= 1.0, "--sample must be in (0, 1]");
-    let all = kept::load(&kept::dir(state_path, user, provider))?;
-    if all.is_empty() {
+    let (all, unreadable) = kept::load(&kept::dir(state_path, user, provider))?;
+    let mut findings: Vec<Finding> = unreadable
+        .into_iter()
+        .map(|(nonce, why)| Finding { nonce, tokens: 0, passed: false, detail: why })
+        .collect();
+    if all.is_empty() && findings.is_empty() {
         bail!(
             "no answers from {provider} are kept; `compute chat` and `compute proxy` keep every \
              chat answer whose receipt verifies"
@@ -73,7 +77,6 @@ pub async fn run(
         }
     }
     let services = chain.services_of(provider).await?;
-    let mut findings = Vec::new();
     for (hash, answers) in by_weights {
         if hash.is_zero() {
             for k in answers {
@@ -91,11 +94,30 @@ pub async fn run(
             .find(|s| s.model_hash == hash)
             .or_else(|| services.iter().find(|s| s.service_id == answers[0].service_id))
             .map(|s| s.url.clone());
-        let path = weights(state_path, hash, opts, url.as_deref()).await?;
-        let loaded = read_gguf(&path, WeightFormat::AsStored)?;
-        let model = Llama::from_gguf(&loaded.content, &loaded.bytes, &Device::Cpu)
-            .map_err(|e| anyhow!("loading {}: {e}", path.display()))?;
-        let tokenizer = ModelTokenizer::from_gguf(&loaded.content)?;
+        // Weights that cannot be had (the provider stopped serving them, or serves others) fail
+        // the answers that need them; they do not stop the audit of the rest.
+        let loaded = async {
+            let path = weights(state_path, hash, opts, url.as_deref()).await?;
+            let loaded = read_gguf(&path, WeightFormat::AsStored)?;
+            let model = Llama::from_gguf(&loaded.content, &loaded.bytes, &Device::Cpu)
+                .map_err(|e| anyhow!("loading {}: {e}", path.display()))?;
+            let tokenizer = ModelTokenizer::from_gguf(&loaded.content)?;
+            Ok::<_, anyhow::Error>((model, tokenizer))
+        };
+        let (model, tokenizer) = match loaded.await {
+            Ok(m) => m,
+            Err(e) => {
+                for k in answers {
+                    findings.push(Finding {
+                        nonce: k.nonce,
+                        tokens: 0,
+                        passed: false,
+                        detail: format!("the committed weights {hash:?} cannot be checked: {e:#}"),
+                    });
+                }
+                continue;
+            }
+        };
         for k in answers {
             let (tokens, result) = match check(&model, &tokenizer, &k) {
                 Ok((tokens, verdict)) => (tokens, verdict),
@@ -201,7 +223,10 @@ async fn weights(
     let from = format!("{}/v1/weights/{hash:?}", url.trim_end_matches('/'));
     eprintln!("downloading the committed weights from {from}");
     let partial = cache.join(format!("{hash:?}.part"));
-    download(&from, &partial, opts.timeout).await?;
+    if let Err(e) = download(&from, &partial, opts.timeout).await {
+        let _ = std::fs::remove_file(&partial);
+        return Err(e);
+    }
     if !check(&partial)? {
         let _ = std::fs::remove_file(&partial);
         bail!("the provider served weights that do not hash to {hash:?}");

@@ -52,6 +52,11 @@ pub fn keep(dir: &Path, kept: &Kept) -> anyhow::Result<()> {
 fn keep_at_most(dir: &Path, kept: &Kept, max: usize) -> anyhow::Result<()> {
     files::create_private_dir(dir)?;
     let bytes = serde_json::to_vec(kept)?;
+    anyhow::ensure!(
+        bytes.len() as u64 <= MAX_FILE,
+        "an answer of {} bytes is not kept",
+        bytes.len()
+    );
     files::write_private(&dir.join(file_name(kept.nonce)), &bytes)?;
     let mut names = kept_files(dir)?;
     if names.len() > max {
@@ -78,25 +83,31 @@ fn kept_files(dir: &Path) -> anyhow::Result<Vec<String>> {
     Ok(names)
 }
 
-/// Every answer kept in `dir`, oldest first (none if nothing was kept).
-pub fn load(dir: &Path) -> anyhow::Result<Vec<Kept>> {
+/// Every answer kept in `dir`, oldest first (none if nothing was kept), and the nonces of
+/// files that could not be read, with why: one bad file does not hide the others.
+#[allow(clippy::type_complexity)]
+pub fn load(dir: &Path) -> anyhow::Result<(Vec<Kept>, Vec<(Nonce, String)>)> {
     if !dir.exists() {
-        return Ok(Vec::new());
+        return Ok((Vec::new(), Vec::new()));
     }
     let mut names = kept_files(dir)?;
     names.sort();
-    let mut out = Vec::with_capacity(names.len());
+    let (mut out, mut bad) = (Vec::with_capacity(names.len()), Vec::new());
     for name in names {
         let path = dir.join(&name);
-        files::check_private(&path)?;
-        let len = std::fs::metadata(&path)?.len();
-        anyhow::ensure!(len <= MAX_FILE, "{} is {len} bytes: not a kept answer", path.display());
-        let text = std::fs::read_to_string(&path)?;
-        out.push(
-            serde_json::from_str(&text).with_context(|| format!("reading {}", path.display()))?,
-        );
+        let nonce = name[..20].parse().unwrap_or_default();
+        let read = || -> anyhow::Result<Kept> {
+            files::check_private(&path)?;
+            let len = std::fs::metadata(&path)?.len();
+            anyhow::ensure!(len <= MAX_FILE, "{len} bytes: not a kept answer");
+            Ok(serde_json::from_str(&std::fs::read_to_string(&path)?)?)
+        };
+        match read() {
+            Ok(k) => out.push(k),
+            Err(e) => bad.push((nonce, format!("kept answer unreadable: {e:#}"))),
+        }
     }
-    Ok(out)
+    Ok((out, bad))
 }
 
 #[cfg(test)]
@@ -123,10 +134,17 @@ mod tests {
             keep_at_most(&dir, &kept(nonce), 5).unwrap();
         }
         std::fs::write(dir.join("notes.txt"), "ignored").unwrap();
-        let all = load(&dir).unwrap();
+        let (all, bad) = load(&dir).unwrap();
+        assert!(bad.is_empty());
         let nonces: Vec<Nonce> = all.iter().map(|k| k.nonce).collect();
         assert_eq!(nonces, [5, 7, 8, 9, 10], "the five highest nonces, oldest first");
         assert_eq!(all.last(), Some(&kept(10)));
+        // A damaged file is reported with its nonce; the others still load.
+        std::fs::write(dir.join(file_name(8)), "{").unwrap();
+        let (all, bad) = load(&dir).unwrap();
+        assert_eq!(all.iter().map(|k| k.nonce).collect::<Vec<_>>(), [5, 7, 9, 10]);
+        assert_eq!(bad.len(), 1);
+        assert_eq!(bad[0].0, 8);
         let _ = std::fs::remove_dir_all(&dir);
     }
 }

@@ -336,8 +336,8 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             ctx.out(serde_json::to_value(&findings)?, text);
             if failed > 0 {
                 bail!(
-                    "{failed} of {} answers from {provider} were not computed by the weights its \
-                     service committed to",
+                    "{failed} of {} answers from {provider} failed the audit (see each answer's \
+                     reason above)",
                     findings.len()
                 );
             }

@@ -359,8 +359,7 @@ impl Session {
         &self,
         after: u64,
     ) -> anyhow::Result<Vec<(ReceiptJson, SignedReceipt)>> {
-        let svc = self.service(None, None).await?;
-        let list = self.receipt_page(&svc.url, after, 1000).await?;
+        let list = self.receipts_after(after).await?;
         let user = self.signer.account_id();
         list.into_iter()
             .map(|r| {

@@ -319,10 +319,12 @@ fn fund_chat_ack_and_refund_through_the_cli() {
     assert!(findings.iter().all(|f| f["passed"] == true), "{out}");
     let cached = std::fs::read_dir(dir.join("weights")).unwrap().count();
     assert_eq!(cached, 1, "the downloaded weights are cached");
-    // A local copy that is not the committed file is refused before anything is checked.
+    // A local copy that is not the committed file is refused: nothing is checked against it.
     let wrong = embedding.join("model.safetensors");
-    let e = fails(&run(&dir, rpc, &["audit", BOB, "--weights", wrong.to_str().unwrap()]));
-    assert!(e.contains("is not the weights the service committed to"), "{e}");
+    let out = run(&dir, rpc, &["audit", BOB, "--weights", wrong.to_str().unwrap()]);
+    let (o, e) = (String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+    assert!(!out.status.success() && e.contains("7 of 7 answers"), "{o}\n{e}");
+    assert!(o.contains("is not the weights the service committed to"), "{o}");
     // An answer whose text is not what its proof's tokens say fails, and the audit says so.
     let kept = std::fs::read_dir(dir.join("kept")).unwrap().next().unwrap().unwrap().path();
     let kept = std::fs::read_dir(kept).unwrap().next().unwrap().unwrap().path();

@@ -130,21 +130,26 @@ impl ActivationProof {
 }
 
 /// Whether `text` (the response as sent) is what the proof's tokens decode to, or that cut
-/// where one of the request's `stop` strings begins (the stop string is not sent): the provider
-/// can neither show one text and prove the activations of another, nor bill tokens it did not
-/// send.
+/// where one of the request's `stop` strings begins (the stop string is not sent) with that
+/// stop string completed by the last token (generation stops there: a token more is a token
+/// not sent but billed). The provider can neither show one text and prove the activations of
+/// another, nor bill tokens it did not send.
 pub fn covers_text(
     tokenizer: &crate::ModelTokenizer,
     proof: &ActivationProof,
     text: &str,
     stop: &[String],
 ) -> bool {
-    tokenizer.decode(&proof.tokens).is_ok_and(|decoded| {
-        decoded == text
-            || decoded.strip_prefix(text).is_some_and(|rest| {
-                stop.iter().any(|s| !s.is_empty() && rest.starts_with(s.as_str()))
-            })
-    })
+    let Ok(decoded) = tokenizer.decode(&proof.tokens) else { return false };
+    if decoded == text {
+        return true;
+    }
+    let stop: Vec<&str> = stop.iter().map(String::as_str).filter(|s| !s.is_empty()).collect();
+    let cut_here =
+        decoded.strip_prefix(text).is_some_and(|rest| stop.iter().any(|s| rest.starts_with(s)));
+    let n = proof.tokens.len();
+    let before = if n > 1 { tokenizer.decode(&proof.tokens[..n - 1]) } else { Ok(String::new()) };
+    cut_here && before.is_ok_and(|b| !stop.iter().any(|s| b.contains(s)))
 }
 
 #[cfg(feature = "engine")]

@@ -355,4 +355,10 @@ fn the_text_sent_must_be_what_the_proven_tokens_decode_to() {
     assert!(covers_text(&engine.tokenizer, &cut.proof, &cut.text, &stop));
     assert!(!covers_text(&engine.tokenizer, &cut.proof, &cut.text, &[]));
     assert!(!covers_text(&engine.tokenizer, &cut.proof, &cut.text, &["zzz".into()]));
+    // Tokens generated past the stop string are billed but not sent: refused.
+    let mut padded = cut.proof.clone();
+    let extra = free.proof.tokens[cut.proof.len()..].iter().take(3);
+    padded.tokens.extend(extra);
+    assert!(padded.len() > cut.proof.len());
+    assert!(!covers_text(&engine.tokenizer, &padded, &cut.text, &stop));
 }
