@@ -194,6 +194,7 @@ mod tests {
                 request_hash: v.request_hash,
                 response_hash: wire::response_hash("answer"),
                 proof_hash: Default::default(),
+                model_hash: Default::default(),
                 input_tokens: tokens.0,
                 output_tokens: tokens.1,
                 fee,

@@ -113,6 +113,7 @@ mod tests {
             request_hash: H256::zero(),
             response_hash: H256::zero(),
             proof_hash: Default::default(),
+            model_hash: Default::default(),
             input_tokens,
             output_tokens,
             fee: 0,

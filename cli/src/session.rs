@@ -677,6 +677,7 @@ mod tests {
             request_hash: v.request_hash,
             response_hash: wire::response_hash(text),
             proof_hash: wire::proof_hash(&proof(5)),
+            model_hash: Default::default(),
             input_tokens: 10,
             output_tokens: 5,
             fee,

@@ -99,6 +99,9 @@ pub struct ReceiptJson {
     /// blake2-256 of `proof`; zero without one.
     #[serde(default)]
     pub proof_hash: String,
+    /// The weights the provider says computed the response.
+    #[serde(default)]
+    pub model_hash: String,
     pub input_tokens: u64,
     pub output_tokens: u64,
     /// Decimal string.
@@ -156,6 +159,7 @@ impl From<&SignedReceipt> for ReceiptJson {
             request_hash: format!("{:?}", r.request_hash),
             response_hash: format!("{:?}", r.response_hash),
             proof_hash: format!("{:?}", r.proof_hash),
+            model_hash: format!("{:?}", r.model_hash),
             input_tokens: r.input_tokens,
             output_tokens: r.output_tokens,
             fee: r.fee.to_string(),
@@ -374,6 +378,7 @@ mod tests {
             request_hash: v.request_hash,
             response_hash: response_hash("hi"),
             proof_hash: Default::default(),
+            model_hash: Default::default(),
             input_tokens: 10,
             output_tokens: 5,
             fee,

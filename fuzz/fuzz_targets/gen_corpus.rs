@@ -80,6 +80,7 @@ fn receipt(user: AccountId, provider: AccountId, nonce: u64) -> Receipt {
         request_hash: H256::repeat_byte(7),
         response_hash: H256::repeat_byte(8),
         proof_hash: Default::default(),
+        model_hash: Default::default(),
         input_tokens: 12,
         output_tokens: 30,
         fee: 1_000,

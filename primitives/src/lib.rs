@@ -20,8 +20,11 @@ use polkadot_sdk::{
 };
 use scale_info::TypeInfo;
 
+pub mod challenge;
 #[cfg(feature = "std")]
 pub mod rpc;
+
+pub use challenge::*;
 
 /// Token amounts in the smallest unit.
 pub type Balance = u128;
@@ -37,7 +40,7 @@ pub type Signature = MultiSignature;
 /// Domain tag of a voucher's signing payload.
 pub const VOUCHER_TAG: &[u8] = b"compute/voucher/v1";
 /// Domain tag of a receipt's signing payload.
-pub const RECEIPT_TAG: &[u8] = b"compute/receipt/v2";
+pub const RECEIPT_TAG: &[u8] = b"compute/receipt/v3";
 /// Domain tag of an authentication challenge (`GET /v1/receipts`).
 pub const AUTH_TAG: &[u8] = b"compute/auth/v1";
 
@@ -293,6 +296,10 @@ pub struct Receipt {
     /// `compute_inference::proof`); zero where there is none (embeddings, whose vectors anyone
     /// with the weights recomputes exactly, and refused requests).
     pub proof_hash: H256,
+    /// The weights the provider says computed the response (its service's `model_hash` when it
+    /// served): the weights a challenge is judged against, so a later change of the service
+    /// cannot move the goalposts.
+    pub model_hash: H256,
     /// Prompt tokens counted with the model's tokenizer.
     pub input_tokens: u64,
     /// Generated tokens.
@@ -556,6 +563,7 @@ mod tests {
             request_hash: H256::zero(),
             response_hash: H256::zero(),
             proof_hash: Default::default(),
+            model_hash: Default::default(),
             input_tokens: 1,
             output_tokens: 1,
             fee: 1,

@@ -79,6 +79,7 @@ fn run(c: &mut Criterion, name: &str, store: SqliteStore) {
                     request_hash: v.request_hash,
                     response_hash: wire::response_hash("hi there"),
                     proof_hash: Default::default(),
+                    model_hash: Default::default(),
                     input_tokens: 10,
                     output_tokens: 20,
                     fee: 30,

@@ -56,6 +56,8 @@ pub struct Served {
     pub response_hash: H256,
     /// blake2-256 of the activation proof; zero without one.
     pub proof_hash: H256,
+    /// The weights that served it (the service's `model_hash`).
+    pub model_hash: H256,
     pub input_tokens: u64,
     pub output_tokens: u64,
     pub fee: Balance,
@@ -454,6 +456,7 @@ impl Worker {
             request_hash: v.request_hash,
             response_hash: served.response_hash,
             proof_hash: served.proof_hash,
+            model_hash: served.model_hash,
             input_tokens: served.input_tokens,
             output_tokens: served.output_tokens,
             fee: served.fee,

@@ -123,6 +123,17 @@ parameter_types! {
     pub const DisputeReward: Perbill = Perbill::from_percent(50);
     /// Derives the account that keeps every escrow's funds.
     pub const ComputePalletId: frame_support::PalletId = frame_support::PalletId(*b"cmp/escr");
+    /// A provider found cheating loses 99 times the challenged fee (at least
+    /// `MIN_CHALLENGE_SLASH`) on top of the refund: cheating is unprofitable at an audit rate
+    /// of 1 % (`docs/verification.md`).
+    pub ChallengeSlash: FixedU128 = FixedU128::from_u32(99);
+    /// Two thirds of a challenge's verifiers decide it.
+    pub Supermajority: Perbill = Perbill::from_rational(2u32, 3u32);
+    /// The challenger gets 30 % of a slash, the majority verifiers share 40 %, the rest burns.
+    pub const ChallengerReward: Perbill = Perbill::from_percent(30);
+    pub const VerifierReward: Perbill = Perbill::from_percent(40);
+    /// A vote against the deciding majority burns 10 % of the verifier bond.
+    pub const MinorityPenalty: Perbill = Perbill::from_percent(10);
 }
 
 /// Bond a provider holds while it offers services.
@@ -136,6 +147,14 @@ pub const MAX_BATCH: u32 = 1_024;
 /// Storage deposit of an escrow record (about 240 bytes with its key), held for the record's
 /// life: 0.001 unit per byte, rounded up.
 pub const ESCROW_DEPOSIT: Balance = 250 * MILLI_UNIT;
+/// Bond a verifier holds while it is one.
+pub const VERIFIER_BOND: Balance = 100 * UNIT;
+/// Held from a challenger until the challenge ends; pays the verifiers when it is rejected.
+pub const CHALLENGE_DEPOSIT: Balance = UNIT;
+/// Least slash of a provider found cheating, whatever the fee: five challenge deposits.
+pub const MIN_CHALLENGE_SLASH: Balance = 5 * UNIT;
+/// Verifiers, other than the two parties, a challenge needs.
+pub const MIN_VERIFIERS: u32 = 2;
 
 impl pallet_compute::Config for Runtime {
     type Currency = Balances;
@@ -155,5 +174,15 @@ impl pallet_compute::Config for Runtime {
     type DisputePenalty = DisputePenalty;
     type DisputeReward = DisputeReward;
     type EscrowDeposit = ConstU128<ESCROW_DEPOSIT>;
+    type VerifierBond = ConstU128<VERIFIER_BOND>;
+    type MinVerifiers = ConstU32<MIN_VERIFIERS>;
+    type ChallengeDeposit = ConstU128<CHALLENGE_DEPOSIT>;
+    type VotingPeriod = ConstU32<HOURS>;
+    type Supermajority = Supermajority;
+    type ChallengeSlash = ChallengeSlash;
+    type MinChallengeSlash = ConstU128<MIN_CHALLENGE_SLASH>;
+    type ChallengerReward = ChallengerReward;
+    type VerifierReward = VerifierReward;
+    type MinorityPenalty = MinorityPenalty;
     type WeightInfo = pallet_compute::weights::SubstrateWeight<Runtime>;
 }

@@ -6,7 +6,8 @@
 
 use super::*;
 use crate::pallet::{
-    Call, Config, DisputeWindow, Escrows, Pallet, Providers, RefundLock, Services,
+    Call, Challenges, Config, DisputeWindow, Escrows, Pallet, Providers, RefundLock, Services,
+    Verifiers,
 };
 use alloc::{format, vec::Vec};
 use polkadot_sdk::{
@@ -133,6 +134,68 @@ fn first_voucher(user: AccountId32, provider: AccountId32) -> Voucher {
         spent: 0,
         cap: 1_000,
     }
+}
+
+/// `n` funded, bonded verifiers.
+fn verifiers<T: Config>(n: u32) -> Vec<AccountId32> {
+    (0..n)
+        .map(|i| {
+            let who: AccountId32 = account("verifier", i, 0);
+            fund::<T>(&who);
+            Pallet::<T>::do_join_verifiers(who.clone()).expect("joins");
+            who
+        })
+        .collect()
+}
+
+/// Evidence of `len` bytes in all, filling the request first, then the response, then the proof.
+fn evidence(len: u32) -> Evidence {
+    let max = compute_primitives::MAX_EVIDENCE_LEN;
+    let request = len.min(max);
+    let response = (len - request).min(max);
+    let proof = (len - request - response).min(max);
+    Evidence { request: bytes(request), response: bytes(response), proof: bytes(proof.max(1)) }
+}
+
+/// A provider with a paid, settled voucher whose payment is held for the longest window, and a
+/// receipt for it committing to `evidence`, signed by the provider.
+fn challengeable<T: Config>(evidence: &Evidence) -> (AccountId32, AccountId32, SignedReceipt) {
+    DisputeWindow::<T>::put(T::MaxDisputeWindow::get());
+    let (p_key, p) = provider::<T>("provider");
+    let (u_key, user) = user_with_escrow::<T>("user", &p, escrow_amount::<T>());
+    let genesis = Pallet::<T>::genesis_hash();
+    let voucher = first_voucher(user.clone(), p.clone());
+    let signature = sign(&u_key, &voucher.signing_payload(&genesis));
+    let claim = Claim { voucher: SignedVoucher { voucher, signature }, fee_claim: 1_000 };
+    let items: BoundedVec<Claim, T::MaxBatch> =
+        alloc::vec![claim].try_into().expect("one claim fits");
+    Pallet::<T>::do_settle(p.clone(), items, H256::zero()).expect("settles");
+    let hash = |b: &[u8]| H256(polkadot_sdk::sp_io::hashing::blake2_256(b));
+    let receipt = Receipt {
+        user: user.clone(),
+        provider: p.clone(),
+        service_id: 0,
+        nonce: 1,
+        request_hash: hash(&evidence.request),
+        response_hash: hash(&evidence.response),
+        proof_hash: hash(&evidence.proof),
+        model_hash: H256::repeat_byte(0x4d),
+        input_tokens: 1,
+        output_tokens: 1,
+        fee: 1_000,
+        total: 1_000,
+    };
+    let signature = sign(&p_key, &receipt.signing_payload(&genesis));
+    (user, p, SignedReceipt { receipt, signature })
+}
+
+/// An open challenge with `MAX_VERIFIERS` verifiers assigned; returns its verifiers.
+fn open_challenge<T: Config>() -> Vec<AccountId32> {
+    let all = verifiers::<T>(MAX_VERIFIERS);
+    let e = evidence(3);
+    let (user, p, receipt) = challengeable::<T>(&e);
+    Pallet::<T>::do_challenge(user, p, receipt, e).expect("opens");
+    all
 }
 
 fn advance<T: Config>(blocks: BlockNumberFor<T>) {
@@ -281,6 +344,7 @@ mod benchmarks {
             request_hash: H256::repeat_byte(1),
             response_hash: H256::repeat_byte(2),
             proof_hash: Default::default(),
+            model_hash: Default::default(),
             input_tokens: 1,
             output_tokens: 1,
             fee: 50,
@@ -327,6 +391,90 @@ mod benchmarks {
         #[extrinsic_call]
         _(RawOrigin::Root, blocks);
         assert_eq!(DisputeWindow::<T>::get(), blocks);
+    }
+
+    #[benchmark]
+    fn join_verifiers() {
+        verifiers::<T>(MAX_VERIFIERS - 1);
+        let (_, who) = key("verifier");
+        fund::<T>(&who);
+        #[extrinsic_call]
+        _(RawOrigin::Signed(who.clone()));
+        assert!(Verifiers::<T>::contains_key(&who));
+    }
+
+    #[benchmark]
+    fn leave_verifiers() {
+        let who = verifiers::<T>(1).remove(0);
+        #[extrinsic_call]
+        _(RawOrigin::Signed(who.clone()));
+        assert!(Verifiers::<T>::get(&who).is_some_and(|v| v.leaving));
+    }
+
+    #[benchmark]
+    fn withdraw_verifier_bond() {
+        let who = verifiers::<T>(1).remove(0);
+        Pallet::<T>::do_leave_verifiers(who.clone()).expect("leaves");
+        #[extrinsic_call]
+        _(RawOrigin::Signed(who.clone()));
+        assert!(!Verifiers::<T>::contains_key(&who));
+    }
+
+    /// `b` bytes of evidence hashed, every verifier slot filled and assigned.
+    #[benchmark]
+    fn challenge(b: Linear<1, { 3 * compute_primitives::MAX_EVIDENCE_LEN }>) {
+        verifiers::<T>(MAX_VERIFIERS);
+        let e = evidence(b);
+        let (user, p, receipt) = challengeable::<T>(&e);
+        #[extrinsic_call]
+        _(RawOrigin::Signed(user), p, receipt, e);
+        assert!(Challenges::<T>::contains_key(0));
+    }
+
+    /// The vote that ends a challenge of `MAX_VERIFIERS` as upheld: the refund comes from the
+    /// held payment and the bond, the slash pays the challenger and every majority verifier,
+    /// and every minority verifier is penalized.
+    #[benchmark]
+    fn vote() {
+        let all = open_challenge::<T>();
+        let needed = Pallet::<T>::threshold(MAX_VERIFIERS);
+        let honest = (MAX_VERIFIERS - needed).min(needed - 1);
+        Challenges::<T>::mutate(0, |c| {
+            let c = c.as_mut().expect("open");
+            for (i, slot) in c.verifiers.iter_mut().enumerate() {
+                let i = i as u32;
+                slot.1 = if i < needed - 1 {
+                    Some(Vote::Cheated)
+                } else if i < needed - 1 + honest {
+                    Some(Vote::Honest)
+                } else {
+                    None
+                };
+            }
+        });
+        let last = Challenges::<T>::get(0).expect("open").verifiers[(needed - 1 + honest) as usize]
+            .0
+            .clone();
+        assert!(all.contains(&last));
+        // Half the fee is still held, half comes from the bond.
+        let c = Challenges::<T>::get(0).expect("open");
+        Escrows::<T>::mutate(&c.user, &c.provider, |e| {
+            let e = e.as_mut().expect("escrow exists");
+            e.held = 500;
+        });
+        #[extrinsic_call]
+        _(RawOrigin::Signed(last), 0, Vote::Cheated);
+        assert!(!Challenges::<T>::contains_key(0));
+    }
+
+    /// A challenge of `MAX_VERIFIERS` that nobody voted on, closed after its deadline.
+    #[benchmark]
+    fn close_challenge() {
+        let all = open_challenge::<T>();
+        advance::<T>(T::VotingPeriod::get());
+        #[extrinsic_call]
+        _(RawOrigin::Signed(all[0].clone()), 0);
+        assert!(!Challenges::<T>::contains_key(0));
     }
 
     impl_benchmark_test_suite!(Pallet, crate::mock::new_bench_ext(), crate::mock::Test);

@@ -41,7 +41,7 @@ impl<T: Config> Pallet<T> {
         T::PalletId::get().into_account_truncating()
     }
 
-    fn now() -> BlockNumberFor<T> {
+    pub(crate) fn now() -> BlockNumberFor<T> {
         polkadot_sdk::frame_system::Pallet::<T>::block_number()
     }
 
@@ -117,6 +117,7 @@ impl<T: Config> Pallet<T> {
         // Disputes need `now < held_until` of some escrow, and every `held_until` is at most
         // `bond_locked_until`: the bond cannot leave while a dispute could still slash it.
         ensure!(Self::now() >= info.bond_locked_until, Error::<T>::BondStillLocked);
+        ensure!(ProviderChallenges::<T>::get(&provider).open == 0, Error::<T>::ChallengesOpen);
         let amount = T::Currency::release(
             &HoldReason::ProviderBond.into(),
             &provider,
@@ -307,7 +308,7 @@ impl<T: Config> Pallet<T> {
     }
 
     /// Keep the older bucket filled first: an emptied older bucket takes the younger one.
-    fn shift_buckets(escrow: &mut EscrowOf<T>) {
+    pub(crate) fn shift_buckets(escrow: &mut EscrowOf<T>) {
         if escrow.held.is_zero() && !escrow.held_next.is_zero() {
             escrow.held = core::mem::take(&mut escrow.held_next);
             escrow.held_until = escrow.held_next_until;
@@ -497,7 +498,7 @@ impl<T: Config> Pallet<T> {
     }
 
     /// Move `amount` of the provider's bond to `to`'s free balance.
-    fn move_bond(
+    pub(crate) fn move_bond(
         provider: &T::AccountId,
         to: &T::AccountId,
         amount: Balance,
@@ -574,6 +575,6 @@ impl<T: Config> Pallet<T> {
             ensure!(services == info.services, "service count differs from services stored");
             ensure!(info.unbonding == (services == 0), "unbonding flag differs from service count");
         }
-        Ok(())
+        Self::do_try_state_challenges()
     }
 }

@@ -14,6 +14,7 @@ extern crate alloc;
 
 pub use pallet::*;
 
+mod challenge_impls;
 mod dispatchable_impls;
 pub mod migrations;
 pub mod runtime_api;
@@ -134,6 +135,50 @@ pub mod pallet {
         #[pallet::constant]
         type EscrowDeposit: Get<Balance>;
 
+        /// Bond held from a verifier while it is one.
+        #[pallet::constant]
+        type VerifierBond: Get<Balance>;
+
+        /// Least number of verifiers, other than the two parties, a challenge needs.
+        #[pallet::constant]
+        type MinVerifiers: Get<u32>;
+
+        /// Held from a challenger until the challenge ends; paid to the verifiers when the
+        /// challenge is rejected.
+        #[pallet::constant]
+        type ChallengeDeposit: Get<Balance>;
+
+        /// Blocks after a challenge opens during which its verifiers vote.
+        #[pallet::constant]
+        type VotingPeriod: Get<BlockNumberFor<Self>>;
+
+        /// Share of a challenge's verifiers (rounded up) whose equal votes decide it.
+        #[pallet::constant]
+        type Supermajority: Get<Perbill>;
+
+        /// Slash of a provider found cheating, per unit of the challenged fee (on top of the
+        /// fee's refund). Cheating on a fee `f` audited with probability `α` is unprofitable
+        /// when this is at least `1/α − 1` (see `docs/verification.md`).
+        #[pallet::constant]
+        type ChallengeSlash: Get<FixedU128>;
+
+        /// Least slash of a provider found cheating, whatever the fee.
+        #[pallet::constant]
+        type MinChallengeSlash: Get<Balance>;
+
+        /// Share of a slash paid to the challenger.
+        #[pallet::constant]
+        type ChallengerReward: Get<Perbill>;
+
+        /// Share of a slash split among the verifiers that voted with the deciding majority.
+        #[pallet::constant]
+        type VerifierReward: Get<Perbill>;
+
+        /// Share of `VerifierBond` a verifier loses (burned) for a vote against the deciding
+        /// majority.
+        #[pallet::constant]
+        type MinorityPenalty: Get<Perbill>;
+
         /// Weights of this pallet's calls.
         type WeightInfo: WeightInfo;
     }
@@ -145,6 +190,10 @@ pub mod pallet {
         ProviderBond,
         /// A user's storage deposit for an escrow record.
         EscrowRecord,
+        /// A verifier's bond.
+        VerifierBond,
+        /// A challenger's deposit, until the challenge ends.
+        ChallengeDeposit,
     }
 
     /// Registered services, keyed by (provider, service id).
@@ -178,6 +227,31 @@ pub mod pallet {
     #[pallet::storage]
     pub type DisputeWindow<T: Config> =
         StorageValue<_, BlockNumberFor<T>, ValueQuery, T::DefaultDisputeWindow>;
+
+    /// Bonded verifiers, at most `MAX_VERIFIERS`. A record stays until its bond is withdrawn.
+    #[pallet::storage]
+    pub type Verifiers<T: Config> =
+        CountedStorageMap<_, Blake2_128Concat, T::AccountId, VerifierInfo>;
+
+    /// Id of the next challenge.
+    #[pallet::storage]
+    pub type NextChallengeId<T: Config> = StorageValue<_, ChallengeId, ValueQuery>;
+
+    /// Open challenges. A challenge is removed when it ends (its outcome is in the event).
+    #[pallet::storage]
+    pub type Challenges<T: Config> =
+        StorageMap<_, Twox64Concat, ChallengeId, Challenge<BlockNumberFor<T>>>;
+
+    /// Every receipt ever challenged, keyed by (provider, user, nonce): a voucher's fee is
+    /// challenged at most once.
+    #[pallet::storage]
+    pub type ChallengedReceipts<T: Config> =
+        StorageMap<_, Blake2_128Concat, (T::AccountId, T::AccountId, Nonce), ChallengeId>;
+
+    /// Each provider's challenges: open, won, lost, undecided.
+    #[pallet::storage]
+    pub type ProviderChallenges<T: Config> =
+        StorageMap<_, Blake2_128Concat, T::AccountId, ChallengeRecord, ValueQuery>;
 
     #[pallet::genesis_config]
     #[derive(polkadot_sdk::frame_support::DefaultNoBound)]
@@ -379,6 +453,86 @@ pub mod pallet {
             /// Part of the penalty slashed from the bond and burned.
             burned: Balance,
         },
+        /// An account bonded as a verifier.
+        VerifierJoined {
+            /// The verifier.
+            verifier: T::AccountId,
+            /// Amount held.
+            bond: Balance,
+        },
+        /// A verifier stopped taking new challenges.
+        VerifierLeft {
+            /// The verifier.
+            verifier: T::AccountId,
+        },
+        /// A verifier that left got its bond back.
+        VerifierBondWithdrawn {
+            /// The verifier.
+            verifier: T::AccountId,
+            /// Amount released.
+            amount: Balance,
+        },
+        /// A user challenged a response; the evidence is in this block's extrinsic.
+        ChallengeOpened {
+            /// The challenge.
+            id: ChallengeId,
+            /// The user.
+            user: T::AccountId,
+            /// The provider challenged.
+            provider: T::AccountId,
+            /// Nonce of the receipt challenged.
+            nonce: Nonce,
+            /// Weights the receipt names.
+            model_hash: H256,
+            /// Held from the user until the challenge ends.
+            deposit: Balance,
+            /// Verifiers assigned.
+            verifiers: u32,
+            /// Last block in which votes count.
+            deadline: BlockNumberFor<T>,
+        },
+        /// A verifier voted on a challenge.
+        Voted {
+            /// The challenge.
+            id: ChallengeId,
+            /// The verifier.
+            verifier: T::AccountId,
+            /// Its finding.
+            vote: Vote,
+        },
+        /// A challenge ended.
+        ChallengeEnded {
+            /// The challenge.
+            id: ChallengeId,
+            /// The user who opened it.
+            user: T::AccountId,
+            /// The provider challenged.
+            provider: T::AccountId,
+            /// How it ended.
+            outcome: ChallengeOutcome,
+            /// Fee put back onto the user's escrow (upheld).
+            refunded: Balance,
+            /// Part of `refunded` taken from the provider's bond, the payment being released
+            /// already.
+            from_bond: Balance,
+            /// Slashed from the provider's bond besides the refund (upheld).
+            slashed: Balance,
+            /// Paid to the challenger from the slash (upheld).
+            challenger_reward: Balance,
+            /// Paid to the majority verifiers: from the slash (upheld) or the deposit (rejected).
+            verifier_reward: Balance,
+            /// Burned: the rest of the slash or of the deposit.
+            burned: Balance,
+        },
+        /// A verifier lost part of its bond for a vote against the deciding majority.
+        VerifierPenalized {
+            /// The challenge.
+            id: ChallengeId,
+            /// The verifier.
+            verifier: T::AccountId,
+            /// Amount burned from its bond.
+            amount: Balance,
+        },
         /// Root set the refund lock.
         RefundLockSet {
             /// New lock in blocks.
@@ -444,6 +598,46 @@ pub mod pallet {
         DisputeWindowClosed,
         /// The receipt's total is not below the settled total: nothing was over-claimed.
         NothingToDispute,
+        /// The account is already a verifier.
+        AlreadyVerifier,
+        /// The account is not a verifier.
+        NotAVerifier,
+        /// `MAX_VERIFIERS` verifiers are bonded already.
+        TooManyVerifiers,
+        /// The verifier has already left.
+        VerifierAlreadyLeft,
+        /// The verifier has not left; call `leave_verifiers` first.
+        VerifierNotLeft,
+        /// Challenges assigned to the verifier have not ended yet.
+        VerifierHasChallenges,
+        /// Challenges against the provider have not ended yet.
+        ChallengesOpen,
+        /// The receipt charged nothing or carries no activation proof: nothing to challenge.
+        NothingToChallenge,
+        /// The receipt names no weights: there is nothing to check it against.
+        NoCommittedWeights,
+        /// The request in the evidence does not hash to the receipt's `request_hash`.
+        RequestMismatch,
+        /// The response in the evidence does not hash to the receipt's `response_hash`.
+        ResponseMismatch,
+        /// The proof in the evidence does not hash to the receipt's `proof_hash`.
+        ProofMismatch,
+        /// This receipt's voucher was challenged before.
+        AlreadyChallenged,
+        /// The receipt's total is above what was settled: its fee has not been paid yet.
+        ReceiptNotSettled,
+        /// Fewer than `MinVerifiers` verifiers, other than the two parties, can vote.
+        NotEnoughVerifiers,
+        /// No open challenge has this id.
+        ChallengeNotFound,
+        /// The caller is not among the challenge's verifiers.
+        NotAssignedVerifier,
+        /// The verifier has voted on this challenge already.
+        AlreadyVoted,
+        /// The challenge's voting period is over.
+        VotingClosed,
+        /// The challenge's voting period is not over yet.
+        VotingStillOpen,
     }
 
     #[pallet::hooks]
@@ -476,6 +670,27 @@ pub mod pallet {
             );
             assert!(T::EscrowDeposit::get() > 0, "EscrowDeposit must be positive");
             assert!(T::MinDisputeWindow::get() > Zero::zero(), "MinDisputeWindow must be positive");
+            assert!(T::VerifierBond::get() > 0, "VerifierBond must be positive");
+            assert!(T::ChallengeDeposit::get() > 0, "ChallengeDeposit must be positive");
+            assert!(
+                T::MinVerifiers::get() > 0 && T::MinVerifiers::get() <= MAX_VERIFIERS,
+                "MinVerifiers must be within [1, MAX_VERIFIERS]"
+            );
+            assert!(
+                T::Supermajority::get() > Perbill::from_percent(50),
+                "Supermajority must be above half, or both sides could win"
+            );
+            assert!(
+                T::ChallengerReward::get().deconstruct() as u64
+                    + T::VerifierReward::get().deconstruct() as u64
+                    <= Perbill::one().deconstruct() as u64,
+                "ChallengerReward and VerifierReward share out more than the slash"
+            );
+            assert!(
+                T::ChallengerReward::get() < Perbill::one(),
+                "ChallengerReward must stay below one whole: self-challenges would cost nothing"
+            );
+            assert!(T::VotingPeriod::get() > Zero::zero(), "VotingPeriod must be positive");
             let window = T::DefaultDisputeWindow::get();
             assert!(
                 window >= T::MinDisputeWindow::get() && window <= T::MaxDisputeWindow::get(),
@@ -605,6 +820,65 @@ pub mod pallet {
         ) -> DispatchResult {
             let user = ensure_signed(origin)?;
             Self::do_dispute(user, provider, signed_receipt)
+        }
+
+        /// Bond `VerifierBond` and take part in every challenge opened from now on (except
+        /// those where the caller is a party).
+        #[pallet::call_index(13)]
+        #[pallet::weight(T::WeightInfo::join_verifiers())]
+        pub fn join_verifiers(origin: OriginFor<T>) -> DispatchResult {
+            let verifier = ensure_signed(origin)?;
+            Self::do_join_verifiers(verifier)
+        }
+
+        /// Stop taking new challenges; the bond can be withdrawn once the ones assigned end.
+        #[pallet::call_index(14)]
+        #[pallet::weight(T::WeightInfo::leave_verifiers())]
+        pub fn leave_verifiers(origin: OriginFor<T>) -> DispatchResult {
+            let verifier = ensure_signed(origin)?;
+            Self::do_leave_verifiers(verifier)
+        }
+
+        /// Release the bond of a verifier that left and has no challenge assigned.
+        #[pallet::call_index(15)]
+        #[pallet::weight(T::WeightInfo::withdraw_verifier_bond())]
+        pub fn withdraw_verifier_bond(origin: OriginFor<T>) -> DispatchResult {
+            let verifier = ensure_signed(origin)?;
+            Self::do_withdraw_verifier_bond(verifier)
+        }
+
+        /// Challenge a paid response: the caller (the receipt's user) shows the receipt and the
+        /// evidence it commits to, holds `ChallengeDeposit`, and every active verifier but the
+        /// two parties is assigned to vote within `VotingPeriod` blocks. Like a dispute, it
+        /// must come while the escrow still holds payments (the dispute window).
+        #[pallet::call_index(16)]
+        #[pallet::weight(T::WeightInfo::challenge(evidence.len()))]
+        pub fn challenge(
+            origin: OriginFor<T>,
+            provider: T::AccountId,
+            signed_receipt: SignedReceipt,
+            evidence: Evidence,
+        ) -> DispatchResult {
+            let user = ensure_signed(origin)?;
+            Self::do_challenge(user, provider, signed_receipt, evidence)
+        }
+
+        /// Vote on a challenge assigned to the caller. The vote that gives one side
+        /// `Supermajority` of the assigned verifiers ends the challenge.
+        #[pallet::call_index(17)]
+        #[pallet::weight(T::WeightInfo::vote())]
+        pub fn vote(origin: OriginFor<T>, id: ChallengeId, vote: Vote) -> DispatchResult {
+            let verifier = ensure_signed(origin)?;
+            Self::do_vote(verifier, id, vote)
+        }
+
+        /// End a challenge whose voting period is over without a supermajority: the deposit
+        /// goes back to the challenger. Anyone may call it.
+        #[pallet::call_index(18)]
+        #[pallet::weight(T::WeightInfo::close_challenge())]
+        pub fn close_challenge(origin: OriginFor<T>, id: ChallengeId) -> DispatchResult {
+            ensure_signed(origin)?;
+            Self::do_close_challenge(id)
         }
 
         /// Set the refund lock, within `[MinRefundLock, MaxRefundLock]`.

@@ -48,12 +48,22 @@ pub const REFUND_LOCK: u64 = 10;
 pub const DISPUTE_WINDOW: u64 = 20;
 pub const MAX_BATCH: u32 = 16;
 pub const ESCROW_DEPOSIT: u128 = 7;
+pub const VERIFIER_BOND: u128 = 300;
+pub const CHALLENGE_DEPOSIT: u128 = 40;
+pub const VOTING_PERIOD: u64 = 5;
+pub const MIN_CHALLENGE_SLASH: u128 = 50;
 
 parameter_types! {
     /// 1 unless a test sets it (the property tests run with a larger one to exercise reaping).
     pub static ExistentialDeposit: u128 = 1;
     pub DisputePenalty: FixedU128 = FixedU128::one();
     pub const DisputeReward: Perbill = Perbill::from_percent(50);
+    pub ChallengeSlash: FixedU128 = FixedU128::from_u32(9);
+    pub Supermajority: Perbill = Perbill::from_rational(2u32, 3u32);
+    pub const ChallengerReward: Perbill = Perbill::from_percent(30);
+    pub const VerifierReward: Perbill = Perbill::from_percent(40);
+    pub const MinorityPenalty: Perbill = Perbill::from_percent(10);
+    pub static MinVerifiers: u32 = 1;
     pub const ComputePalletId: polkadot_sdk::frame_support::PalletId =
         polkadot_sdk::frame_support::PalletId(*b"cmp/escr");
 }
@@ -76,6 +86,16 @@ impl pallet_compute::Config for Test {
     type DisputePenalty = DisputePenalty;
     type DisputeReward = DisputeReward;
     type EscrowDeposit = ConstU128<ESCROW_DEPOSIT>;
+    type VerifierBond = ConstU128<VERIFIER_BOND>;
+    type MinVerifiers = MinVerifiers;
+    type ChallengeDeposit = ConstU128<CHALLENGE_DEPOSIT>;
+    type VotingPeriod = ConstU64<VOTING_PERIOD>;
+    type Supermajority = Supermajority;
+    type ChallengeSlash = ChallengeSlash;
+    type MinChallengeSlash = ConstU128<MIN_CHALLENGE_SLASH>;
+    type ChallengerReward = ChallengerReward;
+    type VerifierReward = VerifierReward;
+    type MinorityPenalty = MinorityPenalty;
     type WeightInfo = ();
 }
 

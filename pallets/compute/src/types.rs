@@ -2,9 +2,10 @@
 //! and the CLI encode exactly what the chain decodes.
 
 pub use compute_primitives::{
-    Balance, Claim, Escrow, ModelName, Nonce, ProviderInfo, Receipt, RejectReason, Service,
-    ServiceId, ServiceKind, ServiceTerms, SignedReceipt, SignedVoucher, Url, Verifiability,
-    Voucher,
+    Balance, Challenge, ChallengeId, ChallengeOutcome, ChallengeRecord, Claim, Escrow, Evidence,
+    ModelName, Nonce, ProviderInfo, Receipt, RejectReason, Service, ServiceId, ServiceKind,
+    ServiceTerms, SignedReceipt, SignedVoucher, Url, Verifiability, VerifierInfo, Vote, Voucher,
+    MAX_VERIFIERS,
 };
 
 /// What happened to one accepted settlement claim.

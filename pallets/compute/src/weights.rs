@@ -30,6 +30,12 @@ pub trait WeightInfo {
     fn release(n: u32) -> Weight;
     fn set_refund_lock() -> Weight;
     fn set_dispute_window() -> Weight;
+    fn join_verifiers() -> Weight;
+    fn leave_verifiers() -> Weight;
+    fn withdraw_verifier_bond() -> Weight;
+    fn challenge(b: u32) -> Weight;
+    fn vote() -> Weight;
+    fn close_challenge() -> Weight;
 }
 
 /// Weights for `pallet-compute` using the runtime's database weights.
@@ -198,6 +204,37 @@ impl<T: polkadot_sdk::frame_system::Config> WeightInfo for SubstrateWeight<T> {
         // Minimum execution time: 72_065 ns.
         Weight::from_parts(89_989_000, 0).saturating_add(T::DbWeight::get().writes(1_u64))
     }
+    fn join_verifiers() -> Weight {
+        Weight::from_parts(700_000_000, 4000)
+            .saturating_add(T::DbWeight::get().reads(4_u64))
+            .saturating_add(T::DbWeight::get().writes(4_u64))
+    }
+    fn leave_verifiers() -> Weight {
+        Weight::from_parts(250_000_000, 3500)
+            .saturating_add(T::DbWeight::get().reads(1_u64))
+            .saturating_add(T::DbWeight::get().writes(1_u64))
+    }
+    fn withdraw_verifier_bond() -> Weight {
+        Weight::from_parts(700_000_000, 4000)
+            .saturating_add(T::DbWeight::get().reads(4_u64))
+            .saturating_add(T::DbWeight::get().writes(4_u64))
+    }
+    fn challenge(b: u32) -> Weight {
+        Weight::from_parts(8_000_000_000, 100_000)
+            .saturating_add(Weight::from_parts(10_000, 0).saturating_mul(b.into()))
+            .saturating_add(T::DbWeight::get().reads(72_u64))
+            .saturating_add(T::DbWeight::get().writes(40_u64))
+    }
+    fn vote() -> Weight {
+        Weight::from_parts(12_000_000_000, 200_000)
+            .saturating_add(T::DbWeight::get().reads(140_u64))
+            .saturating_add(T::DbWeight::get().writes(140_u64))
+    }
+    fn close_challenge() -> Weight {
+        Weight::from_parts(6_000_000_000, 100_000)
+            .saturating_add(T::DbWeight::get().reads(40_u64))
+            .saturating_add(T::DbWeight::get().writes(40_u64))
+    }
 }
 
 /// For tests and runtimes without their own database weights: RocksDB figures.
@@ -270,5 +307,36 @@ impl WeightInfo for () {
     }
     fn set_dispute_window() -> Weight {
         Weight::from_parts(89_989_000, 0).saturating_add(RocksDbWeight::get().writes(1_u64))
+    }
+    fn join_verifiers() -> Weight {
+        Weight::from_parts(700_000_000, 4000)
+            .saturating_add(RocksDbWeight::get().reads(4_u64))
+            .saturating_add(RocksDbWeight::get().writes(4_u64))
+    }
+    fn leave_verifiers() -> Weight {
+        Weight::from_parts(250_000_000, 3500)
+            .saturating_add(RocksDbWeight::get().reads(1_u64))
+            .saturating_add(RocksDbWeight::get().writes(1_u64))
+    }
+    fn withdraw_verifier_bond() -> Weight {
+        Weight::from_parts(700_000_000, 4000)
+            .saturating_add(RocksDbWeight::get().reads(4_u64))
+            .saturating_add(RocksDbWeight::get().writes(4_u64))
+    }
+    fn challenge(b: u32) -> Weight {
+        Weight::from_parts(8_000_000_000, 100_000)
+            .saturating_add(Weight::from_parts(10_000, 0).saturating_mul(b.into()))
+            .saturating_add(RocksDbWeight::get().reads(72_u64))
+            .saturating_add(RocksDbWeight::get().writes(40_u64))
+    }
+    fn vote() -> Weight {
+        Weight::from_parts(12_000_000_000, 200_000)
+            .saturating_add(RocksDbWeight::get().reads(140_u64))
+            .saturating_add(RocksDbWeight::get().writes(140_u64))
+    }
+    fn close_challenge() -> Weight {
+        Weight::from_parts(6_000_000_000, 100_000)
+            .saturating_add(RocksDbWeight::get().reads(40_u64))
+            .saturating_add(RocksDbWeight::get().writes(40_u64))
     }
 }

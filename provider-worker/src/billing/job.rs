@@ -89,7 +89,9 @@ impl Ticket {
             .filter(|f| *f <= self.voucher.cap)
             .ok_or(SealError::AboveCap)?;
         let proof_hash = proof.as_deref().map_or_else(H256::zero, wire::proof_hash);
-        let served = Served { response_hash, proof_hash, input_tokens, output_tokens, fee };
+        let model_hash = self.service.model_hash;
+        let served =
+            Served { response_hash, proof_hash, model_hash, input_tokens, output_tokens, fee };
         let sealed = seal(&self.worker, &self.voucher, served, proof.as_deref(), 200, body).await?;
         self.sealed = true;
         live(&self.worker, &self.voucher, false);

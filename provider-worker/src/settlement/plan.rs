@@ -110,6 +110,7 @@ mod tests {
             request_hash: H256::zero(),
             response_hash: H256::zero(),
             proof_hash: Default::default(),
+            model_hash: Default::default(),
             input_tokens: 0,
             output_tokens: 0,
             fee,

@@ -537,6 +537,7 @@ mod tests {
                 request_hash: v.request_hash,
                 response_hash: H256::zero(),
                 proof_hash: Default::default(),
+                model_hash: Default::default(),
                 input_tokens: 0,
                 output_tokens: 0,
                 fee: 0,

@@ -134,6 +134,34 @@ enum Action {
         pick: u8,
         offset: i8,
     },
+    JoinVerifiers {
+        who: usize,
+    },
+    LeaveVerifiers {
+        who: usize,
+    },
+    WithdrawVerifierBond {
+        who: usize,
+    },
+    /// A challenge of a receipt near an existing escrow's settled state (`pick` among them).
+    Challenge {
+        pick: u8,
+        nonce_delta: i8,
+        total_delta: i16,
+        fee: Balance,
+        /// 0: matching evidence, 1: a forged signature, 2: evidence that does not match.
+        flaw: u8,
+    },
+    /// A vote by the `voter`-th verifier of the `pick`-th open challenge (or by anyone).
+    Vote {
+        pick: u8,
+        voter: u8,
+        cheated: bool,
+        outsider: Option<usize>,
+    },
+    CloseChallenge {
+        pick: u8,
+    },
 }
 
 fn claim_spec() -> impl Strategy<Value = ClaimSpec> {
@@ -191,7 +219,68 @@ fn action() -> impl Strategy<Value = Action> {
         1 => (a(), a(), 0..25_000u128).prop_map(|(from, to, amount)| Action::Transfer { from, to, amount }),
         2 => (1..30u8).prop_map(|blocks| Action::Advance { blocks }),
         2 => (any::<u8>(), -1i8..2).prop_map(|(pick, offset)| Action::AdvanceToBoundary { pick, offset }),
+        3 => (0..N).prop_map(|who| Action::JoinVerifiers { who }),
+        1 => a().prop_map(|who| Action::LeaveVerifiers { who }),
+        1 => a().prop_map(|who| Action::WithdrawVerifierBond { who }),
+        4 => (any::<u8>(), -2i8..2, -300i16..50, 0..400u128, prop_oneof![8 => Just(0u8), 1 => Just(1u8), 1 => Just(2u8)])
+            .prop_map(|(pick, nonce_delta, total_delta, fee, flaw)| Action::Challenge { pick, nonce_delta, total_delta, fee, flaw }),
+        5 => (any::<u8>(), any::<u8>(), any::<bool>(), prop_oneof![9 => Just(None), 1 => (0..N).prop_map(Some)])
+            .prop_map(|(pick, voter, cheated, outsider)| Action::Vote { pick, voter, cheated, outsider }),
+        1 => any::<u8>().prop_map(|pick| Action::CloseChallenge { pick }),
     ]
+}
+
+/// Actions around challenges, after [`challenge_setup`]: settling, challenging, voting,
+/// closing, and the calls that race them (releases, disputes, leaving, unbonding).
+fn challenge_action() -> impl Strategy<Value = Action> {
+    let a = || 0..N;
+    prop_oneof![
+        2 => (0..2usize, prop::collection::vec(claim_spec(), 1..3)).prop_map(|(provider, claims)| Action::Settle { provider, claims }),
+        6 => (any::<u8>(), -1i8..1, -300i16..1, 1..400u128, prop_oneof![8 => Just(0u8), 1 => Just(1u8), 1 => Just(2u8)])
+            .prop_map(|(pick, nonce_delta, total_delta, fee, flaw)| Action::Challenge { pick, nonce_delta, total_delta, fee, flaw }),
+        8 => (any::<u8>(), any::<u8>(), prop::bool::weighted(0.6), prop_oneof![9 => Just(None), 1 => a().prop_map(Some)])
+            .prop_map(|(pick, voter, cheated, outsider)| Action::Vote { pick, voter, cheated, outsider }),
+        2 => any::<u8>().prop_map(|pick| Action::CloseChallenge { pick }),
+        2 => (1..6u8).prop_map(|blocks| Action::Advance { blocks }),
+        1 => (any::<u8>(), -1i8..2).prop_map(|(pick, offset)| Action::AdvanceToBoundary { pick, offset }),
+        1 => (0..2usize, prop::collection::vec(a(), 1..4)).prop_map(|(provider, users)| Action::Release { provider, users }),
+        1 => (any::<u8>(), -2i8..3, -400i16..50, Just(false)).prop_map(|(pick, nonce_delta, total_delta, forged)| Action::Dispute { pick, nonce_delta, total_delta, forged }),
+        1 => a().prop_map(|who| Action::JoinVerifiers { who }),
+        1 => a().prop_map(|who| Action::LeaveVerifiers { who }),
+        1 => a().prop_map(|who| Action::WithdrawVerifierBond { who }),
+        1 => (0..2usize, 0..1u32).prop_map(|(provider, service)| Action::Remove { provider, service }),
+        1 => (0..2usize).prop_map(|provider| Action::WithdrawBond { provider }),
+    ]
+}
+
+/// Providers 0 and 1 serve, users 2, 3 and 4 pay both, every user settles a payment, and
+/// accounts 2, 3 and 4 are verifiers.
+fn challenge_setup() -> Vec<Action> {
+    let paying = |user| ClaimSpec {
+        user,
+        existing: false,
+        named_provider: None,
+        nonce_step: 1,
+        spent_delta: 0,
+        cap: 600,
+        fee_claim: 450,
+        forged: false,
+        wrapped: false,
+    };
+    let mut setup = vec![
+        Action::Register { provider: 0, service: 0 },
+        Action::Register { provider: 1, service: 0 },
+    ];
+    for user in 2..N {
+        for provider in 0..2 {
+            setup.push(Action::Deposit { user, provider, amount: 2_000 });
+        }
+        setup.push(Action::JoinVerifiers { who: user });
+    }
+    for provider in 0..2 {
+        setup.push(Action::Settle { provider, claims: (2..N).map(paying).collect() });
+    }
+    setup
 }
 
 /// Free balance and holds of one account, as the events say they must be.
@@ -200,6 +289,8 @@ struct Books {
     free: Balance,
     bond: Balance,
     records: Balance,
+    verifier_bond: Balance,
+    challenge_deposit: Balance,
 }
 
 /// What the test remembers between steps, built from events and signatures only.
@@ -212,6 +303,10 @@ struct Model {
     signed: BTreeMap<(AccountId32, AccountId32, Nonce), Balance>,
     /// (settled_nonce, settled_total) per escrow at the last step.
     last: BTreeMap<(AccountId32, AccountId32), (Nonce, Balance)>,
+    /// Votes cast on each open challenge, from `Voted` events.
+    votes: BTreeMap<ChallengeId, Vec<(AccountId32, Vote)>>,
+    /// Deposit held for each open challenge, from `ChallengeOpened` events.
+    deposits: BTreeMap<ChallengeId, Balance>,
 }
 
 impl Model {
@@ -281,6 +376,74 @@ impl Model {
                             self.books.entry(user.clone()).or_default().free += rewarded;
                             self.issuance -= burned;
                         }
+                        Event::VerifierJoined { verifier, bond } => {
+                            let b = self.books.entry(verifier.clone()).or_default();
+                            b.free -= bond;
+                            b.verifier_bond += bond;
+                        }
+                        Event::VerifierBondWithdrawn { verifier, amount } => {
+                            let b = self.books.entry(verifier.clone()).or_default();
+                            b.verifier_bond -= amount;
+                            b.free += amount;
+                        }
+                        Event::VerifierPenalized { verifier, amount, .. } => {
+                            self.books.entry(verifier.clone()).or_default().verifier_bond -= amount;
+                            self.issuance -= amount;
+                        }
+                        Event::ChallengeOpened { id, user, deposit, .. } => {
+                            let b = self.books.entry(user.clone()).or_default();
+                            b.free -= deposit;
+                            b.challenge_deposit += deposit;
+                            self.deposits.insert(*id, *deposit);
+                        }
+                        Event::Voted { id, verifier, vote } => {
+                            self.votes.entry(*id).or_default().push((verifier.clone(), *vote));
+                        }
+                        Event::ChallengeEnded {
+                            id,
+                            user,
+                            provider,
+                            outcome,
+                            from_bond,
+                            slashed,
+                            challenger_reward,
+                            verifier_reward,
+                            burned,
+                            ..
+                        } => {
+                            let deposit = self.deposits.remove(id).expect("opened");
+                            let votes = self.votes.remove(id).unwrap_or_default();
+                            let majority = match outcome {
+                                ChallengeOutcome::Upheld => Some(Vote::Cheated),
+                                ChallengeOutcome::Rejected => Some(Vote::Honest),
+                                ChallengeOutcome::Undecided => None,
+                            };
+                            let winners: Vec<_> = votes
+                                .iter()
+                                .filter(|(_, v)| Some(*v) == majority)
+                                .map(|(w, _)| w.clone())
+                                .collect();
+                            let u = self.books.entry(user.clone()).or_default();
+                            u.challenge_deposit -= deposit;
+                            match outcome {
+                                ChallengeOutcome::Upheld => {
+                                    u.free += deposit + challenger_reward;
+                                    self.books.entry(provider.clone()).or_default().bond -=
+                                        from_bond + slashed;
+                                    self.escrow_account += from_bond;
+                                }
+                                ChallengeOutcome::Rejected => {}
+                                ChallengeOutcome::Undecided => u.free += deposit,
+                            }
+                            if !winners.is_empty() {
+                                let share = verifier_reward / winners.len() as Balance;
+                                assert_eq!(share * winners.len() as Balance, *verifier_reward);
+                                for w in winners {
+                                    self.books.entry(w).or_default().free += share;
+                                }
+                            }
+                            self.issuance -= burned;
+                        }
                         _ => {}
                     }
                     ours.push(e);
@@ -297,6 +460,7 @@ fn boundaries(now: u64) -> Vec<u64> {
     let mut at: Vec<u64> = Escrows::<Test>::iter_values()
         .flat_map(|e| [e.held_until, e.held_next_until, e.unlock_at])
         .chain(Providers::<Test>::iter_values().map(|p| p.bond_locked_until))
+        .chain(Challenges::<Test>::iter_values().map(|c| c.deadline + 1))
         .filter(|b| *b > now)
         .collect();
     at.sort();
@@ -392,6 +556,7 @@ fn apply(action: &Action, m: &mut Model) {
                 request_hash: H256::zero(),
                 response_hash: H256::zero(),
                 proof_hash: Default::default(),
+                model_hash: Default::default(),
                 input_tokens: 1,
                 output_tokens: 1,
                 fee: 0,
@@ -422,6 +587,7 @@ fn apply(action: &Action, m: &mut Model) {
                 request_hash: H256::repeat_byte(nonce as u8),
                 response_hash: H256::zero(),
                 proof_hash: Default::default(),
+                model_hash: Default::default(),
                 input_tokens: 1,
                 output_tokens: 1,
                 fee: 0,
@@ -434,6 +600,75 @@ fn apply(action: &Action, m: &mut Model) {
                 m.acc(provider),
                 SignedReceipt { receipt: r, signature },
             );
+        }
+        Action::JoinVerifiers { who } => {
+            let _ = Compute::join_verifiers(origin(m, who));
+        }
+        Action::LeaveVerifiers { who } => {
+            let _ = Compute::leave_verifiers(origin(m, who));
+        }
+        Action::WithdrawVerifierBond { who } => {
+            let _ = Compute::withdraw_verifier_bond(origin(m, who));
+        }
+        Action::Challenge { pick, nonce_delta, total_delta, fee, flaw } => {
+            let mut escrows: Vec<_> = Escrows::<Test>::iter().collect();
+            if escrows.is_empty() {
+                return;
+            }
+            escrows.sort_by(|a, b| (&a.0, &a.1).cmp(&(&b.0, &b.1)));
+            let (user_acc, provider_acc, e) = escrows.swap_remove(pick as usize % escrows.len());
+            let (user, provider) = (m.index(&user_acc), m.index(&provider_acc));
+            let nonce = (e.settled_nonce as i64 + nonce_delta as i64).max(0) as Nonce;
+            let total = (e.settled_total as i128 + total_delta as i128).max(0) as Balance;
+            let (request, response, proof) = (b"req".to_vec(), b"resp".to_vec(), vec![1u8; 25]);
+            let hash = |b: &[u8]| H256(polkadot_sdk::sp_io::hashing::blake2_256(b));
+            let r = Receipt {
+                user: m.acc(user),
+                provider: m.acc(provider),
+                service_id: 0,
+                nonce,
+                request_hash: hash(&request),
+                response_hash: hash(&response),
+                proof_hash: hash(&proof),
+                model_hash: H256::repeat_byte(0x4d),
+                input_tokens: 1,
+                output_tokens: 1,
+                fee,
+                total,
+            };
+            let signer = if flaw == 1 { user } else { provider };
+            let signature = m.keys[signer].sign(&r.signing_payload(&genesis()));
+            let response = if flaw == 2 { b"other".to_vec() } else { response };
+            let evidence = Evidence {
+                request: request.try_into().unwrap(),
+                response: response.try_into().unwrap(),
+                proof: proof.try_into().unwrap(),
+            };
+            let _ = Compute::challenge(
+                origin(m, user),
+                m.acc(provider),
+                SignedReceipt { receipt: r, signature },
+                evidence,
+            );
+        }
+        Action::Vote { pick, voter, cheated, outsider } => {
+            let open: Vec<_> = Challenges::<Test>::iter().collect();
+            if open.is_empty() {
+                return;
+            }
+            let (id, c) = open.into_iter().min_by_key(|(id, _)| *id as u8 ^ pick).unwrap();
+            let who = match outsider {
+                Some(i) => m.acc(i),
+                None => c.verifiers[voter as usize % c.verifiers.len()].0.clone(),
+            };
+            let vote = if cheated { Vote::Cheated } else { Vote::Honest };
+            let _ = Compute::vote(RuntimeOrigin::signed(who), id, vote);
+        }
+        Action::CloseChallenge { pick } => {
+            let open: Vec<_> = Challenges::<Test>::iter_keys().collect();
+            if let Some(id) = open.into_iter().min_by_key(|id| *id as u8 ^ pick) {
+                let _ = Compute::close_challenge(origin(m, 0), id);
+            }
         }
         Action::Transfer { from, to, amount } => {
             let _ = Balances::transfer_allow_death(origin(m, from), m.acc(to), amount);
@@ -464,6 +699,11 @@ fn check(m: &mut Model, events: &[Event<Test>]) -> Result<(), TestCaseError> {
             free: Balances::free_balance(&who),
             bond: Balances::balance_on_hold(&HoldReason::ProviderBond.into(), &who),
             records: Balances::balance_on_hold(&HoldReason::EscrowRecord.into(), &who),
+            verifier_bond: Balances::balance_on_hold(&HoldReason::VerifierBond.into(), &who),
+            challenge_deposit: Balances::balance_on_hold(
+                &HoldReason::ChallengeDeposit.into(),
+                &who,
+            ),
         };
         prop_assert_eq!(actual, books, "account {} differs from its books", i);
         let records = Escrows::<Test>::iter_prefix(&who).count() as Balance;
@@ -530,6 +770,17 @@ proptest! {
 
     #[test]
     fn random_call_sequences_keep_every_account_exact(actions in prop::collection::vec(action(), 1..48)) {
+        run(&actions)?;
+    }
+
+    #[test]
+    fn random_challenges_keep_every_account_exact(actions in prop::collection::vec(challenge_action(), 1..40)) {
+        run(&[challenge_setup(), actions].concat())?;
+    }
+}
+
+fn run(actions: &[Action]) -> Result<(), TestCaseError> {
+    {
         ExistentialDeposit::set(ED);
         let result = new_test_ext().execute_with(|| {
             let mut m = Model {
@@ -539,6 +790,8 @@ proptest! {
                 issuance: 0,
                 signed: BTreeMap::new(),
                 last: BTreeMap::new(),
+                votes: BTreeMap::new(),
+                deposits: BTreeMap::new(),
             };
             use polkadot_sdk::frame_support::traits::fungible::Mutate;
             for i in 0..N {
@@ -550,7 +803,7 @@ proptest! {
             }
             m.issuance = Balances::total_issuance();
             prop_assert_eq!(Balances::balance(&Compute::escrow_account()), ED);
-            for a in &actions {
+            for a in actions {
                 apply(a, &mut m);
                 let events = m.post_events();
                 check(&mut m, &events)?;
@@ -558,6 +811,6 @@ proptest! {
             Ok::<(), TestCaseError>(())
         });
         ExistentialDeposit::set(1);
-        result?;
+        result
     }
 }

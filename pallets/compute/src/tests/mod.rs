@@ -1,5 +1,6 @@
 //! Unit and property tests of the compute pallet.
 
+mod challenges;
 mod disputes;
 mod escrow;
 mod invariants;
@@ -120,6 +121,7 @@ pub(crate) fn receipt(
         request_hash: H256::repeat_byte(nonce as u8),
         response_hash: H256::repeat_byte(0xee),
         proof_hash: Default::default(),
+        model_hash: Default::default(),
         input_tokens: 1,
         output_tokens: 1,
         fee,

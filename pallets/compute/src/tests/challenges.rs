@@ -1,0 +1,368 @@
+use super::*;
+use polkadot_sdk::{
+    frame_support::{
+        assert_noop, assert_ok,
+        traits::fungible::{Inspect, InspectHold, Mutate},
+    },
+    sp_io::hashing::blake2_256,
+};
+use Sr25519Keyring::{Alice, Bob, Charlie, Dave, Eve, Ferdie};
+
+const REQUEST: &[u8] = br#"{"model":"m","messages":[{"role":"user","content":"hi"}]}"#;
+const RESPONSE: &[u8] = b"Hello there";
+const PROOF: &[u8] = b"\x01\x02\x00\x00\x00proof bytes";
+const WEIGHTS: H256 = H256::repeat_byte(0x4d);
+const FEE: Balance = 100;
+
+fn evidence(request: &[u8], response: &[u8], proof: &[u8]) -> Evidence {
+    Evidence {
+        request: request.to_vec().try_into().unwrap(),
+        response: response.to_vec().try_into().unwrap(),
+        proof: proof.to_vec().try_into().unwrap(),
+    }
+}
+
+fn good_evidence() -> Evidence {
+    evidence(REQUEST, RESPONSE, PROOF)
+}
+
+/// Alice's receipt from Bob for nonce 1: fee 100, committing to the evidence above.
+fn chat_receipt() -> Receipt {
+    Receipt {
+        request_hash: H256(blake2_256(REQUEST)),
+        response_hash: H256(blake2_256(RESPONSE)),
+        proof_hash: H256(blake2_256(PROOF)),
+        model_hash: WEIGHTS,
+        ..receipt(Alice, Bob, 1, FEE, FEE)
+    }
+}
+
+/// Bob registers, Alice deposits 1 000, Bob settles her voucher for the receipt's fee, and
+/// Charlie, Dave and Eve bond as verifiers.
+fn paid() -> SignedReceipt {
+    register(Bob, 0);
+    deposit(Alice, Bob, 1_000);
+    settle(Bob, vec![claim(Alice, Bob, 1, 0, 300, FEE)]);
+    for v in [Charlie, Dave, Eve] {
+        assert_ok!(Compute::join_verifiers(RuntimeOrigin::signed(account(v))));
+    }
+    events();
+    signed_receipt(chat_receipt(), Bob)
+}
+
+fn challenge(user: Sr25519Keyring, r: SignedReceipt, e: Evidence) -> DispatchResult {
+    Compute::challenge(RuntimeOrigin::signed(account(user)), account(Bob), r, e)
+}
+
+fn vote(v: Sr25519Keyring, vote: Vote) -> DispatchResult {
+    Compute::vote(RuntimeOrigin::signed(account(v)), 0, vote)
+}
+
+fn verifier(k: Sr25519Keyring) -> VerifierInfo {
+    Verifiers::<Test>::get(account(k)).expect("a verifier")
+}
+
+fn deposit_held(k: Sr25519Keyring) -> Balance {
+    Balances::balance_on_hold(&HoldReason::ChallengeDeposit.into(), &account(k))
+}
+
+fn verifier_bond_held(k: Sr25519Keyring) -> Balance {
+    Balances::balance_on_hold(&HoldReason::VerifierBond.into(), &account(k))
+}
+
+type DispatchResult = polkadot_sdk::sp_runtime::DispatchResult;
+
+#[test]
+fn an_upheld_challenge_refunds_the_fee_and_slashes_the_bond() {
+    new_test_ext().execute_with(|| {
+        let r = paid();
+        let (alice, charlie, issuance) = (free(Alice), free(Charlie), Balances::total_issuance());
+        assert_ok!(challenge(Alice, r, good_evidence()));
+        assert_eq!(deposit_held(Alice), CHALLENGE_DEPOSIT);
+        assert_eq!(ProviderChallenges::<Test>::get(account(Bob)).open, 1);
+        assert_eq!(verifier(Eve).assigned, 1);
+        Compute::do_try_state().unwrap();
+        assert_ok!(vote(Charlie, Vote::Cheated));
+        assert!(Challenges::<Test>::contains_key(0), "one vote of three decides nothing");
+        assert_ok!(vote(Dave, Vote::Cheated));
+        assert!(!Challenges::<Test>::contains_key(0), "two of three end it");
+
+        // The fee comes back from the held payment onto the escrow; the voucher stays spent.
+        let e = escrow(Alice, Bob);
+        assert_eq!((e.balance, e.held, e.settled_total), (1_000, 0, FEE));
+        // Slash: 9 x the fee = 900 (above the least, 50): 30 % (270) to Alice, 40 % (360)
+        // split between Charlie and Dave, 270 burned. The deposit is back.
+        assert_eq!(bond_held(Bob), PROVIDER_BOND - 900);
+        assert_eq!(free(Alice), alice + 270);
+        assert_eq!(deposit_held(Alice), 0);
+        assert_eq!(free(Charlie), charlie + 180);
+        assert_eq!(free(Dave), charlie + 180);
+        assert_eq!(Balances::total_issuance(), issuance - 270);
+        let info = provider_info(Bob);
+        assert_eq!((info.bond, info.earned), (100, 0));
+        let record = ProviderChallenges::<Test>::get(account(Bob));
+        assert_eq!((record.open, record.lost, record.won), (0, 1, 0));
+        assert_eq!((verifier(Charlie).with_majority, verifier(Eve).missed), (1, 1));
+        assert_eq!(verifier(Eve).assigned, 0);
+        let ended = events().into_iter().last().unwrap();
+        assert_eq!(
+            ended,
+            Event::ChallengeEnded {
+                id: 0,
+                user: account(Alice),
+                provider: account(Bob),
+                outcome: ChallengeOutcome::Upheld,
+                refunded: FEE,
+                from_bond: 0,
+                slashed: 900,
+                challenger_reward: 270,
+                verifier_reward: 360,
+                burned: 270,
+            }
+        );
+        Compute::do_try_state().unwrap();
+    });
+}
+
+#[test]
+fn a_rejected_challenge_pays_the_majority_and_costs_the_minority() {
+    new_test_ext().execute_with(|| {
+        let r = paid();
+        let (alice, dave) = (free(Alice), free(Dave));
+        assert_ok!(challenge(Alice, r, good_evidence()));
+        assert_ok!(vote(Charlie, Vote::Cheated));
+        assert_ok!(vote(Dave, Vote::Honest));
+        assert_ok!(vote(Eve, Vote::Honest));
+        // The deposit (40) goes to Dave and Eve; Charlie loses 10 % of the verifier bond.
+        assert_eq!(free(Alice), alice - CHALLENGE_DEPOSIT);
+        assert_eq!(free(Dave), dave + 20);
+        assert_eq!(verifier_bond_held(Charlie), VERIFIER_BOND - 30);
+        assert_eq!(verifier(Charlie).against_majority, 1);
+        assert_eq!(bond_held(Bob), PROVIDER_BOND, "an honest provider keeps its bond");
+        assert_eq!(escrow(Alice, Bob).held, FEE, "and its payment");
+        assert_eq!(ProviderChallenges::<Test>::get(account(Bob)).won, 1);
+        // Charlie's bond is below `VerifierBond`: no new challenges for him.
+        settle(Bob, vec![claim(Alice, Bob, 2, FEE, 300, FEE)]);
+        let later = signed_receipt(Receipt { nonce: 2, total: 2 * FEE, ..chat_receipt() }, Bob);
+        assert_ok!(challenge(Alice, later, good_evidence()));
+        let assigned: Vec<_> =
+            Challenges::<Test>::get(1).unwrap().verifiers.iter().map(|(v, _)| v.clone()).collect();
+        assert_eq!(assigned, {
+            let mut a = vec![account(Dave), account(Eve)];
+            a.sort_by_key(|a| Verifiers::<Test>::hashed_key_for(a));
+            a
+        });
+        Compute::do_try_state().unwrap();
+    });
+}
+
+#[test]
+fn a_challenge_without_a_supermajority_ends_undecided_after_the_deadline() {
+    new_test_ext().execute_with(|| {
+        let r = paid();
+        let alice = free(Alice);
+        assert_ok!(challenge(Alice, r, good_evidence()));
+        assert_ok!(vote(Charlie, Vote::Cheated));
+        assert_ok!(vote(Dave, Vote::Honest));
+        let closer = RuntimeOrigin::signed(account(Ferdie));
+        assert_noop!(Compute::close_challenge(closer.clone(), 0), Error::<Test>::VotingStillOpen);
+        run_to(1 + VOTING_PERIOD + 1);
+        assert_noop!(vote(Eve, Vote::Honest), Error::<Test>::VotingClosed);
+        assert_ok!(Compute::close_challenge(closer.clone(), 0));
+        assert_eq!(free(Alice), alice, "the deposit is back");
+        assert_eq!(verifier(Eve).missed, 1);
+        assert_eq!(verifier_bond_held(Charlie), VERIFIER_BOND, "no majority, no penalty");
+        assert_eq!(ProviderChallenges::<Test>::get(account(Bob)).undecided, 1);
+        assert_noop!(Compute::close_challenge(closer, 0), Error::<Test>::ChallengeNotFound);
+        Compute::do_try_state().unwrap();
+    });
+}
+
+#[test]
+fn malformed_mismatched_and_replayed_challenges_are_refused() {
+    new_test_ext().execute_with(|| {
+        let r = paid();
+        let resign = |f: &dyn Fn(&mut Receipt)| {
+            let mut receipt = chat_receipt();
+            f(&mut receipt);
+            signed_receipt(receipt, Bob)
+        };
+        let mut forged = r.clone();
+        forged.receipt.fee = 300;
+        assert_noop!(challenge(Alice, forged, good_evidence()), Error::<Test>::BadReceiptSignature);
+        assert_noop!(challenge(Charlie, r.clone(), good_evidence()), Error::<Test>::NotReceiptUser);
+        assert_noop!(
+            Compute::challenge(
+                RuntimeOrigin::signed(account(Alice)),
+                account(Dave),
+                r.clone(),
+                good_evidence()
+            ),
+            Error::<Test>::ReceiptProviderMismatch
+        );
+        assert_noop!(
+            challenge(Alice, resign(&|r| r.proof_hash = H256::zero()), good_evidence()),
+            Error::<Test>::NothingToChallenge
+        );
+        assert_noop!(
+            challenge(Alice, resign(&|r| r.model_hash = H256::zero()), good_evidence()),
+            Error::<Test>::NoCommittedWeights
+        );
+        assert_noop!(
+            challenge(Alice, r.clone(), evidence(b"{}", RESPONSE, PROOF)),
+            Error::<Test>::RequestMismatch
+        );
+        assert_noop!(
+            challenge(Alice, r.clone(), evidence(REQUEST, b"Hello", PROOF)),
+            Error::<Test>::ResponseMismatch
+        );
+        assert_noop!(
+            challenge(Alice, r.clone(), evidence(REQUEST, RESPONSE, b"\x01")),
+            Error::<Test>::ProofMismatch
+        );
+        assert_noop!(
+            challenge(Alice, resign(&|r| r.total = FEE + 1), good_evidence()),
+            Error::<Test>::ReceiptNotSettled
+        );
+        assert_ok!(challenge(Alice, r.clone(), good_evidence()));
+        assert_noop!(
+            challenge(Alice, r.clone(), good_evidence()),
+            Error::<Test>::AlreadyChallenged
+        );
+        assert_ok!(vote(Charlie, Vote::Honest));
+        assert_ok!(vote(Dave, Vote::Honest));
+        assert_noop!(challenge(Alice, r, good_evidence()), Error::<Test>::AlreadyChallenged);
+        // The same voucher under another receipt is not a second chance either.
+        let again = resign(&|r| r.response_hash = H256(blake2_256(b"other")));
+        assert_noop!(
+            challenge(Alice, again, evidence(REQUEST, b"other", PROOF)),
+            Error::<Test>::AlreadyChallenged
+        );
+        Compute::do_try_state().unwrap();
+    });
+}
+
+#[test]
+fn a_challenge_needs_the_dispute_window_and_independent_verifiers() {
+    new_test_ext().execute_with(|| {
+        register(Bob, 0);
+        deposit(Alice, Bob, 1_000);
+        settle(Bob, vec![claim(Alice, Bob, 1, 0, 300, FEE)]);
+        let r = signed_receipt(chat_receipt(), Bob);
+        assert_noop!(
+            challenge(Alice, r.clone(), good_evidence()),
+            Error::<Test>::NotEnoughVerifiers
+        );
+        // The parties cannot judge their own case.
+        assert_ok!(Compute::join_verifiers(RuntimeOrigin::signed(account(Alice))));
+        assert_ok!(Compute::join_verifiers(RuntimeOrigin::signed(account(Bob))));
+        assert_noop!(
+            challenge(Alice, r.clone(), good_evidence()),
+            Error::<Test>::NotEnoughVerifiers
+        );
+        assert_ok!(Compute::join_verifiers(RuntimeOrigin::signed(account(Charlie))));
+        run_to(1 + DISPUTE_WINDOW);
+        assert_noop!(challenge(Alice, r, good_evidence()), Error::<Test>::DisputeWindowClosed);
+    });
+}
+
+#[test]
+fn votes_come_only_from_assigned_verifiers_once() {
+    new_test_ext().execute_with(|| {
+        let r = paid();
+        assert_ok!(challenge(Alice, r, good_evidence()));
+        assert_ok!(Compute::join_verifiers(RuntimeOrigin::signed(account(Ferdie))));
+        assert_noop!(vote(Ferdie, Vote::Cheated), Error::<Test>::NotAssignedVerifier);
+        assert_noop!(vote(Bob, Vote::Honest), Error::<Test>::NotAssignedVerifier);
+        assert_ok!(vote(Charlie, Vote::Honest));
+        assert_noop!(vote(Charlie, Vote::Cheated), Error::<Test>::AlreadyVoted);
+        assert_noop!(
+            Compute::vote(RuntimeOrigin::signed(account(Dave)), 7, Vote::Honest),
+            Error::<Test>::ChallengeNotFound
+        );
+    });
+}
+
+#[test]
+fn bonds_stay_while_challenges_are_open() {
+    new_test_ext().execute_with(|| {
+        let r = paid();
+        assert_ok!(challenge(Alice, r, good_evidence()));
+        // Bob stops serving and waits out the dispute window: his bond still cannot go.
+        assert_ok!(Compute::remove_service(RuntimeOrigin::signed(account(Bob)), 0));
+        run_to(1 + DISPUTE_WINDOW);
+        assert_noop!(
+            Compute::withdraw_bond(RuntimeOrigin::signed(account(Bob))),
+            Error::<Test>::ChallengesOpen
+        );
+        let charlie = RuntimeOrigin::signed(account(Charlie));
+        assert_noop!(
+            Compute::withdraw_verifier_bond(charlie.clone()),
+            Error::<Test>::VerifierNotLeft
+        );
+        assert_ok!(Compute::leave_verifiers(charlie.clone()));
+        assert_noop!(Compute::leave_verifiers(charlie.clone()), Error::<Test>::VerifierAlreadyLeft);
+        assert_noop!(
+            Compute::withdraw_verifier_bond(charlie.clone()),
+            Error::<Test>::VerifierHasChallenges
+        );
+        assert_ok!(Compute::close_challenge(charlie.clone(), 0));
+        let before = free(Charlie);
+        assert_ok!(Compute::withdraw_verifier_bond(charlie));
+        assert_eq!(free(Charlie), before + VERIFIER_BOND);
+        assert!(!Verifiers::<Test>::contains_key(account(Charlie)));
+        assert_ok!(Compute::withdraw_bond(RuntimeOrigin::signed(account(Bob))));
+        Compute::do_try_state().unwrap();
+    });
+}
+
+#[test]
+fn a_fee_already_released_comes_back_from_the_bond() {
+    new_test_ext().execute_with(|| {
+        let r = paid();
+        // Challenged late in the dispute window; the window closes while the verifiers work
+        // and Bob collects the payment.
+        run_to(DISPUTE_WINDOW - 2);
+        assert_ok!(challenge(Alice, r, good_evidence()));
+        run_to(1 + DISPUTE_WINDOW);
+        let users: BoundedVec<_, _> = vec![account(Alice)].try_into().unwrap();
+        assert_ok!(Compute::release(RuntimeOrigin::signed(account(Bob)), users));
+        assert_eq!(escrow(Alice, Bob).held, 0);
+        assert_ok!(vote(Charlie, Vote::Cheated));
+        assert_ok!(vote(Eve, Vote::Cheated));
+        // 100 back from the bond, then a slash of 900: the whole bond.
+        let e = escrow(Alice, Bob);
+        assert_eq!((e.balance, e.settled_total), (1_000, FEE));
+        assert_eq!(bond_held(Bob), 0);
+        assert_eq!(escrowed(), 1_000);
+        Compute::do_try_state().unwrap();
+    });
+}
+
+#[test]
+fn the_verifier_set_is_bounded_and_bonded() {
+    new_test_ext().execute_with(|| {
+        assert_ok!(Compute::join_verifiers(RuntimeOrigin::signed(account(Alice))));
+        assert_noop!(
+            Compute::join_verifiers(RuntimeOrigin::signed(account(Alice))),
+            Error::<Test>::AlreadyVerifier
+        );
+        assert_eq!(verifier_bond_held(Alice), VERIFIER_BOND);
+        let poor = AccountId32::new([0xaa; 32]);
+        assert_noop!(
+            Compute::join_verifiers(RuntimeOrigin::signed(poor)),
+            Error::<Test>::InsufficientBalanceForBond
+        );
+        for i in 1..MAX_VERIFIERS {
+            let who = AccountId32::new([i as u8; 32]);
+            Balances::set_balance(&who, 10 * VERIFIER_BOND);
+            assert_ok!(Compute::join_verifiers(RuntimeOrigin::signed(who)));
+        }
+        assert_noop!(
+            Compute::join_verifiers(RuntimeOrigin::signed(account(Bob))),
+            Error::<Test>::TooManyVerifiers
+        );
+        assert_eq!(Balances::total_balance(&account(Alice)), ENDOWMENT);
+        Compute::do_try_state().unwrap();
+    });
+}
