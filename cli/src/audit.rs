@@ -97,12 +97,10 @@ pub async fn run(
         // Weights that cannot be had (the provider stopped serving them, or serves others) fail
         // the answers that need them; they do not stop the audit of the rest.
         let loaded = async {
-            let path = weights(state_path, hash, opts, url.as_deref()).await?;
-            let loaded = read_gguf(&path, WeightFormat::AsStored)?;
-            let model = Llama::from_gguf(&loaded.content, &loaded.bytes, &Device::Cpu)
-                .map_err(|e| anyhow!("loading {}: {e}", path.display()))?;
-            let tokenizer = ModelTokenizer::from_gguf(&loaded.content)?;
-            Ok::<_, anyhow::Error>((model, tokenizer))
+            let cache = weights_cache(state_path);
+            let local = opts.weights.as_deref();
+            let path = weights(&cache, hash, local, url.as_deref(), opts.timeout).await?;
+            load(&path)
         };
         let (model, tokenizer) = match loaded.await {
             Ok(m) => m,
@@ -137,6 +135,15 @@ pub async fn run(
     Ok(findings)
 }
 
+/// The model and tokenizer of a GGUF file.
+pub fn load(path: &Path) -> anyhow::Result<(Llama, ModelTokenizer)> {
+    let loaded = read_gguf(path, WeightFormat::AsStored)?;
+    let model = Llama::from_gguf(&loaded.content, &loaded.bytes, &Device::Cpu)
+        .map_err(|e| anyhow!("loading {}: {e}", path.display()))?;
+    let tokenizer = ModelTokenizer::from_gguf(&loaded.content)?;
+    Ok((model, tokenizer))
+}
+
 /// Whether to check an answer, drawn with this machine's randomness: the provider cannot tell
 /// which answers an audit will look at.
 fn draw(rate: f64) -> anyhow::Result<bool> {
@@ -165,21 +172,38 @@ fn check(
     if wire::proof_hash(&bytes) != receipt.receipt.proof_hash {
         return Err("the proof is not the one the receipt commits to".into());
     }
-    let proof = ActivationProof::from_bytes(&bytes).map_err(|e| e.to_string())?;
-    let tokens = proof.len();
-    let messages = ChatMessage::all_from_openai(&k.request["messages"])
-        .map_err(|e| format!("kept request: {e}"))?;
+    judge(model, tokenizer, &k.request, &k.text, &bytes)
+}
+
+/// Whether `text` and the activation proof `proof` (bytes) are what `model` computes for the
+/// chat `request`: `(tokens, Ok(detail))` when they hold up, `(tokens, Err(why))` when they do
+/// not, and `Err(why)` when the request itself cannot be read (nothing to judge).
+#[allow(clippy::type_complexity)]
+pub fn judge(
+    model: &Llama,
+    tokenizer: &ModelTokenizer,
+    request: &serde_json::Value,
+    text: &str,
+    proof: &[u8],
+) -> Result<(usize, Result<String, String>), String> {
+    let messages = ChatMessage::all_from_openai(&request["messages"])
+        .map_err(|e| format!("the request: {e}"))?;
     let prompt = tokenizer
         .encode(&ChatTemplate::default().render(&messages))
         .map_err(|e| format!("tokenizing the request: {e}"))?;
-    let stop: Vec<String> = match &k.request["stop"] {
+    let proof = match ActivationProof::from_bytes(proof) {
+        Ok(p) => p,
+        Err(e) => return Ok((0, Err(format!("the proof is malformed: {e}")))),
+    };
+    let tokens = proof.len();
+    let stop: Vec<String> = match &request["stop"] {
         serde_json::Value::String(s) => vec![s.clone()],
         serde_json::Value::Array(v) => {
             v.iter().filter_map(|s| s.as_str().map(String::from)).collect()
         }
         _ => Vec::new(),
     };
-    if !covers_text(tokenizer, &proof, &k.text, &stop) {
+    if !covers_text(tokenizer, &proof, text, &stop) {
         return Ok((tokens, Err("the text received is not what the proven tokens say".into())));
     }
     Ok((
@@ -194,24 +218,30 @@ fn check(
     ))
 }
 
-/// The weight file committed to as `hash`: `--weights`, else the cache, else downloaded from the
-/// service's `url`; always checked against the hash.
-async fn weights(
-    state_path: &Path,
+/// Where downloaded weights are cached, beside the state file.
+pub fn weights_cache(state_path: &Path) -> PathBuf {
+    state_path.parent().unwrap_or_else(|| Path::new(".")).join("weights")
+}
+
+/// The weight file committed to as `hash`: `local` (which must be it), else the cache, else
+/// downloaded from the service's `url`; always checked against the hash.
+pub async fn weights(
+    cache: &Path,
     hash: H256,
-    opts: &Options,
+    local: Option<&Path>,
     url: Option<&str>,
+    timeout: Duration,
 ) -> anyhow::Result<PathBuf> {
     let check = |path: &Path| -> anyhow::Result<bool> {
         Ok(H256(file_hash(path).with_context(|| format!("reading {}", path.display()))?) == hash)
     };
-    if let Some(path) = &opts.weights {
+    if let Some(path) = local {
         if !check(path)? {
             bail!("{} is not the weights the service committed to ({hash:?})", path.display());
         }
-        return Ok(path.clone());
+        return Ok(path.to_path_buf());
     }
-    let cache = state_path.parent().unwrap_or_else(|| Path::new(".")).join("weights");
+    let cache = cache.to_path_buf();
     let path = cache.join(format!("{hash:?}.gguf"));
     if path.exists() && check(&path)? {
         return Ok(path);
@@ -223,7 +253,7 @@ async fn weights(
     let from = format!("{}/v1/weights/{hash:?}", url.trim_end_matches('/'));
     eprintln!("downloading the committed weights from {from}");
     let partial = cache.join(format!("{hash:?}.part"));
-    if let Err(e) = download(&from, &partial, opts.timeout).await {
+    if let Err(e) = download(&from, &partial, timeout).await {
         let _ = std::fs::remove_file(&partial);
         return Err(e);
     }

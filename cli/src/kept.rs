@@ -26,6 +26,10 @@ pub struct Kept {
     pub model_hash: H256,
     /// The request body sent (OpenAI's JSON).
     pub request: serde_json::Value,
+    /// The exact bytes of that body, which the voucher's `request_hash` commits to: the
+    /// evidence of a challenge.
+    #[serde(default)]
+    pub body: Option<String>,
     /// The text received.
     pub text: String,
     /// The verified receipt (hex SCALE `SignedReceipt`).
@@ -120,6 +124,7 @@ mod tests {
             service_id: 0,
             model_hash: H256::repeat_byte(1),
             request: serde_json::json!({ "messages": [{ "role": "user", "content": "hi" }] }),
+            body: None,
             text: "hello".into(),
             receipt: "0x00".into(),
             proof: "0x01".into(),

@@ -13,10 +13,11 @@ mod recount;
 mod session;
 mod sse;
 mod state;
+mod verifier;
 
 use anyhow::{anyhow, bail, Context};
 use clap::{Parser, Subcommand};
-use compute_client::{wire, Chain, Signer};
+use compute_client::{wire, Chain, ComputeEvent, Signer};
 use compute_primitives::{AccountId, Balance, ServiceId, ServiceKind, SignedReceipt};
 use polkadot_sdk::sp_core::H256;
 use serde_json::{json, Value};
@@ -158,6 +159,42 @@ enum Command {
     },
     /// Prove an over-claim: submit your last verified receipt from PROVIDER to the chain.
     Dispute { provider: String },
+    /// Challenge on chain the answer with NONCE kept from PROVIDER (one `compute audit`
+    /// failed): its request, text and proof go in the extrinsic, a deposit is held, and bonded
+    /// verifiers recompute the proof and vote. Upheld, the fee comes back and the provider's
+    /// bond is slashed; rejected, the deposit pays the verifiers.
+    Challenge {
+        provider: String,
+        nonce: u64,
+        /// Wait for the verifiers' decision and print it.
+        #[arg(long)]
+        wait: bool,
+    },
+    /// Judge challenges as a bonded verifier.
+    #[command(subcommand)]
+    Verifier(VerifierCmd),
+}
+
+#[derive(Subcommand)]
+enum VerifierCmd {
+    /// Bond the verifier bond and take part in every challenge opened from now on.
+    Join,
+    /// Stop taking new challenges (the bond stays until the assigned ones end).
+    Leave,
+    /// Get the bond back after leaving, once no challenge is assigned.
+    Withdraw,
+    /// Your verifier record: bond, assigned challenges, votes with and against majorities.
+    Status,
+    /// Watch the chain's open challenges and vote on each assigned to you, until stopped.
+    Run {
+        /// A local copy of weights challenges may name (matched by hash). Repeatable; other
+        /// weights are downloaded from the provider and cached, checked against the hash.
+        #[arg(long)]
+        weights: Vec<PathBuf>,
+        /// Seconds between looks at the open challenges.
+        #[arg(long, default_value_t = 3)]
+        poll: u64,
+    },
 }
 
 #[derive(Subcommand)]
@@ -349,6 +386,48 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Ack { provider } => ack(&ctx, &provider).await?,
         Command::Receipts { provider, after } => receipts(&ctx, &provider, after).await?,
         Command::Dispute { provider } => dispute(&ctx, &account(&provider)?).await?,
+        Command::Challenge { provider, nonce, wait } => {
+            let provider = account(&provider)?;
+            let signer = ctx.signer()?;
+            let id = verifier::challenge(&ctx.chain, signer, &ctx.state_path, &provider, nonce)
+                .await?;
+            if !wait {
+                ctx.out(json!({ "challenge": id }), format!("challenge {id} opened"));
+                return Ok(());
+            }
+            eprintln!("challenge {id} opened; waiting for the verifiers' decision…");
+            let mut ended = None;
+            ctx.chain
+                .watch_best_events(|_, events| {
+                    ended = events.into_iter().find(
+                        |e| matches!(e, ComputeEvent::ChallengeEnded { id: i, .. } if *i == id),
+                    );
+                    ended.is_none()
+                })
+                .await?;
+            let Some(ComputeEvent::ChallengeEnded {
+                outcome, refunded, slashed, challenger_reward, ..
+            }) = ended
+            else {
+                bail!("the node stopped sending blocks before challenge {id} ended");
+            };
+            ctx.out(
+                json!({
+                    "challenge": id,
+                    "outcome": format!("{outcome:?}"),
+                    "refunded": refunded.to_string(),
+                    "slashed": slashed.to_string(),
+                    "reward": challenger_reward.to_string(),
+                }),
+                format!(
+                    "challenge {id}: {outcome:?}; refunded {}, provider slashed {}, your reward {}",
+                    show(refunded),
+                    show(slashed),
+                    show(challenger_reward)
+                ),
+            );
+        }
+        Command::Verifier(cmd) => verifier_cmd(&ctx, cmd).await?,
     }
     Ok(())
 }
@@ -508,6 +587,57 @@ async fn receipts(ctx: &Ctx, provider: &str, after: u64) -> anyhow::Result<()> {
         serde_json::to_value(list.iter().map(|(r, _)| r).collect::<Vec<_>>())?,
         format!("{}{} receipt(s), all verified", text, list.len()),
     );
+    Ok(())
+}
+
+async fn verifier_cmd(ctx: &Ctx, cmd: VerifierCmd) -> anyhow::Result<()> {
+    let signer = ctx.signer()?;
+    let done = |what: &str, out: compute_client::TxOutcome| {
+        ctx.out(
+            json!({ "block": format!("{:?}", out.block_hash) }),
+            format!("{what} in {:?}", out.block_hash),
+        )
+    };
+    match cmd {
+        VerifierCmd::Join => done("joined the verifiers", ctx.chain.join_verifiers(signer).await?),
+        VerifierCmd::Leave => done("left the verifiers", ctx.chain.leave_verifiers(signer).await?),
+        VerifierCmd::Withdraw => {
+            done("verifier bond withdrawn", ctx.chain.withdraw_verifier_bond(signer).await?)
+        }
+        VerifierCmd::Status => {
+            let me = signer.account_id();
+            let v = ctx.chain.verifier(&me).await?.ok_or_else(|| anyhow!("{me} is no verifier"))?;
+            ctx.out(
+                json!({
+                    "bond": v.bond.to_string(),
+                    "leaving": v.leaving,
+                    "assigned": v.assigned,
+                    "with_majority": v.with_majority,
+                    "against_majority": v.against_majority,
+                    "missed": v.missed,
+                }),
+                format!(
+                    "bond {}{}; {} challenges assigned; votes: {} with the majority, {} against, \
+                     {} missed",
+                    show(v.bond),
+                    if v.leaving { " (leaving)" } else { "" },
+                    v.assigned,
+                    v.with_majority,
+                    v.against_majority,
+                    v.missed
+                ),
+            );
+        }
+        VerifierCmd::Run { weights, poll } => {
+            let opts = verifier::Options {
+                weights,
+                cache: audit::weights_cache(&ctx.state_path),
+                poll: Duration::from_secs(poll.max(1)),
+                timeout: ctx.timeout,
+            };
+            verifier::run(&ctx.chain, signer, opts).await?
+        }
+    }
     Ok(())
 }
 

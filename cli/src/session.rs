@@ -46,6 +46,8 @@ pub struct Session {
 /// A voucher signed for one request, waiting for its receipt.
 pub struct Signed {
     pub voucher: Voucher,
+    /// The request body the voucher's `request_hash` commits to (empty for an ack).
+    pub body: Vec<u8>,
     /// The `x-compute-voucher` header value.
     pub header: String,
     pub service: ServiceInfo,
@@ -146,7 +148,9 @@ impl Session {
         body: &[u8],
         cap: Balance,
     ) -> anyhow::Result<Signed> {
-        self.sign_with(service, wire::request_hash(body), cap).await
+        let mut signed = self.sign_with(service, wire::request_hash(body), cap).await?;
+        signed.body = body.to_vec();
+        Ok(signed)
     }
 
     /// Sign the next voucher with an explicit request hash (zero for an ack).
@@ -185,7 +189,7 @@ impl Session {
         };
         let header =
             wire::to_hex(&wire::sign_voucher(&self.signer, voucher.clone(), &self.genesis));
-        Ok(Signed { voucher, header, service: service.clone() })
+        Ok(Signed { voucher, body: Vec::new(), header, service: service.clone() })
     }
 
     /// Check the receipt for `signed` (and, with `text`, that it covers exactly that text; with
@@ -207,6 +211,7 @@ impl Session {
                 service_id: signed.voucher.service_id,
                 model_hash: signed.service.model_hash,
                 request: request.clone(),
+                body: String::from_utf8(signed.body.clone()).ok(),
                 text: text.to_string(),
                 receipt: receipt.signed.clone(),
                 proof: proof.clone(),
@@ -549,6 +554,14 @@ impl Ledger<'_> {
             if r.receipt.output_tokens > 0 {
                 proof_of(receipt, &r)?;
             }
+            // A challenge is judged against the weights the receipt names: they must be the
+            // ones the service committed to when the request was paid.
+            if r.receipt.fee != 0 && r.receipt.model_hash != signed.service.model_hash {
+                return Err(format!(
+                    "its receipt names weights {:?}, not the {:?} the service committed to",
+                    r.receipt.model_hash, signed.service.model_hash
+                ));
+            }
             match (self.recount, asked) {
                 (Some(rc), Some(req)) if r.receipt.fee != 0 => {
                     let max = req["max_tokens"].as_u64().or(req["max_completion_tokens"].as_u64());
@@ -709,7 +722,7 @@ mod tests {
             recount: None,
         };
         let signed =
-            |v: Voucher| Signed { voucher: v, header: String::new(), service: service(&bob) };
+            |v: Voucher| Signed { voucher: v, body: Vec::new(), header: String::new(), service: service(&bob) };
         let json = |r: Receipt, by: &Signer| {
             ReceiptJson::from(&wire::sign_receipt(by, r, &genesis)).with_proof(&proof(5))
         };

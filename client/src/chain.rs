@@ -197,7 +197,7 @@ pub type ProgressFn = std::sync::Arc<dyn Fn(&str) + Send + Sync>;
 #[derive(Clone)]
 pub struct Chain {
     progress: Option<ProgressFn>,
-    api: OnlineClient<PolkadotConfig>,
+    pub(crate) api: OnlineClient<PolkadotConfig>,
     rpc: RpcClient,
     genesis: H256,
     url: String,
@@ -211,7 +211,7 @@ impl std::fmt::Debug for Chain {
 
 /// Already SCALE-encoded call arguments: the shared primitive types are the pallet's own types,
 /// so their `Encode` is the metadata's encoding.
-struct Scale<T>(T);
+pub(crate) struct Scale<T>(pub(crate) T);
 
 impl<T: Encode> EncodeAsType for Scale<T> {
     fn encode_as_type_to<R: scale_encode::TypeResolver>(
@@ -302,7 +302,7 @@ impl Chain {
         &self.url
     }
 
-    async fn call<T: DeserializeOwned>(
+    pub(crate) async fn call<T: DeserializeOwned>(
         &self,
         method: &'static str,
         params: subxt::rpcs::client::RpcParams,
@@ -451,7 +451,7 @@ impl Chain {
         Ok(info.at("data").and_then(|d| d.at("free")).and_then(|f| f.as_u128()).unwrap_or(0))
     }
 
-    async fn submit<Args: subxt::ext::scale_encode::EncodeAsFields>(
+    pub(crate) async fn submit<Args: subxt::ext::scale_encode::EncodeAsFields>(
         &self,
         signer: &Signer,
         call: &'static str,

@@ -3,7 +3,9 @@
 //! suite checks every variant used here against a live chain).
 
 use codec::{Decode, Error as CodecError};
-use compute_primitives::{AccountId, Balance, Nonce, RejectReason, ServiceId};
+use compute_primitives::{
+    AccountId, Balance, ChallengeId, ChallengeOutcome, Nonce, RejectReason, ServiceId, Vote,
+};
 use polkadot_sdk::sp_core::H256;
 
 /// Block numbers on this chain.
@@ -62,6 +64,32 @@ pub enum ComputeEvent {
         refunded: Balance,
         unrecovered: Balance,
         rewarded: Balance,
+        burned: Balance,
+    },
+    /// A user challenged a response.
+    ChallengeOpened {
+        id: ChallengeId,
+        user: AccountId,
+        provider: AccountId,
+        nonce: Nonce,
+        model_hash: H256,
+        deposit: Balance,
+        verifiers: u32,
+        deadline: BlockNumber,
+    },
+    /// A verifier voted.
+    Voted { id: ChallengeId, verifier: AccountId, vote: Vote },
+    /// A challenge ended.
+    ChallengeEnded {
+        id: ChallengeId,
+        user: AccountId,
+        provider: AccountId,
+        outcome: ChallengeOutcome,
+        refunded: Balance,
+        from_bond: Balance,
+        slashed: Balance,
+        challenger_reward: Balance,
+        verifier_reward: Balance,
         burned: Balance,
     },
     /// Any other compute event, by name.
@@ -150,6 +178,33 @@ impl ComputeEvent {
                 rewarded: Decode::decode(f)?,
                 burned: Decode::decode(f)?,
             },
+            "ChallengeOpened" => ComputeEvent::ChallengeOpened {
+                id: Decode::decode(f)?,
+                user: Decode::decode(f)?,
+                provider: Decode::decode(f)?,
+                nonce: Decode::decode(f)?,
+                model_hash: Decode::decode(f)?,
+                deposit: Decode::decode(f)?,
+                verifiers: Decode::decode(f)?,
+                deadline: Decode::decode(f)?,
+            },
+            "Voted" => ComputeEvent::Voted {
+                id: Decode::decode(f)?,
+                verifier: Decode::decode(f)?,
+                vote: Decode::decode(f)?,
+            },
+            "ChallengeEnded" => ComputeEvent::ChallengeEnded {
+                id: Decode::decode(f)?,
+                user: Decode::decode(f)?,
+                provider: Decode::decode(f)?,
+                outcome: Decode::decode(f)?,
+                refunded: Decode::decode(f)?,
+                from_bond: Decode::decode(f)?,
+                slashed: Decode::decode(f)?,
+                challenger_reward: Decode::decode(f)?,
+                verifier_reward: Decode::decode(f)?,
+                burned: Decode::decode(f)?,
+            },
             other => ComputeEvent::Other(other.to_string()),
         })
     }
@@ -165,7 +220,8 @@ impl ComputeEvent {
             | ComputeEvent::ClaimSettled { user, .. }
             | ComputeEvent::ClaimPartiallySettled { user, .. }
             | ComputeEvent::ClaimRejected { user, .. }
-            | ComputeEvent::DisputeWon { user, .. } => Some(user),
+            | ComputeEvent::DisputeWon { user, .. }
+            | ComputeEvent::ChallengeEnded { user, .. } => Some(user),
             _ => None,
         }
     }

@@ -5,6 +5,7 @@
 pub mod chain;
 pub mod events;
 pub mod keys;
+pub mod verification;
 pub mod wire;
 
 pub use chain::{
