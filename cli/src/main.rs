@@ -389,8 +389,8 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Challenge { provider, nonce, wait } => {
             let provider = account(&provider)?;
             let signer = ctx.signer()?;
-            let id = verifier::challenge(&ctx.chain, signer, &ctx.state_path, &provider, nonce)
-                .await?;
+            let id =
+                verifier::challenge(&ctx.chain, signer, &ctx.state_path, &provider, nonce).await?;
             if !wait {
                 ctx.out(json!({ "challenge": id }), format!("challenge {id} opened"));
                 return Ok(());
@@ -406,7 +406,11 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                 })
                 .await?;
             let Some(ComputeEvent::ChallengeEnded {
-                outcome, refunded, slashed, challenger_reward, ..
+                outcome,
+                refunded,
+                slashed,
+                challenger_reward,
+                ..
             }) = ended
             else {
                 bail!("the node stopped sending blocks before challenge {id} ended");

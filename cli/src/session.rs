@@ -721,8 +721,12 @@ mod tests {
             genesis: &genesis,
             recount: None,
         };
-        let signed =
-            |v: Voucher| Signed { voucher: v, body: Vec::new(), header: String::new(), service: service(&bob) };
+        let signed = |v: Voucher| Signed {
+            voucher: v,
+            body: Vec::new(),
+            header: String::new(),
+            service: service(&bob),
+        };
         let json = |r: Receipt, by: &Signer| {
             ReceiptJson::from(&wire::sign_receipt(by, r, &genesis)).with_proof(&proof(5))
         };
@@ -773,10 +777,18 @@ mod tests {
             r.proof_hash = wire::proof_hash(&proof(4));
             ReceiptJson::from(&wire::sign_receipt(&bob, r, &genesis)).with_proof(&proof(4))
         };
+        // A receipt naming other weights than the service committed to: a challenge would be
+        // judged against the weights the provider chose afterwards.
+        let other_weights = {
+            let mut r = receipt(&v1, "hi", 70);
+            r.model_hash = H256::repeat_byte(9);
+            json(r, &bob)
+        };
         for (json, why) in [
             (good(), "no activation proof"),
             (good().with_proof(&proof(4)), "does not hash"),
             (other_hash, "covers 4 tokens but the receipt bills 5"),
+            (other_weights, "not the 0x0000"),
         ] {
             std::fs::remove_file(&path).unwrap();
             let e = ledger.record(&signed(v1.clone()), &json, Some("hi"), None).unwrap_err();

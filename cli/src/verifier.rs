@@ -216,8 +216,9 @@ fn verdict(model: &Llama, tokenizer: &ModelTokenizer, evidence: &Evidence) -> (V
     let Ok(text) = std::str::from_utf8(&evidence.response) else {
         return (Vote::Cheated, "the signed response is not UTF-8 text".into());
     };
-    let judged =
-        tokio::task::block_in_place(|| audit::judge(model, tokenizer, &request, text, &evidence.proof));
+    let judged = tokio::task::block_in_place(|| {
+        audit::judge(model, tokenizer, &request, text, &evidence.proof)
+    });
     match judged {
         Err(why) => (Vote::Honest, format!("the request cannot be judged ({why}): nothing shown")),
         Ok((tokens, Ok(detail))) => (Vote::Honest, format!("{tokens} tokens: {detail}")),

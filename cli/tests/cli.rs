@@ -84,6 +84,7 @@ fn fails(out: &Output) -> String {
 
 #[test]
 fn fund_chat_ack_and_refund_through_the_cli() {
+    let _serial = serial();
     let model =
         Path::new(env!("CARGO_MANIFEST_DIR")).join("../models/SmolLM2-135M-Instruct.Q4_1.gguf");
     assert!(model.exists(), "model missing: run `make model`");
@@ -350,4 +351,239 @@ fn fund_chat_ack_and_refund_through_the_cli() {
 fn ok_services(dir: &Path, rpc: u16) -> bool {
     let out = run(dir, rpc, &["--json", "services"]);
     out.status.success() && String::from_utf8_lossy(&out.stdout).contains("SmolLM2")
+}
+
+/// The tests of this file each start a node and workers; on a small machine they take turns.
+fn serial() -> std::sync::MutexGuard<'static, ()> {
+    static SERIAL: std::sync::Mutex<()> = std::sync::Mutex::new(());
+    SERIAL.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+/// The CLI as `key` with its own state file under `dir/<name>`.
+fn run_as(dir: &Path, name: &str, key: &str, rpc: u16, args: &[&str]) -> Command {
+    std::fs::create_dir_all(dir.join(name)).unwrap();
+    let mut cmd = Command::new(CLI);
+    cmd.args(args)
+        .env("COMPUTE_NODE", format!("ws://127.0.0.1:{rpc}"))
+        .env("COMPUTE_KEY", key)
+        .env("COMPUTE_STATE", dir.join(name).join("state.json"));
+    cmd
+}
+
+/// Run `cmd`, killing it after `secs`.
+fn within(mut cmd: Command, secs: u64) -> Output {
+    let child = cmd.stdout(Stdio::piped()).stderr(Stdio::piped()).spawn().unwrap();
+    let id = child.id();
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || tx.send(child.wait_with_output().unwrap()));
+    rx.recv_timeout(Duration::from_secs(secs)).unwrap_or_else(|_| {
+        let _ = Command::new("kill").arg(id.to_string()).status();
+        panic!("{cmd:?} ran past {secs} s")
+    })
+}
+
+/// A worker serving `model` as provider `key` (one chat service, settling at once).
+fn chat_worker(dir: &Path, name: &str, key: &str, rpc: u16, http: u16, model: &Path) -> Proc {
+    let config = dir.join(format!("{name}.toml"));
+    std::fs::write(
+        &config,
+        format!(
+            "node_url = \"ws://127.0.0.1:{rpc}\"\nlisten = \"127.0.0.1:{http}\"\nprovider_key = \"{key}\"\n\
+             [store]\ndata_dir = \"{}\"\n[chat]\nmodel = \"{}\"\n\
+             [[services]]\nid = 0\nmodel_name = \"SmolLM2-135M-Instruct\"\n\
+             input_price = \"1000000\"\noutput_price = \"4000000\"\n\
+             [settlement]\nmax_age_secs = 1\ntick_ms = 500\n",
+            dir.join(name).display(),
+            model.display(),
+        ),
+    )
+    .unwrap();
+    Proc(
+        Command::new(built("compute-worker"))
+            .arg("--config")
+            .arg(&config)
+            .stdout(Stdio::null())
+            .stderr(std::fs::File::create(dir.join(format!("{name}.log"))).unwrap())
+            .spawn()
+            .unwrap(),
+    )
+}
+
+const CHARLIE: &str = "5FLSigC9HGRKVhB9FiEo4Y3koPsNmBmLJbpXg2mp1hXcS59Y";
+const DAVE: &str = "5DAAnrj7VHTznn2AWBemMuyBwZWs6FNFjdyVXUeYum3PTXFy";
+const UNIT: u128 = 1_000_000_000_000;
+
+/// Bob serves SmolLM2; Dave serves a substitute (the same file with the low bit of every byte of
+/// its last 40 % flipped) while his service claims SmolLM2's hash. Eve and Ferdie run verifier
+/// daemons. Charlie's audit flags Dave's answer and not Bob's; his challenge of Bob's answer is
+/// rejected (Bob keeps his bond, the deposit pays the verifiers) and his challenge of Dave's is
+/// upheld with the exact refund and slash; bad evidence and a replay are refused by the chain.
+#[test]
+fn a_substitute_model_loses_its_challenge_and_an_honest_one_survives() {
+    use compute_client::{Chain, Signer};
+    let _serial = serial();
+    let model =
+        Path::new(env!("CARGO_MANIFEST_DIR")).join("../models/SmolLM2-135M-Instruct.Q4_1.gguf");
+    assert!(model.exists(), "model missing: run `make model`");
+    let dir = std::env::temp_dir().join(format!("compute-challenge-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).unwrap();
+    let substitute = dir.join("substitute.gguf");
+    let mut bytes = std::fs::read(&model).unwrap();
+    let from = bytes.len() * 6 / 10;
+    bytes[from..].iter_mut().for_each(|b| *b ^= 1);
+    std::fs::write(&substitute, bytes).unwrap();
+
+    let rpc = free_port();
+    let _node = Proc(
+        Command::new(built("compute-node"))
+            .args(["--dev", "--sealing", "instant", "--no-telemetry", "--no-mdns", "--base-path"])
+            .arg(dir.join("chain"))
+            .args(["--rpc-port", &rpc.to_string(), "--port", &free_port().to_string()])
+            .arg("--no-prometheus")
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap(),
+    );
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let chain =
+        rt.block_on(Chain::connect(&format!("ws://127.0.0.1:{rpc}"), Duration::from_secs(60)));
+    let chain = chain.unwrap();
+    // Settled payments stay challengeable for 500 blocks (the dev chain's window is 3).
+    rt.block_on(chain.sudo_set_dispute_window(&Signer::from_uri("//Alice").unwrap(), 500)).unwrap();
+    let (bob_http, dave_http) = (free_port(), free_port());
+    let _bob = chat_worker(&dir, "bob", "//Bob", rpc, bob_http, &model);
+    let _dave = chat_worker(&dir, "dave", "//Dave", rpc, dave_http, &substitute);
+    let bob: compute_primitives::AccountId = BOB.parse().unwrap();
+    let dave: compute_primitives::AccountId = DAVE.parse().unwrap();
+    let charlie: compute_primitives::AccountId = CHARLIE.parse().unwrap();
+    let deadline = Instant::now() + Duration::from_secs(240);
+    let services = |who| rt.block_on(chain.services_of(who)).unwrap();
+    while services(&bob).is_empty() || services(&dave).is_empty() {
+        assert!(Instant::now() < deadline, "the workers never registered their services");
+        std::thread::sleep(Duration::from_millis(500));
+    }
+
+    // Dave's operator points his service at SmolLM2's hash; his worker keeps serving the
+    // substitute and now signs receipts naming SmolLM2's weights.
+    let honest =
+        polkadot_sdk::sp_core::H256(compute_inference::weights::file_hash(&model).unwrap());
+    let mut terms = services(&dave)[0].terms();
+    assert_ne!(terms.model_hash, honest, "the substitute has its own hash");
+    terms.model_hash = honest;
+    let dave_key = Signer::from_uri("//Dave").unwrap();
+    rt.block_on(chain.register_service(&dave_key, 0, &terms, true)).unwrap();
+    let models = |port: u16| {
+        let url = format!("http://127.0.0.1:{port}/v1/models");
+        let out = Command::new("curl").args(["-s", &url]).output();
+        let out = String::from_utf8(out.map(|o| o.stdout).unwrap_or_default()).unwrap();
+        serde_json::from_str::<serde_json::Value>(&out).unwrap_or_default()
+    };
+    while models(dave_http)["data"][0]["model_hash"] != format!("{honest:?}") {
+        assert!(Instant::now() < deadline, "Dave's worker never saw its new terms");
+        std::thread::sleep(Duration::from_millis(250));
+    }
+    while models(bob_http)["data"][0]["model_hash"] != format!("{honest:?}") {
+        assert!(Instant::now() < deadline, "Bob's worker never listened");
+        std::thread::sleep(Duration::from_millis(250));
+    }
+
+    // Eve and Ferdie bond as verifiers and run the daemon with a local copy of SmolLM2.
+    let mut verifiers = Vec::new();
+    for (name, key) in [("eve", "//Eve"), ("ferdie", "//Ferdie")] {
+        ok(&within(run_as(&dir, name, key, rpc, &["verifier", "join"]), 60));
+        let mut cmd = run_as(
+            &dir,
+            name,
+            key,
+            rpc,
+            &["verifier", "run", "--poll", "1", "--weights", model.to_str().unwrap()],
+        );
+        let log = std::fs::File::create(dir.join(format!("{name}-verifier.log"))).unwrap();
+        verifiers.push(Proc(cmd.stdout(Stdio::null()).stderr(log).spawn().unwrap()));
+    }
+
+    // Charlie pays both and asks each the same question.
+    let charlie_cli = |args: &[&str]| run_as(&dir, "charlie", "//Charlie", rpc, args);
+    for p in [BOB, DAVE] {
+        ok(&within(charlie_cli(&["deposit", p, "0.5unit"]), 60));
+        let args = ["chat", p, "Name three colours.", "--max-tokens", "12", "--temperature", "0"];
+        ok(&within(charlie_cli(&args), 120));
+    }
+    let weights = model.to_str().unwrap();
+    ok(&within(charlie_cli(&["audit", BOB, "--weights", weights]), 120));
+    let out = within(charlie_cli(&["audit", DAVE, "--weights", weights]), 120);
+    let (o, e) = (String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+    assert!(!out.status.success() && e.contains("1 of 1 answers"), "{o}\n{e}");
+    assert!(o.contains("not these weights' answer"), "{o}");
+
+    // Both answers are settled (the workers settle within a second).
+    for p in [&bob, &dave] {
+        while rt.block_on(chain.escrow(&charlie, p, None)).unwrap().unwrap().settled_nonce < 1 {
+            assert!(Instant::now() < deadline, "not settled");
+            std::thread::sleep(Duration::from_millis(500));
+        }
+    }
+
+    // Evidence that is not what the receipt commits to is refused by the chain, by name.
+    let kept = |provider: &str| {
+        dir.join("charlie/kept").join(CHARLIE).join(provider).join(format!("{:020}.json", 1))
+    };
+    let original = std::fs::read_to_string(kept(BOB)).unwrap();
+    for (field, value, error) in [
+        ("text", serde_json::json!("Red, green and blue."), "ResponseMismatch"),
+        ("body", serde_json::json!("{\"messages\":[]}"), "RequestMismatch"),
+        ("proof", serde_json::json!("0x0100000000"), "ProofMismatch"),
+    ] {
+        let mut answer: serde_json::Value = serde_json::from_str(&original).unwrap();
+        answer[field] = value;
+        std::fs::write(kept(BOB), answer.to_string()).unwrap();
+        let e = fails(&within(charlie_cli(&["challenge", BOB, "1"]), 60));
+        assert!(e.contains(error), "{field}: {e}");
+    }
+    std::fs::write(kept(BOB), &original).unwrap();
+
+    // Bob served honestly: both verifiers find the proof holds and the challenge is rejected.
+    let bond = |p| rt.block_on(chain.provider(p)).unwrap().unwrap().bond;
+    let bob_bond = bond(&bob);
+    let out = ok(&within(charlie_cli(&["--json", "challenge", BOB, "1", "--wait"]), 180));
+    let v: serde_json::Value = serde_json::from_str(out.trim()).unwrap();
+    assert_eq!(v["outcome"], "Rejected", "{v}");
+    assert_eq!(bond(&bob), bob_bond, "an honest provider keeps its bond");
+    let record = rt.block_on(chain.challenge_record(&bob)).unwrap();
+    assert_eq!((record.won, record.lost, record.open), (1, 0, 0));
+    // The same receipt cannot be challenged twice.
+    let e = fails(&within(charlie_cli(&["challenge", BOB, "1"]), 60));
+    assert!(e.contains("AlreadyChallenged"), "{e}");
+
+    // Dave's answer is not SmolLM2's: upheld, the fee back on Charlie's escrow, the slash
+    // (99 times the fee, at least 5 units) from Dave's bond.
+    let answer: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(kept(DAVE)).unwrap()).unwrap();
+    let receipt: compute_primitives::SignedReceipt =
+        compute_client::wire::from_hex("receipt", answer["receipt"].as_str().unwrap()).unwrap();
+    let fee = receipt.receipt.fee;
+    let escrow_before = rt.block_on(chain.escrow(&charlie, &dave, None)).unwrap().unwrap();
+    let dave_bond = bond(&dave);
+    let out = ok(&within(charlie_cli(&["--json", "challenge", DAVE, "1", "--wait"]), 180));
+    let v: serde_json::Value = serde_json::from_str(out.trim()).unwrap();
+    let slash = (99 * fee).max(5 * UNIT);
+    assert_eq!(v["outcome"], "Upheld", "{v}");
+    assert_eq!(v["refunded"], fee.to_string());
+    assert_eq!(v["slashed"], slash.to_string());
+    assert_eq!(v["reward"], (slash * 3 / 10).to_string(), "30 % of the slash to the challenger");
+    let escrow_after = rt.block_on(chain.escrow(&charlie, &dave, None)).unwrap().unwrap();
+    assert_eq!(escrow_after.balance, escrow_before.balance + fee);
+    assert_eq!(escrow_after.settled_total, escrow_before.settled_total, "the voucher stays spent");
+    assert_eq!(bond(&dave), dave_bond - slash);
+    let record = rt.block_on(chain.challenge_record(&dave)).unwrap();
+    assert_eq!((record.won, record.lost, record.open), (0, 1, 0));
+    for who in ["//Eve", "//Ferdie"] {
+        let me = Signer::from_uri(who).unwrap().account_id();
+        let v = rt.block_on(chain.verifier(&me)).unwrap().unwrap();
+        assert_eq!((v.with_majority, v.against_majority, v.missed, v.assigned), (2, 0, 0, 0));
+    }
+    drop(verifiers);
+    let _ = std::fs::remove_dir_all(&dir);
 }

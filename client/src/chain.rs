@@ -461,7 +461,7 @@ impl Chain {
         self.submit_to("Compute", signer, call, args, wait).await
     }
 
-    async fn submit_to<Args: subxt::ext::scale_encode::EncodeAsFields>(
+    pub(crate) async fn submit_to<Args: subxt::ext::scale_encode::EncodeAsFields>(
         &self,
         pallet: &'static str,
         signer: &Signer,

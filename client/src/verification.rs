@@ -5,8 +5,7 @@ use crate::chain::{BlockNumber, Chain, ChainError, Scale, TxOutcome, Wait};
 use crate::keys::Signer;
 use codec::{Decode, Encode};
 use compute_primitives::{
-    AccountId, Challenge, ChallengeId, ChallengeRecord, Evidence, SignedReceipt, VerifierInfo,
-    Vote,
+    AccountId, Challenge, ChallengeId, ChallengeRecord, Evidence, SignedReceipt, VerifierInfo, Vote,
 };
 use polkadot_sdk::sp_io::hashing::{blake2_128, blake2_256, twox_128, twox_64};
 use subxt::rpcs::rpc_params;
@@ -99,6 +98,21 @@ impl Chain {
         id: ChallengeId,
     ) -> Result<TxOutcome, ChainError> {
         self.submit(signer, "close_challenge", (Scale(id),), Wait::Finalized).await
+    }
+
+    /// Set the dispute window (during which settlements can be disputed and challenged) as
+    /// root, through `Sudo`: for development and test chains, whose sudo key `sudo` holds.
+    pub async fn sudo_set_dispute_window(
+        &self,
+        sudo: &Signer,
+        blocks: BlockNumber,
+    ) -> Result<TxOutcome, ChainError> {
+        use subxt::dynamic::Value;
+        let call = Value::unnamed_variant(
+            "Compute",
+            [Value::named_variant("set_dispute_window", [("blocks", Value::u128(blocks.into()))])],
+        );
+        self.submit_to("Sudo", sudo, "sudo", (call,), Wait::Finalized).await
     }
 
     /// A verifier's record, if bonded.

@@ -536,11 +536,15 @@ impl Worker {
                                 services_changed |= *provider == me;
                             }
                         }
-                        true
+                        // Stop watching to reload the services, then watch again.
+                        !services_changed
                     })
                     .await;
                 if services_changed {
-                    let _ = w.refresh_services().await;
+                    if let Err(e) = w.refresh_services().await {
+                        tracing::warn!(error = %e, "reloading the services");
+                    }
+                    continue;
                 }
                 if let Err(e) = result {
                     tracing::warn!(error = %e, "event subscription ended; resubscribing");

@@ -133,7 +133,7 @@ parameter_types! {
     pub const ChallengerReward: Perbill = Perbill::from_percent(30);
     pub const VerifierReward: Perbill = Perbill::from_percent(40);
     /// A vote against the deciding majority burns 10 % of the verifier bond.
-    pub const MinorityPenalty: Perbill = Perbill::from_percent(10);
+    pub const VerifierPenalty: Perbill = Perbill::from_percent(10);
 }
 
 /// Bond a provider holds while it offers services.
@@ -183,6 +183,6 @@ impl pallet_compute::Config for Runtime {
     type MinChallengeSlash = ConstU128<MIN_CHALLENGE_SLASH>;
     type ChallengerReward = ChallengerReward;
     type VerifierReward = VerifierReward;
-    type MinorityPenalty = MinorityPenalty;
+    type VerifierPenalty = VerifierPenalty;
     type WeightInfo = pallet_compute::weights::SubstrateWeight<Runtime>;
 }

@@ -37,7 +37,22 @@ struct Settlement {
 impl<T: Config> Pallet<T> {
     pub(crate) fn do_join_verifiers(verifier: T::AccountId) -> DispatchResult {
         ensure!(!Verifiers::<T>::contains_key(&verifier), Error::<T>::AlreadyVerifier);
-        ensure!(Verifiers::<T>::count() < MAX_VERIFIERS, Error::<T>::TooManyVerifiers);
+        if Verifiers::<T>::count() >= MAX_VERIFIERS {
+            // A seat held by a verifier that takes no challenges goes to the newcomer; bounded
+            // by `MAX_VERIFIERS` records.
+            let idle = Verifiers::<T>::iter()
+                .find(|(_, info)| !Self::active(info) && info.assigned == 0)
+                .ok_or(Error::<T>::TooManyVerifiers)?;
+            let (gone, info) = idle;
+            let amount = T::Currency::release(
+                &HoldReason::VerifierBond.into(),
+                &gone,
+                info.bond,
+                Precision::Exact,
+            )?;
+            Verifiers::<T>::remove(&gone);
+            Self::deposit_event(Event::VerifierRemoved { verifier: gone, amount });
+        }
         let bond = T::VerifierBond::get();
         T::Currency::hold(&HoldReason::VerifierBond.into(), &verifier, bond)
             .map_err(|_| Error::<T>::InsufficientBalanceForBond)?;
@@ -92,6 +107,7 @@ impl<T: Config> Pallet<T> {
             !receipt.fee.is_zero() && !receipt.proof_hash.is_zero(),
             Error::<T>::NothingToChallenge
         );
+        ensure!(receipt.fee <= receipt.total, Error::<T>::InconsistentReceipt);
         ensure!(!receipt.model_hash.is_zero(), Error::<T>::NoCommittedWeights);
         ensure!(signed.verify(&Self::genesis_hash()), Error::<T>::BadReceiptSignature);
         ensure!(
@@ -107,8 +123,13 @@ impl<T: Config> Pallet<T> {
         ensure!(!ChallengedReceipts::<T>::contains_key(&key), Error::<T>::AlreadyChallenged);
         let escrow = Escrows::<T>::get(&user, &provider).ok_or(Error::<T>::EscrowNotFound)?;
         ensure!(receipt.total <= escrow.settled_total, Error::<T>::ReceiptNotSettled);
+        // The receipt's payment must still be held: its total lies within the last `locked`
+        // settled. Older receipts were paid out; their window, like a dispute's, has closed.
         let now = Self::now();
-        ensure!(!escrow.locked(now).is_zero(), Error::<T>::DisputeWindowClosed);
+        ensure!(
+            receipt.total > escrow.settled_total.saturating_sub(escrow.locked(now)),
+            Error::<T>::DisputeWindowClosed
+        );
 
         // Every active verifier but the parties; bounded by `MAX_VERIFIERS` records.
         let mut verifiers: BoundedVec<(T::AccountId, Option<Vote>), ConstU32<MAX_VERIFIERS>> =
@@ -244,27 +265,40 @@ impl<T: Config> Pallet<T> {
             Verifiers::<T>::try_mutate(who, |maybe| {
                 let Some(info) = maybe.as_mut() else { return Ok::<_, DispatchError>(()) };
                 info.assigned = info.assigned.saturating_sub(1);
-                match (vote, majority) {
-                    (None, _) => info.missed = info.missed.saturating_add(1),
-                    (Some(_), None) => {}
+                // Penalized: a vote against the majority, and no vote on a challenge that ended
+                // undecided (absent verifiers are what keeps a supermajority from forming). A
+                // verifier that had not voted when a majority formed is only counted `missed`.
+                let penalized = match (vote, majority) {
+                    (None, None) => {
+                        info.missed = info.missed.saturating_add(1);
+                        true
+                    }
+                    (None, Some(_)) => {
+                        info.missed = info.missed.saturating_add(1);
+                        false
+                    }
+                    (Some(_), None) => false,
                     (Some(v), Some(m)) if *v == m => {
-                        info.with_majority = info.with_majority.saturating_add(1)
+                        info.with_majority = info.with_majority.saturating_add(1);
+                        false
                     }
                     (Some(_), Some(_)) => {
                         info.against_majority = info.against_majority.saturating_add(1);
-                        penalty = T::MinorityPenalty::get()
-                            .mul_floor(T::VerifierBond::get())
-                            .min(info.bond);
-                        if !penalty.is_zero() {
-                            T::Currency::burn_held(
-                                &HoldReason::VerifierBond.into(),
-                                who,
-                                penalty,
-                                Precision::Exact,
-                                Fortitude::Force,
-                            )?;
-                            info.bond = info.bond.saturating_sub(penalty);
-                        }
+                        true
+                    }
+                };
+                if penalized {
+                    penalty =
+                        T::VerifierPenalty::get().mul_floor(T::VerifierBond::get()).min(info.bond);
+                    if !penalty.is_zero() {
+                        T::Currency::burn_held(
+                            &HoldReason::VerifierBond.into(),
+                            who,
+                            penalty,
+                            Precision::Exact,
+                            Fortitude::Force,
+                        )?;
+                        info.bond = info.bond.saturating_sub(penalty);
                     }
                 }
                 Ok(())
@@ -287,6 +321,14 @@ impl<T: Config> Pallet<T> {
             }
         });
         Challenges::<T>::remove(id);
+        if outcome == ChallengeOutcome::Undecided {
+            // Nobody judged it: the user may challenge the receipt again.
+            ChallengedReceipts::<T>::remove((
+                challenge.provider.clone(),
+                challenge.user.clone(),
+                challenge.nonce,
+            ));
+        }
         Self::deposit_event(Event::ChallengeEnded {
             id,
             user: challenge.user,
@@ -302,9 +344,11 @@ impl<T: Config> Pallet<T> {
         Ok(())
     }
 
-    /// The provider cheated: the fee goes back onto the user's escrow (from the payments still
-    /// held, else from the bond), then the bond is slashed, shared out and the rest burned; the
-    /// deposit goes back to the user.
+    /// The provider cheated: the bond is slashed, then the fee goes back onto the user's escrow
+    /// from the payments still held, else from what the slash left of the bond; the slash is
+    /// shared out and the rest burned; the deposit goes back to the user. Slashing first means
+    /// a provider challenging itself through another account cannot move its bond out as a
+    /// refund ahead of the slash.
     fn uphold(
         c: &Challenge<BlockNumberFor<T>>,
         winners: &[T::AccountId],
@@ -320,6 +364,10 @@ impl<T: Config> Pallet<T> {
         let mut escrow =
             Escrows::<T>::get(&c.user, &c.provider).ok_or(Error::<T>::EscrowNotFound)?;
         let now = Self::now();
+        let slash = T::ChallengeSlash::get()
+            .saturating_mul_int(c.fee)
+            .max(T::MinChallengeSlash::get())
+            .min(info.bond);
 
         // The fee's settled total stays as it is: the voucher stays spent, so it cannot be
         // claimed again; the money comes back as escrow balance.
@@ -334,7 +382,7 @@ impl<T: Config> Pallet<T> {
             }
         }
         Self::shift_buckets(&mut escrow);
-        let from_bond = c.fee.saturating_sub(from_held).min(info.bond);
+        let from_bond = c.fee.saturating_sub(from_held).min(info.bond.saturating_sub(slash));
         if !from_bond.is_zero() {
             T::Currency::transfer_on_hold(
                 &HoldReason::ProviderBond.into(),
@@ -352,10 +400,6 @@ impl<T: Config> Pallet<T> {
         escrow.balance = escrow.balance.checked_add(out.refunded).ok_or(Error::<T>::Overflow)?;
         info.earned = info.earned.saturating_sub(out.refunded);
 
-        let slash = T::ChallengeSlash::get()
-            .saturating_mul_int(c.fee)
-            .max(T::MinChallengeSlash::get())
-            .min(info.bond);
         out.slashed = slash;
         out.challenger_reward = T::ChallengerReward::get().mul_floor(slash);
         Self::move_bond(&c.provider, &c.user, out.challenger_reward, &mut info)?;
@@ -442,6 +486,16 @@ impl<T: Config> Pallet<T> {
             *open.entry(c.provider.clone()).or_default() += 1;
         }
         ensure!(Verifiers::<T>::count() <= MAX_VERIFIERS, "more verifiers than MAX_VERIFIERS");
+        for who in assigned.keys() {
+            ensure!(
+                Verifiers::<T>::contains_key(who),
+                "an open challenge names a removed verifier"
+            );
+        }
+        let next = NextChallengeId::<T>::get();
+        for (_, id) in ChallengedReceipts::<T>::iter() {
+            ensure!(id < next, "a challenged receipt names a challenge never opened");
+        }
         for (who, info) in Verifiers::<T>::iter() {
             ensure!(
                 T::Currency::balance_on_hold(&HoldReason::VerifierBond.into(), &who) == info.bond,

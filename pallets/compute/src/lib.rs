@@ -175,9 +175,9 @@ pub mod pallet {
         type VerifierReward: Get<Perbill>;
 
         /// Share of `VerifierBond` a verifier loses (burned) for a vote against the deciding
-        /// majority.
+        /// majority, or for no vote on a challenge that ends undecided.
         #[pallet::constant]
-        type MinorityPenalty: Get<Perbill>;
+        type VerifierPenalty: Get<Perbill>;
 
         /// Weights of this pallet's calls.
         type WeightInfo: WeightInfo;
@@ -465,6 +465,14 @@ pub mod pallet {
             /// The verifier.
             verifier: T::AccountId,
         },
+        /// An inactive verifier (left, or its bond cut below `VerifierBond`) with nothing
+        /// assigned was removed to make room for a new one; its bond was released.
+        VerifierRemoved {
+            /// The verifier removed.
+            verifier: T::AccountId,
+            /// Amount released.
+            amount: Balance,
+        },
         /// A verifier that left got its bond back.
         VerifierBondWithdrawn {
             /// The verifier.
@@ -524,7 +532,8 @@ pub mod pallet {
             /// Burned: the rest of the slash or of the deposit.
             burned: Balance,
         },
-        /// A verifier lost part of its bond for a vote against the deciding majority.
+        /// A verifier lost part of its bond: it voted against the deciding majority, or did not
+        /// vote on a challenge that ended undecided.
         VerifierPenalized {
             /// The challenge.
             id: ChallengeId,
@@ -602,7 +611,7 @@ pub mod pallet {
         AlreadyVerifier,
         /// The account is not a verifier.
         NotAVerifier,
-        /// `MAX_VERIFIERS` verifiers are bonded already.
+        /// `MAX_VERIFIERS` verifiers are bonded already, none of them inactive.
         TooManyVerifiers,
         /// The verifier has already left.
         VerifierAlreadyLeft,
@@ -614,6 +623,8 @@ pub mod pallet {
         ChallengesOpen,
         /// The receipt charged nothing or carries no activation proof: nothing to challenge.
         NothingToChallenge,
+        /// The receipt's fee is above its total: no provider signs that for a real response.
+        InconsistentReceipt,
         /// The receipt names no weights: there is nothing to check it against.
         NoCommittedWeights,
         /// The request in the evidence does not hash to the receipt's `request_hash`.
@@ -823,7 +834,8 @@ pub mod pallet {
         }
 
         /// Bond `VerifierBond` and take part in every challenge opened from now on (except
-        /// those where the caller is a party).
+        /// those where the caller is a party). When the set is full, an inactive verifier with
+        /// nothing assigned makes room (its bond is released).
         #[pallet::call_index(13)]
         #[pallet::weight(T::WeightInfo::join_verifiers())]
         pub fn join_verifiers(origin: OriginFor<T>) -> DispatchResult {
@@ -873,7 +885,8 @@ pub mod pallet {
         }
 
         /// End a challenge whose voting period is over without a supermajority: the deposit
-        /// goes back to the challenger. Anyone may call it.
+        /// goes back to the challenger, the verifiers that did not vote lose `VerifierPenalty`
+        /// of the bond, and the receipt can be challenged again. Anyone may call it.
         #[pallet::call_index(18)]
         #[pallet::weight(T::WeightInfo::close_challenge())]
         pub fn close_challenge(origin: OriginFor<T>, id: ChallengeId) -> DispatchResult {

@@ -62,7 +62,7 @@ parameter_types! {
     pub Supermajority: Perbill = Perbill::from_rational(2u32, 3u32);
     pub const ChallengerReward: Perbill = Perbill::from_percent(30);
     pub const VerifierReward: Perbill = Perbill::from_percent(40);
-    pub const MinorityPenalty: Perbill = Perbill::from_percent(10);
+    pub const VerifierPenalty: Perbill = Perbill::from_percent(10);
     pub static MinVerifiers: u32 = 1;
     pub const ComputePalletId: polkadot_sdk::frame_support::PalletId =
         polkadot_sdk::frame_support::PalletId(*b"cmp/escr");
@@ -95,7 +95,7 @@ impl pallet_compute::Config for Test {
     type MinChallengeSlash = ConstU128<MIN_CHALLENGE_SLASH>;
     type ChallengerReward = ChallengerReward;
     type VerifierReward = VerifierReward;
-    type MinorityPenalty = MinorityPenalty;
+    type VerifierPenalty = VerifierPenalty;
     type WeightInfo = ();
 }
 

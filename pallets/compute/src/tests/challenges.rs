@@ -171,9 +171,16 @@ fn a_challenge_without_a_supermajority_ends_undecided_after_the_deadline() {
         assert_ok!(Compute::close_challenge(closer.clone(), 0));
         assert_eq!(free(Alice), alice, "the deposit is back");
         assert_eq!(verifier(Eve).missed, 1);
-        assert_eq!(verifier_bond_held(Charlie), VERIFIER_BOND, "no majority, no penalty");
+        assert_eq!(verifier_bond_held(Charlie), VERIFIER_BOND, "voted: no penalty");
+        // Eve's absence kept a supermajority from forming: she loses 10 % of the bond and,
+        // below `VerifierBond`, is assigned nothing more.
+        assert_eq!(verifier_bond_held(Eve), VERIFIER_BOND - 30);
         assert_eq!(ProviderChallenges::<Test>::get(account(Bob)).undecided, 1);
         assert_noop!(Compute::close_challenge(closer, 0), Error::<Test>::ChallengeNotFound);
+        // Nobody judged it: Alice may challenge again, before Charlie and Dave only.
+        assert_ok!(challenge(Alice, signed_receipt(chat_receipt(), Bob), good_evidence()));
+        let assigned = Challenges::<Test>::get(1).unwrap().verifiers.len();
+        assert_eq!(assigned, 2);
         Compute::do_try_state().unwrap();
     });
 }
@@ -188,7 +195,7 @@ fn malformed_mismatched_and_replayed_challenges_are_refused() {
             signed_receipt(receipt, Bob)
         };
         let mut forged = r.clone();
-        forged.receipt.fee = 300;
+        forged.receipt.input_tokens = 99;
         assert_noop!(challenge(Alice, forged, good_evidence()), Error::<Test>::BadReceiptSignature);
         assert_noop!(challenge(Charlie, r.clone(), good_evidence()), Error::<Test>::NotReceiptUser);
         assert_noop!(
@@ -207,6 +214,10 @@ fn malformed_mismatched_and_replayed_challenges_are_refused() {
         assert_noop!(
             challenge(Alice, resign(&|r| r.model_hash = H256::zero()), good_evidence()),
             Error::<Test>::NoCommittedWeights
+        );
+        assert_noop!(
+            challenge(Alice, resign(&|r| r.fee = FEE + 1), good_evidence()),
+            Error::<Test>::InconsistentReceipt
         );
         assert_noop!(
             challenge(Alice, r.clone(), evidence(b"{}", RESPONSE, PROOF)),
@@ -309,7 +320,8 @@ fn bonds_stay_while_challenges_are_open() {
         assert_ok!(Compute::close_challenge(charlie.clone(), 0));
         let before = free(Charlie);
         assert_ok!(Compute::withdraw_verifier_bond(charlie));
-        assert_eq!(free(Charlie), before + VERIFIER_BOND);
+        // Charlie never voted on a challenge that ended undecided: 10 % of the bond burned.
+        assert_eq!(free(Charlie), before + VERIFIER_BOND - 30);
         assert!(!Verifiers::<Test>::contains_key(account(Charlie)));
         assert_ok!(Compute::withdraw_bond(RuntimeOrigin::signed(account(Bob))));
         Compute::do_try_state().unwrap();
@@ -363,6 +375,71 @@ fn the_verifier_set_is_bounded_and_bonded() {
             Error::<Test>::TooManyVerifiers
         );
         assert_eq!(Balances::total_balance(&account(Alice)), ENDOWMENT);
+        Compute::do_try_state().unwrap();
+    });
+}
+
+#[test]
+fn a_receipt_whose_payment_was_released_cannot_be_challenged() {
+    new_test_ext().execute_with(|| {
+        let r = paid();
+        run_to(1 + DISPUTE_WINDOW);
+        // A later payment is held, but not the challenged receipt's.
+        settle(Bob, vec![claim(Alice, Bob, 2, FEE, 300, FEE)]);
+        assert_eq!(escrow(Alice, Bob).locked(System::block_number()), FEE);
+        assert_noop!(challenge(Alice, r, good_evidence()), Error::<Test>::DisputeWindowClosed);
+        let later = signed_receipt(Receipt { nonce: 2, total: 2 * FEE, ..chat_receipt() }, Bob);
+        assert_ok!(challenge(Alice, later, good_evidence()));
+    });
+}
+
+/// The attack: Bob pays himself through Alice, lets the payment be released, and has Alice
+/// challenge a receipt with a fee as large as his bond, hoping the refund moves the bond into
+/// Alice's escrow ahead of the slash. The slash comes first: the pair loses 70 % of the bond.
+#[test]
+fn a_provider_cannot_move_its_bond_out_through_a_self_challenge() {
+    new_test_ext().execute_with(|| {
+        register(Bob, 0);
+        deposit(Alice, Bob, 1_000);
+        for v in [Charlie, Dave, Eve] {
+            assert_ok!(Compute::join_verifiers(RuntimeOrigin::signed(account(v))));
+        }
+        settle(Bob, vec![claim(Alice, Bob, 1, 0, 1_000, 900)]);
+        let r = signed_receipt(Receipt { fee: 900, total: 900, ..chat_receipt() }, Bob);
+        let pair = || free(Alice) + free(Bob) + bond_held(Bob) + escrow(Alice, Bob).balance;
+        let before = pair() + escrow(Alice, Bob).held;
+        run_to(DISPUTE_WINDOW - 2);
+        assert_ok!(challenge(Alice, r, good_evidence()));
+        run_to(1 + DISPUTE_WINDOW);
+        let users: BoundedVec<_, _> = vec![account(Alice)].try_into().unwrap();
+        assert_ok!(Compute::release(RuntimeOrigin::signed(account(Bob)), users));
+        assert_ok!(vote(Charlie, Vote::Cheated));
+        assert_ok!(vote(Dave, Vote::Cheated));
+        // Slash: min(bond 1 000, 9 x 900) = the whole bond; nothing is left to refund from.
+        assert_eq!(bond_held(Bob), 0);
+        assert_eq!(escrow(Alice, Bob).balance, 100, "no refund moved the bond out");
+        assert_eq!(pair(), before - 700, "30 % of the slash came back to the pair");
+        Compute::do_try_state().unwrap();
+    });
+}
+
+#[test]
+fn a_full_set_makes_room_by_removing_an_idle_verifier() {
+    new_test_ext().execute_with(|| {
+        let who = |i: u32| AccountId32::new([i as u8 + 1; 32]);
+        for i in 0..MAX_VERIFIERS {
+            Balances::set_balance(&who(i), 10 * VERIFIER_BOND);
+            assert_ok!(Compute::join_verifiers(RuntimeOrigin::signed(who(i))));
+        }
+        assert_noop!(
+            Compute::join_verifiers(RuntimeOrigin::signed(account(Alice))),
+            Error::<Test>::TooManyVerifiers
+        );
+        assert_ok!(Compute::leave_verifiers(RuntimeOrigin::signed(who(7))));
+        assert_ok!(Compute::join_verifiers(RuntimeOrigin::signed(account(Alice))));
+        assert!(!Verifiers::<Test>::contains_key(who(7)));
+        assert_eq!(Balances::free_balance(who(7)), 10 * VERIFIER_BOND, "its bond is released");
+        assert_eq!(Verifiers::<Test>::count(), MAX_VERIFIERS);
         Compute::do_try_state().unwrap();
     });
 }
