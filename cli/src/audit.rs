@@ -31,6 +31,12 @@ use std::{
 /// Largest weight file downloaded (a 70B model at 6 bits; larger ones are given with `--weights`).
 const MAX_WEIGHTS_BYTES: u64 = 64 << 30;
 
+/// The provider answered for weights it committed to and refused them, or sent others: its
+/// fault, unlike a network failure.
+#[derive(Debug, thiserror::Error)]
+#[error("{0}")]
+pub struct Withheld(pub String);
+
 /// What to audit and with what.
 pub struct Options {
     /// Share of the kept answers checked, each drawn at random (1 = all).
@@ -188,9 +194,12 @@ pub fn judge(
 ) -> Result<(usize, Result<String, String>), String> {
     let messages = ChatMessage::all_from_openai(&request["messages"])
         .map_err(|e| format!("the request: {e}"))?;
-    let prompt = tokenizer
-        .encode(&ChatTemplate::default().render(&messages))
-        .map_err(|e| format!("tokenizing the request: {e}"))?;
+    // The tokenizer is part of the committed weights: one that cannot read the request is not
+    // what served it.
+    let prompt = match tokenizer.encode(&ChatTemplate::default().render(&messages)) {
+        Ok(p) => p,
+        Err(e) => return Ok((0, Err(format!("the committed tokenizer cannot read it: {e}")))),
+    };
     let proof = match ActivationProof::from_bytes(proof) {
         Ok(p) => p,
         Err(e) => return Ok((0, Err(format!("the proof is malformed: {e}")))),
@@ -252,14 +261,18 @@ pub async fn weights(
     std::fs::create_dir_all(&cache)?;
     let from = format!("{}/v1/weights/{hash:?}", url.trim_end_matches('/'));
     eprintln!("downloading the committed weights from {from}");
-    let partial = cache.join(format!("{hash:?}.part"));
+    // One partial file per process: two audits or daemons sharing the cache do not write into
+    // each other's.
+    let partial = cache.join(format!("{hash:?}.{}.part", std::process::id()));
     if let Err(e) = download(&from, &partial, timeout).await {
         let _ = std::fs::remove_file(&partial);
         return Err(e);
     }
     if !check(&partial)? {
         let _ = std::fs::remove_file(&partial);
-        bail!("the provider served weights that do not hash to {hash:?}");
+        return Err(
+            Withheld(format!("the provider served weights that do not hash to {hash:?}")).into()
+        );
     }
     std::fs::rename(&partial, &path)?;
     Ok(path)
@@ -268,6 +281,9 @@ pub async fn weights(
 async fn download(url: &str, to: &Path, timeout: Duration) -> anyhow::Result<()> {
     let http = reqwest::Client::builder().connect_timeout(timeout).read_timeout(timeout).build()?;
     let resp = http.get(url).send().await.with_context(|| format!("GET {url}"))?;
+    if resp.status() == reqwest::StatusCode::NOT_FOUND {
+        return Err(Withheld(format!("GET {url}: 404: the provider does not serve them")).into());
+    }
     if !resp.status().is_success() {
         bail!("GET {url}: {}", resp.status());
     }

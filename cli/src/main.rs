@@ -396,24 +396,24 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                 return Ok(());
             }
             eprintln!("challenge {id} opened; waiting for the verifiers' decision…");
-            let mut ended = None;
-            ctx.chain
-                .watch_best_events(|_, events| {
-                    ended = events.into_iter().find(
-                        |e| matches!(e, ComputeEvent::ChallengeEnded { id: i, .. } if *i == id),
-                    );
-                    ended.is_none()
-                })
-                .await?;
             let Some(ComputeEvent::ChallengeEnded {
                 outcome,
                 refunded,
                 slashed,
                 challenger_reward,
                 ..
-            }) = ended
+            }) = verifier::wait(&ctx.chain, signer, id).await?
             else {
-                bail!("the node stopped sending blocks before challenge {id} ended");
+                let record = ctx.chain.challenge_record(&provider).await?;
+                ctx.out(
+                    json!({ "challenge": id, "outcome": null }),
+                    format!(
+                        "challenge {id} ended (its event was not seen); {provider} has won {} \
+                         and lost {} challenges",
+                        record.won, record.lost
+                    ),
+                );
+                return Ok(());
             };
             ctx.out(
                 json!({

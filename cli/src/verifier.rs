@@ -4,12 +4,14 @@
 //! `challenge` extrinsic. A verifier daemon watches the chain's open challenges, reads each
 //! one's evidence from the block it was opened in, recomputes the proof against the weights the
 //! receipt names (from `--weights` files, the cache, or the provider's `/v1/weights/{hash}`),
-//! and votes. The rules it applies are in `docs/verification.md` §5:
+//! and votes. The rules it applies are in `docs/verification.md` §6:
 //! - evidence that is not a readable chat request rejects the challenge (the user chose it);
-//! - a malformed proof, a text the proven tokens do not say, or activations the weights do not
-//!   compute uphold it;
-//! - weights the provider committed to but does not serve uphold it after [`WEIGHT_TRIES`]
-//!   attempts: serving them is part of the commitment.
+//! - a malformed proof, a text the proven tokens do not say, a committed tokenizer that cannot
+//!   read the request, or activations the weights do not compute uphold it;
+//! - weights the provider still names but refuses to serve (404) or serves wrong uphold it
+//!   after [`WEIGHT_TRIES`] attempts: serving them is part of the commitment. Any other failure
+//!   to get them (network, disk, a provider that moved to other weights) is retried until the
+//!   deadline and never voted on: an absent verifier is only counted, never penalized.
 
 use crate::audit;
 use crate::kept;
@@ -24,10 +26,13 @@ use std::{
     time::Duration,
 };
 
-/// Attempts to get a challenge's weights before voting that the provider withholds them.
+/// Refusals of a challenge's weights by the provider before voting that it withholds them.
 const WEIGHT_TRIES: u32 = 3;
-/// Attempts to find a challenge's evidence or submit its vote before giving it up.
+/// Attempts to find a challenge's evidence before giving it up.
 const TRIES: u32 = 5;
+/// Longest time spent getting one challenge's weights (a download that trickles is cut here
+/// and retried at the next look).
+const WEIGHTS_TIMEOUT: Duration = Duration::from_secs(20 * 60);
 /// Models kept loaded between challenges.
 const LOADED: usize = 2;
 
@@ -73,6 +78,46 @@ pub async fn challenge(
         .ok_or_else(|| anyhow!("the challenge was included but opened no challenge"))
 }
 
+/// Wait for challenge `id` to end and return its `ChallengeEnded` event: watched in the best
+/// blocks, while the challenge's record is looked at every few seconds (a decision that came
+/// before the watch started, or in a block the watch skipped, ends the wait with `None`); past
+/// its voting period the challenge is closed by `signer`.
+pub async fn wait(
+    chain: &Chain,
+    signer: &Signer,
+    id: ChallengeId,
+) -> anyhow::Result<Option<ComputeEvent>> {
+    let mut ended = None;
+    let watch = chain.watch_best_events(|_, events| {
+        ended = events
+            .into_iter()
+            .find(|e| matches!(e, ComputeEvent::ChallengeEnded { id: i, .. } if *i == id));
+        ended.is_none()
+    });
+    let poll = async {
+        loop {
+            tokio::time::sleep(Duration::from_secs(3)).await;
+            match chain.open_challenge(id).await? {
+                None => {
+                    // Give the watch the block it may still be reading.
+                    tokio::time::sleep(Duration::from_secs(6)).await;
+                    return Ok::<_, anyhow::Error>(());
+                }
+                Some(c) if chain.block_number(None).await? > c.deadline => {
+                    eprintln!("challenge {id}: its voting period is over; closing it");
+                    chain.close_challenge(signer, id).await?;
+                }
+                Some(_) => {}
+            }
+        }
+    };
+    tokio::select! {
+        watched = watch => watched?,
+        polled = poll => polled?,
+    }
+    Ok(ended)
+}
+
 /// What the daemon is given.
 pub struct Options {
     /// Local weight files, matched to challenges by hash.
@@ -85,14 +130,15 @@ pub struct Options {
     pub timeout: Duration,
 }
 
-/// The daemon's memory: loaded models, weights it could not get, challenges given up on.
+/// The daemon's memory: loaded models, refusals of weights and missing evidence per challenge,
+/// challenges done with. Entries of challenges no longer open are dropped at each look.
 struct Verifier {
     me: AccountId,
     local: BTreeMap<H256, PathBuf>,
     loaded: Vec<(H256, Llama, ModelTokenizer)>,
-    weight_failures: BTreeMap<H256, u32>,
-    failures: BTreeMap<ChallengeId, u32>,
-    given_up: BTreeSet<ChallengeId>,
+    refusals: BTreeMap<ChallengeId, u32>,
+    missing: BTreeMap<ChallengeId, u32>,
+    done: BTreeSet<ChallengeId>,
 }
 
 /// Watch the chain's open challenges and vote on each assigned to `signer`, until stopped.
@@ -113,36 +159,50 @@ pub async fn run(chain: &Chain, signer: &Signer, opts: Options) -> anyhow::Resul
         me,
         local,
         loaded: Vec::new(),
-        weight_failures: BTreeMap::new(),
-        failures: BTreeMap::new(),
-        given_up: BTreeSet::new(),
+        refusals: BTreeMap::new(),
+        missing: BTreeMap::new(),
+        done: BTreeSet::new(),
     };
     eprintln!("verifying as {}; looking for challenges every {:?}", v.me, opts.poll);
     loop {
-        match chain.open_challenges().await {
-            Ok(open) => {
-                for (id, c) in open {
-                    let mine = c.verifiers.iter().any(|(who, vote)| *who == v.me && vote.is_none());
-                    if mine && !v.given_up.contains(&id) {
-                        if let Err(e) = v.handle(chain, signer, &opts, id, &c).await {
-                            eprintln!("challenge {id}: {e:#}");
-                            let n = v.failures.entry(id).or_default();
-                            *n += 1;
-                            if *n >= TRIES {
-                                eprintln!("challenge {id}: giving up after {TRIES} attempts");
-                                v.given_up.insert(id);
-                            }
-                        }
-                    }
-                }
-            }
-            Err(e) => eprintln!("reading the open challenges: {e}"),
+        if let Err(e) = v.look(chain, signer, &opts).await {
+            eprintln!("reading the open challenges: {e:#}");
         }
         tokio::time::sleep(opts.poll).await;
     }
 }
 
 impl Verifier {
+    /// One look at the open challenges: vote on those assigned and not yet voted on, the
+    /// earliest deadline first; close those assigned whose voting period is over.
+    async fn look(&mut self, chain: &Chain, signer: &Signer, opts: &Options) -> anyhow::Result<()> {
+        let mut open = chain.open_challenges().await?;
+        let ids: BTreeSet<ChallengeId> = open.iter().map(|(id, _)| *id).collect();
+        self.refusals.retain(|id, _| ids.contains(id));
+        self.missing.retain(|id, _| ids.contains(id));
+        self.done.retain(|id| ids.contains(id));
+        let now = chain.block_number(None).await?;
+        open.retain(|(_, c)| c.verifiers.iter().any(|(who, _)| *who == self.me));
+        open.sort_by_key(|(_, c)| c.deadline);
+        for (id, c) in open {
+            if now > c.deadline {
+                // Over: ending it frees this verifier's bond from it.
+                if let Err(e) = chain.close_challenge(signer, id).await {
+                    eprintln!("challenge {id}: closing: {e}");
+                }
+                continue;
+            }
+            let voted = c.verifiers.iter().any(|(who, vote)| *who == self.me && vote.is_some());
+            if voted || self.done.contains(&id) {
+                continue;
+            }
+            if let Err(e) = self.handle(chain, signer, opts, id, &c).await {
+                eprintln!("challenge {id}: {e:#}");
+            }
+        }
+        Ok(())
+    }
+
     async fn handle(
         &mut self,
         chain: &Chain,
@@ -151,34 +211,45 @@ impl Verifier {
         id: ChallengeId,
         c: &OpenChallenge,
     ) -> anyhow::Result<()> {
-        let (_, evidence) = chain
-            .challenge_evidence(c)
-            .await?
-            .ok_or_else(|| anyhow!("no extrinsic in block {} carries its evidence", c.opened_at))?;
+        let Some((_, evidence)) = chain.challenge_evidence(c).await? else {
+            let n = self.missing.entry(id).or_default();
+            *n += 1;
+            if *n >= TRIES {
+                self.done.insert(id);
+            }
+            bail!("no extrinsic in block {} carries its evidence", c.opened_at);
+        };
         eprintln!(
             "challenge {id}: {} against {} (nonce {}), weights {:?}",
             c.user, c.provider, c.nonce, c.model_hash
         );
-        let (vote, why) = match self.model(chain, opts, c).await {
+        let got = tokio::time::timeout(WEIGHTS_TIMEOUT, self.model(chain, opts, c))
+            .await
+            .unwrap_or_else(|_| Err(anyhow!("getting the weights took over {WEIGHTS_TIMEOUT:?}")));
+        let (vote, why) = match got {
             Ok(i) => {
                 let (_, model, tokenizer) = &self.loaded[i];
                 verdict(model, tokenizer, &evidence)
             }
-            Err(e) => {
-                let n = self.weight_failures.entry(c.model_hash).or_default();
+            Err(e) if e.downcast_ref::<audit::Withheld>().is_some() => {
+                let n = self.refusals.entry(id).or_default();
                 *n += 1;
                 if *n < WEIGHT_TRIES {
-                    return Err(e.context("getting the committed weights (will try again)"));
+                    return Err(e.context("the provider refused its weights (will ask again)"));
                 }
-                (Vote::Cheated, format!("the committed weights cannot be had: {e:#}"))
+                (Vote::Cheated, format!("the provider withholds the weights it names: {e:#}"))
             }
+            Err(e) => return Err(e.context("getting the committed weights (will try again)")),
         };
         eprintln!("challenge {id}: voting {vote:?}: {why}");
         chain.vote(signer, id, vote).await?;
+        self.done.insert(id);
         Ok(())
     }
 
-    /// Index in `loaded` of the model the challenge's receipt names.
+    /// Index in `loaded` of the model the challenge's receipt names. Only a service of the
+    /// provider that still names these weights is asked for them: a provider that moved to
+    /// other weights is not held to serving old ones.
     async fn model(
         &mut self,
         chain: &Chain,
@@ -188,20 +259,34 @@ impl Verifier {
         if let Some(i) = self.loaded.iter().position(|(h, _, _)| *h == c.model_hash) {
             return Ok(i);
         }
-        let url = chain
-            .services_of(&c.provider)
-            .await?
-            .into_iter()
-            .find(|s| s.model_hash == c.model_hash)
-            .or(chain.service(&c.provider, c.service_id).await?)
-            .map(|s| s.url);
-        let local = self.local.get(&c.model_hash).map(PathBuf::as_path);
-        let path =
-            audit::weights(&opts.cache, c.model_hash, local, url.as_deref(), opts.timeout).await?;
-        let (model, tokenizer) = tokio::task::block_in_place(|| audit::load(&path))?;
+        let local = self.local.get(&c.model_hash).cloned();
+        let url = match local {
+            Some(_) => None,
+            None => chain
+                .services_of(&c.provider)
+                .await?
+                .into_iter()
+                .find(|s| s.model_hash == c.model_hash)
+                .map(|s| s.url),
+        };
+        if local.is_none()
+            && url.is_none()
+            && !opts.cache.join(format!("{:?}.gguf", c.model_hash)).exists()
+        {
+            bail!("no local copy of {:?}, and the provider no longer names them", c.model_hash);
+        }
+        let path = audit::weights(
+            &opts.cache,
+            c.model_hash,
+            local.as_deref(),
+            url.as_deref(),
+            opts.timeout,
+        )
+        .await?;
         if self.loaded.len() >= LOADED {
             self.loaded.remove(0);
         }
+        let (model, tokenizer) = tokio::task::block_in_place(|| audit::load(&path))?;
         self.loaded.push((c.model_hash, model, tokenizer));
         Ok(self.loaded.len() - 1)
     }

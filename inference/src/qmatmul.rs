@@ -52,9 +52,12 @@ const NIB: usize = QK / 2;
 /// Activation rows are padded to a multiple of this many blocks (the widest step over scales),
 /// so the kernels read them without masks.
 const PAD_BLOCKS: usize = 16;
-/// Activation rows that share one pass over a weight tile (AVX-512; eight spilled registers and
-/// ran slower).
+/// Activation rows that share one pass over a weight tile or row (AVX-512: eight spilled
+/// registers and ran slower).
 const SHARED: usize = 4;
+/// Activation rows a task's weight rows all pass over before the next ones (AVX2): a chunk of
+/// the widest rows (1 536 values, 4.6 KiB quantized and padded) stays in L2 with the weights.
+const CHUNK: usize = 16;
 
 /// Which instructions run the product.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -787,7 +790,7 @@ mod avx512 {
 
 #[cfg(target_arch = "x86_64")]
 mod avx2 {
-    use super::{prefetch, Acts41, NIB, W41};
+    use super::{prefetch, Acts41, CHUNK, NIB, SHARED, W41};
     use std::arch::x86_64::*;
 
     /// Rows `first..first + rows` of the q4_1 matrix `w` times every activation row into `out`
@@ -798,6 +801,39 @@ mod avx2 {
     /// `out.len() ≥ rows · a.n`.
     #[target_feature(enable = "avx2,fma,f16c")]
     pub(super) unsafe fn tile41(w: &W41, a: &Acts41, first: usize, rows: usize, out: &mut [f32]) {
+        // Activation rows in chunks small enough to stay in the core's caches while every
+        // weight row of the task passes over them, up to four at a time sharing each unpacked
+        // weight block (one row when decoding: the same loop as a chunk of one).
+        let mut j0 = 0;
+        while j0 < a.n {
+            let chunk = (a.n - j0).min(CHUNK);
+            for r in 0..rows {
+                let mut j = j0;
+                while j < j0 + chunk {
+                    let k = (j0 + chunk - j).min(SHARED);
+                    // SAFETY: as this function's; rows `j..j + k` exist in `a`.
+                    unsafe {
+                        match k {
+                            1 => row41::<1>(w, a, first + r, j, &mut out[r * a.n..]),
+                            2 => row41::<2>(w, a, first + r, j, &mut out[r * a.n..]),
+                            3 => row41::<3>(w, a, first + r, j, &mut out[r * a.n..]),
+                            _ => row41::<SHARED>(w, a, first + r, j, &mut out[r * a.n..]),
+                        }
+                    }
+                    j += k;
+                }
+            }
+            j0 += chunk;
+        }
+    }
+
+    /// Weight row `row` times activation rows `j..j + K`, into `out[j..j + K]`.
+    ///
+    /// # Safety
+    /// The CPU has AVX2, FMA and F16C; `row` exists in `w`; rows `j..j + K` exist in `a`;
+    /// `out.len() ≥ j + K`.
+    #[target_feature(enable = "avx2,fma,f16c")]
+    unsafe fn row41<const K: usize>(w: &W41, a: &Acts41, row: usize, j: usize, out: &mut [f32]) {
         let blocks = w.blocks;
         let pairs = blocks / 2;
         let steps = pairs + blocks % 2;
@@ -805,75 +841,74 @@ mod avx2 {
         let ones = _mm256_set1_epi16(1);
         // Lane i of a two-block step belongs to block i / 4.
         let spread = _mm256_set_epi32(1, 1, 1, 1, 0, 0, 0, 0);
-        for r in 0..rows {
-            let row = first + r;
-            // SAFETY (loads below): the row exists, so its blocks lie within `w`'s arrays; a full
-            // step reads two whole blocks, the last odd step one (16 nibble bytes, one f16).
-            // Activation rows hold `a.pb ≥ blocks.next_multiple_of(16)` blocks.
-            let row_bytes = blocks * W41::ROW_BYTES_PER_BLOCK;
-            let qp = unsafe { w.bytes.as_ptr().add(row * row_bytes) };
+        // SAFETY (loads below): the row exists, so its blocks lie within `w`'s arrays; a full
+        // step reads two whole blocks, the last odd step one (16 nibble bytes, one f16).
+        // Activation rows hold `a.pb ≥ blocks.next_multiple_of(16)` blocks.
+        let row_bytes = blocks * W41::ROW_BYTES_PER_BLOCK;
+        let qp = unsafe { w.bytes.as_ptr().add(row * row_bytes) };
+        if j == 0 {
             prefetch(qp, row_bytes);
-            let dp = unsafe { qp.add(blocks * NIB) } as *const u16;
-            let mp = unsafe { qp.add(blocks * (NIB + 2)) } as *const u16;
-            for j in 0..a.n {
-                let mut acc = _mm256_setzero_ps();
-                for p in 0..steps {
-                    let (q, dw) = unsafe {
-                        if p < pairs {
-                            (
-                                _mm256_loadu_si256(qp.add(p * 2 * NIB) as *const __m256i),
-                                _mm_cvtsi32_si128((dp.add(p * 2) as *const i32).read_unaligned()),
-                            )
-                        } else {
-                            (
-                                _mm256_set_m128i(
-                                    _mm_setzero_si128(),
-                                    _mm_loadu_si128(qp.add(p * 2 * NIB) as *const __m128i),
-                                ),
-                                _mm_cvtsi32_si128(i32::from(dp.add(p * 2).read_unaligned())),
-                            )
-                        }
-                    };
-                    let lo = _mm256_and_si256(q, low);
-                    let hi = _mm256_and_si256(_mm256_srli_epi16(q, 4), low);
-                    let dw =
-                        _mm256_permutevar8x32_ps(_mm256_castps128_ps256(_mm_cvtph_ps(dw)), spread);
-                    let at = j * a.pb + p * 2;
-                    let (yl, yh, dx) = unsafe {
-                        (
-                            _mm256_loadu_si256(a.lo.as_ptr().add(at * NIB) as *const __m256i),
-                            _mm256_loadu_si256(a.hi.as_ptr().add(at * NIB) as *const __m256i),
-                            _mm256_loadu_ps(a.d4.as_ptr().add(at * 4)),
-                        )
-                    };
-                    // u4 × i8 pairs summed to i16 (at most 2 · 15 · 128: no saturation), then i32.
-                    let s = _mm256_add_epi32(
-                        _mm256_madd_epi16(_mm256_maddubs_epi16(lo, yl), ones),
-                        _mm256_madd_epi16(_mm256_maddubs_epi16(hi, yh), ones),
-                    );
-                    acc = _mm256_fmadd_ps(_mm256_cvtepi32_ps(s), _mm256_mul_ps(dw, dx), acc);
+        }
+        let dp = unsafe { qp.add(blocks * NIB) } as *const u16;
+        let mp = unsafe { qp.add(blocks * (NIB + 2)) } as *const u16;
+        let mut acc = [_mm256_setzero_ps(); K];
+        for p in 0..steps {
+            let (q, dw) = unsafe {
+                if p < pairs {
+                    (
+                        _mm256_loadu_si256(qp.add(p * 2 * NIB) as *const __m256i),
+                        _mm_cvtsi32_si128((dp.add(p * 2) as *const i32).read_unaligned()),
+                    )
+                } else {
+                    (
+                        _mm256_set_m128i(
+                            _mm_setzero_si128(),
+                            _mm_loadu_si128(qp.add(p * 2 * NIB) as *const __m128i),
+                        ),
+                        _mm_cvtsi32_si128(i32::from(dp.add(p * 2).read_unaligned())),
+                    )
                 }
-                // Σ m_w·s_x, eight blocks per step, then the rest one by one.
-                let sp = unsafe { a.s.as_ptr().add(j * a.pb) };
-                let mut c = 0;
-                while c + 8 <= blocks {
-                    let mw =
-                        _mm256_cvtph_ps(unsafe { _mm_loadu_si128(mp.add(c) as *const __m128i) });
-                    acc = _mm256_fmadd_ps(mw, unsafe { _mm256_loadu_ps(sp.add(c)) }, acc);
-                    c += 8;
-                }
-                let mut tail = 0f32;
-                while c < blocks {
-                    // SAFETY: c < blocks.
-                    let (mw, sx) = unsafe { (mp.add(c).read_unaligned(), *sp.add(c)) };
-                    tail += half::f16::from_bits(mw).to_f32() * sx;
-                    c += 1;
-                }
-                let s = _mm_add_ps(_mm256_castps256_ps128(acc), _mm256_extractf128_ps(acc, 1));
-                let s = _mm_add_ps(s, _mm_movehl_ps(s, s));
-                let s = _mm_add_ss(s, _mm_shuffle_ps(s, s, 1));
-                out[r * a.n + j] = _mm_cvtss_f32(s) + tail;
+            };
+            let lo = _mm256_and_si256(q, low);
+            let hi = _mm256_and_si256(_mm256_srli_epi16(q, 4), low);
+            let dw = _mm256_permutevar8x32_ps(_mm256_castps128_ps256(_mm_cvtph_ps(dw)), spread);
+            for (i, acc) in acc.iter_mut().enumerate() {
+                let at = (j + i) * a.pb + p * 2;
+                let (yl, yh, dx) = unsafe {
+                    (
+                        _mm256_loadu_si256(a.lo.as_ptr().add(at * NIB) as *const __m256i),
+                        _mm256_loadu_si256(a.hi.as_ptr().add(at * NIB) as *const __m256i),
+                        _mm256_loadu_ps(a.d4.as_ptr().add(at * 4)),
+                    )
+                };
+                // u4 × i8 pairs summed to i16 (at most 2 · 15 · 128: no saturation), then i32.
+                let s = _mm256_add_epi32(
+                    _mm256_madd_epi16(_mm256_maddubs_epi16(lo, yl), ones),
+                    _mm256_madd_epi16(_mm256_maddubs_epi16(hi, yh), ones),
+                );
+                *acc = _mm256_fmadd_ps(_mm256_cvtepi32_ps(s), _mm256_mul_ps(dw, dx), *acc);
             }
+        }
+        for (i, mut acc) in acc.into_iter().enumerate() {
+            // Σ m_w·s_x, eight blocks per step, then the rest one by one.
+            let sp = unsafe { a.s.as_ptr().add((j + i) * a.pb) };
+            let mut c = 0;
+            while c + 8 <= blocks {
+                let mw = _mm256_cvtph_ps(unsafe { _mm_loadu_si128(mp.add(c) as *const __m128i) });
+                acc = _mm256_fmadd_ps(mw, unsafe { _mm256_loadu_ps(sp.add(c)) }, acc);
+                c += 8;
+            }
+            let mut tail = 0f32;
+            while c < blocks {
+                // SAFETY: c < blocks.
+                let (mw, sx) = unsafe { (mp.add(c).read_unaligned(), *sp.add(c)) };
+                tail += half::f16::from_bits(mw).to_f32() * sx;
+                c += 1;
+            }
+            let s = _mm_add_ps(_mm256_castps256_ps128(acc), _mm256_extractf128_ps(acc, 1));
+            let s = _mm_add_ps(s, _mm_movehl_ps(s, s));
+            let s = _mm_add_ss(s, _mm_shuffle_ps(s, s, 1));
+            out[j + i] = _mm_cvtss_f32(s) + tail;
         }
     }
 }
@@ -969,7 +1004,7 @@ mod tests {
                 .unwrap();
                 let q = QTensor::quantize(&w, dtype).unwrap();
                 let candle = QMatMul::from_qtensor(QTensor::quantize(&w, dtype).unwrap()).unwrap();
-                for n in [1usize, 2, 3, 5, 6] {
+                for n in [1usize, 2, 3, 5, 6, 21, 38] {
                     let x = Tensor::from_vec(
                         pseudo_random(n * cols, 7 + n as u64),
                         (n, cols),

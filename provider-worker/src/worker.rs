@@ -363,6 +363,20 @@ impl Worker {
     /// Reload this provider's services from the chain.
     pub async fn refresh_services(&self) -> Result<(), ChainError> {
         let services = self.chain.services_of(&self.provider).await?;
+        for s in &services {
+            let loaded = self.weights(s.kind).map_or_else(H256::zero, |w| w.hash);
+            if s.model_hash != loaded {
+                // Receipts name the service's weights: every answer from now on can be
+                // challenged, and will be lost, for weights this worker does not run.
+                tracing::error!(
+                    service = s.service_id,
+                    on_chain = ?s.model_hash,
+                    loaded = ?loaded,
+                    "the service on chain names other weights than this worker serves; restart \
+                     the worker to register what it loads"
+                );
+            }
+        }
         let mut map = self.services.write().unwrap_or_else(|p| p.into_inner());
         *map = services.into_iter().map(|s| (s.service_id, s)).collect();
         Ok(())

@@ -198,6 +198,32 @@ fn open_challenge<T: Config>() -> Vec<AccountId32> {
     all
 }
 
+/// Challenge 0's votes one short of upholding it early: `threshold − 1` `Cheated`, as many
+/// `Honest` as cannot reach it; half the fee still held, half to come from the bond. Returns the
+/// first verifier that has not voted.
+fn votes_short_of_a_decision<T: Config>() -> AccountId32 {
+    let needed = Pallet::<T>::threshold(MAX_VERIFIERS);
+    let honest = (MAX_VERIFIERS - needed).min(needed - 1);
+    Challenges::<T>::mutate(0, |c| {
+        let c = c.as_mut().expect("open");
+        for (i, slot) in c.verifiers.iter_mut().enumerate() {
+            let i = i as u32;
+            slot.1 = if i < needed - 1 {
+                Some(Vote::Cheated)
+            } else if i < needed - 1 + honest {
+                Some(Vote::Honest)
+            } else {
+                None
+            };
+        }
+    });
+    let c = Challenges::<T>::get(0).expect("open");
+    Escrows::<T>::mutate(&c.user, &c.provider, |e| {
+        e.as_mut().expect("escrow exists").held = 500;
+    });
+    c.verifiers[(needed - 1 + honest) as usize].0.clone()
+}
+
 fn advance<T: Config>(blocks: BlockNumberFor<T>) {
     let now = polkadot_sdk::frame_system::Pallet::<T>::block_number();
     polkadot_sdk::frame_system::Pallet::<T>::set_block_number(now + blocks + One::one());
@@ -439,41 +465,19 @@ mod benchmarks {
     #[benchmark]
     fn vote() {
         let all = open_challenge::<T>();
-        let needed = Pallet::<T>::threshold(MAX_VERIFIERS);
-        let honest = (MAX_VERIFIERS - needed).min(needed - 1);
-        Challenges::<T>::mutate(0, |c| {
-            let c = c.as_mut().expect("open");
-            for (i, slot) in c.verifiers.iter_mut().enumerate() {
-                let i = i as u32;
-                slot.1 = if i < needed - 1 {
-                    Some(Vote::Cheated)
-                } else if i < needed - 1 + honest {
-                    Some(Vote::Honest)
-                } else {
-                    None
-                };
-            }
-        });
-        let last = Challenges::<T>::get(0).expect("open").verifiers[(needed - 1 + honest) as usize]
-            .0
-            .clone();
+        let last = votes_short_of_a_decision::<T>();
         assert!(all.contains(&last));
-        // Half the fee is still held, half comes from the bond.
-        let c = Challenges::<T>::get(0).expect("open");
-        Escrows::<T>::mutate(&c.user, &c.provider, |e| {
-            let e = e.as_mut().expect("escrow exists");
-            e.held = 500;
-        });
         #[extrinsic_call]
         _(RawOrigin::Signed(last), 0, Vote::Cheated);
         assert!(!Challenges::<T>::contains_key(0));
     }
 
-    /// A challenge of `MAX_VERIFIERS` that nobody voted on, closed after its deadline: every
-    /// verifier is penalized.
+    /// A challenge of `MAX_VERIFIERS` closed after its deadline with the votes one short of an
+    /// early decision: upheld by the votes cast, with every transfer and penalty of `vote`.
     #[benchmark]
     fn close_challenge() {
         let all = open_challenge::<T>();
+        votes_short_of_a_decision::<T>();
         advance::<T>(T::VotingPeriod::get());
         #[extrinsic_call]
         _(RawOrigin::Signed(all[0].clone()), 0);

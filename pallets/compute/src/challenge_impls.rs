@@ -222,9 +222,29 @@ impl<T: Config> Pallet<T> {
     pub(crate) fn do_close_challenge(id: ChallengeId) -> DispatchResult {
         let challenge = Challenges::<T>::get(id).ok_or(Error::<T>::ChallengeNotFound)?;
         ensure!(Self::now() > challenge.deadline, Error::<T>::VotingStillOpen);
-        // A challenge still stored past its deadline reached no supermajority: the vote that
-        // would have given it one ended it.
-        Self::end(id, challenge, ChallengeOutcome::Undecided)
+        let outcome = Self::outcome_at_deadline(&challenge);
+        Self::end(id, challenge, outcome)
+    }
+
+    /// How a challenge whose voting period is over ends: with a quorum (at least half of the
+    /// assigned verifiers voted), the side with `Supermajority` of the votes cast wins;
+    /// otherwise it is undecided. Verifiers that stay away cannot block a decision unless they
+    /// are more than half; a third of the votes cast, against the rest, can (the set is
+    /// assumed less than a third dishonest, as GRANDPA assumes of validators).
+    pub fn outcome_at_deadline(c: &Challenge<BlockNumberFor<T>>) -> ChallengeOutcome {
+        let (cheated, honest) = (c.count(Vote::Cheated), c.count(Vote::Honest));
+        let cast = cheated.saturating_add(honest);
+        let quorum = (c.verifiers.len() as u32).div_ceil(2);
+        let needed = T::Supermajority::get().mul_ceil(cast);
+        if cast == 0 || cast < quorum {
+            ChallengeOutcome::Undecided
+        } else if cheated >= needed {
+            ChallengeOutcome::Upheld
+        } else if honest >= needed {
+            ChallengeOutcome::Rejected
+        } else {
+            ChallengeOutcome::Undecided
+        }
     }
 
     /// End challenge `id` with `outcome`: move the funds, penalize the minority, count every
@@ -265,15 +285,11 @@ impl<T: Config> Pallet<T> {
             Verifiers::<T>::try_mutate(who, |maybe| {
                 let Some(info) = maybe.as_mut() else { return Ok::<_, DispatchError>(()) };
                 info.assigned = info.assigned.saturating_sub(1);
-                // Penalized: a vote against the majority, and no vote on a challenge that ended
-                // undecided (absent verifiers are what keeps a supermajority from forming). A
-                // verifier that had not voted when a majority formed is only counted `missed`.
+                // Penalized: a vote against the deciding majority. An absent verifier is only
+                // counted `missed`: a verifier kept from judging (weights it could not get, a
+                // stalled node) is not punished for what a provider may have caused.
                 let penalized = match (vote, majority) {
-                    (None, None) => {
-                        info.missed = info.missed.saturating_add(1);
-                        true
-                    }
-                    (None, Some(_)) => {
+                    (None, _) => {
                         info.missed = info.missed.saturating_add(1);
                         false
                     }

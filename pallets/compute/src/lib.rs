@@ -175,7 +175,7 @@ pub mod pallet {
         type VerifierReward: Get<Perbill>;
 
         /// Share of `VerifierBond` a verifier loses (burned) for a vote against the deciding
-        /// majority, or for no vote on a challenge that ends undecided.
+        /// majority.
         #[pallet::constant]
         type VerifierPenalty: Get<Perbill>;
 
@@ -532,8 +532,7 @@ pub mod pallet {
             /// Burned: the rest of the slash or of the deposit.
             burned: Balance,
         },
-        /// A verifier lost part of its bond: it voted against the deciding majority, or did not
-        /// vote on a challenge that ended undecided.
+        /// A verifier lost part of its bond for a vote against the deciding majority.
         VerifierPenalized {
             /// The challenge.
             id: ChallengeId,
@@ -884,9 +883,10 @@ pub mod pallet {
             Self::do_vote(verifier, id, vote)
         }
 
-        /// End a challenge whose voting period is over without a supermajority: the deposit
-        /// goes back to the challenger, the verifiers that did not vote lose `VerifierPenalty`
-        /// of the bond, and the receipt can be challenged again. Anyone may call it.
+        /// End a challenge whose voting period is over. With a quorum (half of the assigned
+        /// verifiers voted), the side with `Supermajority` of the votes cast wins, as if it had
+        /// reached it early; otherwise it ends undecided: the deposit goes back to the
+        /// challenger and the receipt can be challenged again. Anyone may call it.
         #[pallet::call_index(18)]
         #[pallet::weight(T::WeightInfo::close_challenge())]
         pub fn close_challenge(origin: OriginFor<T>, id: ChallengeId) -> DispatchResult {
