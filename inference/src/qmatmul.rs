@@ -428,11 +428,19 @@ impl QMatrix {
         if n == 1 {
             return Ok(by_row);
         }
+        // Back to `[n, rows]`, in square blocks so that both sides stay in cache (a plain loop
+        // writes every value to another cache line once `rows` is large).
+        const B: usize = 32;
         let rows = self.rows;
         let mut out = vec![0f32; rows * n];
-        for (r, vals) in by_row.chunks_exact(n).enumerate() {
-            for (b, v) in vals.iter().enumerate() {
-                out[b * rows + r] = *v;
+        for r0 in (0..rows).step_by(B) {
+            for b0 in (0..n).step_by(B) {
+                for r in r0..(r0 + B).min(rows) {
+                    let vals = &by_row[r * n..(r + 1) * n];
+                    for b in b0..(b0 + B).min(n) {
+                        out[b * rows + r] = vals[b];
+                    }
+                }
             }
         }
         Ok(out)
