@@ -42,51 +42,53 @@ pub trait WeightInfo {
 pub struct SubstrateWeight<T>(PhantomData<T>);
 impl<T: polkadot_sdk::frame_system::Config> WeightInfo for SubstrateWeight<T> {
     /// Storage: `Compute::Services` (r:1 w:1)
-    /// Proof: `Compute::Services` (`max_values`: None, `max_size`: Some(551), added: 3026, mode: `MaxEncodedLen`)
+    /// Proof: `Compute::Services` (`max_values`: None, `max_size`: Some(583), added: 3058, mode: `MaxEncodedLen`)
     /// Storage: `Compute::Providers` (r:1 w:1)
     /// Proof: `Compute::Providers` (`max_values`: None, `max_size`: Some(113), added: 2588, mode: `MaxEncodedLen`)
     /// Storage: `System::Account` (r:1 w:1)
     /// Proof: `System::Account` (`max_values`: None, `max_size`: Some(128), added: 2603, mode: `MaxEncodedLen`)
     /// Storage: `Balances::Holds` (r:1 w:1)
-    /// Proof: `Balances::Holds` (`max_values`: None, `max_size`: Some(85), added: 2560, mode: `MaxEncodedLen`)
+    /// Proof: `Balances::Holds` (`max_values`: None, `max_size`: Some(121), added: 2596, mode: `MaxEncodedLen`)
     fn register_service() -> Weight {
-        // Proof size summary in bytes: measured 158, estimated 4016.
-        // Minimum execution time: 550_302 ns.
-        Weight::from_parts(604_093_000, 4016)
+        // Proof size summary in bytes: measured 158, estimated 4048.
+        // Minimum execution time: 480_231 ns.
+        Weight::from_parts(604_714_000, 4048)
             .saturating_add(T::DbWeight::get().reads(4_u64))
             .saturating_add(T::DbWeight::get().writes(4_u64))
     }
     /// Storage: `Compute::Services` (r:1 w:1)
-    /// Proof: `Compute::Services` (`max_values`: None, `max_size`: Some(551), added: 3026, mode: `MaxEncodedLen`)
+    /// Proof: `Compute::Services` (`max_values`: None, `max_size`: Some(583), added: 3058, mode: `MaxEncodedLen`)
     fn update_service() -> Weight {
-        // Proof size summary in bytes: measured 664, estimated 4016.
-        // Minimum execution time: 171_722 ns.
-        Weight::from_parts(198_402_000, 4016)
+        // Proof size summary in bytes: measured 696, estimated 4048.
+        // Minimum execution time: 186_620 ns.
+        Weight::from_parts(228_488_000, 4048)
             .saturating_add(T::DbWeight::get().reads(1_u64))
             .saturating_add(T::DbWeight::get().writes(1_u64))
     }
     /// Storage: `Compute::Services` (r:1 w:1)
-    /// Proof: `Compute::Services` (`max_values`: None, `max_size`: Some(551), added: 3026, mode: `MaxEncodedLen`)
+    /// Proof: `Compute::Services` (`max_values`: None, `max_size`: Some(583), added: 3058, mode: `MaxEncodedLen`)
     /// Storage: `Compute::Providers` (r:1 w:1)
     /// Proof: `Compute::Providers` (`max_values`: None, `max_size`: Some(113), added: 2588, mode: `MaxEncodedLen`)
     fn remove_service() -> Weight {
-        // Proof size summary in bytes: measured 306, estimated 4016.
-        // Minimum execution time: 222_047 ns.
-        Weight::from_parts(244_038_000, 4016)
+        // Proof size summary in bytes: measured 306, estimated 4048.
+        // Minimum execution time: 184_506 ns.
+        Weight::from_parts(273_163_000, 4048)
             .saturating_add(T::DbWeight::get().reads(2_u64))
             .saturating_add(T::DbWeight::get().writes(2_u64))
     }
     /// Storage: `Compute::Providers` (r:1 w:1)
     /// Proof: `Compute::Providers` (`max_values`: None, `max_size`: Some(113), added: 2588, mode: `MaxEncodedLen`)
+    /// Storage: `Compute::ProviderChallenges` (r:1 w:0)
+    /// Proof: `Compute::ProviderChallenges` (`max_values`: None, `max_size`: Some(64), added: 2539, mode: `MaxEncodedLen`)
     /// Storage: `System::Account` (r:1 w:1)
     /// Proof: `System::Account` (`max_values`: None, `max_size`: Some(128), added: 2603, mode: `MaxEncodedLen`)
     /// Storage: `Balances::Holds` (r:1 w:1)
-    /// Proof: `Balances::Holds` (`max_values`: None, `max_size`: Some(85), added: 2560, mode: `MaxEncodedLen`)
+    /// Proof: `Balances::Holds` (`max_values`: None, `max_size`: Some(121), added: 2596, mode: `MaxEncodedLen`)
     fn withdraw_bond() -> Weight {
         // Proof size summary in bytes: measured 351, estimated 3593.
-        // Minimum execution time: 440_947 ns.
-        Weight::from_parts(476_003_000, 3593)
-            .saturating_add(T::DbWeight::get().reads(3_u64))
+        // Minimum execution time: 378_920 ns.
+        Weight::from_parts(471_214_000, 3593)
+            .saturating_add(T::DbWeight::get().reads(4_u64))
             .saturating_add(T::DbWeight::get().writes(3_u64))
     }
     /// Storage: `Compute::Providers` (r:1 w:0)
@@ -96,11 +98,11 @@ impl<T: polkadot_sdk::frame_system::Config> WeightInfo for SubstrateWeight<T> {
     /// Storage: `System::Account` (r:2 w:2)
     /// Proof: `System::Account` (`max_values`: None, `max_size`: Some(128), added: 2603, mode: `MaxEncodedLen`)
     /// Storage: `Balances::Holds` (r:1 w:1)
-    /// Proof: `Balances::Holds` (`max_values`: None, `max_size`: Some(85), added: 2560, mode: `MaxEncodedLen`)
+    /// Proof: `Balances::Holds` (`max_values`: None, `max_size`: Some(121), added: 2596, mode: `MaxEncodedLen`)
     fn deposit() -> Weight {
         // Proof size summary in bytes: measured 595, estimated 6196.
-        // Minimum execution time: 883_437 ns.
-        Weight::from_parts(958_468_000, 6196)
+        // Minimum execution time: 722_275 ns.
+        Weight::from_parts(890_530_000, 6196)
             .saturating_add(T::DbWeight::get().reads(5_u64))
             .saturating_add(T::DbWeight::get().writes(4_u64))
     }
@@ -110,8 +112,8 @@ impl<T: polkadot_sdk::frame_system::Config> WeightInfo for SubstrateWeight<T> {
     /// Proof: `Compute::RefundLock` (`max_values`: Some(1), `max_size`: Some(4), added: 499, mode: `MaxEncodedLen`)
     fn request_refund() -> Weight {
         // Proof size summary in bytes: measured 370, estimated 3689.
-        // Minimum execution time: 187_622 ns.
-        Weight::from_parts(214_232_000, 3689)
+        // Minimum execution time: 152_435 ns.
+        Weight::from_parts(187_331_000, 3689)
             .saturating_add(T::DbWeight::get().reads(2_u64))
             .saturating_add(T::DbWeight::get().writes(1_u64))
     }
@@ -119,8 +121,8 @@ impl<T: polkadot_sdk::frame_system::Config> WeightInfo for SubstrateWeight<T> {
     /// Proof: `Compute::Escrows` (`max_values`: None, `max_size`: Some(224), added: 2699, mode: `MaxEncodedLen`)
     fn cancel_refund() -> Weight {
         // Proof size summary in bytes: measured 370, estimated 3689.
-        // Minimum execution time: 169_518 ns.
-        Weight::from_parts(193_964_000, 3689)
+        // Minimum execution time: 138_069 ns.
+        Weight::from_parts(170_690_000, 3689)
             .saturating_add(T::DbWeight::get().reads(1_u64))
             .saturating_add(T::DbWeight::get().writes(1_u64))
     }
@@ -130,8 +132,8 @@ impl<T: polkadot_sdk::frame_system::Config> WeightInfo for SubstrateWeight<T> {
     /// Proof: `System::Account` (`max_values`: None, `max_size`: Some(128), added: 2603, mode: `MaxEncodedLen`)
     fn withdraw_refund() -> Weight {
         // Proof size summary in bytes: measured 684, estimated 6196.
-        // Minimum execution time: 557_846 ns.
-        Weight::from_parts(592_481_000, 6196)
+        // Minimum execution time: 451_767 ns.
+        Weight::from_parts(571_793_000, 6196)
             .saturating_add(T::DbWeight::get().reads(3_u64))
             .saturating_add(T::DbWeight::get().writes(3_u64))
     }
@@ -148,9 +150,9 @@ impl<T: polkadot_sdk::frame_system::Config> WeightInfo for SubstrateWeight<T> {
     /// The range of component `n` is `[1, 1024]`.
     fn settle(n: u32) -> Weight {
         // Proof size summary in bytes: measured 922, estimated 6196.
-        // Minimum execution time: 953_568 ns.
-        Weight::from_parts(983_494_000, 6196)
-            .saturating_add(Weight::from_parts(316_212_540, 0).saturating_mul(n.into()))
+        // Minimum execution time: 1_011_988 ns.
+        Weight::from_parts(2_461_938_851, 6196)
+            .saturating_add(Weight::from_parts(280_445_559, 0).saturating_mul(n.into()))
             .saturating_add(T::DbWeight::get().reads(5_u64))
             .saturating_add(T::DbWeight::get().reads((1_u64).saturating_mul(n.into())))
             .saturating_add(T::DbWeight::get().writes(3_u64))
@@ -164,13 +166,13 @@ impl<T: polkadot_sdk::frame_system::Config> WeightInfo for SubstrateWeight<T> {
     /// Storage: `Compute::Providers` (r:1 w:1)
     /// Proof: `Compute::Providers` (`max_values`: None, `max_size`: Some(113), added: 2588, mode: `MaxEncodedLen`)
     /// Storage: `Balances::Holds` (r:1 w:1)
-    /// Proof: `Balances::Holds` (`max_values`: None, `max_size`: Some(85), added: 2560, mode: `MaxEncodedLen`)
+    /// Proof: `Balances::Holds` (`max_values`: None, `max_size`: Some(121), added: 2596, mode: `MaxEncodedLen`)
     /// Storage: `System::Account` (r:2 w:2)
     /// Proof: `System::Account` (`max_values`: None, `max_size`: Some(128), added: 2603, mode: `MaxEncodedLen`)
     fn dispute() -> Weight {
         // Proof size summary in bytes: measured 865, estimated 6196.
-        // Minimum execution time: 834_705 ns.
-        Weight::from_parts(1_058_055_000, 6196)
+        // Minimum execution time: 822_172 ns.
+        Weight::from_parts(872_898_000, 6196)
             .saturating_add(T::DbWeight::get().reads(6_u64))
             .saturating_add(T::DbWeight::get().writes(5_u64))
     }
@@ -181,9 +183,9 @@ impl<T: polkadot_sdk::frame_system::Config> WeightInfo for SubstrateWeight<T> {
     /// The range of component `n` is `[1, 1024]`.
     fn release(n: u32) -> Weight {
         // Proof size summary in bytes: measured 763, estimated 6196.
-        // Minimum execution time: 570_530 ns.
-        Weight::from_parts(597_119_000, 6196)
-            .saturating_add(Weight::from_parts(65_042_110, 0).saturating_mul(n.into()))
+        // Minimum execution time: 448_221 ns.
+        Weight::from_parts(458_850_000, 6196)
+            .saturating_add(Weight::from_parts(50_090_672, 0).saturating_mul(n.into()))
             .saturating_add(T::DbWeight::get().reads(2_u64))
             .saturating_add(T::DbWeight::get().reads((1_u64).saturating_mul(n.into())))
             .saturating_add(T::DbWeight::get().writes(2_u64))
@@ -194,94 +196,171 @@ impl<T: polkadot_sdk::frame_system::Config> WeightInfo for SubstrateWeight<T> {
     /// Proof: `Compute::RefundLock` (`max_values`: Some(1), `max_size`: Some(4), added: 499, mode: `MaxEncodedLen`)
     fn set_refund_lock() -> Weight {
         // Proof size summary in bytes: measured 0, estimated 0.
-        // Minimum execution time: 73_107 ns.
-        Weight::from_parts(94_026_000, 0).saturating_add(T::DbWeight::get().writes(1_u64))
+        // Minimum execution time: 58_891 ns.
+        Weight::from_parts(71_053_000, 0).saturating_add(T::DbWeight::get().writes(1_u64))
     }
     /// Storage: `Compute::DisputeWindow` (r:0 w:1)
     /// Proof: `Compute::DisputeWindow` (`max_values`: Some(1), `max_size`: Some(4), added: 499, mode: `MaxEncodedLen`)
     fn set_dispute_window() -> Weight {
         // Proof size summary in bytes: measured 0, estimated 0.
-        // Minimum execution time: 72_065 ns.
-        Weight::from_parts(89_989_000, 0).saturating_add(T::DbWeight::get().writes(1_u64))
+        // Minimum execution time: 58_630 ns.
+        Weight::from_parts(61_355_000, 0).saturating_add(T::DbWeight::get().writes(1_u64))
     }
+    /// Storage: `Compute::Verifiers` (r:22 w:2)
+    /// Proof: `Compute::Verifiers` (`max_values`: None, `max_size`: Some(81), added: 2556, mode: `MaxEncodedLen`)
+    /// Storage: `Compute::CounterForVerifiers` (r:1 w:1)
+    /// Proof: `Compute::CounterForVerifiers` (`max_values`: Some(1), `max_size`: Some(4), added: 499, mode: `MaxEncodedLen`)
+    /// Storage: `System::Account` (r:2 w:2)
+    /// Proof: `System::Account` (`max_values`: None, `max_size`: Some(128), added: 2603, mode: `MaxEncodedLen`)
+    /// Storage: `Balances::Holds` (r:2 w:2)
+    /// Proof: `Balances::Holds` (`max_values`: None, `max_size`: Some(121), added: 2596, mode: `MaxEncodedLen`)
     fn join_verifiers() -> Weight {
-        Weight::from_parts(700_000_000, 4000)
-            .saturating_add(T::DbWeight::get().reads(4_u64))
-            .saturating_add(T::DbWeight::get().writes(4_u64))
+        // Proof size summary in bytes: measured 3184, estimated 57222.
+        // Minimum execution time: 1_519_269 ns.
+        Weight::from_parts(1_573_371_000, 57222)
+            .saturating_add(T::DbWeight::get().reads(27_u64))
+            .saturating_add(T::DbWeight::get().writes(7_u64))
     }
+    /// Storage: `Compute::Verifiers` (r:1 w:1)
+    /// Proof: `Compute::Verifiers` (`max_values`: None, `max_size`: Some(81), added: 2556, mode: `MaxEncodedLen`)
     fn leave_verifiers() -> Weight {
-        Weight::from_parts(250_000_000, 3500)
+        // Proof size summary in bytes: measured 183, estimated 3546.
+        // Minimum execution time: 131_377 ns.
+        Weight::from_parts(134_162_000, 3546)
             .saturating_add(T::DbWeight::get().reads(1_u64))
             .saturating_add(T::DbWeight::get().writes(1_u64))
     }
+    /// Storage: `Compute::Verifiers` (r:1 w:1)
+    /// Proof: `Compute::Verifiers` (`max_values`: None, `max_size`: Some(81), added: 2556, mode: `MaxEncodedLen`)
+    /// Storage: `System::Account` (r:1 w:1)
+    /// Proof: `System::Account` (`max_values`: None, `max_size`: Some(128), added: 2603, mode: `MaxEncodedLen`)
+    /// Storage: `Balances::Holds` (r:1 w:1)
+    /// Proof: `Balances::Holds` (`max_values`: None, `max_size`: Some(121), added: 2596, mode: `MaxEncodedLen`)
+    /// Storage: `Compute::CounterForVerifiers` (r:1 w:1)
+    /// Proof: `Compute::CounterForVerifiers` (`max_values`: Some(1), `max_size`: Some(4), added: 499, mode: `MaxEncodedLen`)
     fn withdraw_verifier_bond() -> Weight {
-        Weight::from_parts(700_000_000, 4000)
+        // Proof size summary in bytes: measured 445, estimated 3593.
+        // Minimum execution time: 399_580 ns.
+        Weight::from_parts(422_503_000, 3593)
             .saturating_add(T::DbWeight::get().reads(4_u64))
             .saturating_add(T::DbWeight::get().writes(4_u64))
     }
+    /// Storage: `System::BlockHash` (r:1 w:0)
+    /// Proof: `System::BlockHash` (`max_values`: None, `max_size`: Some(44), added: 2519, mode: `MaxEncodedLen`)
+    /// Storage: `Compute::ChallengedReceipts` (r:1 w:1)
+    /// Proof: `Compute::ChallengedReceipts` (`max_values`: None, `max_size`: Some(96), added: 2571, mode: `MaxEncodedLen`)
+    /// Storage: `Compute::Escrows` (r:1 w:0)
+    /// Proof: `Compute::Escrows` (`max_values`: None, `max_size`: Some(224), added: 2699, mode: `MaxEncodedLen`)
+    /// Storage: `Compute::Verifiers` (r:33 w:32)
+    /// Proof: `Compute::Verifiers` (`max_values`: None, `max_size`: Some(81), added: 2556, mode: `MaxEncodedLen`)
+    /// Storage: `System::Account` (r:1 w:1)
+    /// Proof: `System::Account` (`max_values`: None, `max_size`: Some(128), added: 2603, mode: `MaxEncodedLen`)
+    /// Storage: `Balances::Holds` (r:1 w:1)
+    /// Proof: `Balances::Holds` (`max_values`: None, `max_size`: Some(121), added: 2596, mode: `MaxEncodedLen`)
+    /// Storage: `Compute::ProviderChallenges` (r:1 w:1)
+    /// Proof: `Compute::ProviderChallenges` (`max_values`: None, `max_size`: Some(64), added: 2539, mode: `MaxEncodedLen`)
+    /// Storage: `Compute::NextChallengeId` (r:1 w:1)
+    /// Proof: `Compute::NextChallengeId` (`max_values`: Some(1), `max_size`: Some(8), added: 503, mode: `MaxEncodedLen`)
+    /// Storage: `Compute::Challenges` (r:0 w:1)
+    /// Proof: `Compute::Challenges` (`max_values`: None, `max_size`: Some(1349), added: 3824, mode: `MaxEncodedLen`)
+    /// The range of component `b` is `[1, 393216]`.
     fn challenge(b: u32) -> Weight {
-        Weight::from_parts(8_000_000_000, 100_000)
-            .saturating_add(Weight::from_parts(10_000, 0).saturating_mul(b.into()))
-            .saturating_add(T::DbWeight::get().reads(72_u64))
-            .saturating_add(T::DbWeight::get().writes(40_u64))
-    }
-    fn vote() -> Weight {
-        Weight::from_parts(12_000_000_000, 200_000)
-            .saturating_add(T::DbWeight::get().reads(140_u64))
-            .saturating_add(T::DbWeight::get().writes(140_u64))
-    }
-    fn close_challenge() -> Weight {
-        Weight::from_parts(6_000_000_000, 100_000)
+        // Proof size summary in bytes: measured 4125, estimated 85338.
+        // Minimum execution time: 2_362_301 ns.
+        Weight::from_parts(2_526_514_044, 85338)
+            .saturating_add(Weight::from_parts(1_638, 0).saturating_mul(b.into()))
             .saturating_add(T::DbWeight::get().reads(40_u64))
-            .saturating_add(T::DbWeight::get().writes(40_u64))
+            .saturating_add(T::DbWeight::get().writes(38_u64))
+    }
+    /// Storage: `Compute::Challenges` (r:1 w:1)
+    /// Proof: `Compute::Challenges` (`max_values`: None, `max_size`: Some(1349), added: 3824, mode: `MaxEncodedLen`)
+    /// Storage: `System::Account` (r:35 w:35)
+    /// Proof: `System::Account` (`max_values`: None, `max_size`: Some(128), added: 2603, mode: `MaxEncodedLen`)
+    /// Storage: `Balances::Holds` (r:12 w:12)
+    /// Proof: `Balances::Holds` (`max_values`: None, `max_size`: Some(121), added: 2596, mode: `MaxEncodedLen`)
+    /// Storage: `Compute::Providers` (r:1 w:1)
+    /// Proof: `Compute::Providers` (`max_values`: None, `max_size`: Some(113), added: 2588, mode: `MaxEncodedLen`)
+    /// Storage: `Compute::Escrows` (r:1 w:1)
+    /// Proof: `Compute::Escrows` (`max_values`: None, `max_size`: Some(224), added: 2699, mode: `MaxEncodedLen`)
+    /// Storage: `Compute::Verifiers` (r:32 w:32)
+    /// Proof: `Compute::Verifiers` (`max_values`: None, `max_size`: Some(81), added: 2556, mode: `MaxEncodedLen`)
+    /// Storage: `Compute::ProviderChallenges` (r:1 w:1)
+    /// Proof: `Compute::ProviderChallenges` (`max_values`: None, `max_size`: Some(64), added: 2539, mode: `MaxEncodedLen`)
+    fn vote() -> Weight {
+        // Proof size summary in bytes: measured 9067, estimated 92095.
+        // Minimum execution time: 10_029_290 ns.
+        Weight::from_parts(10_184_271_000, 92095)
+            .saturating_add(T::DbWeight::get().reads(83_u64))
+            .saturating_add(T::DbWeight::get().writes(83_u64))
+    }
+    /// Storage: `Compute::Challenges` (r:1 w:1)
+    /// Proof: `Compute::Challenges` (`max_values`: None, `max_size`: Some(1349), added: 3824, mode: `MaxEncodedLen`)
+    /// Storage: `System::Account` (r:34 w:34)
+    /// Proof: `System::Account` (`max_values`: None, `max_size`: Some(128), added: 2603, mode: `MaxEncodedLen`)
+    /// Storage: `Balances::Holds` (r:12 w:12)
+    /// Proof: `Balances::Holds` (`max_values`: None, `max_size`: Some(121), added: 2596, mode: `MaxEncodedLen`)
+    /// Storage: `Compute::Providers` (r:1 w:1)
+    /// Proof: `Compute::Providers` (`max_values`: None, `max_size`: Some(113), added: 2588, mode: `MaxEncodedLen`)
+    /// Storage: `Compute::Escrows` (r:1 w:1)
+    /// Proof: `Compute::Escrows` (`max_values`: None, `max_size`: Some(224), added: 2699, mode: `MaxEncodedLen`)
+    /// Storage: `Compute::Verifiers` (r:32 w:32)
+    /// Proof: `Compute::Verifiers` (`max_values`: None, `max_size`: Some(81), added: 2556, mode: `MaxEncodedLen`)
+    /// Storage: `Compute::ProviderChallenges` (r:1 w:1)
+    /// Proof: `Compute::ProviderChallenges` (`max_values`: None, `max_size`: Some(64), added: 2539, mode: `MaxEncodedLen`)
+    fn close_challenge() -> Weight {
+        // Proof size summary in bytes: measured 9017, estimated 89492.
+        // Minimum execution time: 9_755_586 ns.
+        Weight::from_parts(10_057_662_000, 89492)
+            .saturating_add(T::DbWeight::get().reads(82_u64))
+            .saturating_add(T::DbWeight::get().writes(82_u64))
     }
 }
 
 /// For tests and runtimes without their own database weights: RocksDB figures.
 impl WeightInfo for () {
     fn register_service() -> Weight {
-        Weight::from_parts(604_093_000, 4016)
+        Weight::from_parts(604_714_000, 4048)
             .saturating_add(RocksDbWeight::get().reads(4_u64))
             .saturating_add(RocksDbWeight::get().writes(4_u64))
     }
     fn update_service() -> Weight {
-        Weight::from_parts(198_402_000, 4016)
+        Weight::from_parts(228_488_000, 4048)
             .saturating_add(RocksDbWeight::get().reads(1_u64))
             .saturating_add(RocksDbWeight::get().writes(1_u64))
     }
     fn remove_service() -> Weight {
-        Weight::from_parts(244_038_000, 4016)
+        Weight::from_parts(273_163_000, 4048)
             .saturating_add(RocksDbWeight::get().reads(2_u64))
             .saturating_add(RocksDbWeight::get().writes(2_u64))
     }
     fn withdraw_bond() -> Weight {
-        Weight::from_parts(476_003_000, 3593)
-            .saturating_add(RocksDbWeight::get().reads(3_u64))
+        Weight::from_parts(471_214_000, 3593)
+            .saturating_add(RocksDbWeight::get().reads(4_u64))
             .saturating_add(RocksDbWeight::get().writes(3_u64))
     }
     fn deposit() -> Weight {
-        Weight::from_parts(958_468_000, 6196)
+        Weight::from_parts(890_530_000, 6196)
             .saturating_add(RocksDbWeight::get().reads(5_u64))
             .saturating_add(RocksDbWeight::get().writes(4_u64))
     }
     fn request_refund() -> Weight {
-        Weight::from_parts(214_232_000, 3689)
+        Weight::from_parts(187_331_000, 3689)
             .saturating_add(RocksDbWeight::get().reads(2_u64))
             .saturating_add(RocksDbWeight::get().writes(1_u64))
     }
     fn cancel_refund() -> Weight {
-        Weight::from_parts(193_964_000, 3689)
+        Weight::from_parts(170_690_000, 3689)
             .saturating_add(RocksDbWeight::get().reads(1_u64))
             .saturating_add(RocksDbWeight::get().writes(1_u64))
     }
     fn withdraw_refund() -> Weight {
-        Weight::from_parts(592_481_000, 6196)
+        Weight::from_parts(571_793_000, 6196)
             .saturating_add(RocksDbWeight::get().reads(3_u64))
             .saturating_add(RocksDbWeight::get().writes(3_u64))
     }
     fn settle(n: u32) -> Weight {
-        Weight::from_parts(983_494_000, 6196)
-            .saturating_add(Weight::from_parts(316_212_540, 0).saturating_mul(n.into()))
+        Weight::from_parts(2_461_938_851, 6196)
+            .saturating_add(Weight::from_parts(280_445_559, 0).saturating_mul(n.into()))
             .saturating_add(RocksDbWeight::get().reads(5_u64))
             .saturating_add(RocksDbWeight::get().reads((1_u64).saturating_mul(n.into())))
             .saturating_add(RocksDbWeight::get().writes(3_u64))
@@ -289,13 +368,13 @@ impl WeightInfo for () {
             .saturating_add(Weight::from_parts(0, 2699).saturating_mul(n.into()))
     }
     fn dispute() -> Weight {
-        Weight::from_parts(1_058_055_000, 6196)
+        Weight::from_parts(872_898_000, 6196)
             .saturating_add(RocksDbWeight::get().reads(6_u64))
             .saturating_add(RocksDbWeight::get().writes(5_u64))
     }
     fn release(n: u32) -> Weight {
-        Weight::from_parts(597_119_000, 6196)
-            .saturating_add(Weight::from_parts(65_042_110, 0).saturating_mul(n.into()))
+        Weight::from_parts(458_850_000, 6196)
+            .saturating_add(Weight::from_parts(50_090_672, 0).saturating_mul(n.into()))
             .saturating_add(RocksDbWeight::get().reads(2_u64))
             .saturating_add(RocksDbWeight::get().reads((1_u64).saturating_mul(n.into())))
             .saturating_add(RocksDbWeight::get().writes(2_u64))
@@ -303,40 +382,40 @@ impl WeightInfo for () {
             .saturating_add(Weight::from_parts(0, 2699).saturating_mul(n.into()))
     }
     fn set_refund_lock() -> Weight {
-        Weight::from_parts(94_026_000, 0).saturating_add(RocksDbWeight::get().writes(1_u64))
+        Weight::from_parts(71_053_000, 0).saturating_add(RocksDbWeight::get().writes(1_u64))
     }
     fn set_dispute_window() -> Weight {
-        Weight::from_parts(89_989_000, 0).saturating_add(RocksDbWeight::get().writes(1_u64))
+        Weight::from_parts(61_355_000, 0).saturating_add(RocksDbWeight::get().writes(1_u64))
     }
     fn join_verifiers() -> Weight {
-        Weight::from_parts(700_000_000, 4000)
-            .saturating_add(RocksDbWeight::get().reads(4_u64))
-            .saturating_add(RocksDbWeight::get().writes(4_u64))
+        Weight::from_parts(1_573_371_000, 57222)
+            .saturating_add(RocksDbWeight::get().reads(27_u64))
+            .saturating_add(RocksDbWeight::get().writes(7_u64))
     }
     fn leave_verifiers() -> Weight {
-        Weight::from_parts(250_000_000, 3500)
+        Weight::from_parts(134_162_000, 3546)
             .saturating_add(RocksDbWeight::get().reads(1_u64))
             .saturating_add(RocksDbWeight::get().writes(1_u64))
     }
     fn withdraw_verifier_bond() -> Weight {
-        Weight::from_parts(700_000_000, 4000)
+        Weight::from_parts(422_503_000, 3593)
             .saturating_add(RocksDbWeight::get().reads(4_u64))
             .saturating_add(RocksDbWeight::get().writes(4_u64))
     }
     fn challenge(b: u32) -> Weight {
-        Weight::from_parts(8_000_000_000, 100_000)
-            .saturating_add(Weight::from_parts(10_000, 0).saturating_mul(b.into()))
-            .saturating_add(RocksDbWeight::get().reads(72_u64))
-            .saturating_add(RocksDbWeight::get().writes(40_u64))
+        Weight::from_parts(2_526_514_044, 85338)
+            .saturating_add(Weight::from_parts(1_638, 0).saturating_mul(b.into()))
+            .saturating_add(RocksDbWeight::get().reads(40_u64))
+            .saturating_add(RocksDbWeight::get().writes(38_u64))
     }
     fn vote() -> Weight {
-        Weight::from_parts(12_000_000_000, 200_000)
-            .saturating_add(RocksDbWeight::get().reads(140_u64))
-            .saturating_add(RocksDbWeight::get().writes(140_u64))
+        Weight::from_parts(10_184_271_000, 92095)
+            .saturating_add(RocksDbWeight::get().reads(83_u64))
+            .saturating_add(RocksDbWeight::get().writes(83_u64))
     }
     fn close_challenge() -> Weight {
-        Weight::from_parts(6_000_000_000, 100_000)
-            .saturating_add(RocksDbWeight::get().reads(40_u64))
-            .saturating_add(RocksDbWeight::get().writes(40_u64))
+        Weight::from_parts(10_057_662_000, 89492)
+            .saturating_add(RocksDbWeight::get().reads(82_u64))
+            .saturating_add(RocksDbWeight::get().writes(82_u64))
     }
 }
