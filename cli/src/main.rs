@@ -445,6 +445,7 @@ async fn services(ctx: &Ctx) -> anyhow::Result<()> {
     let mut rows = Vec::new();
     for s in &list {
         let p = ctx.chain.provider(&s.provider).await?;
+        let c = ctx.chain.challenge_record(&s.provider).await?;
         rows.push(json!({
             "provider": s.provider.to_string(), "service_id": s.service_id,
             "kind": kind(s.kind), "model": s.model, "model_hash": format!("{:?}", s.model_hash),
@@ -453,15 +454,17 @@ async fn services(ctx: &Ctx) -> anyhow::Result<()> {
             "requests_settled": p.as_ref().map(|p| p.requests_settled),
             "disputes_lost": p.as_ref().map(|p| p.disputes_lost),
             "earned": p.as_ref().map(|p| p.earned.to_string()),
+            "challenges_won": c.won, "challenges_lost": c.lost, "challenges_open": c.open,
         }));
     }
     let mut text = format!("{} service(s)\n", list.len());
     for (s, r) in list.iter().zip(&rows) {
         text.push_str(&format!(
-            "{} #{} {} ({}) at {}\n    weights {}\n    price per token: in {} / out {} (version {}); settled requests {}, disputes lost {}\n",
+            "{} #{} {} ({}) at {}\n    weights {}\n    price per token: in {} / out {} (version {}); settled requests {}, disputes lost {}; challenges won {}, lost {}, open {}\n",
             s.provider, s.service_id, s.model, kind(s.kind), s.url,
             if s.model_hash.is_zero() { "not committed".to_string() } else { format!("{:?}", s.model_hash) },
-            s.input_price, s.output_price, s.price_version, r["requests_settled"], r["disputes_lost"]
+            s.input_price, s.output_price, s.price_version, r["requests_settled"], r["disputes_lost"],
+            r["challenges_won"], r["challenges_lost"], r["challenges_open"]
         ));
     }
     ctx.out(Value::Array(rows), text.trim_end().to_string());
