@@ -31,12 +31,6 @@ use std::{
 /// Largest weight file downloaded (a 70B model at 6 bits; larger ones are given with `--weights`).
 const MAX_WEIGHTS_BYTES: u64 = 64 << 30;
 
-/// The provider answered for weights it committed to and refused them, or sent others: its
-/// fault, unlike a network failure.
-#[derive(Debug, thiserror::Error)]
-#[error("{0}")]
-pub struct Withheld(pub String);
-
 /// What to audit and with what.
 pub struct Options {
     /// Share of the kept answers checked, each drawn at random (1 = all).
@@ -270,9 +264,7 @@ pub async fn weights(
     }
     if !check(&partial)? {
         let _ = std::fs::remove_file(&partial);
-        return Err(
-            Withheld(format!("the provider served weights that do not hash to {hash:?}")).into()
-        );
+        bail!("{url} served weights that do not hash to {hash:?}");
     }
     std::fs::rename(&partial, &path)?;
     Ok(path)
@@ -281,9 +273,6 @@ pub async fn weights(
 async fn download(url: &str, to: &Path, timeout: Duration) -> anyhow::Result<()> {
     let http = reqwest::Client::builder().connect_timeout(timeout).read_timeout(timeout).build()?;
     let resp = http.get(url).send().await.with_context(|| format!("GET {url}"))?;
-    if resp.status() == reqwest::StatusCode::NOT_FOUND {
-        return Err(Withheld(format!("GET {url}: 404: the provider does not serve them")).into());
-    }
     if !resp.status().is_success() {
         bail!("GET {url}: {}", resp.status());
     }

@@ -191,6 +191,10 @@ enum VerifierCmd {
         /// weights are downloaded from the provider and cached, checked against the hash.
         #[arg(long)]
         weights: Vec<PathBuf>,
+        /// A base URL that also serves weights by hash (`/v1/weights/{hash}`: another provider,
+        /// a team's cache), asked after the provider. Repeatable.
+        #[arg(long = "mirror", value_name = "URL")]
+        mirrors: Vec<String>,
         /// Seconds between looks at the open challenges.
         #[arg(long, default_value_t = 3)]
         poll: u64,
@@ -635,9 +639,10 @@ async fn verifier_cmd(ctx: &Ctx, cmd: VerifierCmd) -> anyhow::Result<()> {
                 ),
             );
         }
-        VerifierCmd::Run { weights, poll } => {
+        VerifierCmd::Run { weights, mirrors, poll } => {
             let opts = verifier::Options {
                 weights,
+                mirrors,
                 cache: audit::weights_cache(&ctx.state_path),
                 poll: Duration::from_secs(poll.max(1)),
                 timeout: ctx.timeout,

@@ -8,10 +8,10 @@
 //! - evidence that is not a readable chat request rejects the challenge (the user chose it);
 //! - a malformed proof, a text the proven tokens do not say, a committed tokenizer that cannot
 //!   read the request, or activations the weights do not compute uphold it;
-//! - weights the provider still names but refuses to serve (404) or serves wrong uphold it
-//!   after [`WEIGHT_TRIES`] attempts: serving them is part of the commitment. Any other failure
-//!   to get them (network, disk, a provider that moved to other weights) is retried until the
-//!   deadline and never voted on: an absent verifier is only counted, never penalized.
+//! - weights it cannot get (from `--weights`, the cache, the provider or a `--mirror`) are
+//!   asked for again at each look until the deadline, and never voted on: a provider can answer
+//!   each verifier differently, so a refusal proves nothing about the provider to the others,
+//!   and an absent verifier is only counted, never penalized.
 
 use crate::audit;
 use crate::kept;
@@ -26,8 +26,6 @@ use std::{
     time::Duration,
 };
 
-/// Refusals of a challenge's weights by the provider before voting that it withholds them.
-const WEIGHT_TRIES: u32 = 3;
 /// Attempts to find a challenge's evidence before giving it up.
 const TRIES: u32 = 5;
 /// Longest time spent getting one challenge's weights (a download that trickles is cut here
@@ -124,19 +122,21 @@ pub struct Options {
     pub weights: Vec<PathBuf>,
     /// Where downloaded weights are cached.
     pub cache: PathBuf,
+    /// Base URLs that also serve weights by hash (`GET {url}/v1/weights/{hash}`: another
+    /// provider, a team's cache), asked after the provider.
+    pub mirrors: Vec<String>,
     /// Seconds between looks at the open challenges.
     pub poll: Duration,
     /// Longest wait for each read of a download.
     pub timeout: Duration,
 }
 
-/// The daemon's memory: loaded models, refusals of weights and missing evidence per challenge,
-/// challenges done with. Entries of challenges no longer open are dropped at each look.
+/// The daemon's memory: loaded models, missing evidence per challenge, challenges done with.
+/// Entries of challenges no longer open are dropped at each look.
 struct Verifier {
     me: AccountId,
     local: BTreeMap<H256, PathBuf>,
     loaded: Vec<(H256, Llama, ModelTokenizer)>,
-    refusals: BTreeMap<ChallengeId, u32>,
     missing: BTreeMap<ChallengeId, u32>,
     done: BTreeSet<ChallengeId>,
 }
@@ -155,14 +155,8 @@ pub async fn run(chain: &Chain, signer: &Signer, opts: Options) -> anyhow::Resul
         eprintln!("weights {hash:?}: {}", path.display());
         local.insert(hash, path.clone());
     }
-    let mut v = Verifier {
-        me,
-        local,
-        loaded: Vec::new(),
-        refusals: BTreeMap::new(),
-        missing: BTreeMap::new(),
-        done: BTreeSet::new(),
-    };
+    let mut v =
+        Verifier { me, local, loaded: Vec::new(), missing: BTreeMap::new(), done: BTreeSet::new() };
     eprintln!("verifying as {}; looking for challenges every {:?}", v.me, opts.poll);
     loop {
         if let Err(e) = v.look(chain, signer, &opts).await {
@@ -178,7 +172,6 @@ impl Verifier {
     async fn look(&mut self, chain: &Chain, signer: &Signer, opts: &Options) -> anyhow::Result<()> {
         let mut open = chain.open_challenges().await?;
         let ids: BTreeSet<ChallengeId> = open.iter().map(|(id, _)| *id).collect();
-        self.refusals.retain(|id, _| ids.contains(id));
         self.missing.retain(|id, _| ids.contains(id));
         self.done.retain(|id| ids.contains(id));
         let now = chain.block_number(None).await?;
@@ -226,30 +219,18 @@ impl Verifier {
         let got = tokio::time::timeout(WEIGHTS_TIMEOUT, self.model(chain, opts, c))
             .await
             .unwrap_or_else(|_| Err(anyhow!("getting the weights took over {WEIGHTS_TIMEOUT:?}")));
-        let (vote, why) = match got {
-            Ok(i) => {
-                let (_, model, tokenizer) = &self.loaded[i];
-                verdict(model, tokenizer, &evidence)
-            }
-            Err(e) if e.downcast_ref::<audit::Withheld>().is_some() => {
-                let n = self.refusals.entry(id).or_default();
-                *n += 1;
-                if *n < WEIGHT_TRIES {
-                    return Err(e.context("the provider refused its weights (will ask again)"));
-                }
-                (Vote::Cheated, format!("the provider withholds the weights it names: {e:#}"))
-            }
-            Err(e) => return Err(e.context("getting the committed weights (will try again)")),
-        };
+        let i = got.context("getting the committed weights (will try again)")?;
+        let (_, model, tokenizer) = &self.loaded[i];
+        let (vote, why) = verdict(model, tokenizer, &evidence);
         eprintln!("challenge {id}: voting {vote:?}: {why}");
         chain.vote(signer, id, vote).await?;
         self.done.insert(id);
         Ok(())
     }
 
-    /// Index in `loaded` of the model the challenge's receipt names. Only a service of the
-    /// provider that still names these weights is asked for them: a provider that moved to
-    /// other weights is not held to serving old ones.
+    /// Index in `loaded` of the model the challenge's receipt names: a `--weights` file, the
+    /// cache, else downloaded from the provider's service that names these weights, then from
+    /// each `--mirror`; always checked against the hash.
     async fn model(
         &mut self,
         chain: &Chain,
@@ -260,29 +241,42 @@ impl Verifier {
             return Ok(i);
         }
         let local = self.local.get(&c.model_hash).cloned();
-        let url = match local {
-            Some(_) => None,
-            None => chain
-                .services_of(&c.provider)
-                .await?
-                .into_iter()
-                .find(|s| s.model_hash == c.model_hash)
-                .map(|s| s.url),
+        let path = match &local {
+            Some(path) => {
+                audit::weights(&opts.cache, c.model_hash, Some(path), None, opts.timeout).await?
+            }
+            None => {
+                let provider = chain
+                    .services_of(&c.provider)
+                    .await?
+                    .into_iter()
+                    .find(|s| s.model_hash == c.model_hash)
+                    .map(|s| s.url);
+                let mut failures = Vec::new();
+                let mut found = None;
+                // The cache first (no source), then each source in turn.
+                let sources = std::iter::once(None)
+                    .chain(provider.into_iter().chain(opts.mirrors.iter().cloned()).map(Some));
+                for url in sources {
+                    match audit::weights(
+                        &opts.cache,
+                        c.model_hash,
+                        None,
+                        url.as_deref(),
+                        opts.timeout,
+                    )
+                    .await
+                    {
+                        Ok(path) => {
+                            found = Some(path);
+                            break;
+                        }
+                        Err(e) => failures.push(format!("{e:#}")),
+                    }
+                }
+                found.ok_or_else(|| anyhow!("{}", failures.join("; ")))?
+            }
         };
-        if local.is_none()
-            && url.is_none()
-            && !opts.cache.join(format!("{:?}.gguf", c.model_hash)).exists()
-        {
-            bail!("no local copy of {:?}, and the provider no longer names them", c.model_hash);
-        }
-        let path = audit::weights(
-            &opts.cache,
-            c.model_hash,
-            local.as_deref(),
-            url.as_deref(),
-            opts.timeout,
-        )
-        .await?;
         if self.loaded.len() >= LOADED {
             self.loaded.remove(0);
         }
