@@ -81,8 +81,15 @@ impl<T: Config> Pallet<T> {
         service_id: ServiceId,
         mut terms: Service,
     ) -> DispatchResult {
+        let challenged = ProviderChallenges::<T>::get(&provider).open > 0;
         Services::<T>::try_mutate(&provider, service_id, |maybe| {
             let service = maybe.as_mut().ok_or(Error::<T>::ServiceNotFound)?;
+            // The weights under challenge stay named, so verifiers can fetch them from the
+            // service until every challenge against the provider has ended.
+            ensure!(
+                !challenged || terms.model_hash == service.model_hash,
+                Error::<T>::ChallengesOpen
+            );
             let price_version = service.price_version.checked_add(1).ok_or(Error::<T>::Overflow)?;
             terms.price_version = price_version;
             *service = terms;
@@ -100,6 +107,7 @@ impl<T: Config> Pallet<T> {
         service_id: ServiceId,
     ) -> DispatchResult {
         ensure!(Services::<T>::contains_key(&provider, service_id), Error::<T>::ServiceNotFound);
+        ensure!(ProviderChallenges::<T>::get(&provider).open == 0, Error::<T>::ChallengesOpen);
         let mut info = Providers::<T>::get(&provider).ok_or(Error::<T>::NotAProvider)?;
         Services::<T>::remove(&provider, service_id);
         info.services = info.services.saturating_sub(1);

@@ -618,7 +618,8 @@ pub mod pallet {
         VerifierNotLeft,
         /// Challenges assigned to the verifier have not ended yet.
         VerifierHasChallenges,
-        /// Challenges against the provider have not ended yet.
+        /// Challenges against the provider have not ended yet: its bond stays, and its services
+        /// keep the weights they name.
         ChallengesOpen,
         /// The receipt charged nothing or carries no activation proof: nothing to challenge.
         NothingToChallenge,

@@ -296,13 +296,24 @@ fn bonds_stay_while_challenges_are_open() {
     new_test_ext().execute_with(|| {
         let r = paid();
         assert_ok!(challenge(Alice, r, good_evidence()));
-        // Bob stops serving and waits out the dispute window: his bond still cannot go.
-        assert_ok!(Compute::remove_service(RuntimeOrigin::signed(account(Bob)), 0));
-        run_to(1 + DISPUTE_WINDOW);
+        // Bob can change his prices, but not the weights his service names, nor remove it.
+        let bob = RuntimeOrigin::signed(account(Bob));
+        let mut new_terms = terms(
+            ServiceKind::Chat,
+            "SmolLM2-135M-Instruct",
+            "http://127.0.0.1:8080",
+            2,
+            3,
+            "none",
+        );
+        assert_ok!(Compute::update_service(bob.clone(), 0, new_terms.clone()));
+        new_terms.model_hash = H256::repeat_byte(0x77);
         assert_noop!(
-            Compute::withdraw_bond(RuntimeOrigin::signed(account(Bob))),
+            Compute::update_service(bob.clone(), 0, new_terms),
             Error::<Test>::ChallengesOpen
         );
+        assert_noop!(Compute::remove_service(bob.clone(), 0), Error::<Test>::ChallengesOpen);
+        run_to(1 + DISPUTE_WINDOW);
         let charlie = RuntimeOrigin::signed(account(Charlie));
         assert_noop!(
             Compute::withdraw_verifier_bond(charlie.clone()),
@@ -315,6 +326,8 @@ fn bonds_stay_while_challenges_are_open() {
             Error::<Test>::VerifierHasChallenges
         );
         assert_ok!(Compute::close_challenge(charlie.clone(), 0));
+        // Bob stops serving: his bond can go once the window has passed.
+        assert_ok!(Compute::remove_service(bob, 0));
         let before = free(Charlie);
         assert_ok!(Compute::withdraw_verifier_bond(charlie));
         assert_eq!(free(Charlie), before + VERIFIER_BOND);
@@ -485,5 +498,27 @@ fn the_votes_cast_decide_only_with_a_quorum_and_a_supermajority() {
         assert_eq!(c(&[Some(C), Some(C), Some(H), None]), ChallengeOutcome::Upheld);
         // Four cast, two to two.
         assert_eq!(c(&[Some(C), Some(C), Some(H), Some(H)]), ChallengeOutcome::Undecided);
+    });
+}
+
+#[test]
+fn a_provider_that_stopped_serving_keeps_its_bond_while_challenged() {
+    new_test_ext().execute_with(|| {
+        let r = paid();
+        assert_ok!(Compute::remove_service(RuntimeOrigin::signed(account(Bob)), 0));
+        run_to(DISPUTE_WINDOW - 2);
+        assert_ok!(challenge(Alice, r, good_evidence()));
+        run_to(1 + DISPUTE_WINDOW);
+        assert_noop!(
+            Compute::withdraw_bond(RuntimeOrigin::signed(account(Bob))),
+            Error::<Test>::ChallengesOpen
+        );
+        // Found honest, Bob gets his whole bond back.
+        assert_ok!(vote(Charlie, Vote::Honest));
+        assert_ok!(vote(Dave, Vote::Honest));
+        let before = free(Bob);
+        assert_ok!(Compute::withdraw_bond(RuntimeOrigin::signed(account(Bob))));
+        assert_eq!((bond_held(Bob), free(Bob)), (0, before + PROVIDER_BOND));
+        Compute::do_try_state().unwrap();
     });
 }
