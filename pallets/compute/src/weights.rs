@@ -51,29 +51,33 @@ impl<T: polkadot_sdk::frame_system::Config> WeightInfo for SubstrateWeight<T> {
     /// Proof: `Balances::Holds` (`max_values`: None, `max_size`: Some(121), added: 2596, mode: `MaxEncodedLen`)
     fn register_service() -> Weight {
         // Proof size summary in bytes: measured 158, estimated 4048.
-        // Minimum execution time: 480_231 ns.
-        Weight::from_parts(604_714_000, 4048)
+        // Minimum execution time: 519_946 ns.
+        Weight::from_parts(603_992_000, 4048)
             .saturating_add(T::DbWeight::get().reads(4_u64))
             .saturating_add(T::DbWeight::get().writes(4_u64))
     }
+    /// Storage: `Compute::ProviderChallenges` (r:1 w:0)
+    /// Proof: `Compute::ProviderChallenges` (`max_values`: None, `max_size`: Some(64), added: 2539, mode: `MaxEncodedLen`)
     /// Storage: `Compute::Services` (r:1 w:1)
     /// Proof: `Compute::Services` (`max_values`: None, `max_size`: Some(583), added: 3058, mode: `MaxEncodedLen`)
     fn update_service() -> Weight {
         // Proof size summary in bytes: measured 696, estimated 4048.
-        // Minimum execution time: 186_620 ns.
-        Weight::from_parts(228_488_000, 4048)
-            .saturating_add(T::DbWeight::get().reads(1_u64))
+        // Minimum execution time: 214_732 ns.
+        Weight::from_parts(253_495_000, 4048)
+            .saturating_add(T::DbWeight::get().reads(2_u64))
             .saturating_add(T::DbWeight::get().writes(1_u64))
     }
     /// Storage: `Compute::Services` (r:1 w:1)
     /// Proof: `Compute::Services` (`max_values`: None, `max_size`: Some(583), added: 3058, mode: `MaxEncodedLen`)
+    /// Storage: `Compute::ProviderChallenges` (r:1 w:0)
+    /// Proof: `Compute::ProviderChallenges` (`max_values`: None, `max_size`: Some(64), added: 2539, mode: `MaxEncodedLen`)
     /// Storage: `Compute::Providers` (r:1 w:1)
     /// Proof: `Compute::Providers` (`max_values`: None, `max_size`: Some(113), added: 2588, mode: `MaxEncodedLen`)
     fn remove_service() -> Weight {
         // Proof size summary in bytes: measured 306, estimated 4048.
-        // Minimum execution time: 184_506 ns.
-        Weight::from_parts(273_163_000, 4048)
-            .saturating_add(T::DbWeight::get().reads(2_u64))
+        // Minimum execution time: 256_972 ns.
+        Weight::from_parts(322_215_000, 4048)
+            .saturating_add(T::DbWeight::get().reads(3_u64))
             .saturating_add(T::DbWeight::get().writes(2_u64))
     }
     /// Storage: `Compute::Providers` (r:1 w:1)
@@ -86,8 +90,8 @@ impl<T: polkadot_sdk::frame_system::Config> WeightInfo for SubstrateWeight<T> {
     /// Proof: `Balances::Holds` (`max_values`: None, `max_size`: Some(121), added: 2596, mode: `MaxEncodedLen`)
     fn withdraw_bond() -> Weight {
         // Proof size summary in bytes: measured 351, estimated 3593.
-        // Minimum execution time: 378_920 ns.
-        Weight::from_parts(471_214_000, 3593)
+        // Minimum execution time: 466_345 ns.
+        Weight::from_parts(707_126_000, 3593)
             .saturating_add(T::DbWeight::get().reads(4_u64))
             .saturating_add(T::DbWeight::get().writes(3_u64))
     }
@@ -101,8 +105,8 @@ impl<T: polkadot_sdk::frame_system::Config> WeightInfo for SubstrateWeight<T> {
     /// Proof: `Balances::Holds` (`max_values`: None, `max_size`: Some(121), added: 2596, mode: `MaxEncodedLen`)
     fn deposit() -> Weight {
         // Proof size summary in bytes: measured 595, estimated 6196.
-        // Minimum execution time: 722_275 ns.
-        Weight::from_parts(890_530_000, 6196)
+        // Minimum execution time: 894_948 ns.
+        Weight::from_parts(1_581_907_000, 6196)
             .saturating_add(T::DbWeight::get().reads(5_u64))
             .saturating_add(T::DbWeight::get().writes(4_u64))
     }
@@ -112,8 +116,8 @@ impl<T: polkadot_sdk::frame_system::Config> WeightInfo for SubstrateWeight<T> {
     /// Proof: `Compute::RefundLock` (`max_values`: Some(1), `max_size`: Some(4), added: 499, mode: `MaxEncodedLen`)
     fn request_refund() -> Weight {
         // Proof size summary in bytes: measured 370, estimated 3689.
-        // Minimum execution time: 152_435 ns.
-        Weight::from_parts(187_331_000, 3689)
+        // Minimum execution time: 199_264 ns.
+        Weight::from_parts(265_257_000, 3689)
             .saturating_add(T::DbWeight::get().reads(2_u64))
             .saturating_add(T::DbWeight::get().writes(1_u64))
     }
@@ -121,8 +125,8 @@ impl<T: polkadot_sdk::frame_system::Config> WeightInfo for SubstrateWeight<T> {
     /// Proof: `Compute::Escrows` (`max_values`: None, `max_size`: Some(224), added: 2699, mode: `MaxEncodedLen`)
     fn cancel_refund() -> Weight {
         // Proof size summary in bytes: measured 370, estimated 3689.
-        // Minimum execution time: 138_069 ns.
-        Weight::from_parts(170_690_000, 3689)
+        // Minimum execution time: 186_420 ns.
+        Weight::from_parts(258_595_000, 3689)
             .saturating_add(T::DbWeight::get().reads(1_u64))
             .saturating_add(T::DbWeight::get().writes(1_u64))
     }
@@ -132,8 +136,8 @@ impl<T: polkadot_sdk::frame_system::Config> WeightInfo for SubstrateWeight<T> {
     /// Proof: `System::Account` (`max_values`: None, `max_size`: Some(128), added: 2603, mode: `MaxEncodedLen`)
     fn withdraw_refund() -> Weight {
         // Proof size summary in bytes: measured 684, estimated 6196.
-        // Minimum execution time: 451_767 ns.
-        Weight::from_parts(571_793_000, 6196)
+        // Minimum execution time: 550_582 ns.
+        Weight::from_parts(838_753_000, 6196)
             .saturating_add(T::DbWeight::get().reads(3_u64))
             .saturating_add(T::DbWeight::get().writes(3_u64))
     }
@@ -150,9 +154,9 @@ impl<T: polkadot_sdk::frame_system::Config> WeightInfo for SubstrateWeight<T> {
     /// The range of component `n` is `[1, 1024]`.
     fn settle(n: u32) -> Weight {
         // Proof size summary in bytes: measured 922, estimated 6196.
-        // Minimum execution time: 1_011_988 ns.
-        Weight::from_parts(2_461_938_851, 6196)
-            .saturating_add(Weight::from_parts(280_445_559, 0).saturating_mul(n.into()))
+        // Minimum execution time: 1_496_707 ns.
+        Weight::from_parts(1_267_135_479, 6196)
+            .saturating_add(Weight::from_parts(376_959_325, 0).saturating_mul(n.into()))
             .saturating_add(T::DbWeight::get().reads(5_u64))
             .saturating_add(T::DbWeight::get().reads((1_u64).saturating_mul(n.into())))
             .saturating_add(T::DbWeight::get().writes(3_u64))
@@ -171,8 +175,8 @@ impl<T: polkadot_sdk::frame_system::Config> WeightInfo for SubstrateWeight<T> {
     /// Proof: `System::Account` (`max_values`: None, `max_size`: Some(128), added: 2603, mode: `MaxEncodedLen`)
     fn dispute() -> Weight {
         // Proof size summary in bytes: measured 865, estimated 6196.
-        // Minimum execution time: 822_172 ns.
-        Weight::from_parts(872_898_000, 6196)
+        // Minimum execution time: 1_082_140 ns.
+        Weight::from_parts(1_788_805_000, 6196)
             .saturating_add(T::DbWeight::get().reads(6_u64))
             .saturating_add(T::DbWeight::get().writes(5_u64))
     }
@@ -183,9 +187,9 @@ impl<T: polkadot_sdk::frame_system::Config> WeightInfo for SubstrateWeight<T> {
     /// The range of component `n` is `[1, 1024]`.
     fn release(n: u32) -> Weight {
         // Proof size summary in bytes: measured 763, estimated 6196.
-        // Minimum execution time: 448_221 ns.
-        Weight::from_parts(458_850_000, 6196)
-            .saturating_add(Weight::from_parts(50_090_672, 0).saturating_mul(n.into()))
+        // Minimum execution time: 864_090 ns.
+        Weight::from_parts(896_953_000, 6196)
+            .saturating_add(Weight::from_parts(95_233_100, 0).saturating_mul(n.into()))
             .saturating_add(T::DbWeight::get().reads(2_u64))
             .saturating_add(T::DbWeight::get().reads((1_u64).saturating_mul(n.into())))
             .saturating_add(T::DbWeight::get().writes(2_u64))
@@ -196,15 +200,15 @@ impl<T: polkadot_sdk::frame_system::Config> WeightInfo for SubstrateWeight<T> {
     /// Proof: `Compute::RefundLock` (`max_values`: Some(1), `max_size`: Some(4), added: 499, mode: `MaxEncodedLen`)
     fn set_refund_lock() -> Weight {
         // Proof size summary in bytes: measured 0, estimated 0.
-        // Minimum execution time: 58_891 ns.
-        Weight::from_parts(71_053_000, 0).saturating_add(T::DbWeight::get().writes(1_u64))
+        // Minimum execution time: 76_914 ns.
+        Weight::from_parts(131_707_000, 0).saturating_add(T::DbWeight::get().writes(1_u64))
     }
     /// Storage: `Compute::DisputeWindow` (r:0 w:1)
     /// Proof: `Compute::DisputeWindow` (`max_values`: Some(1), `max_size`: Some(4), added: 499, mode: `MaxEncodedLen`)
     fn set_dispute_window() -> Weight {
         // Proof size summary in bytes: measured 0, estimated 0.
-        // Minimum execution time: 58_630 ns.
-        Weight::from_parts(61_355_000, 0).saturating_add(T::DbWeight::get().writes(1_u64))
+        // Minimum execution time: 72_716 ns.
+        Weight::from_parts(129_392_000, 0).saturating_add(T::DbWeight::get().writes(1_u64))
     }
     /// Storage: `Compute::Verifiers` (r:22 w:2)
     /// Proof: `Compute::Verifiers` (`max_values`: None, `max_size`: Some(81), added: 2556, mode: `MaxEncodedLen`)
@@ -216,8 +220,8 @@ impl<T: polkadot_sdk::frame_system::Config> WeightInfo for SubstrateWeight<T> {
     /// Proof: `Balances::Holds` (`max_values`: None, `max_size`: Some(121), added: 2596, mode: `MaxEncodedLen`)
     fn join_verifiers() -> Weight {
         // Proof size summary in bytes: measured 3184, estimated 57222.
-        // Minimum execution time: 1_519_269 ns.
-        Weight::from_parts(1_573_371_000, 57222)
+        // Minimum execution time: 1_998_348 ns.
+        Weight::from_parts(3_366_603_000, 57222)
             .saturating_add(T::DbWeight::get().reads(27_u64))
             .saturating_add(T::DbWeight::get().writes(7_u64))
     }
@@ -225,8 +229,8 @@ impl<T: polkadot_sdk::frame_system::Config> WeightInfo for SubstrateWeight<T> {
     /// Proof: `Compute::Verifiers` (`max_values`: None, `max_size`: Some(81), added: 2556, mode: `MaxEncodedLen`)
     fn leave_verifiers() -> Weight {
         // Proof size summary in bytes: measured 183, estimated 3546.
-        // Minimum execution time: 131_377 ns.
-        Weight::from_parts(134_162_000, 3546)
+        // Minimum execution time: 161_343 ns.
+        Weight::from_parts(257_112_000, 3546)
             .saturating_add(T::DbWeight::get().reads(1_u64))
             .saturating_add(T::DbWeight::get().writes(1_u64))
     }
@@ -240,8 +244,8 @@ impl<T: polkadot_sdk::frame_system::Config> WeightInfo for SubstrateWeight<T> {
     /// Proof: `Compute::CounterForVerifiers` (`max_values`: Some(1), `max_size`: Some(4), added: 499, mode: `MaxEncodedLen`)
     fn withdraw_verifier_bond() -> Weight {
         // Proof size summary in bytes: measured 445, estimated 3593.
-        // Minimum execution time: 399_580 ns.
-        Weight::from_parts(422_503_000, 3593)
+        // Minimum execution time: 486_943 ns.
+        Weight::from_parts(833_243_000, 3593)
             .saturating_add(T::DbWeight::get().reads(4_u64))
             .saturating_add(T::DbWeight::get().writes(4_u64))
     }
@@ -266,9 +270,9 @@ impl<T: polkadot_sdk::frame_system::Config> WeightInfo for SubstrateWeight<T> {
     /// The range of component `b` is `[1, 393216]`.
     fn challenge(b: u32) -> Weight {
         // Proof size summary in bytes: measured 4125, estimated 85338.
-        // Minimum execution time: 2_362_301 ns.
-        Weight::from_parts(2_526_514_044, 85338)
-            .saturating_add(Weight::from_parts(1_638, 0).saturating_mul(b.into()))
+        // Minimum execution time: 3_513_018 ns.
+        Weight::from_parts(4_514_333_390, 85338)
+            .saturating_add(Weight::from_parts(4_329, 0).saturating_mul(b.into()))
             .saturating_add(T::DbWeight::get().reads(40_u64))
             .saturating_add(T::DbWeight::get().writes(38_u64))
     }
@@ -288,8 +292,8 @@ impl<T: polkadot_sdk::frame_system::Config> WeightInfo for SubstrateWeight<T> {
     /// Proof: `Compute::ProviderChallenges` (`max_values`: None, `max_size`: Some(64), added: 2539, mode: `MaxEncodedLen`)
     fn vote() -> Weight {
         // Proof size summary in bytes: measured 9067, estimated 92095.
-        // Minimum execution time: 10_029_290 ns.
-        Weight::from_parts(10_184_271_000, 92095)
+        // Minimum execution time: 12_260_935 ns.
+        Weight::from_parts(19_492_598_000, 92095)
             .saturating_add(T::DbWeight::get().reads(83_u64))
             .saturating_add(T::DbWeight::get().writes(83_u64))
     }
@@ -309,8 +313,8 @@ impl<T: polkadot_sdk::frame_system::Config> WeightInfo for SubstrateWeight<T> {
     /// Proof: `Compute::ProviderChallenges` (`max_values`: None, `max_size`: Some(64), added: 2539, mode: `MaxEncodedLen`)
     fn close_challenge() -> Weight {
         // Proof size summary in bytes: measured 9017, estimated 89492.
-        // Minimum execution time: 9_755_586 ns.
-        Weight::from_parts(10_057_662_000, 89492)
+        // Minimum execution time: 12_402_360 ns.
+        Weight::from_parts(22_033_403_000, 89492)
             .saturating_add(T::DbWeight::get().reads(82_u64))
             .saturating_add(T::DbWeight::get().writes(82_u64))
     }
@@ -319,48 +323,48 @@ impl<T: polkadot_sdk::frame_system::Config> WeightInfo for SubstrateWeight<T> {
 /// For tests and runtimes without their own database weights: RocksDB figures.
 impl WeightInfo for () {
     fn register_service() -> Weight {
-        Weight::from_parts(604_714_000, 4048)
+        Weight::from_parts(603_992_000, 4048)
             .saturating_add(RocksDbWeight::get().reads(4_u64))
             .saturating_add(RocksDbWeight::get().writes(4_u64))
     }
     fn update_service() -> Weight {
-        Weight::from_parts(228_488_000, 4048)
-            .saturating_add(RocksDbWeight::get().reads(1_u64))
+        Weight::from_parts(253_495_000, 4048)
+            .saturating_add(RocksDbWeight::get().reads(2_u64))
             .saturating_add(RocksDbWeight::get().writes(1_u64))
     }
     fn remove_service() -> Weight {
-        Weight::from_parts(273_163_000, 4048)
-            .saturating_add(RocksDbWeight::get().reads(2_u64))
+        Weight::from_parts(322_215_000, 4048)
+            .saturating_add(RocksDbWeight::get().reads(3_u64))
             .saturating_add(RocksDbWeight::get().writes(2_u64))
     }
     fn withdraw_bond() -> Weight {
-        Weight::from_parts(471_214_000, 3593)
+        Weight::from_parts(707_126_000, 3593)
             .saturating_add(RocksDbWeight::get().reads(4_u64))
             .saturating_add(RocksDbWeight::get().writes(3_u64))
     }
     fn deposit() -> Weight {
-        Weight::from_parts(890_530_000, 6196)
+        Weight::from_parts(1_581_907_000, 6196)
             .saturating_add(RocksDbWeight::get().reads(5_u64))
             .saturating_add(RocksDbWeight::get().writes(4_u64))
     }
     fn request_refund() -> Weight {
-        Weight::from_parts(187_331_000, 3689)
+        Weight::from_parts(265_257_000, 3689)
             .saturating_add(RocksDbWeight::get().reads(2_u64))
             .saturating_add(RocksDbWeight::get().writes(1_u64))
     }
     fn cancel_refund() -> Weight {
-        Weight::from_parts(170_690_000, 3689)
+        Weight::from_parts(258_595_000, 3689)
             .saturating_add(RocksDbWeight::get().reads(1_u64))
             .saturating_add(RocksDbWeight::get().writes(1_u64))
     }
     fn withdraw_refund() -> Weight {
-        Weight::from_parts(571_793_000, 6196)
+        Weight::from_parts(838_753_000, 6196)
             .saturating_add(RocksDbWeight::get().reads(3_u64))
             .saturating_add(RocksDbWeight::get().writes(3_u64))
     }
     fn settle(n: u32) -> Weight {
-        Weight::from_parts(2_461_938_851, 6196)
-            .saturating_add(Weight::from_parts(280_445_559, 0).saturating_mul(n.into()))
+        Weight::from_parts(1_267_135_479, 6196)
+            .saturating_add(Weight::from_parts(376_959_325, 0).saturating_mul(n.into()))
             .saturating_add(RocksDbWeight::get().reads(5_u64))
             .saturating_add(RocksDbWeight::get().reads((1_u64).saturating_mul(n.into())))
             .saturating_add(RocksDbWeight::get().writes(3_u64))
@@ -368,13 +372,13 @@ impl WeightInfo for () {
             .saturating_add(Weight::from_parts(0, 2699).saturating_mul(n.into()))
     }
     fn dispute() -> Weight {
-        Weight::from_parts(872_898_000, 6196)
+        Weight::from_parts(1_788_805_000, 6196)
             .saturating_add(RocksDbWeight::get().reads(6_u64))
             .saturating_add(RocksDbWeight::get().writes(5_u64))
     }
     fn release(n: u32) -> Weight {
-        Weight::from_parts(458_850_000, 6196)
-            .saturating_add(Weight::from_parts(50_090_672, 0).saturating_mul(n.into()))
+        Weight::from_parts(896_953_000, 6196)
+            .saturating_add(Weight::from_parts(95_233_100, 0).saturating_mul(n.into()))
             .saturating_add(RocksDbWeight::get().reads(2_u64))
             .saturating_add(RocksDbWeight::get().reads((1_u64).saturating_mul(n.into())))
             .saturating_add(RocksDbWeight::get().writes(2_u64))
@@ -382,39 +386,39 @@ impl WeightInfo for () {
             .saturating_add(Weight::from_parts(0, 2699).saturating_mul(n.into()))
     }
     fn set_refund_lock() -> Weight {
-        Weight::from_parts(71_053_000, 0).saturating_add(RocksDbWeight::get().writes(1_u64))
+        Weight::from_parts(131_707_000, 0).saturating_add(RocksDbWeight::get().writes(1_u64))
     }
     fn set_dispute_window() -> Weight {
-        Weight::from_parts(61_355_000, 0).saturating_add(RocksDbWeight::get().writes(1_u64))
+        Weight::from_parts(129_392_000, 0).saturating_add(RocksDbWeight::get().writes(1_u64))
     }
     fn join_verifiers() -> Weight {
-        Weight::from_parts(1_573_371_000, 57222)
+        Weight::from_parts(3_366_603_000, 57222)
             .saturating_add(RocksDbWeight::get().reads(27_u64))
             .saturating_add(RocksDbWeight::get().writes(7_u64))
     }
     fn leave_verifiers() -> Weight {
-        Weight::from_parts(134_162_000, 3546)
+        Weight::from_parts(257_112_000, 3546)
             .saturating_add(RocksDbWeight::get().reads(1_u64))
             .saturating_add(RocksDbWeight::get().writes(1_u64))
     }
     fn withdraw_verifier_bond() -> Weight {
-        Weight::from_parts(422_503_000, 3593)
+        Weight::from_parts(833_243_000, 3593)
             .saturating_add(RocksDbWeight::get().reads(4_u64))
             .saturating_add(RocksDbWeight::get().writes(4_u64))
     }
     fn challenge(b: u32) -> Weight {
-        Weight::from_parts(2_526_514_044, 85338)
-            .saturating_add(Weight::from_parts(1_638, 0).saturating_mul(b.into()))
+        Weight::from_parts(4_514_333_390, 85338)
+            .saturating_add(Weight::from_parts(4_329, 0).saturating_mul(b.into()))
             .saturating_add(RocksDbWeight::get().reads(40_u64))
             .saturating_add(RocksDbWeight::get().writes(38_u64))
     }
     fn vote() -> Weight {
-        Weight::from_parts(10_184_271_000, 92095)
+        Weight::from_parts(19_492_598_000, 92095)
             .saturating_add(RocksDbWeight::get().reads(83_u64))
             .saturating_add(RocksDbWeight::get().writes(83_u64))
     }
     fn close_challenge() -> Weight {
-        Weight::from_parts(10_057_662_000, 89492)
+        Weight::from_parts(22_033_403_000, 89492)
             .saturating_add(RocksDbWeight::get().reads(82_u64))
             .saturating_add(RocksDbWeight::get().writes(82_u64))
     }
