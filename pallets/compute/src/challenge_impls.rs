@@ -387,17 +387,7 @@ impl<T: Config> Pallet<T> {
 
         // The fee's settled total stays as it is: the voucher stays spent, so it cannot be
         // claimed again; the money comes back as escrow balance.
-        let mut from_held: Balance = 0;
-        for (held, until) in
-            [(&mut escrow.held_next, escrow.held_next_until), (&mut escrow.held, escrow.held_until)]
-        {
-            if now < until {
-                let take = c.fee.saturating_sub(from_held).min(*held);
-                *held = held.saturating_sub(take);
-                from_held = from_held.saturating_add(take);
-            }
-        }
-        Self::shift_buckets(&mut escrow);
+        let from_held = Self::take_locked(&mut escrow, c.fee, now);
         let from_bond = c.fee.saturating_sub(from_held).min(info.bond.saturating_sub(slash));
         if !from_bond.is_zero() {
             T::Currency::transfer_on_hold(
@@ -426,16 +416,7 @@ impl<T: Config> Pallet<T> {
         out.verifier_reward = share.saturating_mul(winners.len() as Balance);
         out.burned =
             slash.saturating_sub(out.challenger_reward).saturating_sub(out.verifier_reward);
-        if !out.burned.is_zero() {
-            T::Currency::burn_held(
-                &HoldReason::ProviderBond.into(),
-                &c.provider,
-                out.burned,
-                Precision::Exact,
-                Fortitude::Force,
-            )?;
-            info.bond = info.bond.saturating_sub(out.burned);
-        }
+        Self::burn_bond(&c.provider, out.burned, &mut info)?;
         Providers::<T>::insert(&c.provider, info);
         Escrows::<T>::insert(&c.user, &c.provider, escrow);
         Ok(())

@@ -21,7 +21,7 @@ use polkadot_sdk::{
 };
 
 /// An escrow record of this runtime.
-type EscrowOf<T> = Escrow<BlockNumberFor<T>>;
+pub(crate) type EscrowOf<T> = Escrow<BlockNumberFor<T>>;
 
 impl<T: Config> Pallet<T> {
     /// The hash every signature of this chain commits to.
@@ -316,7 +316,7 @@ impl<T: Config> Pallet<T> {
     }
 
     /// Keep the older bucket filled first: an emptied older bucket takes the younger one.
-    pub(crate) fn shift_buckets(escrow: &mut EscrowOf<T>) {
+    fn shift_buckets(escrow: &mut EscrowOf<T>) {
         if escrow.held.is_zero() && !escrow.held_next.is_zero() {
             escrow.held = core::mem::take(&mut escrow.held_next);
             escrow.held_until = escrow.held_next_until;
@@ -456,17 +456,7 @@ impl<T: Config> Pallet<T> {
         // past its window is the provider's and stays for `release` (moving it here could fail
         // on a provider account below the existential deposit and block the user's dispute).
         let excess = escrow.settled_total.saturating_sub(receipt.total);
-        let mut refunded: Balance = 0;
-        for (held, until) in
-            [(&mut escrow.held_next, escrow.held_next_until), (&mut escrow.held, escrow.held_until)]
-        {
-            if now < until {
-                let take = excess.saturating_sub(refunded).min(*held);
-                *held = held.saturating_sub(take);
-                refunded = refunded.saturating_add(take);
-            }
-        }
-        Self::shift_buckets(&mut escrow);
+        let refunded = Self::take_locked(&mut escrow, excess, now);
         let unrecovered = excess.saturating_sub(refunded);
         escrow.balance = escrow.balance.checked_add(refunded).ok_or(Error::<T>::Overflow)?;
         // Only what came back leaves `settled_total`: an unrecovered over-claim stays on the
@@ -478,16 +468,7 @@ impl<T: Config> Pallet<T> {
         let rewarded = T::DisputeReward::get().mul_floor(penalty);
         let burned = penalty.saturating_sub(rewarded);
         Self::move_bond(&provider, &user, rewarded, &mut info)?;
-        if !burned.is_zero() {
-            T::Currency::burn_held(
-                &HoldReason::ProviderBond.into(),
-                &provider,
-                burned,
-                Precision::Exact,
-                Fortitude::Force,
-            )?;
-            info.bond = info.bond.saturating_sub(burned);
-        }
+        Self::burn_bond(&provider, burned, &mut info)?;
 
         info.earned = info.earned.saturating_sub(refunded);
         info.disputes_lost = info.disputes_lost.saturating_add(1);
@@ -502,6 +483,48 @@ impl<T: Config> Pallet<T> {
             rewarded,
             burned,
         });
+        Ok(())
+    }
+
+    /// Take up to `amount` from the payments of `escrow` still locked at `now` (the younger
+    /// bucket first); returns what was taken. What is past its window is the provider's and
+    /// stays for `release`.
+    pub(crate) fn take_locked(
+        escrow: &mut EscrowOf<T>,
+        amount: Balance,
+        now: BlockNumberFor<T>,
+    ) -> Balance {
+        let mut taken: Balance = 0;
+        for (held, until) in
+            [(&mut escrow.held_next, escrow.held_next_until), (&mut escrow.held, escrow.held_until)]
+        {
+            if now < until {
+                let take = amount.saturating_sub(taken).min(*held);
+                *held = held.saturating_sub(take);
+                taken = taken.saturating_add(take);
+            }
+        }
+        Self::shift_buckets(escrow);
+        taken
+    }
+
+    /// Burn `amount` of the provider's bond.
+    pub(crate) fn burn_bond(
+        provider: &T::AccountId,
+        amount: Balance,
+        info: &mut ProviderInfo<BlockNumberFor<T>>,
+    ) -> DispatchResult {
+        if amount.is_zero() {
+            return Ok(());
+        }
+        T::Currency::burn_held(
+            &HoldReason::ProviderBond.into(),
+            provider,
+            amount,
+            Precision::Exact,
+            Fortitude::Force,
+        )?;
+        info.bond = info.bond.saturating_sub(amount);
         Ok(())
     }
 

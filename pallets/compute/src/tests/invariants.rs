@@ -381,7 +381,8 @@ impl Model {
                             b.free -= bond;
                             b.verifier_bond += bond;
                         }
-                        Event::VerifierBondWithdrawn { verifier, amount } => {
+                        Event::VerifierBondWithdrawn { verifier, amount }
+                        | Event::VerifierRemoved { verifier, amount } => {
                             let b = self.books.entry(verifier.clone()).or_default();
                             b.verifier_bond -= amount;
                             b.free += amount;
