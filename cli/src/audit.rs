@@ -17,7 +17,7 @@ use compute_inference::{
     weights::file_hash,
     ChatMessage, ChatTemplate, ModelTokenizer, WeightFormat,
 };
-use compute_primitives::{AccountId, SignedReceipt};
+use compute_primitives::AccountId;
 use futures::StreamExt;
 use polkadot_sdk::sp_core::H256;
 use serde::Serialize;
@@ -162,13 +162,7 @@ fn check(
     tokenizer: &ModelTokenizer,
     k: &Kept,
 ) -> Result<(usize, Result<String, String>), String> {
-    let receipt: SignedReceipt =
-        wire::from_hex("receipt", &k.receipt).map_err(|e| format!("kept receipt: {e}"))?;
-    let bytes = k
-        .proof
-        .strip_prefix("0x")
-        .and_then(|h| hex::decode(h).ok())
-        .ok_or("kept proof is not hex")?;
+    let (receipt, bytes) = k.decoded()?;
     if wire::proof_hash(&bytes) != receipt.receipt.proof_hash {
         return Err("the proof is not the one the receipt commits to".into());
     }

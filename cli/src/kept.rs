@@ -38,6 +38,20 @@ pub struct Kept {
     pub proof: String,
 }
 
+impl Kept {
+    /// The kept receipt and the proof's bytes, decoded.
+    pub fn decoded(&self) -> Result<(compute_primitives::SignedReceipt, Vec<u8>), String> {
+        let receipt = compute_client::wire::from_hex("receipt", &self.receipt)
+            .map_err(|e| format!("kept receipt: {e}"))?;
+        let proof = self
+            .proof
+            .strip_prefix("0x")
+            .and_then(|h| hex::decode(h).ok())
+            .ok_or("kept proof is not hex")?;
+        Ok((receipt, proof))
+    }
+}
+
 /// Where the answers of `user` with `provider` are kept, beside the state file.
 pub fn dir(state_path: &Path, user: &AccountId, provider: &AccountId) -> PathBuf {
     let base = state_path.parent().unwrap_or_else(|| Path::new("."));

@@ -16,9 +16,9 @@
 use crate::audit;
 use crate::kept;
 use anyhow::{anyhow, bail, Context};
-use compute_client::{verification::OpenChallenge, wire, Chain, ComputeEvent, Signer};
+use compute_client::{verification::OpenChallenge, Chain, ComputeEvent, Signer};
 use compute_inference::{llama::Llama, weights::file_hash, ModelTokenizer};
-use compute_primitives::{AccountId, ChallengeId, Evidence, Nonce, SignedReceipt, Vote};
+use compute_primitives::{AccountId, ChallengeId, Evidence, Nonce, Vote};
 use polkadot_sdk::sp_core::H256;
 use std::{
     collections::{BTreeMap, BTreeSet},
@@ -48,16 +48,10 @@ pub async fn challenge(
         .into_iter()
         .find(|k| k.nonce == nonce)
         .ok_or_else(|| anyhow!("no answer with nonce {nonce} from {provider} is kept"))?;
+    let (receipt, proof) = k.decoded().map_err(|e| anyhow!(e))?;
     let body = k.body.ok_or_else(|| {
         anyhow!("answer {nonce} was kept without its request body; it cannot be challenged")
     })?;
-    let receipt: SignedReceipt =
-        wire::from_hex("receipt", &k.receipt).map_err(|e| anyhow!("kept receipt: {e}"))?;
-    let proof = k
-        .proof
-        .strip_prefix("0x")
-        .and_then(|h| hex::decode(h).ok())
-        .ok_or_else(|| anyhow!("kept proof is not hex"))?;
     let part = |what: &str, bytes: Vec<u8>| {
         bytes.try_into().map_err(|_| anyhow!("the {what} is too large to put on chain"))
     };

@@ -18,6 +18,12 @@ const PAGE: u32 = 256;
 /// Most open challenges listed at once: a verifier works through them page by page anyway.
 const MAX_LISTED: usize = 4_096;
 
+/// One block's values of the keys asked (`state_queryStorageAt`).
+#[derive(serde::Deserialize)]
+struct ChangeSet {
+    changes: Vec<(String, Option<String>)>,
+}
+
 fn prefix(item: &str) -> Vec<u8> {
     [twox_128(b"Compute"), twox_128(item.as_bytes())].concat()
 }
@@ -149,17 +155,26 @@ impl Chain {
         loop {
             let keys: Vec<String> =
                 self.call(M, rpc_params![hex(&base), PAGE, start.clone()]).await?;
-            for key in &keys {
-                let raw = hex::decode(key.trim_start_matches("0x"))
-                    .map_err(|e| ChainError::Decode { method: M, reason: e.to_string() })?;
+            // The page's values in one read.
+            const Q: &str = "state_queryStorageAt";
+            let sets: Vec<ChangeSet> = if keys.is_empty() {
+                Vec::new()
+            } else {
+                self.call(Q, rpc_params![keys.clone()]).await?
+            };
+            for (key, value) in sets.into_iter().flat_map(|set| set.changes) {
+                let bad = |reason: &str| ChainError::Decode { method: Q, reason: reason.into() };
+                let raw = hex::decode(key.trim_start_matches("0x")).map_err(|_| bad("key"))?;
                 // prefix (32) ++ twox64 (8) ++ id (8)
                 let id = raw
                     .get(40..48)
                     .and_then(|b| ChallengeId::decode(&mut &b[..]).ok())
-                    .ok_or(ChainError::Decode { method: M, reason: "challenge key".into() })?;
-                if let Some(c) = self.decoded::<OpenChallenge>(&raw).await? {
-                    out.push((id, c));
-                }
+                    .ok_or_else(|| bad("challenge key"))?;
+                let Some(value) = value else { continue };
+                let bytes =
+                    hex::decode(value.trim_start_matches("0x")).map_err(|_| bad("value"))?;
+                let c = OpenChallenge::decode(&mut &bytes[..]).map_err(|e| bad(&e.to_string()))?;
+                out.push((id, c));
             }
             if keys.len() < PAGE as usize || out.len() >= MAX_LISTED {
                 out.sort_by_key(|(id, _)| *id);
