@@ -4,7 +4,8 @@
 
 use codec::{Decode, Error as CodecError};
 use compute_primitives::{
-    AccountId, Balance, ChallengeId, ChallengeOutcome, Nonce, RejectReason, ServiceId, Vote,
+    AccountId, Balance, ChallengeId, ChallengeOutcome, JobEnd, JobId, Nonce, RejectReason,
+    ServiceId, Vote,
 };
 use polkadot_sdk::sp_core::H256;
 
@@ -91,6 +92,50 @@ pub enum ComputeEvent {
         challenger_reward: Balance,
         verifier_reward: Balance,
         burned: Balance,
+    },
+    /// A user created a fine-tuning job.
+    JobCreated {
+        id: JobId,
+        user: AccountId,
+        provider: AccountId,
+        service_id: ServiceId,
+        reserved: Balance,
+        accept_by: BlockNumber,
+    },
+    /// A provider accepted a job.
+    JobAccepted { id: JobId, provider: AccountId, deliver_by: BlockNumber },
+    /// A provider delivered a job's encrypted adapter.
+    JobDelivered {
+        id: JobId,
+        adapter_hash: H256,
+        key_hash: H256,
+        trained_tokens: u64,
+        final_loss: u32,
+        fee: Balance,
+        ack_by: BlockNumber,
+    },
+    /// A user acknowledged a delivery.
+    JobAcknowledged { id: JobId, user: AccountId, reveal_by: BlockNumber },
+    /// A provider revealed a job's sealed key; the fee was paid.
+    KeyRevealed {
+        id: JobId,
+        ephemeral: [u8; 32],
+        sealed: [u8; 32],
+        fee: Balance,
+        refunded: Balance,
+        contest_until: BlockNumber,
+    },
+    /// A job ended.
+    JobEnded {
+        id: JobId,
+        user: AccountId,
+        provider: AccountId,
+        end: JobEnd,
+        refunded: Balance,
+        paid: Balance,
+        penalty: Balance,
+        to_user: Balance,
+        from_bond: Balance,
     },
     /// Any other compute event, by name.
     Other(String),
@@ -205,6 +250,52 @@ impl ComputeEvent {
                 verifier_reward: Decode::decode(f)?,
                 burned: Decode::decode(f)?,
             },
+            "JobCreated" => ComputeEvent::JobCreated {
+                id: Decode::decode(f)?,
+                user: Decode::decode(f)?,
+                provider: Decode::decode(f)?,
+                service_id: Decode::decode(f)?,
+                reserved: Decode::decode(f)?,
+                accept_by: Decode::decode(f)?,
+            },
+            "JobAccepted" => ComputeEvent::JobAccepted {
+                id: Decode::decode(f)?,
+                provider: Decode::decode(f)?,
+                deliver_by: Decode::decode(f)?,
+            },
+            "JobDelivered" => ComputeEvent::JobDelivered {
+                id: Decode::decode(f)?,
+                adapter_hash: Decode::decode(f)?,
+                key_hash: Decode::decode(f)?,
+                trained_tokens: Decode::decode(f)?,
+                final_loss: Decode::decode(f)?,
+                fee: Decode::decode(f)?,
+                ack_by: Decode::decode(f)?,
+            },
+            "JobAcknowledged" => ComputeEvent::JobAcknowledged {
+                id: Decode::decode(f)?,
+                user: Decode::decode(f)?,
+                reveal_by: Decode::decode(f)?,
+            },
+            "KeyRevealed" => ComputeEvent::KeyRevealed {
+                id: Decode::decode(f)?,
+                ephemeral: Decode::decode(f)?,
+                sealed: Decode::decode(f)?,
+                fee: Decode::decode(f)?,
+                refunded: Decode::decode(f)?,
+                contest_until: Decode::decode(f)?,
+            },
+            "JobEnded" => ComputeEvent::JobEnded {
+                id: Decode::decode(f)?,
+                user: Decode::decode(f)?,
+                provider: Decode::decode(f)?,
+                end: Decode::decode(f)?,
+                refunded: Decode::decode(f)?,
+                paid: Decode::decode(f)?,
+                penalty: Decode::decode(f)?,
+                to_user: Decode::decode(f)?,
+                from_bond: Decode::decode(f)?,
+            },
             other => ComputeEvent::Other(other.to_string()),
         })
     }
@@ -221,7 +312,9 @@ impl ComputeEvent {
             | ComputeEvent::ClaimPartiallySettled { user, .. }
             | ComputeEvent::ClaimRejected { user, .. }
             | ComputeEvent::DisputeWon { user, .. }
-            | ComputeEvent::ChallengeEnded { user, .. } => Some(user),
+            | ComputeEvent::ChallengeEnded { user, .. }
+            | ComputeEvent::JobCreated { user, .. }
+            | ComputeEvent::JobEnded { user, .. } => Some(user),
             _ => None,
         }
     }

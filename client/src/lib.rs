@@ -1,9 +1,10 @@
 //! What the provider worker and the user CLI share beyond `compute-primitives`: keys that sign
 //! both extrinsics and vouchers/receipts, a chain client over subxt and the node's `compute_*`
-//! RPC, decoded pallet events, and the wire format of the worker's HTTP API.
+//! RPC (with the fine-tuning and verification calls), decoded pallet events, and the wire format of the worker's HTTP API.
 
 pub mod chain;
 pub mod events;
+pub mod finetune;
 pub mod keys;
 pub mod verification;
 pub mod wire;

@@ -24,11 +24,11 @@ struct ChangeSet {
     changes: Vec<(String, Option<String>)>,
 }
 
-fn prefix(item: &str) -> Vec<u8> {
+pub(crate) fn prefix(item: &str) -> Vec<u8> {
     [twox_128(b"Compute"), twox_128(item.as_bytes())].concat()
 }
 
-fn blake2_128_concat(key: &[u8]) -> Vec<u8> {
+pub(crate) fn blake2_128_concat(key: &[u8]) -> Vec<u8> {
     [blake2_128(key).as_slice(), key].concat()
 }
 
@@ -48,7 +48,7 @@ impl Chain {
             .transpose()
     }
 
-    async fn decoded<T: Decode>(&self, key: &[u8]) -> Result<Option<T>, ChainError> {
+    pub(crate) async fn decoded<T: Decode>(&self, key: &[u8]) -> Result<Option<T>, ChainError> {
         self.raw_storage(key)
             .await?
             .map(|bytes| {

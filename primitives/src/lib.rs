@@ -21,10 +21,12 @@ use polkadot_sdk::{
 use scale_info::TypeInfo;
 
 pub mod challenge;
+pub mod finetune;
 #[cfg(feature = "std")]
 pub mod rpc;
 
 pub use challenge::*;
+pub use finetune::*;
 
 /// Token amounts in the smallest unit.
 pub type Balance = u128;
@@ -78,14 +80,18 @@ pub enum ServiceKind {
     Chat,
     /// Embeddings, priced per input token.
     Embedding,
+    /// Fine-tuning jobs on the service's model, priced per trained token (`input_price`; the
+    /// output price is zero), on the terms set with `set_finetune_terms`.
+    FineTune,
 }
 
 impl ServiceKind {
-    /// `chat` or `embedding`, as configs, JSON and the command line spell it.
+    /// `chat`, `embedding` or `fine_tune`, as configs, JSON and the command line spell it.
     pub fn as_str(&self) -> &'static str {
         match self {
             ServiceKind::Chat => "chat",
             ServiceKind::Embedding => "embedding",
+            ServiceKind::FineTune => "fine_tune",
         }
     }
 }
@@ -97,6 +103,7 @@ impl core::str::FromStr for ServiceKind {
         match s {
             "chat" => Ok(ServiceKind::Chat),
             "embedding" => Ok(ServiceKind::Embedding),
+            "fine_tune" => Ok(ServiceKind::FineTune),
             _ => Err(()),
         }
     }

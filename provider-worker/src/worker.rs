@@ -299,6 +299,8 @@ impl Worker {
             ServiceKind::Embedding => {
                 self.embeddings.as_ref().map_or_else(|| "embedding".into(), |e| e.name.clone())
             }
+            // Fine-tuning trains over the chat model.
+            ServiceKind::FineTune => self.model_name(ServiceKind::Chat),
         }
     }
 
@@ -307,6 +309,7 @@ impl Worker {
         match kind {
             ServiceKind::Chat => self.chat.as_ref().map(|c| &c.weights),
             ServiceKind::Embedding => self.embeddings.as_ref().map(|e| &e.weights),
+            ServiceKind::FineTune => self.weights(ServiceKind::Chat),
         }
     }
 

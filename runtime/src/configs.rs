@@ -134,6 +134,14 @@ parameter_types! {
     pub const VerifierReward: Perbill = Perbill::from_percent(40);
     /// A vote against the deciding majority burns 10 % of the verifier bond.
     pub const VerifierPenalty: Perbill = Perbill::from_percent(10);
+    /// A provider that accepts a fine-tuning job and does not deliver it in time loses 10 % of
+    /// the job's price from its bond (half to the user, see `DisputeReward`).
+    pub const LateDeliveryPenalty: Perbill = Perbill::from_percent(10);
+    /// A user who walks away from an accepted job or a delivery pays 20 % of its fee.
+    pub const AbandonShare: Perbill = Perbill::from_percent(20);
+    /// A provider that withholds an acknowledged adapter's key, or reveals one that does not
+    /// open, loses twice the fee (at least `MIN_CHALLENGE_SLASH`) on top of the refund.
+    pub KeySlash: FixedU128 = FixedU128::from_u32(2);
 }
 
 /// Bond a provider holds while it offers services.
@@ -184,5 +192,12 @@ impl pallet_compute::Config for Runtime {
     type ChallengerReward = ChallengerReward;
     type VerifierReward = VerifierReward;
     type VerifierPenalty = VerifierPenalty;
+    type AcceptWindow = ConstU32<HOURS>;
+    type AckWindow = ConstU32<DAYS>;
+    type RevealWindow = ConstU32<HOURS>;
+    type MaxJobsPerUser = ConstU32<16>;
+    type LateDeliveryPenalty = LateDeliveryPenalty;
+    type AbandonShare = AbandonShare;
+    type KeySlash = KeySlash;
     type WeightInfo = pallet_compute::weights::SubstrateWeight<Runtime>;
 }

@@ -6,8 +6,8 @@
 
 use super::*;
 use crate::pallet::{
-    Call, Challenges, Config, DisputeWindow, Escrows, Pallet, Providers, RefundLock, Services,
-    Verifiers,
+    Call, Challenges, Config, DisputeWindow, Escrows, FineTuneOffers, Jobs, Pallet, Providers,
+    RefundLock, Services, Verifiers,
 };
 use alloc::{format, vec::Vec};
 use polkadot_sdk::{
@@ -222,6 +222,70 @@ fn votes_short_of_a_decision<T: Config>() -> AccountId32 {
         e.as_mut().expect("escrow exists").held = 500;
     });
     c.verifiers[(needed - 1 + honest) as usize].0.clone()
+}
+
+const JOB_SECRET: [u8; 32] = [5; 32];
+const JOB_KEY: [u8; 32] = [6; 32];
+
+/// A provider offering fine-tuning as service 1, and a user with an escrow that covers a job.
+fn finetune_parties<T: Config>() -> (AccountId32, AccountId32) {
+    let (_, p) = provider::<T>("provider");
+    let service = Service::new(ServiceTerms { kind: ServiceKind::FineTune, ..terms() }, 0);
+    Pallet::<T>::do_register_service(p.clone(), 1, service).expect("registers");
+    let offer = FineTuneTerms {
+        max_dataset_tokens: 1_000_000,
+        max_epochs: 10,
+        max_rank: 64,
+        turnaround: 100,
+    };
+    Pallet::<T>::do_set_finetune_terms(p.clone(), 1, offer).expect("sets terms");
+    let (_, user) = user_with_escrow::<T>("user", &p, FUNDS / 2);
+    (user, p)
+}
+
+fn job_spec() -> JobSpec {
+    JobSpec {
+        service_id: 1,
+        dataset_hash: H256::repeat_byte(0xda),
+        dataset_tokens: 1_000_000,
+        epochs: 10,
+        rank: 64,
+        learning_rate: 1_000,
+        seed: 0,
+        user_key: compute_primitives::public_key(&JOB_SECRET),
+    }
+}
+
+fn job_delivery() -> Delivery {
+    Delivery {
+        adapter_hash: H256::repeat_byte(0xad),
+        adapter_len: 1 << 20,
+        key_hash: compute_primitives::key_hash(&JOB_KEY),
+        trained_tokens: 10_000_000,
+        final_loss: 500,
+    }
+}
+
+/// Job 0 taken to `stage` steps: 0 created, 1 accepted, 2 delivered, 3 acknowledged,
+/// 4 revealed with a key that does not open (sealed for another job).
+fn job_at<T: Config>(stage: u8) -> (AccountId32, AccountId32) {
+    let (user, p) = finetune_parties::<T>();
+    Pallet::<T>::do_create_job(user.clone(), p.clone(), job_spec()).expect("creates");
+    if stage >= 1 {
+        Pallet::<T>::do_accept_job(p.clone(), 0).expect("accepts");
+    }
+    if stage >= 2 {
+        Pallet::<T>::do_deliver(p.clone(), 0, job_delivery()).expect("delivers");
+    }
+    if stage >= 3 {
+        Pallet::<T>::do_acknowledge(user.clone(), 0).expect("acknowledges");
+    }
+    if stage >= 4 {
+        let user_key = compute_primitives::public_key(&JOB_SECRET);
+        let bad = compute_primitives::seal_key(1, &JOB_KEY, &[9; 32], &user_key);
+        Pallet::<T>::do_reveal_key(p.clone(), 0, bad).expect("reveals");
+    }
+    (user, p)
 }
 
 fn advance<T: Config>(blocks: BlockNumberFor<T>) {
@@ -482,6 +546,88 @@ mod benchmarks {
         #[extrinsic_call]
         _(RawOrigin::Signed(all[0].clone()), 0);
         assert!(!Challenges::<T>::contains_key(0));
+    }
+
+    #[benchmark]
+    fn set_finetune_terms() {
+        let (_, p) = provider::<T>("provider");
+        let service = Service::new(ServiceTerms { kind: ServiceKind::FineTune, ..terms() }, 0);
+        Pallet::<T>::do_register_service(p.clone(), 1, service).expect("registers");
+        let offer =
+            FineTuneTerms { max_dataset_tokens: 1, max_epochs: 1, max_rank: 1, turnaround: 1 };
+        #[extrinsic_call]
+        _(RawOrigin::Signed(p.clone()), 1, offer);
+        assert!(FineTuneOffers::<T>::contains_key(&p, 1));
+    }
+
+    #[benchmark]
+    fn create_job() {
+        let (user, p) = finetune_parties::<T>();
+        #[extrinsic_call]
+        _(RawOrigin::Signed(user), p, job_spec());
+        assert!(Jobs::<T>::contains_key(0));
+    }
+
+    #[benchmark]
+    fn accept_job() {
+        let (_, p) = job_at::<T>(0);
+        #[extrinsic_call]
+        _(RawOrigin::Signed(p), 0);
+        assert!(matches!(Jobs::<T>::get(0).map(|j| j.state), Some(JobState::Accepted { .. })));
+    }
+
+    #[benchmark]
+    fn deliver() {
+        let (_, p) = job_at::<T>(1);
+        #[extrinsic_call]
+        _(RawOrigin::Signed(p), 0, job_delivery());
+        assert!(matches!(Jobs::<T>::get(0).map(|j| j.state), Some(JobState::Delivered { .. })));
+    }
+
+    #[benchmark]
+    fn acknowledge() {
+        let (user, _) = job_at::<T>(2);
+        #[extrinsic_call]
+        _(RawOrigin::Signed(user), 0);
+        assert!(matches!(Jobs::<T>::get(0).map(|j| j.state), Some(JobState::Acknowledged { .. })));
+    }
+
+    /// The fee joins the younger held bucket of an escrow whose older one is in use.
+    #[benchmark]
+    fn reveal_key() {
+        let (user, p) = job_at::<T>(3);
+        hold_both::<T>(&user, &p, 1_000, now::<T>() + One::one());
+        let user_key = compute_primitives::public_key(&JOB_SECRET);
+        let sealed = compute_primitives::seal_key(0, &JOB_KEY, &[9; 32], &user_key);
+        #[extrinsic_call]
+        _(RawOrigin::Signed(p), 0, sealed);
+        assert!(matches!(Jobs::<T>::get(0).map(|j| j.state), Some(JobState::Revealed { .. })));
+    }
+
+    /// Two X25519 operations, the slash's transfer and burn, and the refund taken from both
+    /// held buckets and the bond.
+    #[benchmark]
+    fn contest_key() {
+        let (user, p) = job_at::<T>(4);
+        Escrows::<T>::mutate(&user, &p, |e| {
+            let e = e.as_mut().expect("escrow exists");
+            // Both buckets locked, each too small: the rest of the refund comes from the bond.
+            (e.held, e.held_next, e.held_next_until) = (1, 1, e.held_until);
+        });
+        #[extrinsic_call]
+        _(RawOrigin::Signed(user), 0, JOB_SECRET);
+        assert!(!Jobs::<T>::contains_key(0));
+    }
+
+    /// The costliest ending (`reject_job`, `cancel_job` and `expire_job` share this weight): a
+    /// withheld key, whose slash moves part of the bond to the user and burns the rest.
+    #[benchmark]
+    fn end_job() {
+        let (user, _) = job_at::<T>(3);
+        advance::<T>(T::RevealWindow::get());
+        #[extrinsic_call]
+        expire_job(RawOrigin::Signed(user), 0);
+        assert!(!Jobs::<T>::contains_key(0));
     }
 
     impl_benchmark_test_suite!(Pallet, crate::mock::new_bench_ext(), crate::mock::Test);

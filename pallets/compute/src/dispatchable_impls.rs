@@ -92,6 +92,9 @@ impl<T: Config> Pallet<T> {
             );
             let price_version = service.price_version.checked_add(1).ok_or(Error::<T>::Overflow)?;
             terms.price_version = price_version;
+            if terms.kind != ServiceKind::FineTune {
+                FineTuneOffers::<T>::remove(&provider, service_id);
+            }
             *service = terms;
             Self::deposit_event(Event::ServiceUpdated {
                 provider: provider.clone(),
@@ -106,10 +109,16 @@ impl<T: Config> Pallet<T> {
         provider: T::AccountId,
         service_id: ServiceId,
     ) -> DispatchResult {
-        ensure!(Services::<T>::contains_key(&provider, service_id), Error::<T>::ServiceNotFound);
+        let service =
+            Services::<T>::get(&provider, service_id).ok_or(Error::<T>::ServiceNotFound)?;
         ensure!(ProviderChallenges::<T>::get(&provider).open == 0, Error::<T>::ChallengesOpen);
+        ensure!(
+            service.kind != ServiceKind::FineTune || ProviderJobs::<T>::get(&provider) == 0,
+            Error::<T>::JobsOpen
+        );
         let mut info = Providers::<T>::get(&provider).ok_or(Error::<T>::NotAProvider)?;
         Services::<T>::remove(&provider, service_id);
+        FineTuneOffers::<T>::remove(&provider, service_id);
         info.services = info.services.saturating_sub(1);
         info.unbonding = info.services == 0;
         let unbonding = info.unbonding;
@@ -126,6 +135,7 @@ impl<T: Config> Pallet<T> {
         // `bond_locked_until`: the bond cannot leave while a dispute could still slash it.
         ensure!(Self::now() >= info.bond_locked_until, Error::<T>::BondStillLocked);
         ensure!(ProviderChallenges::<T>::get(&provider).open == 0, Error::<T>::ChallengesOpen);
+        ensure!(ProviderJobs::<T>::get(&provider) == 0, Error::<T>::JobsOpen);
         let amount = T::Currency::release(
             &HoldReason::ProviderBond.into(),
             &provider,
@@ -326,7 +336,7 @@ impl<T: Config> Pallet<T> {
     /// Hold a new payment until `until`. Two buckets: a payment joins the younger one when the
     /// older is still locked, so a provider that settles an escrow often is paid at most two
     /// windows after settling, never later.
-    fn hold_payment(
+    pub(crate) fn hold_payment(
         escrow: &mut EscrowOf<T>,
         paid: Balance,
         until: BlockNumberFor<T>,
@@ -552,7 +562,7 @@ impl<T: Config> Pallet<T> {
     }
 
     /// The pallet's invariants: the escrow account holds at least the existential deposit plus
-    /// the sum of all escrows' balances and held payments, every provider's bond hold equals
+    /// the sum of all escrows' balances and held payments and all jobs' reserves, every provider's bond hold equals
     /// its recorded bond and outlasts its escrows' held payments, no pending refund exceeds its
     /// escrow, and every user's record deposits are held.
     #[cfg(any(feature = "try-runtime", test))]
@@ -590,6 +600,15 @@ impl<T: Config> Pallet<T> {
             ensure!(
                 T::Currency::balance_on_hold(&HoldReason::EscrowRecord.into(), &user) <= deposits,
                 "more held for escrow records than the records cost"
+            );
+        }
+        let reserved = Self::do_try_state_jobs()?;
+        escrowed = escrowed.checked_add(reserved).ok_or("escrow sum overflows")?;
+        for (provider, service_id, _) in FineTuneOffers::<T>::iter() {
+            ensure!(
+                Services::<T>::get(&provider, service_id)
+                    .is_some_and(|s| s.kind == ServiceKind::FineTune),
+                "fine-tuning terms of a service that is not a fine-tuning one"
             );
         }
         ensure!(

@@ -16,6 +16,7 @@ pub use pallet::*;
 
 mod challenge_impls;
 mod dispatchable_impls;
+mod finetune_impls;
 pub mod migrations;
 pub mod runtime_api;
 pub mod types;
@@ -179,6 +180,37 @@ pub mod pallet {
         #[pallet::constant]
         type VerifierPenalty: Get<Perbill>;
 
+        /// Blocks a provider has to accept or reject a new fine-tuning job.
+        #[pallet::constant]
+        type AcceptWindow: Get<BlockNumberFor<Self>>;
+
+        /// Blocks a user has to acknowledge a delivered adapter.
+        #[pallet::constant]
+        type AckWindow: Get<BlockNumberFor<Self>>;
+
+        /// Blocks a provider has to reveal the key of an acknowledged adapter.
+        #[pallet::constant]
+        type RevealWindow: Get<BlockNumberFor<Self>>;
+
+        /// Most fine-tuning jobs one user has open at once.
+        #[pallet::constant]
+        type MaxJobsPerUser: Get<u32>;
+
+        /// Share of a job's reserve slashed from the bond of a provider that accepted the job
+        /// and did not deliver it in time.
+        #[pallet::constant]
+        type LateDeliveryPenalty: Get<Perbill>;
+
+        /// Share of a job's fee a provider is paid when the user walks away: cancels after
+        /// acceptance or does not acknowledge a delivery in time.
+        #[pallet::constant]
+        type AbandonShare: Get<Perbill>;
+
+        /// Slash per unit of a job's fee (at least `MinChallengeSlash`) of a provider that
+        /// withholds the key of an acknowledged adapter or reveals one that does not open.
+        #[pallet::constant]
+        type KeySlash: Get<FixedU128>;
+
         /// Weights of this pallet's calls.
         type WeightInfo: WeightInfo;
     }
@@ -252,6 +284,29 @@ pub mod pallet {
     #[pallet::storage]
     pub type ProviderChallenges<T: Config> =
         StorageMap<_, Blake2_128Concat, T::AccountId, ChallengeRecord, ValueQuery>;
+
+    /// Fine-tuning terms of providers' `FineTune` services.
+    #[pallet::storage]
+    pub type FineTuneOffers<T: Config> =
+        StorageDoubleMap<_, Blake2_128Concat, T::AccountId, Twox64Concat, ServiceId, FineTuneTerms>;
+
+    /// Id of the next fine-tuning job.
+    #[pallet::storage]
+    pub type NextJobId<T: Config> = StorageValue<_, JobId, ValueQuery>;
+
+    /// Fine-tuning jobs not yet ended (how each ended is in its `JobEnded` event).
+    #[pallet::storage]
+    pub type Jobs<T: Config> = StorageMap<_, Twox64Concat, JobId, Job<BlockNumberFor<T>>>;
+
+    /// Jobs each user has open, at most `MaxJobsPerUser`.
+    #[pallet::storage]
+    pub type UserJobs<T: Config> = StorageMap<_, Blake2_128Concat, T::AccountId, u32, ValueQuery>;
+
+    /// Accepted jobs each provider has not yet ended: its fine-tuning services and its bond
+    /// stay while there are any.
+    #[pallet::storage]
+    pub type ProviderJobs<T: Config> =
+        StorageMap<_, Blake2_128Concat, T::AccountId, u32, ValueQuery>;
 
     #[pallet::genesis_config]
     #[derive(polkadot_sdk::frame_support::DefaultNoBound)]
@@ -541,6 +596,103 @@ pub mod pallet {
             /// Amount burned from its bond.
             amount: Balance,
         },
+        /// A provider set the terms of a fine-tuning service.
+        FineTuneTermsSet {
+            /// The provider.
+            provider: T::AccountId,
+            /// The service.
+            service_id: ServiceId,
+            /// The terms.
+            terms: FineTuneTerms,
+        },
+        /// A user created a fine-tuning job.
+        JobCreated {
+            /// The job.
+            id: JobId,
+            /// The user.
+            user: T::AccountId,
+            /// The provider asked.
+            provider: T::AccountId,
+            /// The fine-tuning service.
+            service_id: ServiceId,
+            /// Taken from the user's escrow for the job: dataset tokens × epochs × price.
+            reserved: Balance,
+            /// Last block in which the provider can accept it.
+            accept_by: BlockNumberFor<T>,
+        },
+        /// A provider accepted a job.
+        JobAccepted {
+            /// The job.
+            id: JobId,
+            /// The provider.
+            provider: T::AccountId,
+            /// Last block in which it can deliver.
+            deliver_by: BlockNumberFor<T>,
+        },
+        /// A provider delivered a job's adapter, encrypted.
+        JobDelivered {
+            /// The job.
+            id: JobId,
+            /// blake2-256 of the encrypted adapter.
+            adapter_hash: H256,
+            /// blake2-256 of its key.
+            key_hash: H256,
+            /// Tokens trained.
+            trained_tokens: u64,
+            /// Mean loss of the last epoch, in thousandths.
+            final_loss: u32,
+            /// The fee: trained tokens × price.
+            fee: Balance,
+            /// Last block in which the user can acknowledge it.
+            ack_by: BlockNumberFor<T>,
+        },
+        /// A user acknowledged a delivery: it holds the ciphertext and checked its hash.
+        JobAcknowledged {
+            /// The job.
+            id: JobId,
+            /// The user.
+            user: T::AccountId,
+            /// Last block in which the provider can reveal the key.
+            reveal_by: BlockNumberFor<T>,
+        },
+        /// A provider revealed a job's key, sealed to the user; the fee was paid (held until
+        /// `contest_until`).
+        KeyRevealed {
+            /// The job.
+            id: JobId,
+            /// The provider's ephemeral X25519 key.
+            ephemeral: [u8; 32],
+            /// The adapter key sealed to the user's job key.
+            sealed: [u8; 32],
+            /// Paid to the provider's held payments.
+            fee: Balance,
+            /// Rest of the reserve put back onto the escrow.
+            refunded: Balance,
+            /// Until when the user can contest the key.
+            contest_until: BlockNumberFor<T>,
+        },
+        /// A job ended.
+        JobEnded {
+            /// The job.
+            id: JobId,
+            /// The user.
+            user: T::AccountId,
+            /// The provider.
+            provider: T::AccountId,
+            /// How.
+            end: JobEnd,
+            /// Put back onto the user's escrow.
+            refunded: Balance,
+            /// Paid to the provider's held payments (abandoned jobs).
+            paid: Balance,
+            /// Taken from the provider's bond.
+            penalty: Balance,
+            /// Part of the penalty paid to the user; the rest was burned.
+            to_user: Balance,
+            /// Part of `refunded` taken from the bond, the fee being released already
+            /// (contested keys).
+            from_bond: Balance,
+        },
         /// Root set the refund lock.
         RefundLockSet {
             /// New lock in blocks.
@@ -649,6 +801,56 @@ pub mod pallet {
         VotingClosed,
         /// The challenge's voting period is not over yet.
         VotingStillOpen,
+        /// The service is not a `FineTune` service.
+        NotFineTune,
+        /// The fine-tuning service has no terms set.
+        NoFineTuneTerms,
+        /// Fine-tuning terms must allow some tokens, epochs, rank and turnaround.
+        EmptyTerms,
+        /// The job's dataset has no tokens.
+        EmptyDataset,
+        /// The job's dataset has more tokens than the service's terms allow.
+        DatasetTooLarge,
+        /// The job's epochs are zero or above the service's terms.
+        EpochsOutOfRange,
+        /// The job's LoRA rank is zero or above the service's terms.
+        RankOutOfRange,
+        /// The user's spendable escrow cannot cover the job's price.
+        InsufficientEscrow,
+        /// The user has `MaxJobsPerUser` jobs open already.
+        TooManyJobs,
+        /// No open job has this id.
+        JobNotFound,
+        /// Only the job's provider can do this.
+        NotJobProvider,
+        /// Only the job's user can do this.
+        NotJobUser,
+        /// The job is not waiting for acceptance.
+        JobNotCreated,
+        /// The job is not accepted and undelivered.
+        JobNotAccepted,
+        /// The job is not delivered and unacknowledged.
+        JobNotDelivered,
+        /// The job is not acknowledged and waiting for its key.
+        JobNotAcknowledged,
+        /// The job's key is not revealed.
+        JobNotRevealed,
+        /// An acknowledged or paid job cannot be cancelled.
+        JobNotCancellable,
+        /// The job's deadline for this step has passed.
+        DeadlinePassed,
+        /// The job's current deadline has not passed yet.
+        DeadlineNotReached,
+        /// The delivery claims more trained tokens than the job's dataset tokens × epochs.
+        TooManyTrainedTokens,
+        /// The delivery names an empty adapter.
+        EmptyAdapter,
+        /// The secret shown is not the one of the job's user key.
+        WrongJobSecret,
+        /// The sealed key opens to the committed key: nothing to contest.
+        KeyOpens,
+        /// Accepted fine-tuning jobs of the provider have not ended yet.
+        JobsOpen,
     }
 
     #[pallet::hooks]
@@ -702,6 +904,14 @@ pub mod pallet {
                 "ChallengerReward must stay below one whole: self-challenges would cost nothing"
             );
             assert!(T::VotingPeriod::get() > Zero::zero(), "VotingPeriod must be positive");
+            assert!(T::AcceptWindow::get() > Zero::zero(), "AcceptWindow must be positive");
+            assert!(T::AckWindow::get() > Zero::zero(), "AckWindow must be positive");
+            assert!(T::RevealWindow::get() > Zero::zero(), "RevealWindow must be positive");
+            assert!(T::MaxJobsPerUser::get() > 0, "MaxJobsPerUser must be positive");
+            assert!(
+                T::AbandonShare::get() < Perbill::one(),
+                "AbandonShare must stay below one whole: a user walking away would pay in full"
+            );
             let window = T::DefaultDisputeWindow::get();
             assert!(
                 window >= T::MinDisputeWindow::get() && window <= T::MaxDisputeWindow::get(),
@@ -896,6 +1106,103 @@ pub mod pallet {
         }
 
         /// Set the refund lock, within `[MinRefundLock, MaxRefundLock]`.
+        /// Set the fine-tuning terms of one of the caller's `FineTune` services. Jobs already
+        /// created keep the terms they were created on.
+        #[pallet::call_index(19)]
+        #[pallet::weight(T::WeightInfo::set_finetune_terms())]
+        pub fn set_finetune_terms(
+            origin: OriginFor<T>,
+            service_id: ServiceId,
+            terms: FineTuneTerms,
+        ) -> DispatchResult {
+            let provider = ensure_signed(origin)?;
+            Self::do_set_finetune_terms(provider, service_id, terms)
+        }
+
+        /// Create a fine-tuning job with `provider`, taking its price (dataset tokens × epochs
+        /// × the service's price) from the caller's escrow with it.
+        #[pallet::call_index(20)]
+        #[pallet::weight(T::WeightInfo::create_job())]
+        pub fn create_job(
+            origin: OriginFor<T>,
+            provider: T::AccountId,
+            spec: JobSpec,
+        ) -> DispatchResult {
+            let user = ensure_signed(origin)?;
+            Self::do_create_job(user, provider, spec)
+        }
+
+        /// Accept a job (its provider): delivery is due `turnaround` blocks from now.
+        #[pallet::call_index(21)]
+        #[pallet::weight(T::WeightInfo::accept_job())]
+        pub fn accept_job(origin: OriginFor<T>, id: JobId) -> DispatchResult {
+            let provider = ensure_signed(origin)?;
+            Self::do_accept_job(provider, id)
+        }
+
+        /// Reject a job not yet accepted (its provider); the reserve goes back to the escrow.
+        #[pallet::call_index(22)]
+        #[pallet::weight(T::WeightInfo::end_job())]
+        pub fn reject_job(origin: OriginFor<T>, id: JobId) -> DispatchResult {
+            let provider = ensure_signed(origin)?;
+            Self::do_reject_job(provider, id)
+        }
+
+        /// Commit to the encrypted adapter of an accepted job (its provider).
+        #[pallet::call_index(23)]
+        #[pallet::weight(T::WeightInfo::deliver())]
+        pub fn deliver(origin: OriginFor<T>, id: JobId, delivery: Delivery) -> DispatchResult {
+            let provider = ensure_signed(origin)?;
+            Self::do_deliver(provider, id, delivery)
+        }
+
+        /// Acknowledge a delivery (its user): the caller holds the ciphertext and checked it
+        /// against `adapter_hash`.
+        #[pallet::call_index(24)]
+        #[pallet::weight(T::WeightInfo::acknowledge())]
+        pub fn acknowledge(origin: OriginFor<T>, id: JobId) -> DispatchResult {
+            let user = ensure_signed(origin)?;
+            Self::do_acknowledge(user, id)
+        }
+
+        /// Reveal the key of an acknowledged job sealed to the user's job key (its provider);
+        /// the fee is paid.
+        #[pallet::call_index(25)]
+        #[pallet::weight(T::WeightInfo::reveal_key())]
+        pub fn reveal_key(origin: OriginFor<T>, id: JobId, key: SealedKey) -> DispatchResult {
+            let provider = ensure_signed(origin)?;
+            Self::do_reveal_key(provider, id, key)
+        }
+
+        /// Show that a revealed key does not open to the committed one (its user), by revealing
+        /// the job's secret: fee refunded, bond slashed.
+        #[pallet::call_index(26)]
+        #[pallet::weight(T::WeightInfo::contest_key())]
+        pub fn contest_key(origin: OriginFor<T>, id: JobId, secret: [u8; 32]) -> DispatchResult {
+            let user = ensure_signed(origin)?;
+            Self::do_contest_key(user, id, secret)
+        }
+
+        /// Cancel a job (its user): free before acceptance; after it, or on a delivery not yet
+        /// acknowledged, the provider is paid `AbandonShare` of the fee.
+        #[pallet::call_index(27)]
+        #[pallet::weight(T::WeightInfo::end_job())]
+        pub fn cancel_job(origin: OriginFor<T>, id: JobId) -> DispatchResult {
+            let user = ensure_signed(origin)?;
+            Self::do_cancel_job(user, id)
+        }
+
+        /// End a job whose current deadline has passed (anyone), as the deadline says: not
+        /// accepted or not delivered (refund; a penalty for the latter), not acknowledged
+        /// (`AbandonShare` paid), key withheld (refund and slash), contest window over (record
+        /// removed).
+        #[pallet::call_index(28)]
+        #[pallet::weight(T::WeightInfo::end_job())]
+        pub fn expire_job(origin: OriginFor<T>, id: JobId) -> DispatchResult {
+            ensure_signed(origin)?;
+            Self::do_expire_job(id)
+        }
+
         #[pallet::call_index(10)]
         #[pallet::weight(T::WeightInfo::set_refund_lock())]
         pub fn set_refund_lock(origin: OriginFor<T>, blocks: BlockNumberFor<T>) -> DispatchResult {

@@ -52,6 +52,10 @@ pub const VERIFIER_BOND: u128 = 300;
 pub const CHALLENGE_DEPOSIT: u128 = 40;
 pub const VOTING_PERIOD: u64 = 5;
 pub const MIN_CHALLENGE_SLASH: u128 = 50;
+pub const ACCEPT_WINDOW: u64 = 5;
+pub const ACK_WINDOW: u64 = 10;
+pub const REVEAL_WINDOW: u64 = 5;
+pub const MAX_JOBS_PER_USER: u32 = 3;
 
 parameter_types! {
     /// 1 unless a test sets it (the property tests run with a larger one to exercise reaping).
@@ -64,6 +68,9 @@ parameter_types! {
     pub const VerifierReward: Perbill = Perbill::from_percent(40);
     pub const VerifierPenalty: Perbill = Perbill::from_percent(10);
     pub static MinVerifiers: u32 = 1;
+    pub const LateDeliveryPenalty: Perbill = Perbill::from_percent(10);
+    pub const AbandonShare: Perbill = Perbill::from_percent(20);
+    pub KeySlash: FixedU128 = FixedU128::from_u32(2);
     pub const ComputePalletId: polkadot_sdk::frame_support::PalletId =
         polkadot_sdk::frame_support::PalletId(*b"cmp/escr");
 }
@@ -96,6 +103,13 @@ impl pallet_compute::Config for Test {
     type ChallengerReward = ChallengerReward;
     type VerifierReward = VerifierReward;
     type VerifierPenalty = VerifierPenalty;
+    type AcceptWindow = ConstU64<ACCEPT_WINDOW>;
+    type AckWindow = ConstU64<ACK_WINDOW>;
+    type RevealWindow = ConstU64<REVEAL_WINDOW>;
+    type MaxJobsPerUser = ConstU32<MAX_JOBS_PER_USER>;
+    type LateDeliveryPenalty = LateDeliveryPenalty;
+    type AbandonShare = AbandonShare;
+    type KeySlash = KeySlash;
     type WeightInfo = ();
 }
 

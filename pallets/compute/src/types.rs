@@ -2,10 +2,11 @@
 //! and the CLI encode exactly what the chain decodes.
 
 pub use compute_primitives::{
-    Balance, Challenge, ChallengeId, ChallengeOutcome, ChallengeRecord, Claim, Escrow, Evidence,
-    ModelName, Nonce, ProviderInfo, Receipt, RejectReason, Service, ServiceId, ServiceKind,
-    ServiceTerms, SignedReceipt, SignedVoucher, Url, Verifiability, VerifierInfo, Vote, Voucher,
-    MAX_VERIFIERS,
+    job_fee, key_hash, public_key, unseal_key, Balance, Challenge, ChallengeId, ChallengeOutcome,
+    ChallengeRecord, Claim, Delivery, Escrow, Evidence, FineTuneTerms, Job, JobEnd, JobId, JobSpec,
+    JobState, ModelName, Nonce, ProviderInfo, Receipt, RejectReason, SealedKey, Service, ServiceId,
+    ServiceKind, ServiceTerms, SignedReceipt, SignedVoucher, Url, Verifiability, VerifierInfo,
+    Vote, Voucher, MAX_VERIFIERS,
 };
 
 /// What happened to one accepted settlement claim.

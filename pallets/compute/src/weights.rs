@@ -36,6 +36,14 @@ pub trait WeightInfo {
     fn challenge(b: u32) -> Weight;
     fn vote() -> Weight;
     fn close_challenge() -> Weight;
+    fn set_finetune_terms() -> Weight;
+    fn create_job() -> Weight;
+    fn accept_job() -> Weight;
+    fn deliver() -> Weight;
+    fn acknowledge() -> Weight;
+    fn reveal_key() -> Weight;
+    fn contest_key() -> Weight;
+    fn end_job() -> Weight;
 }
 
 /// Weights for `pallet-compute` using the runtime's database weights.
@@ -318,6 +326,54 @@ impl<T: polkadot_sdk::frame_system::Config> WeightInfo for SubstrateWeight<T> {
             .saturating_add(T::DbWeight::get().reads(82_u64))
             .saturating_add(T::DbWeight::get().writes(82_u64))
     }
+    fn set_finetune_terms() -> Weight {
+        // Estimated until `make weights` measures it.
+        Weight::from_parts(300_000_000, 3600)
+            .saturating_add(T::DbWeight::get().reads(1_u64))
+            .saturating_add(T::DbWeight::get().writes(1_u64))
+    }
+    fn create_job() -> Weight {
+        // Estimated until `make weights` measures it.
+        Weight::from_parts(900_000_000, 4100)
+            .saturating_add(T::DbWeight::get().reads(6_u64))
+            .saturating_add(T::DbWeight::get().writes(5_u64))
+    }
+    fn accept_job() -> Weight {
+        // Estimated until `make weights` measures it.
+        Weight::from_parts(500_000_000, 4100)
+            .saturating_add(T::DbWeight::get().reads(3_u64))
+            .saturating_add(T::DbWeight::get().writes(2_u64))
+    }
+    fn deliver() -> Weight {
+        // Estimated until `make weights` measures it.
+        Weight::from_parts(400_000_000, 4100)
+            .saturating_add(T::DbWeight::get().reads(1_u64))
+            .saturating_add(T::DbWeight::get().writes(1_u64))
+    }
+    fn acknowledge() -> Weight {
+        // Estimated until `make weights` measures it.
+        Weight::from_parts(350_000_000, 4100)
+            .saturating_add(T::DbWeight::get().reads(1_u64))
+            .saturating_add(T::DbWeight::get().writes(1_u64))
+    }
+    fn reveal_key() -> Weight {
+        // Estimated until `make weights` measures it.
+        Weight::from_parts(800_000_000, 4100)
+            .saturating_add(T::DbWeight::get().reads(3_u64))
+            .saturating_add(T::DbWeight::get().writes(3_u64))
+    }
+    fn contest_key() -> Weight {
+        // Estimated until `make weights` measures it.
+        Weight::from_parts(3_000_000_000, 8000)
+            .saturating_add(T::DbWeight::get().reads(8_u64))
+            .saturating_add(T::DbWeight::get().writes(8_u64))
+    }
+    fn end_job() -> Weight {
+        // Estimated until `make weights` measures it.
+        Weight::from_parts(1_500_000_000, 8000)
+            .saturating_add(T::DbWeight::get().reads(8_u64))
+            .saturating_add(T::DbWeight::get().writes(8_u64))
+    }
 }
 
 /// For tests and runtimes without their own database weights: RocksDB figures.
@@ -421,5 +477,53 @@ impl WeightInfo for () {
         Weight::from_parts(22_033_403_000, 89492)
             .saturating_add(RocksDbWeight::get().reads(82_u64))
             .saturating_add(RocksDbWeight::get().writes(82_u64))
+    }
+    fn set_finetune_terms() -> Weight {
+        // Estimated until `make weights` measures it.
+        Weight::from_parts(300_000_000, 3600)
+            .saturating_add(RocksDbWeight::get().reads(1_u64))
+            .saturating_add(RocksDbWeight::get().writes(1_u64))
+    }
+    fn create_job() -> Weight {
+        // Estimated until `make weights` measures it.
+        Weight::from_parts(900_000_000, 4100)
+            .saturating_add(RocksDbWeight::get().reads(6_u64))
+            .saturating_add(RocksDbWeight::get().writes(5_u64))
+    }
+    fn accept_job() -> Weight {
+        // Estimated until `make weights` measures it.
+        Weight::from_parts(500_000_000, 4100)
+            .saturating_add(RocksDbWeight::get().reads(3_u64))
+            .saturating_add(RocksDbWeight::get().writes(2_u64))
+    }
+    fn deliver() -> Weight {
+        // Estimated until `make weights` measures it.
+        Weight::from_parts(400_000_000, 4100)
+            .saturating_add(RocksDbWeight::get().reads(1_u64))
+            .saturating_add(RocksDbWeight::get().writes(1_u64))
+    }
+    fn acknowledge() -> Weight {
+        // Estimated until `make weights` measures it.
+        Weight::from_parts(350_000_000, 4100)
+            .saturating_add(RocksDbWeight::get().reads(1_u64))
+            .saturating_add(RocksDbWeight::get().writes(1_u64))
+    }
+    fn reveal_key() -> Weight {
+        // Estimated until `make weights` measures it.
+        Weight::from_parts(800_000_000, 4100)
+            .saturating_add(RocksDbWeight::get().reads(3_u64))
+            .saturating_add(RocksDbWeight::get().writes(3_u64))
+    }
+    fn contest_key() -> Weight {
+        // Estimated until `make weights` measures it.
+        Weight::from_parts(3_000_000_000, 8000)
+            .saturating_add(RocksDbWeight::get().reads(8_u64))
+            .saturating_add(RocksDbWeight::get().writes(8_u64))
+    }
+    fn end_job() -> Weight {
+        // Estimated until `make weights` measures it.
+        Weight::from_parts(1_500_000_000, 8000)
+            .saturating_add(RocksDbWeight::get().reads(8_u64))
+            .saturating_add(RocksDbWeight::get().writes(8_u64))
     }
 }

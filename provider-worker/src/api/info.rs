@@ -86,6 +86,7 @@ pub async fn models(State(w): State<Arc<Worker>>) -> Json<ModelList> {
                 max_tokens: match s.kind {
                     ServiceKind::Chat => w.chat.as_ref().map(|c| c.max_tokens),
                     ServiceKind::Embedding => w.embeddings.as_ref().map(|e| e.max_tokens as u64),
+                    ServiceKind::FineTune => None,
                 },
             },
         })

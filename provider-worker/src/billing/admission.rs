@@ -227,7 +227,7 @@ pub fn admit(
         ServiceKind::Chat => {
             (input_fee.saturating_add(service.output_price), " and one output token")
         }
-        ServiceKind::Embedding => (input_fee, ""),
+        ServiceKind::Embedding | ServiceKind::FineTune => (input_fee, ""),
     };
     if v.cap < least {
         return Err(Rejection::new(

@@ -264,6 +264,7 @@ fn capacity(w: &Worker, kind: ServiceKind) -> Option<&Capacity> {
     match kind {
         ServiceKind::Chat => w.chat.as_ref().map(|c| &c.capacity),
         ServiceKind::Embedding => w.embeddings.as_ref().map(|e| &e.capacity),
+        ServiceKind::FineTune => None,
     }
 }
 

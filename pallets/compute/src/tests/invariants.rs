@@ -4,7 +4,7 @@
 //! equal a ledger kept from the pallet's and the balances pallet's events alone (so a payout to
 //! the wrong account fails, not only a wrong total), the escrow account must keep exactly the
 //! escrows' balances and held payments, and no escrow may have paid more than the latest voucher
-//! its user signed allows.
+//! its user signed allows, and no job more than its user asked for when creating it.
 
 use super::*;
 use polkadot_sdk::{
@@ -162,6 +162,66 @@ enum Action {
     CloseChallenge {
         pick: u8,
     },
+    /// A fine-tuning service (id `FT_SERVICE`) with terms.
+    OfferFineTune {
+        provider: usize,
+    },
+    CreateJob {
+        user: usize,
+        provider: usize,
+        tokens: u64,
+        epochs: u32,
+    },
+    /// One of the job steps on the `pick`-th open job, by its party or by `outsider`.
+    JobStep {
+        pick: u8,
+        step: JobStep,
+        outsider: Option<usize>,
+    },
+}
+
+#[derive(Clone, Copy, Debug)]
+enum JobStep {
+    Accept,
+    Reject,
+    Deliver {
+        tokens_short: u64,
+    },
+    Acknowledge,
+    Reveal {
+        good: bool,
+    },
+    Contest {
+        right_secret: bool,
+    },
+    Cancel,
+    Expire,
+    /// The step the job's state waits for, by its party (a bad key when not `good`).
+    Next {
+        good: bool,
+    },
+}
+
+const FT_SERVICE: ServiceId = 5;
+const JOB_KEY: [u8; 32] = [0x4b; 32];
+
+/// Each user's job secret: derived from its index.
+fn job_secret(user: usize) -> [u8; 32] {
+    [user as u8 + 1; 32]
+}
+
+fn job_step() -> impl Strategy<Value = JobStep> {
+    prop_oneof![
+        3 => Just(JobStep::Accept),
+        1 => Just(JobStep::Reject),
+        3 => (prop_oneof![3 => Just(0u64), 1 => 0..50u64]).prop_map(|tokens_short| JobStep::Deliver { tokens_short }),
+        3 => Just(JobStep::Acknowledge),
+        3 => prop::bool::weighted(0.7).prop_map(|good| JobStep::Reveal { good }),
+        2 => prop::bool::weighted(0.8).prop_map(|right_secret| JobStep::Contest { right_secret }),
+        1 => Just(JobStep::Cancel),
+        2 => Just(JobStep::Expire),
+        24 => prop::bool::weighted(0.7).prop_map(|good| JobStep::Next { good }),
+    ]
 }
 
 fn claim_spec() -> impl Strategy<Value = ClaimSpec> {
@@ -253,6 +313,42 @@ fn challenge_action() -> impl Strategy<Value = Action> {
     ]
 }
 
+/// Actions around fine-tuning jobs, after [`job_setup`]: every step of the lifecycle, by the
+/// right party or another, with time passing across deadlines, and the calls that race them.
+fn job_action() -> impl Strategy<Value = Action> {
+    let a = || 0..N;
+    prop_oneof![
+        3 => (2..N, 0..2usize, 1..400u64, 1..4u32).prop_map(|(user, provider, tokens, epochs)| Action::CreateJob { user, provider, tokens, epochs }),
+        16 => (any::<u8>(), job_step(), prop_oneof![9 => Just(None), 1 => a().prop_map(Some)])
+            .prop_map(|(pick, step, outsider)| Action::JobStep { pick, step, outsider }),
+        2 => (1..8u8).prop_map(|blocks| Action::Advance { blocks }),
+        2 => (any::<u8>(), -1i8..2).prop_map(|(pick, offset)| Action::AdvanceToBoundary { pick, offset }),
+        1 => (0..2usize, prop::collection::vec(a(), 1..4)).prop_map(|(provider, users)| Action::Release { provider, users }),
+        1 => (2..N, 0..2usize, 0..1_500u128).prop_map(|(user, provider, amount)| Action::RequestRefund { user, provider, amount }),
+        1 => (2..N, 0..2usize).prop_map(|(user, provider)| Action::WithdrawRefund { user, provider }),
+        1 => (2..N, 0..2usize, 0..3_000u128).prop_map(|(user, provider, amount)| Action::Deposit { user, provider, amount }),
+        1 => (0..2usize, prop::collection::vec(claim_spec(), 1..3)).prop_map(|(provider, claims)| Action::Settle { provider, claims }),
+        1 => (any::<u8>(), -2i8..3, -400i16..50, Just(false)).prop_map(|(pick, nonce_delta, total_delta, forged)| Action::Dispute { pick, nonce_delta, total_delta, forged }),
+        1 => (0..2usize, prop_oneof![Just(0u32), Just(FT_SERVICE)]).prop_map(|(provider, service)| Action::Remove { provider, service }),
+        1 => (0..2usize).prop_map(|provider| Action::WithdrawBond { provider }),
+    ]
+}
+
+/// Providers 0 and 1 offer chat and fine-tuning; users 2, 3 and 4 deposit with both.
+fn job_setup() -> Vec<Action> {
+    let mut setup = Vec::new();
+    for provider in 0..2 {
+        setup.push(Action::Register { provider, service: 0 });
+        setup.push(Action::OfferFineTune { provider });
+    }
+    for user in 2..N {
+        for provider in 0..2 {
+            setup.push(Action::Deposit { user, provider, amount: 3_000 });
+        }
+    }
+    setup
+}
+
 /// Providers 0 and 1 serve, users 2, 3 and 4 pay both, every user settles a payment, and
 /// accounts 2, 3 and 4 are verifiers.
 fn challenge_setup() -> Vec<Action> {
@@ -307,6 +403,8 @@ struct Model {
     votes: BTreeMap<ChallengeId, Vec<(AccountId32, Vote)>>,
     /// Deposit held for each open challenge, from `ChallengeOpened` events.
     deposits: BTreeMap<ChallengeId, Balance>,
+    /// Reserve of each job the user created, from `JobCreated` events.
+    jobs: BTreeMap<JobId, Balance>,
 }
 
 impl Model {
@@ -397,6 +495,45 @@ impl Model {
                             b.challenge_deposit += deposit;
                             self.deposits.insert(*id, *deposit);
                         }
+                        Event::JobCreated { id, reserved, .. } => {
+                            self.jobs.insert(*id, *reserved);
+                        }
+                        Event::KeyRevealed { id, fee, refunded, .. } => {
+                            let reserved = self.jobs.insert(*id, 0).expect("created");
+                            assert_eq!(
+                                fee + refunded,
+                                reserved,
+                                "a reveal moved other than the reserve"
+                            );
+                        }
+                        Event::JobEnded {
+                            id,
+                            user,
+                            provider,
+                            end,
+                            refunded,
+                            paid,
+                            penalty,
+                            to_user,
+                            from_bond,
+                        } => {
+                            let reserved = self.jobs.remove(id).expect("created");
+                            if !matches!(end, JobEnd::KeyContested | JobEnd::Completed) {
+                                assert_eq!(
+                                    refunded + paid,
+                                    reserved,
+                                    "an ending moved other than the reserve"
+                                );
+                            } else {
+                                assert_eq!(*paid, 0);
+                            }
+                            assert!(*to_user <= *penalty);
+                            self.books.entry(provider.clone()).or_default().bond -=
+                                penalty + from_bond;
+                            self.books.entry(user.clone()).or_default().free += to_user;
+                            self.issuance -= penalty - to_user;
+                            self.escrow_account += from_bond;
+                        }
                         Event::Voted { id, verifier, vote } => {
                             self.votes.entry(*id).or_default().push((verifier.clone(), *vote));
                         }
@@ -462,6 +599,13 @@ fn boundaries(now: u64) -> Vec<u64> {
         .flat_map(|e| [e.held_until, e.held_next_until, e.unlock_at])
         .chain(Providers::<Test>::iter_values().map(|p| p.bond_locked_until))
         .chain(Challenges::<Test>::iter_values().map(|c| c.deadline + 1))
+        .chain(Jobs::<Test>::iter_values().map(|j| match j.state {
+            JobState::Created { accept_by } => accept_by + 1,
+            JobState::Accepted { deliver_by } => deliver_by + 1,
+            JobState::Delivered { ack_by, .. } => ack_by + 1,
+            JobState::Acknowledged { reveal_by, .. } => reveal_by + 1,
+            JobState::Revealed { contest_until, .. } => contest_until,
+        }))
         .filter(|b| *b > now)
         .collect();
     at.sort();
@@ -671,6 +815,83 @@ fn apply(action: &Action, m: &mut Model) {
                 let _ = Compute::close_challenge(origin(m, 0), id);
             }
         }
+        Action::OfferFineTune { provider } => {
+            let terms = terms(ServiceKind::FineTune, "m", "u", 2, 0, "none");
+            let _ = Compute::register_service(origin(m, provider), FT_SERVICE, terms);
+            let offer = FineTuneTerms {
+                max_dataset_tokens: 500,
+                max_epochs: 3,
+                max_rank: 8,
+                turnaround: 10,
+            };
+            let _ = Compute::set_finetune_terms(origin(m, provider), FT_SERVICE, offer);
+        }
+        Action::CreateJob { user, provider, tokens, epochs } => {
+            let spec = JobSpec {
+                service_id: FT_SERVICE,
+                dataset_hash: H256::repeat_byte(1),
+                dataset_tokens: tokens,
+                epochs,
+                rank: 4,
+                learning_rate: 1_000,
+                seed: 0,
+                user_key: public_key(&job_secret(user)),
+            };
+            let _ = Compute::create_job(origin(m, user), m.acc(provider), spec);
+        }
+        Action::JobStep { pick, step, outsider } => {
+            let open: Vec<_> = Jobs::<Test>::iter().collect();
+            let Some((id, job)) = open.into_iter().min_by_key(|(id, _)| *id as u8 ^ pick) else {
+                return;
+            };
+            let (user, provider) = (m.index(&job.user), m.index(&job.provider));
+            let by = |party: usize| origin(m, outsider.unwrap_or(party));
+            let step = match (step, &job.state) {
+                (JobStep::Next { .. }, JobState::Created { .. }) => JobStep::Accept,
+                (JobStep::Next { .. }, JobState::Accepted { .. }) => {
+                    JobStep::Deliver { tokens_short: 0 }
+                }
+                (JobStep::Next { .. }, JobState::Delivered { .. }) => JobStep::Acknowledge,
+                (JobStep::Next { good }, JobState::Acknowledged { .. }) => JobStep::Reveal { good },
+                (JobStep::Next { good }, JobState::Revealed { .. }) => {
+                    JobStep::Contest { right_secret: !good }
+                }
+                (step, _) => step,
+            };
+            let _ = match step {
+                JobStep::Accept => Compute::accept_job(by(provider), id),
+                JobStep::Reject => Compute::reject_job(by(provider), id),
+                JobStep::Deliver { tokens_short } => {
+                    let most = job.spec.trained_tokens().unwrap();
+                    let delivery = Delivery {
+                        adapter_hash: H256::repeat_byte(2),
+                        adapter_len: 100,
+                        key_hash: key_hash(&JOB_KEY),
+                        trained_tokens: most.saturating_sub(tokens_short),
+                        final_loss: 1,
+                    };
+                    Compute::deliver(by(provider), id, delivery)
+                }
+                JobStep::Acknowledge => Compute::acknowledge(by(user), id),
+                JobStep::Reveal { good } => {
+                    let for_job = if good { id } else { id + 1 };
+                    let sealed = compute_primitives::seal_key(
+                        for_job,
+                        &JOB_KEY,
+                        &[7; 32],
+                        &job.spec.user_key,
+                    );
+                    Compute::reveal_key(by(provider), id, sealed)
+                }
+                JobStep::Contest { right_secret } => {
+                    let secret = if right_secret { job_secret(user) } else { [0xee; 32] };
+                    Compute::contest_key(by(user), id, secret)
+                }
+                JobStep::Cancel => Compute::cancel_job(by(user), id),
+                JobStep::Expire => Compute::expire_job(by(user), id),
+                JobStep::Next { .. } => unreachable!("mapped to the step the state waits for"),
+            };
+        }
         Action::Transfer { from, to, amount } => {
             let _ = Balances::transfer_allow_death(origin(m, from), m.acc(to), amount);
         }
@@ -692,7 +913,23 @@ fn check(m: &mut Model, events: &[Event<Test>]) -> Result<(), TestCaseError> {
     prop_assert_eq!(escrow_account, m.escrow_account, "escrow account differs from the events");
     let kept: Balance =
         Escrows::<Test>::iter_values().map(|e| e.balance + e.held + e.held_next).sum();
-    prop_assert_eq!(escrow_account, kept + ED, "escrow account keeps exactly the escrows");
+    let reserved: Balance = Jobs::<Test>::iter_values().map(|j| j.reserved).sum();
+    prop_assert_eq!(
+        escrow_account,
+        kept + reserved + ED,
+        "escrow account keeps exactly the escrows and the jobs' reserves"
+    );
+    for (id, job) in Jobs::<Test>::iter() {
+        let booked = m.jobs.get(&id).copied();
+        prop_assert_eq!(Some(job.reserved), booked, "job {} reserve differs from its events", id);
+        // What a job can pay is what its user asked for when creating it.
+        let asked = job.spec.trained_tokens().unwrap() as Balance * job.price;
+        prop_assert!(job.reserved <= asked);
+        if let JobState::Revealed { fee, delivery, .. } = job.state {
+            prop_assert_eq!(fee, delivery.trained_tokens as Balance * job.price);
+            prop_assert!(fee <= asked);
+        }
+    }
     for i in 0..N {
         let who = m.acc(i);
         let books = m.books.get(&who).copied().unwrap_or_default();
@@ -775,6 +1012,11 @@ proptest! {
     }
 
     #[test]
+    fn random_jobs_keep_every_account_exact(actions in prop::collection::vec(job_action(), 1..64)) {
+        run(&[job_setup(), actions].concat())?;
+    }
+
+    #[test]
     fn random_challenges_keep_every_account_exact(actions in prop::collection::vec(challenge_action(), 1..40)) {
         run(&[challenge_setup(), actions].concat())?;
     }
@@ -793,6 +1035,7 @@ fn run(actions: &[Action]) -> Result<(), TestCaseError> {
                 last: BTreeMap::new(),
                 votes: BTreeMap::new(),
                 deposits: BTreeMap::new(),
+                jobs: BTreeMap::new(),
             };
             use polkadot_sdk::frame_support::traits::fungible::Mutate;
             for i in 0..N {

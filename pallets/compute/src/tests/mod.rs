@@ -3,6 +3,7 @@
 mod challenges;
 mod disputes;
 mod escrow;
+mod finetune;
 mod invariants;
 mod migrations;
 mod services;
