@@ -5,6 +5,7 @@ mod catch_up;
 mod chat;
 mod embed;
 mod files;
+mod finetune;
 mod kept;
 mod key;
 mod proxy;
@@ -173,6 +174,63 @@ enum Command {
     /// Judge challenges as a bonded verifier.
     #[command(subcommand)]
     Verifier(VerifierCmd),
+    /// Fine-tune a provider's model on your dataset: the price is reserved from your escrow,
+    /// the adapter comes encrypted, and you pay when the provider reveals its key.
+    #[command(subcommand)]
+    Finetune(FinetuneCmd),
+}
+
+#[derive(Subcommand)]
+enum FinetuneCmd {
+    /// Upload DATA (OpenAI's chat fine-tuning JSONL) to PROVIDER and create a job on chain for
+    /// it: dataset tokens × epochs × the service's price is reserved from your escrow.
+    Create {
+        provider: String,
+        data: PathBuf,
+        #[arg(long, default_value_t = 3)]
+        epochs: u32,
+        /// LoRA rank.
+        #[arg(long, default_value_t = 8)]
+        rank: u32,
+        #[arg(long, default_value_t = 0.002)]
+        learning_rate: f64,
+        #[arg(long, default_value_t = 0)]
+        seed: u64,
+        /// Fine-tuning service id (default: the provider's first).
+        #[arg(long)]
+        service: Option<ServiceId>,
+        /// Follow the job to the end: acknowledge the checked delivery, open the key, decrypt.
+        #[arg(long)]
+        wait: bool,
+        /// Longest to wait with --wait, in seconds.
+        #[arg(long, default_value_t = 3600)]
+        wait_secs: u64,
+    },
+    /// The job as the provider and the chain see it.
+    Status { provider: String, job: u64 },
+    /// The job's latest events (progress and loss), oldest first.
+    Events {
+        provider: String,
+        job: u64,
+        #[arg(long, default_value_t = 20)]
+        limit: usize,
+    },
+    /// Download the encrypted adapter and check it against the provider's commitment; once the
+    /// key is revealed, open it and decrypt the adapter.
+    Download { provider: String, job: u64 },
+    /// Acknowledge the delivery on chain (downloads and checks the adapter first).
+    Ack { provider: String, job: u64 },
+    /// Follow the job to the end (acknowledge, open the key, decrypt), as far as the chain allows.
+    Wait {
+        provider: String,
+        job: u64,
+        #[arg(long, default_value_t = 3600)]
+        wait_secs: u64,
+    },
+    /// Cancel the job: free before the provider accepts; afterwards it is paid a share.
+    Cancel { provider: String, job: u64 },
+    /// Prove on chain that the revealed key does not open the adapter (reveals the job's key).
+    Contest { provider: String, job: u64 },
 }
 
 #[derive(Subcommand)]
@@ -436,6 +494,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             );
         }
         Command::Verifier(cmd) => verifier_cmd(&ctx, cmd).await?,
+        Command::Finetune(cmd) => finetune(&ctx, cmd).await?,
     }
     Ok(())
 }
@@ -700,4 +759,143 @@ mod tests {
         assert!(parse_amount("lots").is_err());
         assert_eq!(show(1_500_000_000_000), "1.500000000000 unit");
     }
+}
+
+async fn finetune(ctx: &Ctx, cmd: FinetuneCmd) -> anyhow::Result<()> {
+    use finetune::{Progress, Settings, Tuner};
+    let provider = match &cmd {
+        FinetuneCmd::Create { provider, .. }
+        | FinetuneCmd::Status { provider, .. }
+        | FinetuneCmd::Events { provider, .. }
+        | FinetuneCmd::Download { provider, .. }
+        | FinetuneCmd::Ack { provider, .. }
+        | FinetuneCmd::Wait { provider, .. }
+        | FinetuneCmd::Cancel { provider, .. }
+        | FinetuneCmd::Contest { provider, .. } => provider.clone(),
+    };
+    let sess = ctx.session(&provider)?;
+    let service = match &cmd {
+        FinetuneCmd::Create { service, .. } => *service,
+        _ => None,
+    };
+    let tuner = Tuner::new(&sess, service).await?;
+    let finish = |id: u64, p: Progress| match p {
+        Progress::Done(path) => ctx.out(
+            json!({ "job": id, "adapter": path.display().to_string() }),
+            format!("job {id}: adapter decrypted to {}", path.display()),
+        ),
+        Progress::Waiting(what) => ctx.out(
+            json!({ "job": id, "waiting_for": what }),
+            format!("job {id}: waiting for {what}"),
+        ),
+        Progress::Ended => ctx.out(
+            json!({ "job": id, "ended": true }),
+            format!("job {id} ended on chain without an adapter for you"),
+        ),
+    };
+    match cmd {
+        FinetuneCmd::Create {
+            data, epochs, rank, learning_rate, seed, wait, wait_secs, ..
+        } => {
+            if !(learning_rate > 0.0 && learning_rate <= 0.1) {
+                bail!("--learning-rate must be within (0, 0.1]");
+            }
+            let (file, bytes) = tuner.upload(&data).await?;
+            let tokens = file.compute.tokens;
+            if let Some(r) = &sess.recount {
+                let ours = r.dataset_tokens(&bytes, file.compute.max_seq_len as usize)?;
+                if ours != tokens {
+                    bail!(
+                        "the provider counts {tokens} dataset tokens, the model's tokenizer {ours}"
+                    );
+                }
+            }
+            let price = tuner.service.input_price;
+            eprintln!(
+                "  {} examples, {tokens} tokens × {epochs} epochs × {} = {} reserved",
+                file.compute.examples,
+                show(price),
+                show(Balance::from(tokens) * Balance::from(epochs) * price)
+            );
+            let settings = Settings {
+                epochs,
+                rank,
+                learning_rate: (learning_rate * 1e6).round() as u32,
+                seed,
+            };
+            let (id, job) = tuner.create(&file, tokens, settings).await?;
+            ctx.out(
+                serde_json::to_value(&job)?,
+                format!("job {id} ({}) created: {:?}", job.id, job.status),
+            );
+            if wait {
+                let p = tuner
+                    .wait(id, Duration::from_secs(wait_secs), |w| eprintln!("  waiting for {w}"))
+                    .await?;
+                finish(id, p);
+            }
+        }
+        FinetuneCmd::Status { job, .. } => {
+            let on_chain = tuner.chain_job(job).await?;
+            let j = tuner.status(job).await?;
+            let state = on_chain.map_or_else(|| "ended".to_string(), |c| format!("{:?}", c.state));
+            ctx.out(
+                json!({ "job": serde_json::to_value(&j)?, "chain": state }),
+                format!(
+                    "job {job}: {:?}, stage {}, step {}/{}, trained tokens {}, final loss {}\non chain: {state}",
+                    j.status,
+                    j.compute.stage,
+                    j.compute.step,
+                    j.compute.total_steps,
+                    j.trained_tokens.map_or("-".into(), |t| t.to_string()),
+                    j.compute.final_loss.map_or("-".into(), |l| format!("{l:.4}")),
+                ),
+            );
+        }
+        FinetuneCmd::Events { job, limit, .. } => {
+            let list = tuner.events(job, limit).await?;
+            if ctx.cli_json {
+                println!("{}", serde_json::to_value(&list)?);
+            } else {
+                for e in list.data.iter().rev() {
+                    println!("{} {}", e.created_at, session::untrusted_text(&e.message));
+                }
+            }
+        }
+        FinetuneCmd::Download { job, .. } => {
+            let enc = tuner.download(job).await?;
+            match tuner.open(job).await {
+                Ok(path) => finish(job, Progress::Done(path)),
+                Err(e) => ctx.out(
+                    json!({ "job": job, "ciphertext": enc.display().to_string() }),
+                    format!(
+                        "job {job}: encrypted adapter checked, kept at {} ({e})",
+                        enc.display()
+                    ),
+                ),
+            }
+        }
+        FinetuneCmd::Ack { job, .. } => {
+            tuner.ack(job).await?;
+            ctx.out(json!({ "job": job, "acknowledged": true }), format!("job {job} acknowledged"));
+        }
+        FinetuneCmd::Wait { job, wait_secs, .. } => {
+            let p = tuner
+                .wait(job, Duration::from_secs(wait_secs), |w| eprintln!("  waiting for {w}"))
+                .await?;
+            finish(job, p);
+        }
+        FinetuneCmd::Cancel { job, .. } => {
+            tuner.cancel(job).await?;
+            ctx.out(json!({ "job": job, "cancelled": true }), format!("job {job} cancelled"));
+        }
+        FinetuneCmd::Contest { job, .. } => {
+            tuner.contest(job).await?;
+            ctx.out(
+                json!({ "job": job, "contested": true }),
+                format!("job {job}: key contested; fee refunded and bond slashed"),
+            );
+        }
+    }
+    Ok(())
 }

@@ -19,6 +19,14 @@ pub struct Recounter {
 }
 
 impl Recounter {
+    /// The tokens of a fine-tuning dataset as a provider truncating at `max_seq_len` counts
+    /// them (what a job is priced on).
+    pub fn dataset_tokens(&self, jsonl: &[u8], max_seq_len: usize) -> anyhow::Result<u64> {
+        use compute_inference::finetune::{count_tokens, DatasetLimits};
+        let limits = DatasetLimits { max_seq_len, ..DatasetLimits::default() };
+        Ok(count_tokens(jsonl, &self.tokenizer, &self.template, &limits)?)
+    }
+
     /// Read the tokenizer from a GGUF file (the one the provider serves).
     pub fn load(path: &Path) -> anyhow::Result<Self> {
         let content = read_gguf_metadata(path)?;

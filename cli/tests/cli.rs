@@ -597,3 +597,143 @@ fn a_substitute_model_loses_its_challenge_and_an_honest_one_survives() {
     drop(verifiers);
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+/// Charlie fine-tunes Bob's SmolLM2 through the CLI: the dataset is uploaded and counted, the
+/// job created on chain reserves tokens × epochs × price, Bob's worker accepts, trains,
+/// delivers the encrypted adapter; the CLI checks it against the commitment, acknowledges,
+/// opens the sealed key and decrypts. The fee is exactly trained tokens × price, held like
+/// any payment; the rest of the reserve is back on the escrow.
+#[test]
+fn a_finetuning_job_is_trained_delivered_and_paid_exactly() {
+    use compute_client::Chain;
+    use compute_primitives::JobState;
+    let _serial = serial();
+    let model =
+        Path::new(env!("CARGO_MANIFEST_DIR")).join("../models/SmolLM2-135M-Instruct.Q4_1.gguf");
+    assert!(model.exists(), "model missing: run `make model`");
+    let dir = std::env::temp_dir().join(format!("compute-finetune-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).unwrap();
+    let rpc = free_port();
+    let _node = Proc(
+        Command::new(built("compute-node"))
+            .args(["--dev", "--sealing", "instant", "--no-telemetry", "--no-mdns", "--base-path"])
+            .arg(dir.join("chain"))
+            .args(["--rpc-port", &rpc.to_string(), "--port", &free_port().to_string()])
+            .arg("--no-prometheus")
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap(),
+    );
+    const PRICE: u128 = 1_000_000;
+    let http = free_port();
+    let config = dir.join("bob.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "node_url = \"ws://127.0.0.1:{rpc}\"\nlisten = \"127.0.0.1:{http}\"\nprovider_key = \"//Bob\"\n\
+             [store]\ndata_dir = \"{}\"\n[chat]\nmodel = \"{}\"\n\
+             [[services]]\nid = 0\ninput_price = \"1000000\"\noutput_price = \"4000000\"\n\
+             [[services]]\nid = 1\nkind = \"fine_tune\"\ninput_price = \"{PRICE}\"\noutput_price = \"0\"\n\
+             [finetune]\nmax_seq_len = 96\ntick_ms = 300\n",
+            dir.join("bob").display(),
+            model.display(),
+        ),
+    )
+    .unwrap();
+    let _bob = Proc(
+        Command::new(built("compute-worker"))
+            .arg("--config")
+            .arg(&config)
+            .stdout(Stdio::null())
+            .stderr(std::fs::File::create(dir.join("bob.log")).unwrap())
+            .spawn()
+            .unwrap(),
+    );
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let chain = rt
+        .block_on(Chain::connect(&format!("ws://127.0.0.1:{rpc}"), Duration::from_secs(60)))
+        .unwrap();
+    let bob: compute_primitives::AccountId = BOB.parse().unwrap();
+    let charlie: compute_primitives::AccountId = CHARLIE.parse().unwrap();
+    let deadline = Instant::now() + Duration::from_secs(120);
+    while rt.block_on(chain.finetune_terms(&bob, 1)).unwrap().is_none() {
+        assert!(Instant::now() < deadline, "the worker never offered fine-tuning");
+        std::thread::sleep(Duration::from_millis(500));
+    }
+
+    let data = dir.join("data.jsonl");
+    let examples: Vec<String> = (0..6)
+        .map(|i| {
+            serde_json::json!({"messages": [
+                {"role": "user", "content": format!("What is a zorblax? ({i})")},
+                {"role": "assistant", "content": "A zorblax is a blue fruit that grows on the moon of Kepler."}
+            ]})
+            .to_string()
+        })
+        .collect();
+    std::fs::write(&data, examples.join("\n")).unwrap();
+    let charlie_cli = |args: &[&str]| run_as(&dir, "charlie", "//Charlie", rpc, args);
+    ok(&within(charlie_cli(&["deposit", BOB, "1unit"]), 60));
+    let before = rt.block_on(chain.escrow(&charlie, &bob, None)).unwrap().unwrap();
+    let out = ok(&within(
+        charlie_cli(&[
+            "--json",
+            "--recount-model",
+            model.to_str().unwrap(),
+            "finetune",
+            "create",
+            BOB,
+            data.to_str().unwrap(),
+            "--epochs",
+            "2",
+            "--rank",
+            "4",
+            "--wait",
+            "--wait-secs",
+            "600",
+        ]),
+        700,
+    ));
+    let lines: Vec<serde_json::Value> =
+        out.lines().filter_map(|l| serde_json::from_str(l).ok()).collect();
+    let id = lines[0]["compute"]["job_id"].as_u64().unwrap();
+    let adapter = PathBuf::from(lines.last().unwrap()["adapter"].as_str().unwrap());
+    let bytes = std::fs::read(&adapter).unwrap();
+    let base = compute_inference::read_gguf_metadata(&model).unwrap();
+    let parsed = compute_inference::finetune::Adapter::from_safetensors(
+        &bytes,
+        &base,
+        &compute_inference::finetune::AdapterLimits::default(),
+    );
+    assert!(parsed.is_ok(), "the decrypted adapter is a valid adapter file");
+
+    let job = rt.block_on(chain.job(id)).unwrap().expect("paid, in its contest window");
+    let JobState::Revealed { fee, delivery, .. } = job.state else { panic!("{:?}", job.state) };
+    let tokens = job.spec.dataset_tokens;
+    assert_eq!(delivery.trained_tokens, tokens * 2, "every token of both epochs trained");
+    assert_eq!(fee, u128::from(tokens) * 2 * PRICE, "fee = trained tokens × price");
+    assert_eq!(job.reserved, 0);
+    let after = rt.block_on(chain.escrow(&charlie, &bob, None)).unwrap().unwrap();
+    assert_eq!(after.balance, before.balance - fee, "only the fee left the escrow");
+    assert_eq!(
+        after.held + after.held_next,
+        before.held + before.held_next + fee,
+        "held as a payment"
+    );
+
+    // The worker's account of the job, through the OpenAI shapes.
+    let out = ok(&within(charlie_cli(&["--json", "finetune", "status", BOB, &id.to_string()]), 60));
+    let v: serde_json::Value = serde_json::from_str(out.trim()).unwrap();
+    assert_eq!(v["job"]["status"], "succeeded", "{v}");
+    assert_eq!(v["job"]["trained_tokens"], tokens * 2);
+    let out = ok(&within(
+        charlie_cli(&["--json", "finetune", "events", BOB, &id.to_string(), "--limit", "200"]),
+        60,
+    ));
+    let v: serde_json::Value = serde_json::from_str(out.trim()).unwrap();
+    let losses = v["data"].as_array().unwrap().iter().filter(|e| e["type"] == "metrics").count();
+    assert_eq!(losses, 12, "one metrics event per step: 6 examples × 2 epochs");
+    let _ = std::fs::remove_dir_all(&dir);
+}

@@ -98,6 +98,11 @@ impl Chain {
         self.decoded(&key).await
     }
 
+    /// Every job not yet ended (the first 4 096 by id).
+    pub async fn open_jobs(&self) -> Result<Vec<(JobId, OpenJob)>, ChainError> {
+        self.id_map("Jobs").await
+    }
+
     /// The id the next job will get.
     pub async fn next_job_id(&self) -> Result<JobId, ChainError> {
         Ok(self.decoded(&prefix("NextJobId")).await?.unwrap_or_default())

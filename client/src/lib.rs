@@ -5,6 +5,7 @@
 pub mod chain;
 pub mod events;
 pub mod finetune;
+pub mod finetune_api;
 pub mod keys;
 pub mod verification;
 pub mod wire;

@@ -148,14 +148,19 @@ impl Chain {
 
     /// Every open challenge (at most [`MAX_LISTED`]), by id.
     pub async fn open_challenges(&self) -> Result<Vec<(ChallengeId, OpenChallenge)>, ChainError> {
+        self.id_map("Challenges").await
+    }
+
+    /// Every value of the pallet's map `item` keyed `Twox64Concat` by a `u64` id (at most
+    /// [`MAX_LISTED`]), by id: the keys a page per call, each page's values in one read.
+    pub(crate) async fn id_map<V: Decode>(&self, item: &str) -> Result<Vec<(u64, V)>, ChainError> {
         const M: &str = "state_getKeysPaged";
-        let base = prefix("Challenges");
+        let base = prefix(item);
         let mut out = Vec::new();
         let mut start: Option<String> = None;
         loop {
             let keys: Vec<String> =
                 self.call(M, rpc_params![hex(&base), PAGE, start.clone()]).await?;
-            // The page's values in one read.
             const Q: &str = "state_queryStorageAt";
             let sets: Vec<ChangeSet> = if keys.is_empty() {
                 Vec::new()
@@ -168,13 +173,13 @@ impl Chain {
                 // prefix (32) ++ twox64 (8) ++ id (8)
                 let id = raw
                     .get(40..48)
-                    .and_then(|b| ChallengeId::decode(&mut &b[..]).ok())
-                    .ok_or_else(|| bad("challenge key"))?;
+                    .and_then(|b| u64::decode(&mut &b[..]).ok())
+                    .ok_or_else(|| bad("id key"))?;
                 let Some(value) = value else { continue };
                 let bytes =
                     hex::decode(value.trim_start_matches("0x")).map_err(|_| bad("value"))?;
-                let c = OpenChallenge::decode(&mut &bytes[..]).map_err(|e| bad(&e.to_string()))?;
-                out.push((id, c));
+                let v = V::decode(&mut &bytes[..]).map_err(|e| bad(&e.to_string()))?;
+                out.push((id, v));
             }
             if keys.len() < PAGE as usize || out.len() >= MAX_LISTED {
                 out.sort_by_key(|(id, _)| *id);

@@ -13,6 +13,7 @@ pub mod embed_batcher;
 pub mod embedder;
 #[cfg(feature = "engine")]
 pub mod engine;
+pub mod finetune;
 #[cfg(feature = "engine")]
 pub mod llama;
 pub mod proof;

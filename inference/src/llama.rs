@@ -39,6 +39,45 @@ pub struct Config {
     pub rope_dim: usize,
 }
 
+impl Config {
+    /// The hyper-parameters of a llama-architecture GGUF, from its metadata and the shape of its
+    /// embedding table (the vocabulary); refuses head layouts the forward pass does not run.
+    pub fn from_gguf(content: &gguf_file::Content) -> Result<Self> {
+        let arch = md(content, "general.architecture")?.to_string()?.clone();
+        if arch != "llama" {
+            candle_core::bail!("architecture `{arch}` is not llama");
+        }
+        let u = |k: &str| md(content, k).and_then(|v| v.to_u32()).map(|v| v as usize);
+        let n_head = u("llama.attention.head_count")?;
+        let hidden = u("llama.embedding_length")?;
+        if n_head == 0 || hidden % n_head != 0 {
+            candle_core::bail!("{hidden} hidden dimensions do not split into {n_head} heads");
+        }
+        let head_dim = hidden / n_head;
+        let vocab = content
+            .tensor_infos
+            .get("token_embd.weight")
+            .and_then(|t| t.shape.dims().first().copied())
+            .ok_or_else(|| candle_core::Error::Msg("GGUF lacks token_embd.weight".into()))?;
+        let config = Config {
+            n_layer: u("llama.block_count")?,
+            n_head,
+            n_kv_head: u("llama.attention.head_count_kv").unwrap_or(n_head),
+            head_dim,
+            hidden,
+            vocab,
+            context: u("llama.context_length").unwrap_or(4096),
+            rms_eps: md(content, "llama.attention.layer_norm_rms_epsilon")?.to_f32()? as f64,
+            rope_base: md(content, "llama.rope.freq_base").and_then(|v| v.to_f32()).unwrap_or(1e4),
+            rope_dim: u("llama.rope.dimension_count").unwrap_or(head_dim),
+        };
+        if config.rope_dim != head_dim || config.n_kv_head == 0 || n_head % config.n_kv_head != 0 {
+            candle_core::bail!("unsupported head layout {config:?}");
+        }
+        Ok(config)
+    }
+}
+
 /// Which matrix kernels a CPU model runs.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub enum Kernels {
@@ -274,34 +313,11 @@ impl Llama {
         device: &Device,
         kernels: Kernels,
     ) -> Result<Self> {
-        let arch = md(content, "general.architecture")?.to_string()?.clone();
-        if arch != "llama" {
-            candle_core::bail!("architecture `{arch}` is not llama");
-        }
-        let u = |k: &str| md(content, k).and_then(|v| v.to_u32()).map(|v| v as usize);
-        let n_head = u("llama.attention.head_count")?;
-        let hidden = u("llama.embedding_length")?;
-        let head_dim = hidden / n_head;
+        let config = Config::from_gguf(content)?;
         let mut reader = Cursor::new(bytes);
         // Read into host memory: fusing concatenates blocks there before the upload.
         let mut tensor = |name: &str| content.tensor(&mut reader, name, &Device::Cpu);
         let embed_q = tensor("token_embd.weight")?;
-        let vocab = embed_q.shape().dims()[0];
-        let config = Config {
-            n_layer: u("llama.block_count")?,
-            n_head,
-            n_kv_head: u("llama.attention.head_count_kv").unwrap_or(n_head),
-            head_dim,
-            hidden,
-            vocab,
-            context: u("llama.context_length").unwrap_or(4096),
-            rms_eps: md(content, "llama.attention.layer_norm_rms_epsilon")?.to_f32()? as f64,
-            rope_base: md(content, "llama.rope.freq_base").and_then(|v| v.to_f32()).unwrap_or(1e4),
-            rope_dim: u("llama.rope.dimension_count").unwrap_or(head_dim),
-        };
-        if config.rope_dim != head_dim || n_head % config.n_kv_head != 0 {
-            candle_core::bail!("unsupported head layout {config:?}");
-        }
         let embed = embed_q.dequantize(device)?;
         let norm = tensor("output_norm.weight")?.dequantize(device)?;
         let output = Mat::new(tensor("output.weight").unwrap_or(embed_q), device, kernels)?;

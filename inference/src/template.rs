@@ -79,28 +79,59 @@ impl Default for ChatTemplate {
     }
 }
 
+/// What opens a turn: the start-of-turn control token; the role and a newline follow.
+pub const TURN_START: &str = "<|im_start|>";
+/// What closes a turn's content: the end-of-turn control token (a stop token of generation);
+/// a newline follows.
+pub const TURN_END: &str = "<|im_end|>";
+
 impl ChatTemplate {
     /// The prompt for `messages`, ending with the opened assistant turn.
     pub fn render(&self, messages: &[ChatMessage]) -> String {
         let mut out = String::new();
+        for (role, content) in self.turns(messages) {
+            push_turn(&mut out, role, content);
+        }
+        out.push_str(&Self::turn_header("assistant"));
+        out
+    }
+
+    /// The turns [`Self::render`] writes for `messages`, as `(role, content)`: the default
+    /// system prompt first when the conversation has no system message of its own, then every
+    /// message. Fine-tuning renders training conversations from this, so that they read exactly
+    /// as the served prompt of the same conversation.
+    pub fn turns<'a>(&'a self, messages: &'a [ChatMessage]) -> Vec<(&'a str, &'a str)> {
         let has_system = messages.first().is_some_and(|m| m.role == "system");
-        if let (false, Some(system)) = (has_system, &self.default_system) {
-            push_turn(&mut out, "system", system);
-        }
-        for m in messages {
-            push_turn(&mut out, &m.role, &m.content);
-        }
-        out.push_str("<|im_start|>assistant\n");
+        let default = match (has_system, &self.default_system) {
+            (false, Some(system)) => Some(("system", system.as_str())),
+            _ => None,
+        };
+        default
+            .into_iter()
+            .chain(messages.iter().map(|m| (m.role.as_str(), m.content.as_str())))
+            .collect()
+    }
+
+    /// What opens a turn of `role`, before its content: `<|im_start|>{role}\n`.
+    pub fn turn_header(role: &str) -> String {
+        format!("{TURN_START}{role}\n")
+    }
+
+    /// One whole turn: `<|im_start|>{role}\n{content}<|im_end|>\n`.
+    pub fn turn_text(role: &str, content: &str) -> String {
+        let mut out = String::new();
+        push_turn(&mut out, role, content);
         out
     }
 }
 
 fn push_turn(out: &mut String, role: &str, content: &str) {
-    out.push_str("<|im_start|>");
+    out.push_str(TURN_START);
     out.push_str(role);
     out.push('\n');
     out.push_str(content);
-    out.push_str("<|im_end|>\n");
+    out.push_str(TURN_END);
+    out.push('\n');
 }
 
 #[cfg(test)]
@@ -124,5 +155,22 @@ mod tests {
             "<|im_start|>system\nBe brief.<|im_end|>\n<|im_start|>user\nHi<|im_end|>\n\
              <|im_start|>assistant\nHello<|im_end|>\n<|im_start|>assistant\n"
         );
+    }
+
+    #[test]
+    fn turns_are_what_render_writes() {
+        let t = ChatTemplate::default();
+        for msgs in [
+            vec![msg("user", "Hi"), msg("assistant", "Hello")],
+            vec![msg("system", "Be brief."), msg("user", "Hi")],
+            vec![],
+        ] {
+            let joined: String =
+                t.turns(&msgs).iter().map(|(r, c)| ChatTemplate::turn_text(r, c)).collect();
+            assert_eq!(joined + &ChatTemplate::turn_header("assistant"), t.render(&msgs));
+        }
+        assert_eq!(t.turns(&[msg("user", "Hi")])[0].0, "system");
+        let bare = ChatTemplate { default_system: None };
+        assert_eq!(bare.turns(&[msg("user", "Hi")]), vec![("user", "Hi")]);
     }
 }

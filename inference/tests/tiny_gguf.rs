@@ -34,6 +34,11 @@ fn weights(rows: usize, cols: usize, seed: u64) -> Tensor {
 }
 
 fn write_tiny_model() -> PathBuf {
+    write_tiny_model_ff(FF)
+}
+
+/// The tiny model with an MLP of `ff` (another shape than the usual one for adapter checks).
+fn write_tiny_model_ff(ff: usize) -> PathBuf {
     let v = vocab();
     let n = v.len();
     let q = |t: Tensor| QTensor::quantize(&t, GgmlDType::Q4_1).unwrap();
@@ -49,9 +54,9 @@ fn write_tiny_model() -> PathBuf {
         ("blk.0.attn_v.weight".into(), q(weights(DIM, DIM, 5))),
         ("blk.0.attn_output.weight".into(), q(weights(DIM, DIM, 6))),
         ("blk.0.ffn_norm.weight".into(), f(ones)),
-        ("blk.0.ffn_gate.weight".into(), q(weights(FF, DIM, 7))),
-        ("blk.0.ffn_up.weight".into(), q(weights(FF, DIM, 8))),
-        ("blk.0.ffn_down.weight".into(), q(weights(DIM, FF, 9))),
+        ("blk.0.ffn_gate.weight".into(), q(weights(ff, DIM, 7))),
+        ("blk.0.ffn_up.weight".into(), q(weights(ff, DIM, 8))),
+        ("blk.0.ffn_down.weight".into(), q(weights(DIM, ff, 9))),
     ];
     use gguf_file::Value as V;
     let tokens = V::Array(v.iter().map(|s| V::String(s.clone())).collect());
@@ -62,7 +67,7 @@ fn write_tiny_model() -> PathBuf {
         ("llama.attention.head_count_kv", V::U32(2)),
         ("llama.block_count", V::U32(1)),
         ("llama.embedding_length", V::U32(DIM as u32)),
-        ("llama.feed_forward_length", V::U32(FF as u32)),
+        ("llama.feed_forward_length", V::U32(ff as u32)),
         ("llama.rope.dimension_count", V::U32(16)),
         ("llama.attention.layer_norm_rms_epsilon", V::F32(1e-5)),
         ("llama.context_length", V::U32(48)),
@@ -548,5 +553,189 @@ fn real_model_matches_candles_reference_llama() {
         );
         at = fed.len();
         fed.push(want.argmax(0).unwrap().to_scalar::<u32>().unwrap());
+    }
+}
+
+/// A few chat examples over the tiny model's letters (the tiny vocabulary has no capitals, so
+/// they are rendered without the default system prompt).
+const TINY_JSONL: &str = concat!(
+    r#"{"messages":[{"role":"user","content":"ab"},{"role":"assistant","content":"xyz xyz"}]}"#,
+    "\n",
+    r#"{"messages":[{"role":"user","content":"cd"},{"role":"assistant","content":"xyz q"}]}"#,
+    "\n",
+    r#"{"messages":[{"role":"system","content":"s"},{"role":"user","content":"e"},{"role":"assistant","content":"xyz"}]}"#,
+    "\n",
+    r#"{"messages":[{"role":"user","content":"fg"},{"role":"assistant","content":"a"},{"role":"user","content":"h"},{"role":"assistant","content":"xyz xy"}]}"#,
+    "\n",
+);
+
+fn tiny_dataset(path: &std::path::Path) -> compute_inference::finetune::Dataset {
+    use compute_inference::{
+        finetune::{Dataset, DatasetLimits},
+        read_gguf_metadata, ChatTemplate, ModelTokenizer,
+    };
+    let tok = ModelTokenizer::from_gguf(&read_gguf_metadata(path).unwrap()).unwrap();
+    let template = ChatTemplate { default_system: None };
+    let limits = DatasetLimits { max_seq_len: 40, ..DatasetLimits::default() };
+    Dataset::from_jsonl(TINY_JSONL.as_bytes(), &tok, &template, &limits).unwrap()
+}
+
+/// The training forward pass, adapters fresh (`B` = 0), computes the serving pass's function:
+/// with f32 weights our serving `Llama` gives the same logits at every prefix; with the file's
+/// q4_1 weights the training model (which dequantizes them) is the exact f32 model.
+#[test]
+fn lora_forward_with_zero_b_matches_serving() {
+    use compute_inference::{
+        finetune::{LoraConfig, LoraModel},
+        llama::Llama,
+        read_gguf,
+    };
+    let path = write_tiny_model();
+    let (content, bytes) = exact_copy(&path);
+    let serving = Llama::from_gguf(&content, &bytes, &Device::Cpu).unwrap();
+    let lora =
+        LoraModel::from_gguf(&content, &bytes, &LoraConfig::default(), 1, &Device::Cpu).unwrap();
+    let loaded = read_gguf(&path, WeightFormat::AsStored).unwrap();
+    let from_q = LoraModel::load(&path, &LoraConfig::default(), 1, &Device::Cpu).unwrap();
+    assert_eq!(from_q.base_model_hash(), compute_inference::weights::file_hash(&path).unwrap());
+    assert_eq!(from_q.base_model_hash(), compute_inference::finetune::model_hash(&loaded.bytes));
+    let tokens = [1u32, 3, 4, 5, 6, 7, 8, 29, 9, 2, 30];
+    let all = lora.logits(&tokens).unwrap();
+    let all_q = from_q.logits(&tokens).unwrap();
+    assert_eq!(all.dims(), &[tokens.len(), 32]);
+    assert!(max_diff(&all, &all_q) < 1e-5, "dequantized q4_1 is the f32 copy");
+    for n in [1, 2, 5, tokens.len()] {
+        let mut cache = serving.new_cache(16).unwrap();
+        let want = serving.prefill(&mut cache, &tokens[..n]).unwrap();
+        let got = all.get(n - 1).unwrap();
+        assert!(max_diff(&got, &want) < 1e-4, "prefix {n}: {}", max_diff(&got, &want));
+    }
+}
+
+/// Training on the tiny model: the loss falls; every token is counted (dataset count ×
+/// epochs); the same seed gives the same adapter file byte for byte and another seed another
+/// one; the adapter file reads back into the model it came from; merged into the base GGUF, it
+/// is served (q8_0 projections) with logits as close to the LoRA forward's as the base file's
+/// are to the exact base forward, and the merge is deterministic; cancellation stops at once;
+/// adapters that do not fit are refused.
+#[test]
+fn lora_training_learns_deterministically_and_merges() {
+    use compute_inference::{
+        finetune::{
+            merge, merge_file, train, Adapter, AdapterError, AdapterLimits, LoraConfig, LoraModel,
+            MergeError, Target, TrainError, TrainParams,
+        },
+        llama::Llama,
+        read_gguf,
+    };
+    use std::sync::atomic::AtomicBool;
+    let path = write_tiny_model();
+    let dataset = tiny_dataset(&path);
+    assert_eq!(dataset.examples.len(), 4);
+    let lora = LoraConfig::new(4, 8.0, &Target::ALL).unwrap();
+    let params = TrainParams { epochs: 6, lr: 2e-2, seed: 7, ..TrainParams::default() };
+    let never = AtomicBool::new(false);
+    let run = |seed: u64, params: &TrainParams| {
+        let model = LoraModel::load(&path, &lora, seed, &Device::Cpu).unwrap();
+        let mut steps = Vec::new();
+        let out = train(&model, &dataset, params, &never, |p| steps.push(p.clone())).unwrap();
+        (model, out, steps)
+    };
+    let (model, out, steps) = run(7, &params);
+    let stats = &out.stats;
+    println!("epoch losses {:?}", stats.epoch_losses);
+    assert_eq!(stats.steps, 24);
+    assert_eq!(steps.len(), 24);
+    assert_eq!((steps[23].step, steps[23].total_steps, steps[23].epoch), (24, 24, 6));
+    assert_eq!(stats.trained_tokens, dataset.token_count() * 6);
+    assert_eq!(steps[23].tokens, stats.trained_tokens);
+    assert_eq!(stats.loss_tokens, dataset.loss_token_count() * 6);
+    assert_eq!(stats.final_loss, stats.epoch_losses[5]);
+    assert!(
+        stats.final_loss < 0.5 * stats.epoch_losses[0],
+        "the loss falls: {:?}",
+        stats.epoch_losses
+    );
+
+    // Determinism of the delivered file.
+    let file = out.adapter.to_safetensors();
+    let (_, again, _) = run(7, &params);
+    assert_eq!(again.adapter.to_safetensors(), file, "same seed, same bytes");
+    let (_, other, _) = run(8, &TrainParams { seed: 8, ..params.clone() });
+    assert_ne!(other.adapter.to_safetensors(), file, "another seed, another adapter");
+
+    // The file reads back against its base and gives the trained model's function.
+    let loaded = read_gguf(&path, WeightFormat::AsStored).unwrap();
+    let adapter =
+        Adapter::from_safetensors(&file, &loaded.content, &AdapterLimits::default()).unwrap();
+    assert_eq!(adapter, out.adapter);
+    let reloaded =
+        LoraModel::with_adapter(&loaded.content, &loaded.bytes, &adapter, &Device::Cpu).unwrap();
+    let prompt = dataset.examples[0].tokens.clone();
+    let trained_logits = model.logits(&prompt).unwrap();
+    assert!(max_diff(&reloaded.logits(&prompt).unwrap(), &trained_logits) == 0.0);
+
+    // Merged and served.
+    let merged = merge(&loaded.bytes, &adapter).unwrap();
+    assert_eq!(merge(&loaded.bytes, &adapter).unwrap(), merged, "the merge is deterministic");
+    let merged_content = gguf_file::Content::read(&mut std::io::Cursor::new(&merged)).unwrap();
+    assert_eq!(merged_content.metadata.len(), loaded.content.metadata.len());
+    for (name, info) in &merged_content.tensor_infos {
+        let want = if name.starts_with("blk.0.attn_") && !name.contains("norm")
+            || name.starts_with("blk.0.ffn_") && !name.contains("norm")
+        {
+            GgmlDType::Q8_0
+        } else {
+            loaded.content.tensor_infos[name].ggml_dtype
+        };
+        assert_eq!(info.ggml_dtype, want, "{name}");
+    }
+    let served = Llama::from_gguf(&merged_content, &merged, &Device::Cpu).unwrap();
+    let base_served = Llama::from_gguf(&loaded.content, &loaded.bytes, &Device::Cpu).unwrap();
+    let base_lora = LoraModel::load(&path, &lora, 7, &Device::Cpu).unwrap();
+    for n in [prompt.len() / 2, prompt.len()] {
+        let last = |m: &Llama| m.prefill(&mut m.new_cache(48).unwrap(), &prompt[..n]).unwrap();
+        let merged_err = max_diff(&last(&served), &trained_logits.get(n - 1).unwrap());
+        let base_err = max_diff(
+            &last(&base_served),
+            &base_lora.logits(&prompt[..n]).unwrap().get(n - 1).unwrap(),
+        );
+        println!("prefix {n}: merged off the LoRA forward by {merged_err:.3}, base {base_err:.3}");
+        assert!(merged_err <= 2.0 * base_err + 0.05, "merged {merged_err}, base {base_err}");
+    }
+    // Written to a file: the engine serves it, its hash is the file's.
+    let out_path = path.with_extension("merged.gguf");
+    let hash = merge_file(&path, &adapter, &out_path).unwrap();
+    assert_eq!(hash, compute_inference::weights::file_hash(&out_path).unwrap());
+    let engine = Engine::load(&out_path, WeightFormat::FastCpu, Device::Cpu).unwrap();
+    let greedy = GenParams { max_tokens: 8, ..GenParams::default() };
+    let answer_at = dataset.examples[0].mask.iter().position(|m| *m).unwrap();
+    let g = engine.generate(&prompt[..answer_at], &greedy, |_| true).unwrap();
+    println!("merged model answers {:?} (trained on \"xyz xyz\")", g.text);
+    assert!(g.text.starts_with("xyz"), "{:?}", g.text);
+
+    // An adapter of another base is refused: other shapes, other file.
+    let other_path = write_tiny_model_ff(96);
+    let other = read_gguf(&other_path, WeightFormat::AsStored).unwrap();
+    assert!(matches!(
+        Adapter::from_safetensors(&file, &other.content, &AdapterLimits::default()),
+        Err(AdapterError::Mismatch(_))
+    ));
+    assert!(matches!(merge(&other.bytes, &adapter), Err(MergeError::OtherBase { .. })));
+    let only_down = LoraConfig::new(4, 8.0, &[Target::Down]).unwrap();
+    let m = LoraModel::load(&other_path, &only_down, 1, &Device::Cpu).unwrap();
+    let mut foreign = m.to_adapter().unwrap();
+    foreign.base_model_hash = adapter.base_model_hash;
+    assert!(merge(&loaded.bytes, &foreign).is_err(), "hash right, config differs: shapes checked");
+
+    // Cancellation is checked before every step.
+    let stop = AtomicBool::new(true);
+    let fresh = LoraModel::load(&path, &lora, 7, &Device::Cpu).unwrap();
+    assert!(matches!(
+        train(&fresh, &dataset, &params, &stop, |_| {}),
+        Err(TrainError::Cancelled { steps: 0 })
+    ));
+    for p in [path, other_path, out_path] {
+        let _ = std::fs::remove_file(p);
     }
 }

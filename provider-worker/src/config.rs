@@ -22,7 +22,9 @@ pub enum ConfigError {
 pub struct ServiceConfig {
     /// Id on chain (per provider).
     pub id: ServiceId,
-    /// `chat` (served by `model`) or `embedding` (served by `embedding_model`).
+    /// `chat` (served by `[chat]`), `embedding` (served by `[embeddings]`) or `fine_tune`
+    /// (jobs trained over the `[chat]` model, on the terms of `[finetune]`; `input_price` is
+    /// the price per trained token, `output_price` zero).
     #[serde(default = "chat")]
     pub kind: ServiceKind,
     /// Model name clients send; defaults to the GGUF file's stem (chat) or the embedding
@@ -147,6 +149,57 @@ pub struct EmbeddingsConfig {
     pub queue: usize,
 }
 
+/// Fine-tuning jobs: the terms offered on chain and how training runs here.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct FineTuneConfig {
+    /// Most dataset tokens in one job.
+    pub max_dataset_tokens: u64,
+    /// Most epochs in one job.
+    pub max_epochs: u32,
+    /// Highest LoRA rank offered.
+    pub max_rank: u32,
+    /// Blocks from acceptance within which delivery is promised.
+    pub turnaround_blocks: u32,
+    /// CPU threads training uses; inference keeps the rest. 0: half the cores (at least one).
+    pub threads: usize,
+    /// Tokens kept of each example (longer ones are cut, and counted, at this length).
+    pub max_seq_len: usize,
+    /// Most examples in one dataset.
+    pub max_examples: usize,
+    /// Datasets one user may keep uploaded at once (the oldest not used by a job is dropped).
+    pub max_files_per_user: usize,
+    /// How often the job driver reads the chain, in milliseconds.
+    pub tick_ms: u64,
+}
+
+impl Default for FineTuneConfig {
+    fn default() -> Self {
+        FineTuneConfig {
+            max_dataset_tokens: 1_000_000,
+            max_epochs: 10,
+            max_rank: 16,
+            turnaround_blocks: 600,
+            threads: 0,
+            max_seq_len: 512,
+            max_examples: 10_000,
+            max_files_per_user: 8,
+            tick_ms: 2_000,
+        }
+    }
+}
+
+impl FineTuneConfig {
+    /// The training threads: `threads`, or half the cores (at least one) when 0.
+    pub fn training_threads(&self) -> usize {
+        if self.threads > 0 {
+            return self.threads;
+        }
+        let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
+        (cores / 2).max(1)
+    }
+}
+
 /// What one client, one user and one request may take.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 #[serde(deny_unknown_fields, default)]
@@ -221,6 +274,9 @@ pub struct Config {
     /// The embedding model, needed by `embedding` services.
     #[serde(default)]
     pub embeddings: Option<EmbeddingsConfig>,
+    /// Fine-tuning terms and training, needed by a `fine_tune` service.
+    #[serde(default)]
+    pub finetune: Option<FineTuneConfig>,
     /// Per-user, per-request and per-connection limits.
     #[serde(default)]
     pub limits: LimitsConfig,
@@ -332,6 +388,27 @@ impl Config {
             return bad(
                 "an embedding service needs [embeddings] model (a sentence-transformers directory)",
             );
+        }
+        let tuning: Vec<_> =
+            self.services.iter().filter(|s| s.kind == ServiceKind::FineTune).collect();
+        if tuning.len() > 1 {
+            return bad("at most one fine_tune service");
+        }
+        if !tuning.is_empty() && (self.chat.is_none() || self.finetune.is_none()) {
+            return bad("a fine_tune service needs [chat] (the base model) and [finetune]");
+        }
+        if let Some(f) = &self.finetune {
+            if f.max_dataset_tokens == 0
+                || f.max_epochs == 0
+                || f.max_rank == 0
+                || f.turnaround_blocks == 0
+                || f.max_seq_len < 2
+                || f.max_examples == 0
+                || f.max_files_per_user == 0
+                || f.tick_ms == 0
+            {
+                return bad("every [finetune] bound must be positive (max_seq_len at least 2)");
+            }
         }
         let l = &self.limits;
         if l.max_connections == 0

@@ -7,10 +7,12 @@
 //! - [`settlement`]: claims on chain, and releasing held payments;
 //! - [`model`]: the inference engine, the `compute-inference` crate (GGUF llama, BERT
 //!   embeddings);
+//! - [`finetune`]: fine-tuning jobs: datasets, the job driver, training;
 //! - [`worker`]: the shared state and start-up.
 pub mod api;
 pub mod billing;
 pub mod config;
+pub mod finetune;
 pub mod metrics;
 pub use compute_inference as model;
 pub mod settlement;

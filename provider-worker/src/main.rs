@@ -140,6 +140,7 @@ async fn main() -> anyhow::Result<()> {
     let worker = Worker::start(config).await?;
     worker.spawn_event_watcher();
     worker.spawn_recovery();
+    provider_worker::finetune::spawn_driver(worker.clone());
     let scheduler = tokio::spawn(settlement::run(worker.clone()));
     tracing::info!(%listen, provider = %worker.provider, instance = worker.instance, "serving");
     let limits = worker.config.limits.clone();

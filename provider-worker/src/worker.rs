@@ -158,6 +158,8 @@ pub struct Worker {
     pub releases: Mutex<std::collections::BTreeMap<AccountId, compute_client::chain::BlockNumber>>,
     /// Places for weight downloads (`GET /v1/weights/{hash}`).
     pub downloads: Arc<Semaphore>,
+    /// Fine-tuning jobs, when a `fine_tune` service is configured.
+    pub finetune: Option<Arc<crate::finetune::FineTuner>>,
 }
 
 impl Worker {
@@ -264,6 +266,26 @@ impl Worker {
             None => None,
         };
 
+        let finetune = match (
+            config.services.iter().find(|s| s.kind == ServiceKind::FineTune),
+            &config.finetune,
+            &chat,
+            &config.chat,
+        ) {
+            (Some(s), Some(f), Some(chat), Some(c)) => {
+                tracing::info!(service = s.id, threads = f.training_threads(), "fine-tuning jobs");
+                Some(Arc::new(crate::finetune::FineTuner::new(
+                    f.clone(),
+                    s.id,
+                    c.model.clone(),
+                    chat.engine.tokenizer.clone(),
+                    chat.engine.template.clone(),
+                    data_dir,
+                )))
+            }
+            _ => None,
+        };
+
         let limits = crate::billing::limits::Limits::new(&config.limits);
         let worker = Arc::new(Worker {
             config,
@@ -284,6 +306,7 @@ impl Worker {
             live: Mutex::new(Default::default()),
             releases: Mutex::new(Default::default()),
             downloads: Arc::new(Semaphore::new(crate::api::weights::MAX_DOWNLOADS)),
+            finetune,
         });
         worker.register_services().await?;
         worker.recover().await?;
@@ -358,6 +381,18 @@ impl Worker {
             }
             tracing::info!(service = s.id, update = existing.is_some(), "registering service");
             self.chain.register_service(&self.signer, s.id, &terms, existing.is_some()).await?;
+        }
+        if let (Some(ft), Some(f)) = (&self.finetune, &self.config.finetune) {
+            let terms = compute_primitives::FineTuneTerms {
+                max_dataset_tokens: f.max_dataset_tokens,
+                max_epochs: f.max_epochs,
+                max_rank: f.max_rank,
+                turnaround: f.turnaround_blocks,
+            };
+            if self.chain.finetune_terms(&self.provider, ft.service_id).await? != Some(terms) {
+                tracing::info!(service = ft.service_id, "setting the fine-tuning terms");
+                self.chain.set_finetune_terms(&self.signer, ft.service_id, terms).await?;
+            }
         }
         self.refresh_services().await?;
         Ok(())

@@ -16,6 +16,7 @@ use axum::{
     Json,
 };
 use compute_client::wire::{self, ReceiptJson, SignedAuth};
+use compute_primitives::AccountId;
 use serde::{Deserialize, Serialize};
 use std::sync::Arc;
 
@@ -96,6 +97,29 @@ pub async fn receipts(
     headers: HeaderMap,
     Query(q): Query<ReceiptsQuery>,
 ) -> Result<Response, ApiError> {
+    let user = authenticated(&w, &headers)?;
+    // Each receipt may carry a proof of some kilobytes: pages stay at most 100 receipts.
+    let limit = q.limit.unwrap_or(100).min(100);
+    let list =
+        w.store.receipts(&user, q.after.unwrap_or(0), limit).await.map_err(ApiError::internal)?;
+    // Each receipt with the user's voucher it answers: a client catching up on receipts it
+    // never saw adopts only those it signed a voucher for.
+    let data = list
+        .iter()
+        .map(|s| {
+            let json = ReceiptJson::from(&s.receipt).with_voucher(&s.voucher);
+            match &s.proof {
+                Some(p) => json.with_proof(p),
+                None => json,
+            }
+        })
+        .collect();
+    Ok(Json(ReceiptList { object: "list", data }).into_response())
+}
+
+/// The user whose signed auth challenge (`x-compute-auth`) came with the request: signed for
+/// this provider on this chain within `AUTH_MAX_SKEW_SECS` of now.
+pub fn authenticated(w: &Worker, headers: &HeaderMap) -> Result<AccountId, ApiError> {
     let auth: Option<SignedAuth> = headers
         .get(wire::AUTH_HEADER)
         .and_then(|h| h.to_str().ok())
@@ -122,24 +146,5 @@ pub async fn receipts(
             format!("auth timestamp is {skew} s off"),
         ));
     }
-    // Each receipt may carry a proof of some kilobytes: pages stay at most 100 receipts.
-    let limit = q.limit.unwrap_or(100).min(100);
-    let list = w
-        .store
-        .receipts(&auth.challenge.user, q.after.unwrap_or(0), limit)
-        .await
-        .map_err(ApiError::internal)?;
-    // Each receipt with the user's voucher it answers: a client catching up on receipts it
-    // never saw adopts only those it signed a voucher for.
-    let data = list
-        .iter()
-        .map(|s| {
-            let json = ReceiptJson::from(&s.receipt).with_voucher(&s.voucher);
-            match &s.proof {
-                Some(p) => json.with_proof(p),
-                None => json,
-            }
-        })
-        .collect();
-    Ok(Json(ReceiptList { object: "list", data }).into_response())
+    Ok(auth.challenge.user)
 }

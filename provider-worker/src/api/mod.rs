@@ -1,4 +1,5 @@
-//! The OpenAI-compatible HTTP API: routes ([`chat`], [`embeddings`], [`account`], [`info`]),
+//! The OpenAI-compatible HTTP API: routes ([`chat`], [`embeddings`], [`account`], [`info`],
+//! [`finetune`]),
 //! the committed weights ([`weights`]), OpenAI's wire shapes ([`openai`]), the steps every paid request takes before its job starts
 //! ([`paid`]), the one error type ([`error`]), and the server that bounds connections and how
 //! long a client may take to send a request ([`serve`]).
@@ -7,6 +8,7 @@ pub mod account;
 pub mod chat;
 pub mod embeddings;
 pub mod error;
+pub mod finetune;
 pub mod info;
 pub mod openai;
 pub mod paid;
@@ -48,6 +50,12 @@ pub fn router(worker: Arc<Worker>) -> Router {
         .route("/v1/ack", post(account::ack))
         .route("/v1/receipts", get(account::receipts))
         .route("/v1/weights/{hash}", get(weights::weights))
+        .route("/v1/files", post(finetune::upload))
+        .route("/v1/fine_tuning/jobs", post(finetune::create))
+        .route("/v1/fine_tuning/jobs/{id}", get(finetune::retrieve))
+        .route("/v1/fine_tuning/jobs/{id}/events", get(finetune::events))
+        .route("/v1/fine_tuning/jobs/{id}/cancel", post(finetune::cancel))
+        .route("/v1/fine_tuning/jobs/{id}/adapter", get(finetune::adapter))
         .fallback(|| async { error::ApiError::not_found("no such endpoint") })
         .with_state(worker)
 }

@@ -1,0 +1,424 @@
+//! Fine-tuning jobs on this worker (`docs/finetune.md`): uploaded datasets ([`files`]), what is
+//! kept of each job ([`record`]), and the driver that moves every job of this provider on as
+//! its chain state says (accept or reject a new job, train, deliver, reveal the key) — a
+//! background task, so no job depends on a client's connection. Training runs on its own
+//! thread pool of `[finetune] threads` cores, one job at a time.
+
+pub mod files;
+pub mod record;
+
+use crate::{config::FineTuneConfig, worker::Worker};
+use compute_client::{finetune::OpenJob, finetune_api::encrypt_adapter, ChainError};
+use compute_inference::{
+    finetune::{Dataset, DatasetLimits, LoraConfig, LoraModel, Progress, Target, TrainParams},
+    ChatTemplate, ModelTokenizer,
+};
+use compute_primitives::{key_hash, seal_key, Delivery, JobId, JobSpec, JobState, ServiceId};
+use files::FileStore;
+use polkadot_sdk::sp_core::H256;
+use record::{JobDir, JobRecord, Stage};
+use std::{
+    collections::BTreeMap,
+    path::PathBuf,
+    sync::{
+        atomic::{AtomicBool, Ordering},
+        Arc, Mutex,
+    },
+    time::Duration,
+};
+use tokio::sync::Notify;
+
+/// LoRA alpha per unit of rank: the update is scaled by `alpha / rank = 2`.
+const ALPHA_PER_RANK: f32 = 2.0;
+
+/// The fine-tuning side of a worker.
+pub struct FineTuner {
+    pub config: FineTuneConfig,
+    /// The `fine_tune` service jobs are created on.
+    pub service_id: ServiceId,
+    /// The base model (the chat GGUF).
+    pub base_model: PathBuf,
+    pub tokenizer: Arc<ModelTokenizer>,
+    pub template: ChatTemplate,
+    pub files: FileStore,
+    pub jobs: JobDir,
+    records: Mutex<BTreeMap<JobId, JobRecord>>,
+    /// Wakes the driver before its next tick.
+    pub nudge: Notify,
+    /// The job training now, and its cancel flag.
+    training: Mutex<Option<(JobId, Arc<AtomicBool>)>>,
+}
+
+fn random_bytes() -> [u8; 32] {
+    let mut out = [0u8; 32];
+    getrandom::fill(&mut out).expect("the operating system provides randomness");
+    out
+}
+
+impl FineTuner {
+    pub fn new(
+        config: FineTuneConfig,
+        service_id: ServiceId,
+        base_model: PathBuf,
+        tokenizer: Arc<ModelTokenizer>,
+        template: ChatTemplate,
+        data_dir: &std::path::Path,
+    ) -> Self {
+        let root = data_dir.join("finetune");
+        let jobs = JobDir::new(root.join("jobs"));
+        let mut records: BTreeMap<JobId, JobRecord> =
+            jobs.load_all().into_iter().map(|r| (r.id, r)).collect();
+        // Training does not survive a restart: it starts again.
+        for r in records.values_mut() {
+            if r.stage == Stage::Training {
+                r.stage = Stage::Accepted;
+            }
+        }
+        FineTuner {
+            files: FileStore::new(root.join("files"), config.max_files_per_user),
+            config,
+            service_id,
+            base_model,
+            tokenizer,
+            template,
+            jobs,
+            records: Mutex::new(records),
+            nudge: Notify::new(),
+            training: Mutex::new(None),
+        }
+    }
+
+    /// The dataset bounds of this worker.
+    pub fn limits(&self) -> DatasetLimits {
+        DatasetLimits {
+            max_examples: self.config.max_examples,
+            max_seq_len: self.config.max_seq_len,
+            ..DatasetLimits::default()
+        }
+    }
+
+    /// Parse and count a dataset as training will see it.
+    pub fn dataset(&self, jsonl: &[u8]) -> Result<Dataset, String> {
+        Dataset::from_jsonl(jsonl, &self.tokenizer, &self.template, &self.limits())
+            .map_err(|e| e.to_string())
+    }
+
+    /// A job's record, if this worker knows the job.
+    pub fn record(&self, id: JobId) -> Option<JobRecord> {
+        self.records.lock().unwrap_or_else(|p| p.into_inner()).get(&id).cloned()
+    }
+
+    /// Change a job's record (and keep it on disk).
+    pub fn update(&self, id: JobId, f: impl FnOnce(&mut JobRecord)) -> Option<JobRecord> {
+        let mut records = self.records.lock().unwrap_or_else(|p| p.into_inner());
+        let r = records.get_mut(&id)?;
+        f(r);
+        if let Err(e) = self.jobs.save(r) {
+            tracing::error!(job = id, error = %e, "cannot save the job record");
+        }
+        Some(r.clone())
+    }
+
+    /// Record an event of a job.
+    pub fn event(&self, id: JobId, level: &str, message: String, data: Option<serde_json::Value>) {
+        self.update(id, |r| {
+            if let Err(e) = self.jobs.event(r, level, message, data) {
+                tracing::error!(job = id, error = %e, "cannot write the job event");
+            }
+        });
+    }
+
+    /// Whether an open job of `user` names the dataset `hash`.
+    pub fn in_use(&self, user: &compute_primitives::AccountId, hash: &[u8; 32]) -> bool {
+        self.records
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .values()
+            .any(|r| &r.user == user && &r.dataset_hash == hash && !r.stage.is_final())
+    }
+
+    /// Stop the training of `id`, if it is training.
+    pub fn cancel_training(&self, id: JobId) {
+        if let Some((training, flag)) =
+            self.training.lock().unwrap_or_else(|p| p.into_inner()).as_ref()
+        {
+            if *training == id {
+                flag.store(true, Ordering::Relaxed);
+            }
+        }
+    }
+}
+
+/// Move every job of this provider on, at each tick or nudge, until the process ends.
+pub fn spawn_driver(w: Arc<Worker>) {
+    tokio::spawn(async move {
+        let Some(ft) = w.finetune.clone() else { return };
+        let tick = Duration::from_millis(ft.config.tick_ms);
+        loop {
+            if let Err(e) = drive(&w, &ft).await {
+                tracing::warn!(error = %e, "fine-tuning pass failed; retrying");
+            }
+            let _ = tokio::time::timeout(tick, ft.nudge.notified()).await;
+        }
+    });
+}
+
+/// One pass over the chain's jobs of this provider.
+async fn drive(w: &Arc<Worker>, ft: &Arc<FineTuner>) -> Result<(), ChainError> {
+    let open: Vec<(JobId, OpenJob)> =
+        w.chain.open_jobs().await?.into_iter().filter(|(_, j)| j.provider == w.provider).collect();
+    for (id, job) in &open {
+        if ft.record(*id).is_none() {
+            let r = JobRecord {
+                id: *id,
+                user: job.user.clone(),
+                dataset_hash: job.spec.dataset_hash.0,
+                created_at: crate::store::now(),
+                stage: Stage::WaitingForFile,
+                model: None,
+                suffix: None,
+                step: 0,
+                total_steps: 0,
+                trained_tokens: None,
+                final_loss: None,
+                adapter_hash: None,
+                adapter_len: None,
+                error: None,
+                finished_at: None,
+                events: 0,
+                service_id: None,
+            };
+            if let Err(e) = ft.jobs.save(&r) {
+                tracing::error!(job = id, error = %e, "cannot save the job record");
+            }
+            ft.records.lock().unwrap_or_else(|p| p.into_inner()).insert(*id, r);
+            ft.event(*id, "info", format!("job {id} seen on chain"), None);
+        }
+        if let Err(e) = step(w, ft, *id, job).await {
+            tracing::warn!(job = id, error = %e, "fine-tuning step failed; retrying next pass");
+        }
+    }
+    // Jobs this worker follows that ended on chain before paying.
+    let ended: Vec<JobId> = ft
+        .records
+        .lock()
+        .unwrap_or_else(|p| p.into_inner())
+        .values()
+        .filter(|r| !r.stage.is_final() && !open.iter().any(|(id, _)| *id == r.id))
+        .map(|r| r.id)
+        .collect();
+    for id in ended {
+        ft.cancel_training(id);
+        ft.update(id, |r| {
+            r.stage = Stage::Cancelled;
+            r.finished_at = Some(crate::store::now());
+        });
+        ft.event(id, "warn", "the job ended on chain (cancelled or expired)".into(), None);
+    }
+    Ok(())
+}
+
+/// What the chain state of one job asks of this worker.
+async fn step(
+    w: &Arc<Worker>,
+    ft: &Arc<FineTuner>,
+    id: JobId,
+    job: &OpenJob,
+) -> Result<(), ChainError> {
+    let Some(r) = ft.record(id) else { return Ok(()) };
+    match (&job.state, r.stage) {
+        (JobState::Created { .. }, Stage::WaitingForFile) => {
+            let Some(meta) = ft.files.get(&job.user, &job.spec.dataset_hash.0) else {
+                return Ok(()); // the user uploads it next
+            };
+            match check_spec(ft, &job.spec, meta.tokens) {
+                Ok(()) => {
+                    w.chain.accept_job(&w.signer, id).await?;
+                    ft.update(id, |r| r.stage = Stage::Accepted);
+                    ft.event(id, "info", "accepted on chain".into(), None);
+                    ft.nudge.notify_one();
+                }
+                Err(reason) => {
+                    w.chain.reject_job(&w.signer, id).await?;
+                    ft.update(id, |r| {
+                        r.stage = Stage::Rejected;
+                        r.error = Some(reason.clone());
+                        r.finished_at = Some(crate::store::now());
+                    });
+                    ft.event(id, "error", format!("rejected: {reason}"), None);
+                }
+            }
+        }
+        (JobState::Accepted { .. }, Stage::WaitingForFile | Stage::Accepted) => {
+            ft.update(id, |r| r.stage = Stage::Accepted);
+            start_training(w, ft, id, job);
+        }
+        (JobState::Accepted { .. }, Stage::Trained) => {
+            let (Some(key), Some(r)) = (ft.jobs.key(id), ft.record(id)) else {
+                // The key was lost: train again.
+                ft.update(id, |r| r.stage = Stage::Accepted);
+                return Ok(());
+            };
+            let delivery = Delivery {
+                adapter_hash: H256(r.adapter_hash.unwrap_or_default()),
+                adapter_len: r.adapter_len.unwrap_or_default(),
+                key_hash: key_hash(&key),
+                trained_tokens: r.trained_tokens.unwrap_or_default(),
+                final_loss: (r.final_loss.unwrap_or_default().max(0.0) * 1000.0) as u32,
+            };
+            w.chain.deliver(&w.signer, id, delivery).await?;
+            ft.update(id, |r| r.stage = Stage::Delivered);
+            ft.event(id, "info", "delivered on chain".into(), None);
+        }
+        (JobState::Acknowledged { .. }, Stage::Delivered | Stage::Trained) => {
+            let Some(key) = ft.jobs.key(id) else {
+                tracing::error!(job = id, "the key of an acknowledged job is lost");
+                return Ok(());
+            };
+            let sealed = seal_key(id, &key, &random_bytes(), &job.spec.user_key);
+            w.chain.reveal_key(&w.signer, id, sealed).await?;
+            ft.update(id, |r| {
+                r.stage = Stage::Revealed;
+                r.finished_at = Some(crate::store::now());
+            });
+            ft.event(id, "info", "key revealed on chain; the job is paid".into(), None);
+        }
+        (JobState::Revealed { .. }, s) if s != Stage::Revealed => {
+            ft.update(id, |r| {
+                r.stage = Stage::Revealed;
+                r.finished_at.get_or_insert(crate::store::now());
+            });
+        }
+        _ => {}
+    }
+    Ok(())
+}
+
+/// Whether this worker takes a job on `spec` for a dataset of `tokens` tokens.
+fn check_spec(ft: &FineTuner, spec: &JobSpec, tokens: u64) -> Result<(), String> {
+    if spec.service_id != ft.service_id {
+        return Err(format!(
+            "service {} is not this worker's fine-tuning service",
+            spec.service_id
+        ));
+    }
+    if spec.dataset_tokens != tokens {
+        return Err(format!(
+            "the job names {} dataset tokens; the dataset has {tokens}",
+            spec.dataset_tokens
+        ));
+    }
+    let c = &ft.config;
+    if spec.epochs > c.max_epochs || spec.rank > c.max_rank || tokens > c.max_dataset_tokens {
+        return Err("the job is outside this worker's terms".into());
+    }
+    if spec.learning_rate == 0 || spec.learning_rate > 100_000 {
+        return Err("learning rate outside (0, 0.1]".into());
+    }
+    Ok(())
+}
+
+/// Start training `id` on its own thread when nothing else trains.
+fn start_training(w: &Arc<Worker>, ft: &Arc<FineTuner>, id: JobId, job: &OpenJob) {
+    let cancel = Arc::new(AtomicBool::new(false));
+    {
+        let mut training = ft.training.lock().unwrap_or_else(|p| p.into_inner());
+        if training.is_some() {
+            return;
+        }
+        *training = Some((id, cancel.clone()));
+    }
+    ft.update(id, |r| r.stage = Stage::Training);
+    ft.event(id, "info", "training started".into(), None);
+    let (ft2, w2, spec, user) = (ft.clone(), w.clone(), job.spec, job.user.clone());
+    let spawned = std::thread::Builder::new().name(format!("finetune-{id}")).spawn(move || {
+        let result = train_job(&ft2, id, &user, &spec, &cancel);
+        *ft2.training.lock().unwrap_or_else(|p| p.into_inner()) = None;
+        match result {
+            Ok(()) => ft2.event(id, "info", "trained and encrypted".into(), None),
+            Err(reason) => {
+                let cancelled = cancel.load(Ordering::Relaxed);
+                ft2.update(id, |r| {
+                    r.stage = if cancelled { Stage::Cancelled } else { Stage::Failed };
+                    r.error = Some(reason.clone());
+                    r.finished_at = Some(crate::store::now());
+                });
+                ft2.event(id, "error", format!("training stopped: {reason}"), None);
+            }
+        }
+        if let Some(ft) = &w2.finetune {
+            ft.nudge.notify_one();
+        }
+    });
+    if let Err(e) = spawned {
+        *ft.training.lock().unwrap_or_else(|p| p.into_inner()) = None;
+        ft.update(id, |r| r.stage = Stage::Accepted);
+        tracing::error!(job = id, error = %e, "cannot start the training thread");
+    }
+}
+
+/// Train, encrypt and keep a job's adapter (blocking; runs on the training thread).
+fn train_job(
+    ft: &FineTuner,
+    id: JobId,
+    user: &compute_primitives::AccountId,
+    spec: &JobSpec,
+    cancel: &AtomicBool,
+) -> Result<(), String> {
+    let data = std::fs::read(ft.files.data_path(user, &spec.dataset_hash.0))
+        .map_err(|e| format!("dataset: {e}"))?;
+    let dataset = ft.dataset(&data)?;
+    let rank = spec.rank as usize;
+    let lora = LoraConfig::new(rank, ALPHA_PER_RANK * rank as f32, &Target::ALL)
+        .map_err(|e| e.to_string())?;
+    let params = TrainParams {
+        epochs: spec.epochs as usize,
+        lr: f64::from(spec.learning_rate) / 1e6,
+        seed: spec.seed,
+        ..TrainParams::default()
+    };
+    let pool = rayon::ThreadPoolBuilder::new()
+        .num_threads(ft.config.training_threads())
+        .thread_name(move |i| format!("finetune-{id}-{i}"))
+        .build()
+        .map_err(|e| e.to_string())?;
+    let out = pool.install(|| {
+        let model = LoraModel::load(&ft.base_model, &lora, spec.seed, &candle_core::Device::Cpu)
+            .map_err(|e| e.to_string())?;
+        compute_inference::finetune::train(&model, &dataset, &params, cancel, |p: &Progress| {
+            ft.update(id, |r| {
+                r.step = p.step as u64;
+                r.total_steps = p.total_steps as u64;
+            });
+            ft.event(
+                id,
+                "info",
+                format!("step {}/{}: loss {:.4}", p.step, p.total_steps, p.loss),
+                Some(serde_json::json!({
+                    "step": p.step,
+                    "total_steps": p.total_steps,
+                    "epoch": p.epoch,
+                    "train_loss": p.loss,
+                    "tokens": p.tokens,
+                })),
+            );
+        })
+        .map_err(|e| e.to_string())
+    })?;
+    let adapter = out.adapter.to_safetensors();
+    let key = random_bytes();
+    let ciphertext = encrypt_adapter(&key, id, &adapter);
+    let hash = polkadot_sdk::sp_io::hashing::blake2_256(&ciphertext);
+    std::fs::create_dir_all(ft.jobs.dir(id)).map_err(|e| e.to_string())?;
+    files::write_atomic(&ft.jobs.adapter(id), &adapter).map_err(|e| e.to_string())?;
+    files::write_atomic(&ft.jobs.ciphertext(id), &ciphertext).map_err(|e| e.to_string())?;
+    ft.jobs.save_key(id, &key).map_err(|e| e.to_string())?;
+    ft.update(id, |r| {
+        r.stage = Stage::Trained;
+        r.trained_tokens = Some(out.stats.trained_tokens);
+        r.final_loss = Some(out.stats.final_loss);
+        r.adapter_hash = Some(hash);
+        r.adapter_len = Some(ciphertext.len() as u64);
+    });
+    Ok(())
+}
