@@ -333,6 +333,21 @@ impl<'a> Tuner<'a> {
         Ok(())
     }
 
+    /// Ask the provider to serve the paid job's adapter as a chat service; returns the job with
+    /// `fine_tuned_model` and `compute.service_id` set.
+    pub async fn deploy(&self, id: JobId) -> anyhow::Result<FineTuningJob> {
+        let resp = self
+            .sess
+            .http
+            .post(self.url(&format!("/v1/fine_tuning/jobs/{}/deploy", api::job_api_id(id))))
+            .header(wire::AUTH_HEADER, self.auth()?)
+            .timeout(self.sess.timeout.max(Duration::from_secs(300)))
+            .send()
+            .await
+            .with_context(|| format!("cannot reach the provider at {}", self.service.url))?;
+        self.answer(resp).await
+    }
+
     /// Take the job one step as far as the chain allows: acknowledge a checked delivery, open
     /// a revealed key.
     pub async fn advance(&self, id: JobId) -> anyhow::Result<Progress> {

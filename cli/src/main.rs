@@ -231,6 +231,9 @@ enum FinetuneCmd {
     Cancel { provider: String, job: u64 },
     /// Prove on chain that the revealed key does not open the adapter (reveals the job's key).
     Contest { provider: String, job: u64 },
+    /// Have PROVIDER serve the paid job's adapter as a chat service (its model name is printed;
+    /// chat with it like any model: `compute chat PROVIDER --service ID`).
+    Deploy { provider: String, job: u64 },
 }
 
 #[derive(Subcommand)]
@@ -771,7 +774,8 @@ async fn finetune(ctx: &Ctx, cmd: FinetuneCmd) -> anyhow::Result<()> {
         | FinetuneCmd::Ack { provider, .. }
         | FinetuneCmd::Wait { provider, .. }
         | FinetuneCmd::Cancel { provider, .. }
-        | FinetuneCmd::Contest { provider, .. } => provider.clone(),
+        | FinetuneCmd::Contest { provider, .. }
+        | FinetuneCmd::Deploy { provider, .. } => provider.clone(),
     };
     let sess = ctx.session(&provider)?;
     let service = match &cmd {
@@ -888,6 +892,15 @@ async fn finetune(ctx: &Ctx, cmd: FinetuneCmd) -> anyhow::Result<()> {
         FinetuneCmd::Cancel { job, .. } => {
             tuner.cancel(job).await?;
             ctx.out(json!({ "job": job, "cancelled": true }), format!("job {job} cancelled"));
+        }
+        FinetuneCmd::Deploy { job, .. } => {
+            let j = tuner.deploy(job).await?;
+            let model = j.fine_tuned_model.clone().unwrap_or_default();
+            let service = j.compute.service_id.unwrap_or_default();
+            ctx.out(
+                json!({ "job": job, "model": model, "service_id": service }),
+                format!("job {job} deployed: model `{model}`, service {service}"),
+            );
         }
         FinetuneCmd::Contest { job, .. } => {
             tuner.contest(job).await?;

@@ -735,5 +735,43 @@ fn a_finetuning_job_is_trained_delivered_and_paid_exactly() {
     let v: serde_json::Value = serde_json::from_str(out.trim()).unwrap();
     let losses = v["data"].as_array().unwrap().iter().filter(|e| e["type"] == "metrics").count();
     assert_eq!(losses, 12, "one metrics event per step: 6 examples × 2 epochs");
+
+    // Deployed as a chat service of Bob's, committing to the merged weights, paid like any chat.
+    let out =
+        ok(&within(charlie_cli(&["--json", "finetune", "deploy", BOB, &id.to_string()]), 300));
+    let v: serde_json::Value = serde_json::from_str(out.trim()).unwrap();
+    let service = v["service_id"].as_u64().unwrap() as u32;
+    assert_eq!(v["model"], format!("ft:SmolLM2-135M-Instruct.Q4_1:job-{id}"), "{v}");
+    let s = rt.block_on(chain.services_of(&bob)).unwrap();
+    let deployed = s.iter().find(|s| s.service_id == service).expect("registered on chain");
+    assert_eq!(deployed.kind, compute_primitives::ServiceKind::Chat);
+    let merged = dir.join("bob/finetune/jobs").join(id.to_string()).join("model.gguf");
+    let hash = compute_inference::weights::file_hash(&merged).unwrap();
+    assert_eq!(deployed.model_hash.0, hash, "the service commits to the merged file");
+    let sid = service.to_string();
+    let args = [
+        "--json",
+        "chat",
+        BOB,
+        "What is a zorblax?",
+        "--service",
+        &sid,
+        "--max-tokens",
+        "16",
+        "--temperature",
+        "0",
+        "--no-stream",
+    ];
+    let out = ok(&within(charlie_cli(&args), 120));
+    assert!(out.contains("\"fee\""), "a paid answer with a verified receipt: {out}");
+    let url = format!("http://127.0.0.1:{http}/v1/weights/0x{}", hex::encode(hash));
+    let got = Command::new("curl")
+        .args(["-s", "-o"])
+        .arg(dir.join("got.gguf"))
+        .arg(&url)
+        .status()
+        .unwrap();
+    assert!(got.success());
+    assert_eq!(compute_inference::weights::file_hash(&dir.join("got.gguf")).unwrap(), hash);
     let _ = std::fs::remove_dir_all(&dir);
 }

@@ -171,6 +171,8 @@ pub struct FineTuneConfig {
     pub max_files_per_user: usize,
     /// How often the job driver reads the chain, in milliseconds.
     pub tick_ms: u64,
+    /// Most adapters served as chat services at once (each is a model in memory).
+    pub max_deployed: usize,
 }
 
 impl Default for FineTuneConfig {
@@ -185,6 +187,7 @@ impl Default for FineTuneConfig {
             max_examples: 10_000,
             max_files_per_user: 8,
             tick_ms: 2_000,
+            max_deployed: 4,
         }
     }
 }

@@ -160,6 +160,8 @@ pub struct Worker {
     pub downloads: Arc<Semaphore>,
     /// Fine-tuning jobs, when a `fine_tune` service is configured.
     pub finetune: Option<Arc<crate::finetune::FineTuner>>,
+    /// Adapters deployed as chat services, by service id.
+    pub deployed: RwLock<HashMap<ServiceId, Arc<crate::finetune::deploy::DeployedModel>>>,
 }
 
 impl Worker {
@@ -307,7 +309,14 @@ impl Worker {
             releases: Mutex::new(Default::default()),
             downloads: Arc::new(Semaphore::new(crate::api::weights::MAX_DOWNLOADS)),
             finetune,
+            deployed: RwLock::new(HashMap::new()),
         });
+        if let Some(ft) = worker.finetune.clone() {
+            let w = worker.clone();
+            tokio::task::spawn_blocking(move || crate::finetune::deploy::reload(&w, &ft))
+                .await
+                .map_err(|e| StartError::Other(e.to_string()))??;
+        }
         worker.register_services().await?;
         worker.recover().await?;
         Ok(worker)
@@ -336,12 +345,22 @@ impl Worker {
         }
     }
 
-    /// The loaded weights whose hash is `hash`.
-    pub fn weights_by_hash(&self, hash: &H256) -> Option<&Weights> {
+    /// The loaded weights whose hash is `hash` (deployed adapters' included).
+    pub fn weights_by_hash(&self, hash: &H256) -> Option<Weights> {
         [ServiceKind::Chat, ServiceKind::Embedding]
             .into_iter()
             .filter_map(|k| self.weights(k))
             .find(|w| w.hash == *hash)
+            .cloned()
+            .or_else(|| crate::finetune::deploy::weights_by_hash(self, hash))
+    }
+
+    /// The weights serving a service of this provider.
+    pub fn weights_of(&self, service: ServiceId, kind: ServiceKind) -> Option<Weights> {
+        match crate::finetune::deploy::model_of(self, service) {
+            Some(m) => Some(m.weights.clone()),
+            None => self.weights(kind).cloned(),
+        }
     }
 
     /// Register the configured services that are missing on chain, update those whose terms
@@ -402,7 +421,7 @@ impl Worker {
     pub async fn refresh_services(&self) -> Result<(), ChainError> {
         let services = self.chain.services_of(&self.provider).await?;
         for s in &services {
-            let loaded = self.weights(s.kind).map_or_else(H256::zero, |w| w.hash);
+            let loaded = self.weights_of(s.service_id, s.kind).map_or_else(H256::zero, |w| w.hash);
             if s.model_hash != loaded {
                 // Receipts name the service's weights: every answer from now on can be
                 // challenged, and will be lost, for weights this worker does not run.

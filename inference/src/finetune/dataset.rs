@@ -365,7 +365,8 @@ mod tests {
             br#"{"messages":[{"role":"user","content":"hi"},{"role":"assistant","content":"yo"}]}"#;
         let d = Dataset::from_jsonl(jsonl, &tok, &bare(), &limits(64)).unwrap();
         let e = &d.examples[0];
-        // <|im_start|> u s e r \n h i <|im_end|> \n <|im_start|> a s s i s t a n t \n y o <|im_end|> \n
+        // <|im_start|> u s e r \n h i <|im_end|> \n
+        // <|im_start|> a s s i s t a n t \n y o <|im_end|> \n
         assert_eq!(e.tokens.len(), 1 + 4 + 1 + 2 + 1 + 1 + 1 + 9 + 1 + 2 + 1 + 1);
         let want: Vec<bool> = (0..e.tokens.len()).map(|i| (21..24).contains(&i)).collect();
         assert_eq!(e.mask, want);

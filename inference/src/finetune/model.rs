@@ -217,7 +217,7 @@ impl LoraModel {
         })
     }
 
-    /// `x · Wᵀ` (+ `scale · (x · Aᵀ) · Bᵀ` where targeted) for projection `t` of layer `l`.
+    /// `x · Wᵀ`, plus `scale · (x · Aᵀ) · Bᵀ` where targeted, for projection `t` of layer `l`.
     fn project(&self, l: usize, t: Target, x: &Tensor) -> Result<Tensor> {
         let base = ops::frozen_matmul(x, &self.layers[l].proj[t.index()])?;
         match &self.pairs[l][t.index()] {

@@ -140,7 +140,11 @@ pub async fn chat(
         w.metrics.rejected("overloaded");
         return Err(ApiError::overloaded());
     }
-    let engine = Arc::clone(&service.engine);
+    // A deployed adapter serves its own service; every other chat service is the base model.
+    let deployed = super::paid::voucher_of(&w, &headers)
+        .ok()
+        .and_then(|sv| crate::finetune::deploy::model_of(&w, sv.voucher.service_id));
+    let engine = deployed.map_or_else(|| Arc::clone(&service.engine), |m| m.engine.clone());
     let limit = service.max_tokens;
     let measure = |body: &[u8]| {
         let parsed = parse_chat(body, limit)?;

@@ -279,3 +279,34 @@ pub async fn adapter(
     let bytes = tokio::fs::read(ft.jobs.ciphertext(r.id)).await.map_err(ApiError::internal)?;
     Ok(([(header::CONTENT_TYPE, "application/octet-stream")], bytes).into_response())
 }
+
+/// `POST /v1/fine_tuning/jobs/{id}/deploy`: serve the paid job's adapter as a chat service of
+/// this provider (merged, loaded, registered on chain). Runs to the end whatever happens to the
+/// connection; asking again answers with the deployment made.
+pub async fn deploy(
+    State(w): State<Arc<Worker>>,
+    headers: HeaderMap,
+    Path(id): Path<String>,
+) -> Result<Response, ApiError> {
+    let ft = tuner(&w)?;
+    let user = authenticated(&w, &headers)?;
+    let r = job_of(&ft, &id, &user)?;
+    let w2 = w.clone();
+    let result = tokio::spawn(async move { crate::finetune::deploy::deploy(&w2, r.id).await })
+        .await
+        .map_err(ApiError::internal)?;
+    use crate::finetune::deploy::DeployError;
+    match result {
+        Ok(_) => {
+            let r = ft.record(r.id).ok_or_else(|| ApiError::not_found("no such job"))?;
+            Ok(Json(job_object(&w, &r)).into_response())
+        }
+        Err(e @ DeployError::NotPaid(_)) => {
+            Err(ApiError::new(StatusCode::CONFLICT, "not_paid", e.to_string()))
+        }
+        Err(e @ (DeployError::Full(_) | DeployError::NoServiceId)) => {
+            Err(ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "no_room", e.to_string()))
+        }
+        Err(DeployError::Failed(reason)) => Err(ApiError::internal(reason)),
+    }
+}

@@ -56,6 +56,7 @@ pub fn router(worker: Arc<Worker>) -> Router {
         .route("/v1/fine_tuning/jobs/{id}/events", get(finetune::events))
         .route("/v1/fine_tuning/jobs/{id}/cancel", post(finetune::cancel))
         .route("/v1/fine_tuning/jobs/{id}/adapter", get(finetune::adapter))
+        .route("/v1/fine_tuning/jobs/{id}/deploy", post(finetune::deploy))
         .fallback(|| async { error::ApiError::not_found("no such endpoint") })
         .with_state(worker)
 }

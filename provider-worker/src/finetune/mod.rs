@@ -4,6 +4,7 @@
 //! background task, so no job depends on a client's connection. Training runs on its own
 //! thread pool of `[finetune] threads` cores, one job at a time.
 
+pub mod deploy;
 pub mod files;
 pub mod record;
 
@@ -47,6 +48,8 @@ pub struct FineTuner {
     pub nudge: Notify,
     /// The job training now, and its cancel flag.
     training: Mutex<Option<(JobId, Arc<AtomicBool>)>>,
+    /// Held by a deployment (one at a time).
+    pub deploying: tokio::sync::Mutex<()>,
 }
 
 fn random_bytes() -> [u8; 32] {
@@ -85,6 +88,7 @@ impl FineTuner {
             records: Mutex::new(records),
             nudge: Notify::new(),
             training: Mutex::new(None),
+            deploying: tokio::sync::Mutex::new(()),
         }
     }
 
@@ -106,6 +110,11 @@ impl FineTuner {
     /// A job's record, if this worker knows the job.
     pub fn record(&self, id: JobId) -> Option<JobRecord> {
         self.records.lock().unwrap_or_else(|p| p.into_inner()).get(&id).cloned()
+    }
+
+    /// Every record, by id.
+    pub fn records(&self) -> Vec<JobRecord> {
+        self.records.lock().unwrap_or_else(|p| p.into_inner()).values().cloned().collect()
     }
 
     /// Change a job's record (and keep it on disk).
