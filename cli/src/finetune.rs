@@ -92,19 +92,24 @@ impl<'a> Tuner<'a> {
         serde_json::from_slice(&body).context("the provider's answer is malformed")
     }
 
-    /// Upload a dataset; the provider answers with its hash and token count.
+    /// Upload a dataset file; the provider answers with its hash and token count.
     pub async fn upload(&self, path: &Path) -> anyhow::Result<(FileObject, Vec<u8>)> {
         let data = std::fs::read(path).with_context(|| format!("reading {}", path.display()))?;
+        let name = path.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
+        let file = self.upload_bytes(&name, data.clone()).await?;
+        Ok((file, data))
+    }
+
+    /// Upload a dataset; the provider answers with its hash and token count, and with a
+    /// recount model (`--recount-model`) the count is checked.
+    pub async fn upload_bytes(&self, filename: &str, data: Vec<u8>) -> anyhow::Result<FileObject> {
         if data.len() > api::MAX_DATASET_BYTES {
-            bail!(
-                "{} is above the {} bytes a dataset may have",
-                path.display(),
-                api::MAX_DATASET_BYTES
-            );
+            bail!("a dataset is at most {} bytes", api::MAX_DATASET_BYTES);
         }
         let boundary = format!("compute-{}", files::random_hex(12)?);
-        let filename =
-            path.file_name().map(|n| n.to_string_lossy().replace('"', "")).unwrap_or_default();
+        let filename: String =
+            filename.chars().filter(|c| *c != '"' && !c.is_control()).take(128).collect();
+        let hash = polkadot_sdk::sp_io::hashing::blake2_256(&data);
         let body = build_multipart(
             &[
                 Part { name: "purpose".into(), filename: None, data: b"fine-tune".to_vec() },
@@ -124,11 +129,19 @@ impl<'a> Tuner<'a> {
             .await
             .with_context(|| format!("cannot reach the provider at {}", self.service.url))?;
         let file: FileObject = self.answer(resp).await?;
-        let hash = polkadot_sdk::sp_io::hashing::blake2_256(&data);
         if file.compute.hash != hex::encode(hash) {
             bail!("the provider reports another hash for the dataset than its bytes have");
         }
-        Ok((file, data))
+        if let Some(r) = &self.sess.recount {
+            let ours = r.dataset_tokens(&data, file.compute.max_seq_len as usize)?;
+            if ours != file.compute.tokens {
+                bail!(
+                    "the provider counts {} dataset tokens, the model's tokenizer {ours}",
+                    file.compute.tokens
+                );
+            }
+        }
+        Ok(file)
     }
 
     /// Create the job on chain for an uploaded dataset of `tokens` tokens and tell the provider;

@@ -10,6 +10,7 @@ mod kept;
 mod key;
 mod proxy;
 mod proxy_auth;
+mod proxy_finetune;
 mod recount;
 mod session;
 mod sse;
@@ -804,16 +805,8 @@ async fn finetune(ctx: &Ctx, cmd: FinetuneCmd) -> anyhow::Result<()> {
             if !(learning_rate > 0.0 && learning_rate <= 0.1) {
                 bail!("--learning-rate must be within (0, 0.1]");
             }
-            let (file, bytes) = tuner.upload(&data).await?;
+            let (file, _) = tuner.upload(&data).await?;
             let tokens = file.compute.tokens;
-            if let Some(r) = &sess.recount {
-                let ours = r.dataset_tokens(&bytes, file.compute.max_seq_len as usize)?;
-                if ours != tokens {
-                    bail!(
-                        "the provider counts {tokens} dataset tokens, the model's tokenizer {ours}"
-                    );
-                }
-            }
             let price = tuner.service.input_price;
             eprintln!(
                 "  {} examples, {tokens} tokens × {epochs} epochs × {} = {} reserved",
@@ -842,9 +835,30 @@ async fn finetune(ctx: &Ctx, cmd: FinetuneCmd) -> anyhow::Result<()> {
         FinetuneCmd::Status { job, .. } => {
             let on_chain = tuner.chain_job(job).await?;
             let j = tuner.status(job).await?;
-            let state = on_chain.map_or_else(|| "ended".to_string(), |c| format!("{:?}", c.state));
+            let chain = on_chain.as_ref().map(|c| {
+                let (state, fee) = match &c.state {
+                    compute_primitives::JobState::Created { .. } => ("created", None),
+                    compute_primitives::JobState::Accepted { .. } => ("accepted", None),
+                    compute_primitives::JobState::Delivered { fee, .. } => {
+                        ("delivered", Some(*fee))
+                    }
+                    compute_primitives::JobState::Acknowledged { fee, .. } => {
+                        ("acknowledged", Some(*fee))
+                    }
+                    compute_primitives::JobState::Revealed { fee, .. } => ("revealed", Some(*fee)),
+                };
+                json!({
+                    "state": state,
+                    "dataset_tokens": c.spec.dataset_tokens,
+                    "epochs": c.spec.epochs,
+                    "price": c.price.to_string(),
+                    "reserved": c.reserved.to_string(),
+                    "fee": fee.map(|f| f.to_string()),
+                })
+            });
+            let state = chain.as_ref().map_or("ended".to_string(), |c| c["state"].to_string());
             ctx.out(
-                json!({ "job": serde_json::to_value(&j)?, "chain": state }),
+                json!({ "job": serde_json::to_value(&j)?, "chain": chain }),
                 format!(
                     "job {job}: {:?}, stage {}, step {}/{}, trained tokens {}, final loss {}\non chain: {state}",
                     j.status,

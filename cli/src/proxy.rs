@@ -13,6 +13,7 @@
 
 use crate::{
     proxy_auth::{self, Access},
+    proxy_finetune as ft,
     session::{is_timeout, show, AnswerError, Session, Signed},
     sse::SseReader,
 };
@@ -39,11 +40,13 @@ use tokio::sync::{mpsc, Mutex};
 /// Largest request body accepted from local clients.
 const MAX_BODY: usize = 1 << 20;
 
-struct Proxy {
-    sess: Session,
+pub struct Proxy {
+    pub sess: Session,
     cap: Balance,
     /// Held from signing a voucher until its receipt is recorded.
     turn: Arc<Mutex<()>>,
+    /// Fine-tuning uploads and the jobs followed (`crate::proxy_finetune`).
+    pub finetune: crate::proxy_finetune::FineTuning,
 }
 
 /// Who may use the proxy (see [`crate::proxy_auth`]).
@@ -77,12 +80,22 @@ pub async fn serve(sess: Session, cap: Balance, opts: Options) -> anyhow::Result
     );
     announce_token(&token, written.as_deref(), opts.token_file.as_deref());
     let access = Arc::new(Access::new(token, local, opts.allow_remote, opts.allow_origins));
-    let state = Arc::new(Proxy { sess, cap, turn: Arc::new(Mutex::new(())) });
+    let state =
+        Arc::new(Proxy { sess, cap, turn: Arc::new(Mutex::new(())), finetune: Default::default() });
+    let upload_limit = compute_client::finetune_api::MAX_DATASET_BYTES + 64 * 1024;
     let app = Router::new()
         .route("/health", get(|| async { Json(json!({ "status": "ok" })) }))
         .route("/v1/models", get(models))
         .route("/v1/chat/completions", post(chat))
         .route("/v1/embeddings", post(embeddings))
+        .route(
+            "/v1/files",
+            post(ft::upload).layer(axum::extract::DefaultBodyLimit::max(upload_limit)),
+        )
+        .route("/v1/fine_tuning/jobs", post(ft::create))
+        .route("/v1/fine_tuning/jobs/{id}", get(ft::retrieve))
+        .route("/v1/fine_tuning/jobs/{id}/events", get(ft::events))
+        .route("/v1/fine_tuning/jobs/{id}/cancel", post(ft::cancel))
         .fallback(|| async { error(StatusCode::NOT_FOUND, "not_found", "no such endpoint".into()) })
         .layer(axum::extract::DefaultBodyLimit::max(MAX_BODY))
         .layer(axum::middleware::from_fn_with_state(access, proxy_auth::guard))
@@ -142,8 +155,10 @@ async fn models(State(p): State<Arc<Proxy>>) -> Response {
         Err(e) => return error(StatusCode::BAD_GATEWAY, "node_unreachable", e.to_string()),
     };
     list.sort_by_key(|s| s.service_id);
+    // Models to call: a fine-tuning service names the model it trains, not one to call.
     let data: Vec<Value> = list
         .iter()
+        .filter(|s| s.kind != compute_primitives::ServiceKind::FineTune)
         .map(|s| {
             json!({
                 "id": s.model, "object": "model", "created": 0, "owned_by": s.provider.to_string(),
@@ -198,7 +213,11 @@ async fn forward(p: Arc<Proxy>, body: Bytes, endpoint: Endpoint) -> Response {
     let Some(model) = request["model"].as_str() else {
         return error(StatusCode::BAD_REQUEST, "missing_model", "`model` is required".into());
     };
-    let svc = match p.sess.service(None, Some(model)).await {
+    let kind = match endpoint {
+        Endpoint::Chat => compute_primitives::ServiceKind::Chat,
+        Endpoint::Embeddings => compute_primitives::ServiceKind::Embedding,
+    };
+    let svc = match p.sess.service_named(model, kind).await {
         Ok(s) => s,
         Err(e) => return error(StatusCode::NOT_FOUND, "model_not_found", format!("{e:#}")),
     };

@@ -138,8 +138,10 @@ impl Access {
         }
     }
 
-    /// Every check but the origin's, in the order a refusal reports.
-    fn check_rest(&self, method: &Method, headers: &HeaderMap) -> Result<(), Refusal> {
+    /// Every check but the origin's, in the order a refusal reports. Uploads to `/v1/files` are
+    /// `multipart/form-data` as OpenAI's clients send them (the token still guards them: a
+    /// cross-site form cannot send it).
+    fn check_rest(&self, method: &Method, path: &str, headers: &HeaderMap) -> Result<(), Refusal> {
         let presented = headers
             .get(header::AUTHORIZATION)
             .and_then(|v| v.to_str().ok())
@@ -153,7 +155,8 @@ impl Access {
         if matches!(*method, Method::POST | Method::PUT | Method::PATCH) {
             let ct = headers.get(header::CONTENT_TYPE).and_then(|v| v.to_str().ok()).unwrap_or("");
             let media = ct.split(';').next().unwrap_or("").trim();
-            if !media.eq_ignore_ascii_case("application/json") {
+            let upload = path == "/v1/files" && media.eq_ignore_ascii_case("multipart/form-data");
+            if !media.eq_ignore_ascii_case("application/json") && !upload {
                 return Err(Refusal::ContentType(ct.to_string()));
             }
         }
@@ -169,7 +172,7 @@ impl Access {
             return Err(Refusal::Host(host.to_string()));
         }
         self.origin(headers)?;
-        self.check_rest(method, headers)
+        self.check_rest(method, "/v1/chat/completions", headers)
     }
 }
 
@@ -195,7 +198,7 @@ pub async fn guard(State(access): State<Arc<Access>>, req: Request, next: Next) 
     };
     let mut resp = if origin.is_some() && req.method() == Method::OPTIONS {
         StatusCode::NO_CONTENT.into_response()
-    } else if let Err(r) = access.check_rest(req.method(), req.headers()) {
+    } else if let Err(r) = access.check_rest(req.method(), req.uri().path(), req.headers()) {
         r.into_response()
     } else {
         next.run(req).await
@@ -393,6 +396,12 @@ mod tests {
         }
         let r = a.check(&Method::POST, &with(&[("content-type", None)]));
         assert_eq!(r, Err(Refusal::ContentType(String::new())));
+        // Only the upload route takes a form, and only with the token.
+        let form = with(&[("content-type", Some("multipart/form-data; boundary=x"))]);
+        assert_eq!(a.check_rest(&Method::POST, "/v1/files", &form), Ok(()));
+        let mut no_token = form.clone();
+        no_token.remove(header::AUTHORIZATION);
+        assert_eq!(a.check_rest(&Method::POST, "/v1/files", &no_token), Err(Refusal::NoToken));
         assert_eq!(Refusal::ContentType(String::new()).into_response().status(), 415);
     }
 

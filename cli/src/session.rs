@@ -125,6 +125,21 @@ impl Session {
         })
     }
 
+    /// The provider's service of `kind` serving `model` (a fine-tuning service names the model it
+    /// trains, so the name alone is not enough).
+    pub async fn service_named(
+        &self,
+        model: &str,
+        kind: ServiceKind,
+    ) -> anyhow::Result<ServiceInfo> {
+        let services = self.chain.services_of(&self.provider).await?;
+        if let Some(s) = services.iter().find(|s| s.model == model && s.kind == kind) {
+            return Ok(s.clone());
+        }
+        // The name alone, for the error that lists what is served.
+        self.service(None, Some(model)).await
+    }
+
     /// The provider's service `id`, else its first service of `kind`.
     pub async fn service_of_kind(
         &self,

@@ -276,8 +276,10 @@ impl Adapter {
             }
             ranges.push((start, end));
             let values: Vec<f32> = data[start..end]
-                .chunks_exact(4)
-                .map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]]))
+                .as_chunks::<4>()
+                .0
+                .iter()
+                .map(|c| f32::from_le_bytes(*c))
                 .collect();
             if values.iter().any(|v| !v.is_finite()) {
                 return Err(bad(format!("{name} holds a value that is not finite")));

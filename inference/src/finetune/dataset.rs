@@ -278,7 +278,7 @@ pub fn tokenize(
         if tokens.len() >= max_seq_len {
             break; // Nothing more would be kept.
         }
-        let learnt = k >= offset && conversation.trained[k - offset];
+        let learnt = k >= offset && conversation.trained.get(k - offset) == Some(&true);
         let mut body = ChatTemplate::turn_header(role);
         body.push_str(content);
         body.push_str(TURN_END);

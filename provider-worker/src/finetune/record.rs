@@ -58,6 +58,7 @@ impl Stage {
 pub struct JobRecord {
     pub id: JobId,
     pub user: AccountId,
+    #[serde(with = "hex32")]
     pub dataset_hash: [u8; 32],
     pub created_at: u64,
     pub stage: Stage,
@@ -68,6 +69,7 @@ pub struct JobRecord {
     pub total_steps: u64,
     pub trained_tokens: Option<u64>,
     pub final_loss: Option<f32>,
+    #[serde(with = "hex32_opt")]
     pub adapter_hash: Option<[u8; 32]>,
     pub adapter_len: Option<u64>,
     pub error: Option<String>,
@@ -184,5 +186,39 @@ impl JobDir {
 
     pub fn key(&self, id: JobId) -> Option<[u8; 32]> {
         std::fs::read(self.key_path(id)).ok()?.try_into().ok()
+    }
+}
+
+/// 32-byte hashes as hex in the record files.
+mod hex32 {
+    use serde::{de::Error, Deserialize, Deserializer, Serializer};
+
+    pub fn serialize<S: Serializer>(v: &[u8; 32], s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(&hex::encode(v))
+    }
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<[u8; 32], D::Error> {
+        let text = String::deserialize(d)?;
+        hex::decode(text)
+            .ok()
+            .and_then(|b| b.try_into().ok())
+            .ok_or_else(|| D::Error::custom("not 32 hex bytes"))
+    }
+}
+
+mod hex32_opt {
+    use serde::{Deserialize, Deserializer, Serializer};
+
+    pub fn serialize<S: Serializer>(v: &Option<[u8; 32]>, s: S) -> Result<S::Ok, S::Error> {
+        match v {
+            Some(h) => super::hex32::serialize(h, s),
+            None => s.serialize_none(),
+        }
+    }
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Option<[u8; 32]>, D::Error> {
+        #[derive(Deserialize)]
+        struct Wrap(#[serde(with = "super::hex32")] [u8; 32]);
+        Ok(Option::<Wrap>::deserialize(d)?.map(|w| w.0))
     }
 }
