@@ -158,8 +158,18 @@ impl<'a> Tuner<'a> {
         let user_key = public_key(&secret);
         let pending = self.root.join(format!("pending-{}", hex::encode(user_key)));
         files::write_private(&pending.join("secret"), &secret)?;
+        // The job names the price and delivery promise shown to the user: a change made ahead
+        // of the transaction fails it instead of charging more or delivering later.
+        let terms = self
+            .sess
+            .chain
+            .finetune_terms(&self.sess.provider, self.service.service_id)
+            .await?
+            .ok_or_else(|| anyhow!("the provider's fine-tuning service has no terms"))?;
         let spec = JobSpec {
             service_id: self.service.service_id,
+            price_version: self.service.price_version,
+            max_turnaround: terms.turnaround,
             dataset_hash: H256(hash),
             dataset_tokens: tokens,
             epochs: s.epochs,
@@ -272,6 +282,12 @@ impl<'a> Tuner<'a> {
             .with_context(|| format!("cannot reach the provider at {}", self.service.url))?;
         if !resp.status().is_success() {
             bail!("provider refused the download ({})", resp.status());
+        }
+        if delivery.adapter_len > api::MAX_ADAPTER_BYTES {
+            bail!(
+                "the provider committed to an adapter of {} bytes; do not acknowledge",
+                delivery.adapter_len
+            );
         }
         if resp.content_length().is_some_and(|n| n != delivery.adapter_len) {
             bail!("the provider sends another length than it committed to");

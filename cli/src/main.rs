@@ -802,8 +802,9 @@ async fn finetune(ctx: &Ctx, cmd: FinetuneCmd) -> anyhow::Result<()> {
         FinetuneCmd::Create {
             data, epochs, rank, learning_rate, seed, wait, wait_secs, ..
         } => {
-            if !(learning_rate > 0.0 && learning_rate <= 0.1) {
-                bail!("--learning-rate must be within (0, 0.1]");
+            let most = compute_client::finetune_api::MAX_LEARNING_RATE;
+            if !(learning_rate > 0.0 && learning_rate <= most) {
+                bail!("--learning-rate must be within (0, {most}]");
             }
             let (file, _) = tuner.upload(&data).await?;
             let tokens = file.compute.tokens;
@@ -812,7 +813,7 @@ async fn finetune(ctx: &Ctx, cmd: FinetuneCmd) -> anyhow::Result<()> {
                 "  {} examples, {tokens} tokens × {epochs} epochs × {} = {} reserved",
                 file.compute.examples,
                 show(price),
-                show(Balance::from(tokens) * Balance::from(epochs) * price)
+                show(Balance::from(tokens).saturating_mul(epochs.into()).saturating_mul(price))
             );
             let settings = Settings {
                 epochs,

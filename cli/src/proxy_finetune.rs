@@ -125,7 +125,7 @@ pub async fn create(State(p): State<Arc<Proxy>>, Json(req): Json<CreateJob>) -> 
         return error(StatusCode::BAD_REQUEST, "bad_hyperparameters", "numbers or `auto`".into());
     };
     let lr = BASE_LEARNING_RATE * multiplier;
-    if !(1.0..=1000.0).contains(&epochs) || !(lr > 0.0 && lr <= 0.1) {
+    if !(1.0..=1000.0).contains(&epochs) || !(lr > 0.0 && lr <= api::MAX_LEARNING_RATE) {
         return error(
             StatusCode::BAD_REQUEST,
             "bad_hyperparameters",

@@ -135,7 +135,6 @@ pub enum ComputeEvent {
         paid: Balance,
         penalty: Balance,
         to_user: Balance,
-        from_bond: Balance,
     },
     /// Any other compute event, by name.
     Other(String),
@@ -294,7 +293,6 @@ impl ComputeEvent {
                 paid: Decode::decode(f)?,
                 penalty: Decode::decode(f)?,
                 to_user: Decode::decode(f)?,
-                from_bond: Decode::decode(f)?,
             },
             other => ComputeEvent::Other(other.to_string()),
         })

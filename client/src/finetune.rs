@@ -3,12 +3,18 @@
 
 use crate::chain::{BlockNumber, Chain, ChainError, Scale, TxOutcome, Wait};
 use crate::keys::Signer;
-use crate::verification::{blake2_128_concat, prefix};
-use codec::Encode;
+use crate::verification::{blake2_128_concat, hex, prefix, ChangeSet};
+use codec::{Decode, Encode};
 use compute_primitives::{
     AccountId, Delivery, FineTuneTerms, Job, JobId, JobSpec, SealedKey, ServiceId,
 };
 use polkadot_sdk::sp_io::hashing::twox_64;
+use subxt::rpcs::rpc_params;
+
+/// Index keys read per page.
+const PAGE: u32 = 256;
+/// Most jobs of one provider listed.
+const MAX_LISTED: usize = 65_536;
 
 /// A job as stored.
 pub type OpenJob = Job<BlockNumber>;
@@ -98,9 +104,60 @@ impl Chain {
         self.decoded(&key).await
     }
 
-    /// Every job not yet ended (the first 4 096 by id).
-    pub async fn open_jobs(&self) -> Result<Vec<(JobId, OpenJob)>, ChainError> {
-        self.id_map("Jobs").await
+    /// Every job of `provider` not yet ended, by id, read through the chain's per-provider
+    /// index a page at a time (each page's jobs in one read).
+    pub async fn provider_jobs(
+        &self,
+        provider: &AccountId,
+    ) -> Result<Vec<(JobId, OpenJob)>, ChainError> {
+        const M: &str = "state_getKeysPaged";
+        const Q: &str = "state_queryStorageAt";
+        let base = [prefix("ProviderJobIds"), blake2_128_concat(&provider.encode())].concat();
+        let bad = |reason: String| ChainError::Decode { method: Q, reason };
+        let mut out = Vec::new();
+        let mut start: Option<String> = None;
+        loop {
+            let keys: Vec<String> =
+                self.call(M, rpc_params![hex(&base), PAGE, start.clone()]).await?;
+            let mut ids = Vec::with_capacity(keys.len());
+            for key in &keys {
+                let raw =
+                    ::hex::decode(key.trim_start_matches("0x")).map_err(|e| bad(e.to_string()))?;
+                // ... ++ twox64 (8) ++ id (8)
+                let id = raw
+                    .len()
+                    .checked_sub(8)
+                    .and_then(|at| JobId::decode(&mut &raw[at..]).ok())
+                    .ok_or_else(|| bad("job index key".into()))?;
+                ids.push(id);
+            }
+            if !ids.is_empty() {
+                let job_keys: Vec<String> = ids
+                    .iter()
+                    .map(|id| {
+                        let e = id.encode();
+                        hex(&[prefix("Jobs"), twox_64(&e).to_vec(), e].concat())
+                    })
+                    .collect();
+                let sets: Vec<ChangeSet> = self.call(Q, rpc_params![job_keys.clone()]).await?;
+                let values: std::collections::HashMap<String, Option<String>> =
+                    sets.into_iter().flat_map(|s| s.changes).collect();
+                for (id, key) in ids.iter().zip(&job_keys) {
+                    let Some(Some(value)) = values.get(key) else { continue };
+                    let bytes = ::hex::decode(value.trim_start_matches("0x"))
+                        .map_err(|e| bad(e.to_string()))?;
+                    out.push((
+                        *id,
+                        OpenJob::decode(&mut &bytes[..]).map_err(|e| bad(e.to_string()))?,
+                    ));
+                }
+            }
+            if keys.len() < PAGE as usize || out.len() >= MAX_LISTED {
+                out.sort_by_key(|(id, _)| *id);
+                return Ok(out);
+            }
+            start = keys.last().cloned();
+        }
     }
 
     /// The id the next job will get.

@@ -28,6 +28,13 @@ pub const ADAPTER_AAD_TAG: &[u8] = b"compute/finetune/adapter/v1";
 /// Largest dataset file a worker takes, in bytes.
 pub const MAX_DATASET_BYTES: usize = 16 << 20;
 
+/// Largest encrypted adapter a client downloads, in bytes (a rank-256 adapter of every
+/// projection of a 7B llama is about 640 MiB).
+pub const MAX_ADAPTER_BYTES: u64 = 1 << 30;
+
+/// Highest learning rate a job may ask for (workers refuse more).
+pub const MAX_LEARNING_RATE: f64 = 0.01;
+
 /// OpenAI's id of an uploaded file: `file-` and the hex blake2-256 of its bytes.
 pub fn file_id(hash: &[u8; 32]) -> String {
     format!("file-{}", hex::encode(hash))

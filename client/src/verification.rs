@@ -20,8 +20,8 @@ const MAX_LISTED: usize = 4_096;
 
 /// One block's values of the keys asked (`state_queryStorageAt`).
 #[derive(serde::Deserialize)]
-struct ChangeSet {
-    changes: Vec<(String, Option<String>)>,
+pub(crate) struct ChangeSet {
+    pub(crate) changes: Vec<(String, Option<String>)>,
 }
 
 pub(crate) fn prefix(item: &str) -> Vec<u8> {
@@ -32,7 +32,7 @@ pub(crate) fn blake2_128_concat(key: &[u8]) -> Vec<u8> {
     [blake2_128(key).as_slice(), key].concat()
 }
 
-fn hex(bytes: &[u8]) -> String {
+pub(crate) fn hex(bytes: &[u8]) -> String {
     format!("0x{}", hex::encode(bytes))
 }
 

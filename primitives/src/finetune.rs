@@ -64,6 +64,11 @@ pub struct FineTuneTerms {
 pub struct JobSpec {
     /// The fine-tuning service.
     pub service_id: ServiceId,
+    /// The service's `price_version` the user accepts: a price or model changed since (even by
+    /// a transaction ahead of this one) fails the creation.
+    pub price_version: u32,
+    /// Longest delivery promise (the service's `turnaround`) the user accepts, in blocks.
+    pub max_turnaround: u32,
     /// blake2-256 of the dataset file (OpenAI chat fine-tuning JSONL) the user uploads.
     pub dataset_hash: H256,
     /// The dataset's tokens with the base model's tokenizer; the provider checks it before
@@ -147,8 +152,8 @@ pub enum JobState<BlockNumber> {
     Delivered { delivery: Delivery, fee: Balance, ack_by: BlockNumber },
     /// Acknowledged; the provider reveals the key by `reveal_by`.
     Acknowledged { delivery: Delivery, fee: Balance, reveal_by: BlockNumber },
-    /// The key is revealed and the fee paid (held like any payment); the user may contest the
-    /// key until `contest_until`, after which the record can be removed.
+    /// The key is revealed; the fee stays in the job (its `reserved`) until `contest_until`,
+    /// while the user may contest the key, and is paid to the provider when the job completes.
     Revealed { delivery: Delivery, fee: Balance, key: SealedKey, contest_until: BlockNumber },
 }
 
@@ -162,8 +167,9 @@ pub struct Job<BlockNumber> {
     pub spec: JobSpec,
     /// Price per trained token, fixed at creation.
     pub price: Balance,
-    /// Taken from the user's escrow at creation (`trained_tokens × price`) and kept in the
-    /// escrow account for the job until it ends or pays.
+    /// Kept in the escrow account for the job: from creation, `dataset_tokens × epochs ×
+    /// price` taken from the user's escrow; from the reveal, the fee alone, paid to the provider
+    /// when the job completes.
     pub reserved: Balance,
     /// Delivery promise of the service at creation, in blocks from acceptance.
     pub turnaround: u32,
@@ -200,7 +206,7 @@ pub enum JobEnd {
     KeyWithheld,
     /// The revealed key did not open to the committed key: fee refunded, bond slashed.
     KeyContested,
-    /// The key was revealed and the contest window closed: the record is removed.
+    /// The key was revealed and the contest window closed: the fee is paid to the provider.
     Completed,
 }
 
@@ -281,6 +287,8 @@ mod tests {
     fn trained_tokens_and_fee_refuse_overflow() {
         let spec = JobSpec {
             service_id: 0,
+            price_version: 0,
+            max_turnaround: 1,
             dataset_hash: H256::zero(),
             dataset_tokens: u64::MAX,
             epochs: 2,

@@ -194,10 +194,11 @@ impl pallet_compute::Config for Runtime {
     type VerifierPenalty = VerifierPenalty;
     type AcceptWindow = ConstU32<HOURS>;
     type AckWindow = ConstU32<DAYS>;
-    type RevealWindow = ConstU32<HOURS>;
+    type RevealWindow = ConstU32<{ 6 * HOURS }>;
     type MaxJobsPerUser = ConstU32<16>;
     type LateDeliveryPenalty = LateDeliveryPenalty;
     type AbandonShare = AbandonShare;
     type KeySlash = KeySlash;
+    type MaxTurnaround = ConstU32<{ 30 * DAYS }>;
     type WeightInfo = pallet_compute::weights::SubstrateWeight<Runtime>;
 }

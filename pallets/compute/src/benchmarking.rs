@@ -246,6 +246,8 @@ fn finetune_parties<T: Config>() -> (AccountId32, AccountId32) {
 fn job_spec() -> JobSpec {
     JobSpec {
         service_id: 1,
+        price_version: 0,
+        max_turnaround: 100,
         dataset_hash: H256::repeat_byte(0xda),
         dataset_tokens: 1_000_000,
         epochs: 10,
@@ -592,11 +594,9 @@ mod benchmarks {
         assert!(matches!(Jobs::<T>::get(0).map(|j| j.state), Some(JobState::Acknowledged { .. })));
     }
 
-    /// The fee joins the younger held bucket of an escrow whose older one is in use.
     #[benchmark]
     fn reveal_key() {
-        let (user, p) = job_at::<T>(3);
-        hold_both::<T>(&user, &p, 1_000, now::<T>() + One::one());
+        let (_, p) = job_at::<T>(3);
         let user_key = compute_primitives::public_key(&JOB_SECRET);
         let sealed = compute_primitives::seal_key(0, &JOB_KEY, &[9; 32], &user_key);
         #[extrinsic_call]
@@ -604,16 +604,10 @@ mod benchmarks {
         assert!(matches!(Jobs::<T>::get(0).map(|j| j.state), Some(JobState::Revealed { .. })));
     }
 
-    /// Two X25519 operations, the slash's transfer and burn, and the refund taken from both
-    /// held buckets and the bond.
+    /// Two X25519 operations, the slash's transfer and burn, and the refund.
     #[benchmark]
     fn contest_key() {
-        let (user, p) = job_at::<T>(4);
-        Escrows::<T>::mutate(&user, &p, |e| {
-            let e = e.as_mut().expect("escrow exists");
-            // Both buckets locked, each too small: the rest of the refund comes from the bond.
-            (e.held, e.held_next, e.held_next_until) = (1, 1, e.held_until);
-        });
+        let (user, _) = job_at::<T>(4);
         #[extrinsic_call]
         _(RawOrigin::Signed(user), 0, JOB_SECRET);
         assert!(!Jobs::<T>::contains_key(0));

@@ -82,8 +82,17 @@ impl<T: Config> Pallet<T> {
         mut terms: Service,
     ) -> DispatchResult {
         let challenged = ProviderChallenges::<T>::get(&provider).open > 0;
+        let jobs_open = ProviderJobs::<T>::get(&provider) > 0;
         Services::<T>::try_mutate(&provider, service_id, |maybe| {
             let service = maybe.as_mut().ok_or(Error::<T>::ServiceNotFound)?;
+            // A fine-tuning service stays one while accepted jobs are open (it stays removable
+            // only once they end).
+            ensure!(
+                !jobs_open
+                    || service.kind != ServiceKind::FineTune
+                    || terms.kind == ServiceKind::FineTune,
+                Error::<T>::JobsOpen
+            );
             // The weights under challenge stay named, so verifiers can fetch them from the
             // service until every challenge against the provider has ended.
             ensure!(
@@ -302,7 +311,7 @@ impl<T: Config> Pallet<T> {
     /// Move `amount` of released earnings from the escrow account to `provider`, with an event.
     /// It cannot fail while the escrow account holds every escrow's balance and held payments
     /// (`try_state`); if it did, the call fails and nothing of it stays.
-    fn pay_out(provider: &T::AccountId, amount: Balance) -> DispatchResult {
+    pub(crate) fn pay_out(provider: &T::AccountId, amount: Balance) -> DispatchResult {
         if amount.is_zero() {
             return Ok(());
         }
@@ -336,7 +345,7 @@ impl<T: Config> Pallet<T> {
     /// Hold a new payment until `until`. Two buckets: a payment joins the younger one when the
     /// older is still locked, so a provider that settles an escrow often is paid at most two
     /// windows after settling, never later.
-    pub(crate) fn hold_payment(
+    fn hold_payment(
         escrow: &mut EscrowOf<T>,
         paid: Balance,
         until: BlockNumberFor<T>,

@@ -1,14 +1,16 @@
 //! The logic behind the fine-tuning calls (see `docs/finetune.md`). Every function here runs
 //! inside the call's transaction, so an `Err` leaves storage as it was.
 //!
-//! A job's funds stay in the escrow account throughout: `create_job` moves its price from the
-//! user's escrow balance to the job's `reserved`, and every ending moves `reserved` back to the
-//! escrow balance or, for what the provider earned, to the escrow's held payments (released to
-//! the provider like any settlement, after the dispute window). Penalties come out of the
-//! provider's bond: a share to the user (`DisputeReward`), the rest burned, so a provider
-//! running jobs for itself through another account loses what it moves.
+//! A job's funds stay in the escrow account, in the job's own `reserved`, apart from the
+//! escrow's balance and its held payments for inference: `create_job` moves the price there
+//! from the user's escrow balance; the reveal keeps the fee and puts the rest back; the fee
+//! goes to the provider when the contest window closes (or back to the user when the key is
+//! proven bad). So no job payment is ever within reach of an inference dispute or challenge,
+//! nor changes what they see as held. Penalties come out of the provider's bond: a share to the
+//! user (`DisputeReward`), the rest burned, so a provider running jobs for itself through
+//! another account loses what it moves.
 
-use crate::{dispatchable_impls::EscrowOf, pallet::*, types::*};
+use crate::{pallet::*, types::*};
 use polkadot_sdk::{
     frame_support::{ensure, pallet_prelude::*},
     frame_system::pallet_prelude::BlockNumberFor,
@@ -28,7 +30,6 @@ struct Outcome {
     paid: Balance,
     penalty: Balance,
     to_user: Balance,
-    from_bond: Balance,
 }
 
 impl<T: Config> Pallet<T> {
@@ -45,6 +46,7 @@ impl<T: Config> Pallet<T> {
             Error::<T>::EmptyTerms
         );
         ensure!(terms.turnaround > 0, Error::<T>::EmptyTerms);
+        ensure!(terms.turnaround <= T::MaxTurnaround::get(), Error::<T>::OutOfBounds);
         FineTuneOffers::<T>::insert(&provider, service_id, terms);
         Self::deposit_event(Event::FineTuneTermsSet { provider, service_id, terms });
         Ok(())
@@ -62,6 +64,8 @@ impl<T: Config> Pallet<T> {
         let terms = FineTuneOffers::<T>::get(&provider, spec.service_id)
             .ok_or(Error::<T>::NoFineTuneTerms)?;
         ensure!(Self::accepts_deposits(&provider), Error::<T>::ProviderNotBonded);
+        ensure!(spec.price_version == service.price_version, Error::<T>::PriceChanged);
+        ensure!(terms.turnaround <= spec.max_turnaround, Error::<T>::TurnaroundTooLong);
         ensure!(spec.dataset_tokens > 0, Error::<T>::EmptyDataset);
         ensure!(spec.dataset_tokens <= terms.max_dataset_tokens, Error::<T>::DatasetTooLarge);
         ensure!(spec.epochs > 0 && spec.epochs <= terms.max_epochs, Error::<T>::EpochsOutOfRange);
@@ -71,6 +75,7 @@ impl<T: Config> Pallet<T> {
 
         let tokens = spec.trained_tokens().ok_or(Error::<T>::Overflow)?;
         let reserved = job_fee(tokens, service.input_price).ok_or(Error::<T>::Overflow)?;
+        ensure!(!reserved.is_zero(), Error::<T>::FreeJob);
         let mut escrow = Escrows::<T>::get(&user, &provider).ok_or(Error::<T>::EscrowNotFound)?;
         ensure!(escrow.spendable() >= reserved, Error::<T>::InsufficientEscrow);
         escrow.balance = escrow.balance.saturating_sub(reserved);
@@ -94,6 +99,7 @@ impl<T: Config> Pallet<T> {
             },
         );
         UserJobs::<T>::insert(&user, open.saturating_add(1));
+        ProviderJobIds::<T>::insert(&provider, id, ());
         Self::deposit_event(Event::JobCreated {
             id,
             user,
@@ -187,8 +193,8 @@ impl<T: Config> Pallet<T> {
         Ok(())
     }
 
-    /// The key is revealed: the fee joins the escrow's held payments (so a contest can take
-    /// it back during the dispute window) and the rest of the reserve goes back to the escrow.
+    /// The key is revealed: the job keeps the fee (for the contest window) and the rest of the
+    /// reserve goes back to the escrow.
     pub(crate) fn do_reveal_key(
         provider: T::AccountId,
         id: JobId,
@@ -206,9 +212,8 @@ impl<T: Config> Pallet<T> {
             Escrows::<T>::get(&job.user, &provider).ok_or(Error::<T>::EscrowNotFound)?;
         let refunded = job.reserved.saturating_sub(fee);
         escrow.balance = escrow.balance.checked_add(refunded).ok_or(Error::<T>::Overflow)?;
-        Self::pay_job(&provider, &mut escrow, fee, contest_until)?;
         Escrows::<T>::insert(&job.user, &provider, escrow);
-        job.reserved = 0;
+        job.reserved = fee;
         job.state = JobState::Revealed { delivery, fee, key, contest_until };
         Jobs::<T>::insert(id, job);
         Self::deposit_event(Event::KeyRevealed {
@@ -222,22 +227,17 @@ impl<T: Config> Pallet<T> {
         Ok(())
     }
 
-    /// Add `fee` to the escrow's held payments until `until`, counted as the provider's
-    /// earnings, with the bond kept at least that long.
-    fn pay_job(
-        provider: &T::AccountId,
-        escrow: &mut EscrowOf<T>,
-        fee: Balance,
-        until: BlockNumberFor<T>,
-    ) -> DispatchResult {
-        if fee.is_zero() {
+    /// Pay `amount` of a job's reserve to its provider (counted as earned).
+    fn pay_provider(provider: &T::AccountId, amount: Balance) -> DispatchResult {
+        if amount.is_zero() {
             return Ok(());
         }
-        let mut info = Providers::<T>::get(provider).ok_or(Error::<T>::NotAProvider)?;
-        Self::hold_payment(escrow, fee, until).map_err(|_| Error::<T>::Overflow)?;
-        info.earned = info.earned.saturating_add(fee);
-        info.bond_locked_until = info.bond_locked_until.max(until);
-        Providers::<T>::insert(provider, info);
+        Self::pay_out(provider, amount)?;
+        Providers::<T>::mutate(provider, |p| {
+            if let Some(p) = p.as_mut() {
+                p.earned = p.earned.saturating_add(amount);
+            }
+        });
         Ok(())
     }
 
@@ -306,51 +306,39 @@ impl<T: Config> Pallet<T> {
     fn end_job(id: JobId, job: JobOf<T>, end: JobEnd) -> DispatchResult {
         let mut escrow =
             Escrows::<T>::get(&job.user, &job.provider).ok_or(Error::<T>::EscrowNotFound)?;
-        let now = Self::now();
         let mut out = Outcome::default();
         let committed = !matches!(job.state, JobState::Created { .. });
         match end {
-            JobEnd::Rejected | JobEnd::Cancelled | JobEnd::NotAccepted | JobEnd::Completed => {
+            JobEnd::Rejected | JobEnd::Cancelled | JobEnd::NotAccepted => {
                 out.refunded = job.reserved;
+            }
+            JobEnd::Completed => {
+                out.paid = job.reserved;
+                Self::pay_provider(&job.provider, out.paid)?;
             }
             JobEnd::Abandoned => {
                 out.paid = T::AbandonShare::get().mul_floor(Self::priced(&job)).min(job.reserved);
                 out.refunded = job.reserved.saturating_sub(out.paid);
-                let until = now.saturating_add(DisputeWindow::<T>::get());
-                Self::pay_job(&job.provider, &mut escrow, out.paid, until)?;
+                Self::pay_provider(&job.provider, out.paid)?;
             }
             JobEnd::NotDelivered => {
                 out.refunded = job.reserved;
                 let penalty = T::LateDeliveryPenalty::get().mul_floor(job.reserved);
                 (out.penalty, out.to_user) = Self::penalize(&job, penalty)?;
             }
-            JobEnd::KeyWithheld => {
+            JobEnd::KeyWithheld | JobEnd::KeyContested => {
+                // The reserve is whole (withheld) or the fee kept since the reveal (contested):
+                // it all goes back.
                 out.refunded = job.reserved;
                 let slash = Self::key_slash(Self::priced(&job));
                 (out.penalty, out.to_user) = Self::penalize(&job, slash)?;
-            }
-            JobEnd::KeyContested => {
-                // The fee was paid on reveal: it comes back from the payments still locked,
-                // else from the bond after the slash (slashing first, so a provider contesting
-                // its own key through another account cannot move its bond out as a refund).
-                let fee = Self::priced(&job);
-                let slash = Self::key_slash(fee);
-                (out.penalty, out.to_user) = Self::penalize(&job, slash)?;
-                let from_held = Self::take_locked(&mut escrow, fee, now);
-                let mut info =
-                    Providers::<T>::get(&job.provider).ok_or(Error::<T>::NotAProvider)?;
-                let from_bond = fee.saturating_sub(from_held).min(info.bond);
-                Self::move_bond(&job.provider, &Self::escrow_account(), from_bond, &mut info)?;
-                info.earned = info.earned.saturating_sub(from_held.saturating_add(from_bond));
-                Providers::<T>::insert(&job.provider, info);
-                out.refunded = from_held.saturating_add(from_bond);
-                out.from_bond = from_bond;
             }
         }
         escrow.balance = escrow.balance.checked_add(out.refunded).ok_or(Error::<T>::Overflow)?;
         Escrows::<T>::insert(&job.user, &job.provider, escrow);
 
         Jobs::<T>::remove(id);
+        ProviderJobIds::<T>::remove(&job.provider, id);
         UserJobs::<T>::mutate_exists(&job.user, |n| {
             *n = n.map(|n| n.saturating_sub(1)).filter(|n| *n > 0);
         });
@@ -368,7 +356,6 @@ impl<T: Config> Pallet<T> {
             paid: out.paid,
             penalty: out.penalty,
             to_user: out.to_user,
-            from_bond: out.from_bond,
         });
         Ok(())
     }
@@ -390,8 +377,9 @@ impl<T: Config> Pallet<T> {
         Ok((penalty, to_user))
     }
 
-    /// The job invariants: each user's and provider's open-job counts match the jobs stored,
-    /// and only jobs not yet paid reserve funds.
+    /// The job invariants: each user's and provider's open-job counts and the providers' job
+    /// index match the jobs stored, and a revealed job keeps exactly its fee. Returns the sum
+    /// of the jobs' reserves.
     #[cfg(any(feature = "try-runtime", test))]
     pub fn do_try_state_jobs() -> Result<Balance, polkadot_sdk::sp_runtime::TryRuntimeError> {
         use alloc::collections::BTreeMap;
@@ -406,9 +394,13 @@ impl<T: Config> Pallet<T> {
             if !matches!(job.state, JobState::Created { .. }) {
                 *providers.entry(job.provider.clone()).or_default() += 1;
             }
-            if matches!(job.state, JobState::Revealed { .. }) {
-                ensure!(job.reserved.is_zero(), "a paid job still reserves funds");
+            if let JobState::Revealed { fee, .. } = job.state {
+                ensure!(job.reserved == fee, "a revealed job keeps other than its fee");
             }
+            ensure!(
+                ProviderJobIds::<T>::contains_key(&job.provider, id),
+                "a job missing from its provider's index"
+            );
             reserved = reserved.checked_add(job.reserved).ok_or("job reserves overflow")?;
         }
         for (user, n) in UserJobs::<T>::iter() {
@@ -422,6 +414,9 @@ impl<T: Config> Pallet<T> {
             );
         }
         ensure!(providers.is_empty(), "accepted jobs of a provider without a job count");
+        for (_, id, ()) in ProviderJobIds::<T>::iter() {
+            ensure!(Jobs::<T>::contains_key(id), "an index entry of an ended job");
+        }
         Ok(reserved)
     }
 }

@@ -211,6 +211,10 @@ pub mod pallet {
         #[pallet::constant]
         type KeySlash: Get<FixedU128>;
 
+        /// Longest delivery promise (`FineTuneTerms::turnaround`) a service may make, in blocks.
+        #[pallet::constant]
+        type MaxTurnaround: Get<u32>;
+
         /// Weights of this pallet's calls.
         type WeightInfo: WeightInfo;
     }
@@ -301,6 +305,12 @@ pub mod pallet {
     /// Jobs each user has open, at most `MaxJobsPerUser`.
     #[pallet::storage]
     pub type UserJobs<T: Config> = StorageMap<_, Blake2_128Concat, T::AccountId, u32, ValueQuery>;
+
+    /// Each provider's jobs not yet ended, whatever their state: what a provider's worker reads
+    /// to find its jobs.
+    #[pallet::storage]
+    pub type ProviderJobIds<T: Config> =
+        StorageDoubleMap<_, Blake2_128Concat, T::AccountId, Twox64Concat, JobId, ()>;
 
     /// Accepted jobs each provider has not yet ended: its fine-tuning services and its bond
     /// stay while there are any.
@@ -655,8 +665,8 @@ pub mod pallet {
             /// Last block in which the provider can reveal the key.
             reveal_by: BlockNumberFor<T>,
         },
-        /// A provider revealed a job's key, sealed to the user; the fee was paid (held until
-        /// `contest_until`).
+        /// A provider revealed a job's key, sealed to the user; the job keeps the fee until
+        /// `contest_until`, then pays it to the provider.
         KeyRevealed {
             /// The job.
             id: JobId,
@@ -664,7 +674,7 @@ pub mod pallet {
             ephemeral: [u8; 32],
             /// The adapter key sealed to the user's job key.
             sealed: [u8; 32],
-            /// Paid to the provider's held payments.
+            /// Kept by the job for the provider.
             fee: Balance,
             /// Rest of the reserve put back onto the escrow.
             refunded: Balance,
@@ -683,15 +693,13 @@ pub mod pallet {
             end: JobEnd,
             /// Put back onto the user's escrow.
             refunded: Balance,
-            /// Paid to the provider's held payments (abandoned jobs).
+            /// Paid to the provider (completed and abandoned jobs; its `EarningsReleased` event
+            /// follows).
             paid: Balance,
             /// Taken from the provider's bond.
             penalty: Balance,
             /// Part of the penalty paid to the user; the rest was burned.
             to_user: Balance,
-            /// Part of `refunded` taken from the bond, the fee being released already
-            /// (contested keys).
-            from_bond: Balance,
         },
         /// Root set the refund lock.
         RefundLockSet {
@@ -851,6 +859,12 @@ pub mod pallet {
         KeyOpens,
         /// Accepted fine-tuning jobs of the provider have not ended yet.
         JobsOpen,
+        /// The service's prices or model changed since the `price_version` the job names.
+        PriceChanged,
+        /// The service promises delivery later than the job's `max_turnaround`.
+        TurnaroundTooLong,
+        /// The job would cost nothing: a service priced at zero takes no jobs.
+        FreeJob,
     }
 
     #[pallet::hooks]
@@ -908,6 +922,7 @@ pub mod pallet {
             assert!(T::AckWindow::get() > Zero::zero(), "AckWindow must be positive");
             assert!(T::RevealWindow::get() > Zero::zero(), "RevealWindow must be positive");
             assert!(T::MaxJobsPerUser::get() > 0, "MaxJobsPerUser must be positive");
+            assert!(T::MaxTurnaround::get() > 0, "MaxTurnaround must be positive");
             assert!(
                 T::AbandonShare::get() < Perbill::one(),
                 "AbandonShare must stay below one whole: a user walking away would pay in full"
@@ -1105,7 +1120,6 @@ pub mod pallet {
             Self::do_close_challenge(id)
         }
 
-        /// Set the refund lock, within `[MinRefundLock, MaxRefundLock]`.
         /// Set the fine-tuning terms of one of the caller's `FineTune` services. Jobs already
         /// created keep the terms they were created on.
         #[pallet::call_index(19)]
@@ -1203,6 +1217,7 @@ pub mod pallet {
             Self::do_expire_job(id)
         }
 
+        /// Set the refund lock, within `[MinRefundLock, MaxRefundLock]`.
         #[pallet::call_index(10)]
         #[pallet::weight(T::WeightInfo::set_refund_lock())]
         pub fn set_refund_lock(origin: OriginFor<T>, blocks: BlockNumberFor<T>) -> DispatchResult {

@@ -110,6 +110,7 @@ impl pallet_compute::Config for Test {
     type LateDeliveryPenalty = LateDeliveryPenalty;
     type AbandonShare = AbandonShare;
     type KeySlash = KeySlash;
+    type MaxTurnaround = ConstU32<1_000>;
     type WeightInfo = ();
 }
 

@@ -141,9 +141,17 @@ pub async fn chat(
         return Err(ApiError::overloaded());
     }
     // A deployed adapter serves its own service; every other chat service is the base model.
-    let deployed = super::paid::voucher_of(&w, &headers)
-        .ok()
-        .and_then(|sv| crate::finetune::deploy::model_of(&w, sv.voucher.service_id));
+    // A deployed adapter's service whose model is not loaded is refused, never served by the
+    // base model under receipts naming the adapter's weights.
+    let asked = super::paid::voucher_of(&w, &headers).ok().map(|sv| sv.voucher.service_id);
+    let deployed = asked.and_then(|s| crate::finetune::deploy::model_of(&w, s));
+    if deployed.is_none() && asked.is_some_and(|s| crate::finetune::deploy::is_deployed(&w, s)) {
+        return Err(ApiError::new(
+            axum::http::StatusCode::SERVICE_UNAVAILABLE,
+            "model_unavailable",
+            "this fine-tuned model is not loaded on this worker",
+        ));
+    }
     let engine = deployed.map_or_else(|| Arc::clone(&service.engine), |m| m.engine.clone());
     let limit = service.max_tokens;
     let measure = |body: &[u8]| {

@@ -43,10 +43,12 @@ pub async fn upload(
 ) -> Result<Response, ApiError> {
     let ft = tuner(&w)?;
     let user = authenticated(&w, &headers)?;
-    // Only users with an escrow here keep files on this disk.
+    // A few uploads at once: each is buffered and tokenized.
+    let _place = ft.uploads.clone().try_acquire_owned().map_err(|_| ApiError::overloaded())?;
+    // Only users with a funded escrow here keep files on this disk.
     match w.escrow(&user).await {
-        Ok(Some(_)) => {}
-        Ok(None) => {
+        Ok(Some(e)) if e.spendable() > 0 => {}
+        Ok(_) => {
             return Err(ApiError::new(
                 StatusCode::PAYMENT_REQUIRED,
                 "no_escrow",
@@ -248,8 +250,9 @@ pub async fn events(
     Ok(Json(EventList { object: "list".into(), data, has_more }).into_response())
 }
 
-/// `POST /v1/fine_tuning/jobs/{id}/cancel`: stop training. The job ends on chain with the
-/// user's `cancel_job`; this only saves the provider's cores.
+/// `POST /v1/fine_tuning/jobs/{id}/cancel`: stop training once the job is cancelled on chain
+/// (the user's `cancel_job`). While the chain still expects a delivery, training goes on: a
+/// stop asked over HTTP alone would leave the provider to pay for a late delivery.
 pub async fn cancel(
     State(w): State<Arc<Worker>>,
     headers: HeaderMap,
@@ -258,6 +261,18 @@ pub async fn cancel(
     let ft = tuner(&w)?;
     let user = authenticated(&w, &headers)?;
     let r = job_of(&ft, &id, &user)?;
+    let on_chain = w
+        .chain
+        .job(r.id)
+        .await
+        .map_err(|e| ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "chain", e.to_string()))?;
+    if on_chain.is_some_and(|j| matches!(j.state, compute_primitives::JobState::Accepted { .. })) {
+        return Err(ApiError::new(
+            StatusCode::CONFLICT,
+            "cancel_on_chain",
+            "cancel the job on chain (`cancel_job`) first; training stops when the chain ends it",
+        ));
+    }
     ft.cancel_training(r.id);
     ft.nudge.notify_one();
     Ok(Json(job_object(&w, &r)).into_response())
@@ -275,7 +290,8 @@ pub async fn adapter(
     if r.adapter_hash.is_none() {
         return Err(ApiError::new(StatusCode::CONFLICT, "not_trained", "no adapter yet"));
     }
-    let _place = w.downloads.clone().try_acquire_owned().map_err(|_| ApiError::overloaded())?;
+    // Places of their own: weight downloads by strangers cannot hold them.
+    let _place = ft.downloads.clone().try_acquire_owned().map_err(|_| ApiError::overloaded())?;
     let bytes = tokio::fs::read(ft.jobs.ciphertext(r.id)).await.map_err(ApiError::internal)?;
     Ok(([(header::CONTENT_TYPE, "application/octet-stream")], bytes).into_response())
 }

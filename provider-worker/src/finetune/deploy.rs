@@ -19,6 +19,8 @@ use std::{path::PathBuf, sync::Arc};
 
 /// Service ids of deployed adapters start here (a provider's own services use lower ones).
 pub const FIRST_DEPLOYED_ID: ServiceId = 100;
+/// Adapters one user may have deployed at once.
+pub const PER_USER: usize = 2;
 
 /// A deployed adapter's model.
 pub struct DeployedModel {
@@ -33,7 +35,9 @@ pub struct DeployedModel {
 pub enum DeployError {
     #[error("job {0} is not paid yet: its adapter is deployed once the key is revealed")]
     NotPaid(JobId),
-    #[error("{0} adapters are deployed already, the most this worker serves")]
+    #[error(
+        "{0} adapters are deployed already, the most this worker serves (or this user may have)"
+    )]
     Full(usize),
     #[error("the chain allows no more services for this provider")]
     NoServiceId,
@@ -83,6 +87,10 @@ pub async fn deploy(w: &Arc<Worker>, id: JobId) -> Result<ServiceId, DeployError
     let count = w.deployed.read().unwrap_or_else(|p| p.into_inner()).len();
     if count >= ft.config.max_deployed {
         return Err(DeployError::Full(count));
+    }
+    let mine = ft.records().iter().filter(|o| o.user == r.user && o.service_id.is_some()).count();
+    if mine >= PER_USER {
+        return Err(DeployError::Full(mine));
     }
     let (w2, ft2) = (w.clone(), ft.clone());
     let model = tokio::task::spawn_blocking(move || load(&w2, &ft2, id))
@@ -140,6 +148,11 @@ pub fn reload(w: &Worker, ft: &FineTuner) -> Result<(), StartError> {
         }
     }
     Ok(())
+}
+
+/// Whether `service` is a deployed adapter's (loaded or not).
+pub fn is_deployed(w: &Worker, service: ServiceId) -> bool {
+    w.finetune.as_ref().is_some_and(|ft| ft.records().iter().any(|r| r.service_id == Some(service)))
 }
 
 /// The deployed model serving `service`, if any.

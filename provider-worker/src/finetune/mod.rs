@@ -31,6 +31,8 @@ use tokio::sync::Notify;
 
 /// LoRA alpha per unit of rank: the update is scaled by `alpha / rank = 2`.
 const ALPHA_PER_RANK: f32 = 2.0;
+/// Highest learning rate taken, in millionths (0.01).
+pub const MAX_LEARNING_RATE: u32 = 10_000;
 
 /// The fine-tuning side of a worker.
 pub struct FineTuner {
@@ -50,6 +52,10 @@ pub struct FineTuner {
     training: Mutex<Option<(JobId, Arc<AtomicBool>)>>,
     /// Held by a deployment (one at a time).
     pub deploying: tokio::sync::Mutex<()>,
+    /// Places for dataset uploads (each buffered and tokenized).
+    pub uploads: Arc<tokio::sync::Semaphore>,
+    /// Places for encrypted-adapter downloads.
+    pub downloads: Arc<tokio::sync::Semaphore>,
 }
 
 fn random_bytes() -> [u8; 32] {
@@ -89,6 +95,8 @@ impl FineTuner {
             nudge: Notify::new(),
             training: Mutex::new(None),
             deploying: tokio::sync::Mutex::new(()),
+            uploads: Arc::new(tokio::sync::Semaphore::new(2)),
+            downloads: Arc::new(tokio::sync::Semaphore::new(4)),
         }
     }
 
@@ -172,10 +180,39 @@ pub fn spawn_driver(w: Arc<Worker>) {
     });
 }
 
-/// One pass over the chain's jobs of this provider.
+/// Longest a job transaction may take from submission to finality before the pass moves on
+/// (the next pass reads the chain again).
+const TX_TIMEOUT: Duration = Duration::from_secs(120);
+/// Training attempts of one job (each after a failure halves the learning rate).
+const ATTEMPTS: u32 = 3;
+
+/// Submit a job transaction, bounded by [`TX_TIMEOUT`].
+async fn submit<F, T>(what: &str, tx: F) -> Result<T, ChainError>
+where
+    F: std::future::Future<Output = Result<T, ChainError>>,
+{
+    tokio::time::timeout(TX_TIMEOUT, tx).await.map_err(|_| ChainError::Transaction {
+        call: "job step",
+        reason: format!("{what} not final within {} s", TX_TIMEOUT.as_secs()),
+    })?
+}
+
+/// How urgent a job's next step is: what pays or what a deadline penalizes comes first.
+fn urgency(job: &OpenJob) -> u8 {
+    match job.state {
+        JobState::Acknowledged { .. } => 0,
+        JobState::Accepted { .. } => 1,
+        JobState::Revealed { .. } => 2,
+        JobState::Delivered { .. } => 3,
+        JobState::Created { .. } => 4,
+    }
+}
+
+/// One pass over this provider's jobs on chain, the most urgent first.
 async fn drive(w: &Arc<Worker>, ft: &Arc<FineTuner>) -> Result<(), ChainError> {
-    let open: Vec<(JobId, OpenJob)> =
-        w.chain.open_jobs().await?.into_iter().filter(|(_, j)| j.provider == w.provider).collect();
+    let mut open = w.chain.provider_jobs(&w.provider).await?;
+    open.sort_by_key(|(id, job)| (urgency(job), *id));
+    let now = w.chain.block_number(None).await?;
     for (id, job) in &open {
         if ft.record(*id).is_none() {
             let r = JobRecord {
@@ -196,6 +233,7 @@ async fn drive(w: &Arc<Worker>, ft: &Arc<FineTuner>) -> Result<(), ChainError> {
                 finished_at: None,
                 events: 0,
                 service_id: None,
+                attempts: 0,
             };
             if let Err(e) = ft.jobs.save(&r) {
                 tracing::error!(job = id, error = %e, "cannot save the job record");
@@ -203,12 +241,12 @@ async fn drive(w: &Arc<Worker>, ft: &Arc<FineTuner>) -> Result<(), ChainError> {
             ft.records.lock().unwrap_or_else(|p| p.into_inner()).insert(*id, r);
             ft.event(*id, "info", format!("job {id} seen on chain"), None);
         }
-        if let Err(e) = step(w, ft, *id, job).await {
+        if let Err(e) = step(w, ft, *id, job, now).await {
             tracing::warn!(job = id, error = %e, "fine-tuning step failed; retrying next pass");
         }
     }
-    // Jobs this worker follows that ended on chain before paying.
-    let ended: Vec<JobId> = ft
+    // Jobs this worker follows that are not listed: ended on chain, if the chain says so.
+    let missing: Vec<JobId> = ft
         .records
         .lock()
         .unwrap_or_else(|p| p.into_inner())
@@ -216,7 +254,10 @@ async fn drive(w: &Arc<Worker>, ft: &Arc<FineTuner>) -> Result<(), ChainError> {
         .filter(|r| !r.stage.is_final() && !open.iter().any(|(id, _)| *id == r.id))
         .map(|r| r.id)
         .collect();
-    for id in ended {
+    for id in missing {
+        if w.chain.job(id).await?.is_some() {
+            continue;
+        }
         ft.cancel_training(id);
         ft.update(id, |r| {
             r.stage = Stage::Cancelled;
@@ -227,28 +268,43 @@ async fn drive(w: &Arc<Worker>, ft: &Arc<FineTuner>) -> Result<(), ChainError> {
     Ok(())
 }
 
-/// What the chain state of one job asks of this worker.
+/// Whether a job this worker accepted is still to be trained or delivered.
+fn busy(ft: &FineTuner) -> bool {
+    ft.records
+        .lock()
+        .unwrap_or_else(|p| p.into_inner())
+        .values()
+        .any(|r| matches!(r.stage, Stage::Accepted | Stage::Training | Stage::Trained))
+}
+
+/// What the chain state of one job asks of this worker at block `now`.
 async fn step(
     w: &Arc<Worker>,
     ft: &Arc<FineTuner>,
     id: JobId,
     job: &OpenJob,
+    now: u32,
 ) -> Result<(), ChainError> {
     let Some(r) = ft.record(id) else { return Ok(()) };
     match (&job.state, r.stage) {
-        (JobState::Created { .. }, Stage::WaitingForFile) => {
+        (JobState::Created { accept_by }, Stage::WaitingForFile) => {
+            // Accepted only when the trainer has nothing queued, so a job's turnaround starts
+            // when its training can; others wait for their acceptance window.
+            if now >= *accept_by || busy(ft) {
+                return Ok(());
+            }
             let Some(meta) = ft.files.get(&job.user, &job.spec.dataset_hash.0) else {
                 return Ok(()); // the user uploads it next
             };
             match check_spec(ft, &job.spec, meta.tokens) {
                 Ok(()) => {
-                    w.chain.accept_job(&w.signer, id).await?;
+                    submit("accept_job", w.chain.accept_job(&w.signer, id)).await?;
                     ft.update(id, |r| r.stage = Stage::Accepted);
                     ft.event(id, "info", "accepted on chain".into(), None);
                     ft.nudge.notify_one();
                 }
                 Err(reason) => {
-                    w.chain.reject_job(&w.signer, id).await?;
+                    submit("reject_job", w.chain.reject_job(&w.signer, id)).await?;
                     ft.update(id, |r| {
                         r.stage = Stage::Rejected;
                         r.error = Some(reason.clone());
@@ -258,45 +314,68 @@ async fn step(
                 }
             }
         }
-        (JobState::Accepted { .. }, Stage::WaitingForFile | Stage::Accepted) => {
+        (
+            JobState::Accepted { .. },
+            Stage::WaitingForFile | Stage::Accepted | Stage::Cancelled | Stage::Failed,
+        ) => {
+            // A training stopped or failed while the chain still expects a delivery: again,
+            // with a lower learning rate after a failure, a bounded number of times.
+            if r.stage == Stage::Failed && r.attempts >= ATTEMPTS {
+                return Ok(());
+            }
             ft.update(id, |r| r.stage = Stage::Accepted);
             start_training(w, ft, id, job);
         }
-        (JobState::Accepted { .. }, Stage::Trained) => {
+        (JobState::Accepted { deliver_by }, Stage::Trained) if now <= *deliver_by => {
             let (Some(key), Some(r)) = (ft.jobs.key(id), ft.record(id)) else {
                 // The key was lost: train again.
                 ft.update(id, |r| r.stage = Stage::Accepted);
                 return Ok(());
             };
+            let most = job.spec.trained_tokens().unwrap_or_default();
             let delivery = Delivery {
                 adapter_hash: H256(r.adapter_hash.unwrap_or_default()),
                 adapter_len: r.adapter_len.unwrap_or_default(),
                 key_hash: key_hash(&key),
-                trained_tokens: r.trained_tokens.unwrap_or_default(),
+                trained_tokens: r.trained_tokens.unwrap_or_default().min(most),
                 final_loss: (r.final_loss.unwrap_or_default().max(0.0) * 1000.0) as u32,
             };
-            w.chain.deliver(&w.signer, id, delivery).await?;
+            submit("deliver", w.chain.deliver(&w.signer, id, delivery)).await?;
             ft.update(id, |r| r.stage = Stage::Delivered);
             ft.event(id, "info", "delivered on chain".into(), None);
         }
-        (JobState::Acknowledged { .. }, Stage::Delivered | Stage::Trained) => {
+        (JobState::Acknowledged { reveal_by, .. }, Stage::Delivered | Stage::Trained)
+            if now <= *reveal_by =>
+        {
             let Some(key) = ft.jobs.key(id) else {
                 tracing::error!(job = id, "the key of an acknowledged job is lost");
                 return Ok(());
             };
             let sealed = seal_key(id, &key, &random_bytes(), &job.spec.user_key);
-            w.chain.reveal_key(&w.signer, id, sealed).await?;
+            submit("reveal_key", w.chain.reveal_key(&w.signer, id, sealed)).await?;
             ft.update(id, |r| {
                 r.stage = Stage::Revealed;
                 r.finished_at = Some(crate::store::now());
             });
-            ft.event(id, "info", "key revealed on chain; the job is paid".into(), None);
+            ft.event(
+                id,
+                "info",
+                "key revealed on chain; the fee is paid after the contest window".into(),
+                None,
+            );
         }
-        (JobState::Revealed { .. }, s) if s != Stage::Revealed => {
-            ft.update(id, |r| {
-                r.stage = Stage::Revealed;
-                r.finished_at.get_or_insert(crate::store::now());
-            });
+        (JobState::Revealed { contest_until, .. }, _) => {
+            if r.stage != Stage::Revealed {
+                ft.update(id, |r| {
+                    r.stage = Stage::Revealed;
+                    r.finished_at.get_or_insert(crate::store::now());
+                });
+            }
+            // The contest window closed: collect the fee.
+            if now >= *contest_until {
+                submit("expire_job", w.chain.expire_job(&w.signer, id)).await?;
+                ft.event(id, "info", "contest window closed; the fee is paid".into(), None);
+            }
         }
         _ => {}
     }
@@ -321,8 +400,8 @@ fn check_spec(ft: &FineTuner, spec: &JobSpec, tokens: u64) -> Result<(), String>
     if spec.epochs > c.max_epochs || spec.rank > c.max_rank || tokens > c.max_dataset_tokens {
         return Err("the job is outside this worker's terms".into());
     }
-    if spec.learning_rate == 0 || spec.learning_rate > 100_000 {
-        return Err("learning rate outside (0, 0.1]".into());
+    if spec.learning_rate == 0 || spec.learning_rate > MAX_LEARNING_RATE {
+        return Err(format!("learning rate outside (0, {}]", f64::from(MAX_LEARNING_RATE) / 1e6));
     }
     Ok(())
 }
@@ -341,7 +420,8 @@ fn start_training(w: &Arc<Worker>, ft: &Arc<FineTuner>, id: JobId, job: &OpenJob
     ft.event(id, "info", "training started".into(), None);
     let (ft2, w2, spec, user) = (ft.clone(), w.clone(), job.spec, job.user.clone());
     let spawned = std::thread::Builder::new().name(format!("finetune-{id}")).spawn(move || {
-        let result = train_job(&ft2, id, &user, &spec, &cancel);
+        let attempt = ft2.record(id).map_or(0, |r| r.attempts);
+        let result = train_job(&ft2, id, &user, &spec, attempt, &cancel);
         *ft2.training.lock().unwrap_or_else(|p| p.into_inner()) = None;
         match result {
             Ok(()) => ft2.event(id, "info", "trained and encrypted".into(), None),
@@ -350,7 +430,9 @@ fn start_training(w: &Arc<Worker>, ft: &Arc<FineTuner>, id: JobId, job: &OpenJob
                 ft2.update(id, |r| {
                     r.stage = if cancelled { Stage::Cancelled } else { Stage::Failed };
                     r.error = Some(reason.clone());
-                    r.finished_at = Some(crate::store::now());
+                    if !cancelled {
+                        r.attempts += 1;
+                    }
                 });
                 ft2.event(id, "error", format!("training stopped: {reason}"), None);
             }
@@ -372,6 +454,7 @@ fn train_job(
     id: JobId,
     user: &compute_primitives::AccountId,
     spec: &JobSpec,
+    attempt: u32,
     cancel: &AtomicBool,
 ) -> Result<(), String> {
     let data = std::fs::read(ft.files.data_path(user, &spec.dataset_hash.0))
@@ -382,7 +465,8 @@ fn train_job(
         .map_err(|e| e.to_string())?;
     let params = TrainParams {
         epochs: spec.epochs as usize,
-        lr: f64::from(spec.learning_rate) / 1e6,
+        // Each retry after a failure (a diverging loss) halves the rate.
+        lr: f64::from(spec.learning_rate) / 1e6 / f64::from(1u32 << attempt.min(8)),
         seed: spec.seed,
         ..TrainParams::default()
     };

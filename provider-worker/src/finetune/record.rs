@@ -28,7 +28,7 @@ pub enum Stage {
     Rejected,
     /// Ended on chain before delivery (cancelled or expired).
     Cancelled,
-    /// Training failed for the reason in `error`.
+    /// Training failed for the reason in `error` (retried while the chain expects delivery).
     Failed,
 }
 
@@ -78,6 +78,9 @@ pub struct JobRecord {
     pub events: u64,
     /// The chat service serving the adapter, once deployed.
     pub service_id: Option<u32>,
+    /// Training attempts that failed.
+    #[serde(default)]
+    pub attempts: u32,
 }
 
 /// The jobs directory.

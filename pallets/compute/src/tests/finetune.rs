@@ -36,6 +36,8 @@ fn offer() {
 fn spec(tokens: u64, epochs: u32) -> JobSpec {
     JobSpec {
         service_id: SERVICE,
+        price_version: 0,
+        max_turnaround: 20,
         dataset_hash: H256::repeat_byte(0xda),
         dataset_tokens: tokens,
         epochs,
@@ -205,12 +207,11 @@ fn the_whole_exchange_pays_exactly_trained_tokens_times_price() {
         let sealed = seal_key(id, &KEY, &[9; 32], &public_key(&USER_SECRET));
         let before = escrow(Alice, Bob).balance;
         assert_ok!(Compute::reveal_key(bob.clone(), id, sealed));
-        // 190 × 3 = 570 held for Bob, the other 30 of the 600 back on the escrow.
+        // 190 × 3 = 570 kept by the job for Bob, the other 30 of the 600 back on the escrow;
+        // nothing joins the escrow's held payments for inference.
         let e = escrow(Alice, Bob);
-        assert_eq!(e.balance, before + 30);
-        assert_eq!(e.held, 570);
-        assert_eq!(provider_info(Bob).earned, 570);
-        assert_eq!(provider_info(Bob).bond_locked_until, System::block_number() + DISPUTE_WINDOW);
+        assert_eq!((e.balance, e.held, e.held_next), (before + 30, 0, 0));
+        assert_eq!(Jobs::<Test>::get(id).unwrap().reserved, 570);
         // The user opens the key from the chain.
         let JobState::Revealed { key, contest_until, .. } = state(id) else { panic!() };
         assert_eq!(unseal_key(id, &key, &USER_SECRET), KEY);
@@ -219,16 +220,79 @@ fn the_whole_exchange_pays_exactly_trained_tokens_times_price() {
 
         assert_noop!(Compute::expire_job(alice.clone(), id), Error::<Test>::DeadlineNotReached);
         run_to(contest_until);
+        let free_bob = free(Bob);
         assert_ok!(Compute::expire_job(RuntimeOrigin::signed(account(Charlie)), id));
+        assert!(matches!(
+            ended(id),
+            Event::JobEnded { end: JobEnd::Completed, paid: 570, refunded: 0, .. }
+        ));
+        assert_eq!(free(Bob), free_bob + 570);
+        assert_eq!(provider_info(Bob).earned, 570);
         assert!(Jobs::<Test>::get(id).is_none());
+        assert!(ProviderJobIds::<Test>::get(account(Bob), id).is_none());
         assert_eq!(UserJobs::<Test>::get(account(Alice)), 0);
         assert_eq!(ProviderJobs::<Test>::get(account(Bob)), 0);
-        let free_bob = free(Bob);
-        assert_ok!(Compute::release(bob, vec![account(Alice)].try_into().unwrap()));
-        assert_eq!(free(Bob), free_bob + 570);
         assert_eq!(escrow(Alice, Bob).balance, 10_000 - 570);
         assert_eq!(issuance(), issued);
         Compute::do_try_state().unwrap();
+    });
+}
+
+#[test]
+fn a_job_names_the_price_and_turnaround_its_user_accepted() {
+    new_test_ext().execute_with(|| {
+        offer();
+        let bob = RuntimeOrigin::signed(account(Bob));
+        let alice = RuntimeOrigin::signed(account(Alice));
+        // The provider raises its price just ahead of the user's transaction.
+        assert_ok!(Compute::update_service(
+            bob.clone(),
+            SERVICE,
+            terms(
+                ServiceKind::FineTune,
+                "SmolLM2-135M-Instruct",
+                "http://w",
+                PRICE * 10,
+                0,
+                "none"
+            )
+        ));
+        assert_noop!(
+            Compute::create_job(alice.clone(), account(Bob), spec(10, 1)),
+            Error::<Test>::PriceChanged
+        );
+        assert_ok!(Compute::create_job(
+            alice.clone(),
+            account(Bob),
+            JobSpec { price_version: 1, ..spec(10, 1) }
+        ));
+        // Or promises a later delivery.
+        let slow = FineTuneTerms { turnaround: 21, ..ft_terms() };
+        assert_ok!(Compute::set_finetune_terms(bob.clone(), SERVICE, slow));
+        assert_noop!(
+            Compute::create_job(
+                alice.clone(),
+                account(Bob),
+                JobSpec { price_version: 1, ..spec(10, 1) }
+            ),
+            Error::<Test>::TurnaroundTooLong
+        );
+        let endless = FineTuneTerms { turnaround: 1_001, ..ft_terms() };
+        assert_noop!(
+            Compute::set_finetune_terms(bob.clone(), SERVICE, endless),
+            Error::<Test>::OutOfBounds
+        );
+        // A free service takes no jobs.
+        assert_ok!(Compute::update_service(
+            bob.clone(),
+            SERVICE,
+            terms(ServiceKind::FineTune, "SmolLM2-135M-Instruct", "http://w", 0, 0, "none")
+        ));
+        assert_ok!(Compute::set_finetune_terms(bob, SERVICE, ft_terms()));
+        assert_noop!(
+            Compute::create_job(alice, account(Bob), JobSpec { price_version: 2, ..spec(10, 1) }),
+            Error::<Test>::FreeJob
+        );
     });
 }
 
@@ -353,12 +417,13 @@ fn walking_away_pays_the_provider_the_abandonment_share() {
         assert_ok!(Compute::accept_job(bob.clone(), id));
         assert_ok!(Compute::deliver(bob.clone(), id, delivery(200)));
         run_to(1 + ACK_WINDOW + 1);
+        let free_bob = free(Bob);
         assert_ok!(Compute::expire_job(bob.clone(), id));
         assert!(matches!(
             ended(id),
             Event::JobEnded { end: JobEnd::Abandoned, refunded: 480, paid: 120, penalty: 0, .. }
         ));
-        assert_eq!(escrow(Alice, Bob).held, 120);
+        assert_eq!(free(Bob), free_bob + 120, "paid at once");
         assert_eq!(escrow(Alice, Bob).balance, 10_000 - 120);
 
         // Cancelled after acceptance: 20 % of the reserve.
@@ -422,7 +487,7 @@ fn a_key_that_does_not_open_is_proven_with_the_job_secret() {
         // Sealed to the wrong job: it opens to something else for this one.
         let bad = seal_key(id + 1, &KEY, &[9; 32], &public_key(&USER_SECRET));
         assert_ok!(Compute::reveal_key(bob.clone(), id, bad));
-        assert_eq!(escrow(Alice, Bob).held, 300);
+        assert_eq!(Jobs::<Test>::get(id).unwrap().reserved, 300);
         let (bond, alice_free) = (provider_info(Bob).bond, free(Alice));
         assert_noop!(
             Compute::contest_key(alice.clone(), id, [6; 32]),
@@ -440,7 +505,6 @@ fn a_key_that_does_not_open_is_proven_with_the_job_secret() {
                 refunded: 300,
                 penalty: 600,
                 to_user: 300,
-                from_bond: 0,
                 ..
             }
         ));
@@ -455,7 +519,7 @@ fn a_key_that_does_not_open_is_proven_with_the_job_secret() {
 }
 
 #[test]
-fn a_contest_after_the_window_fails_and_one_after_release_comes_from_the_bond() {
+fn a_contest_after_the_window_fails_and_the_fee_is_the_providers() {
     new_test_ext().execute_with(|| {
         offer();
         let id = acknowledged();
@@ -464,29 +528,45 @@ fn a_contest_after_the_window_fails_and_one_after_release_comes_from_the_bond() 
         let bad = seal_key(id + 1, &KEY, &[9; 32], &public_key(&USER_SECRET));
         assert_ok!(Compute::reveal_key(bob.clone(), id, bad));
         let JobState::Revealed { contest_until, .. } = state(id) else { panic!() };
+        // Root shortening the dispute window changes nothing for a revealed job.
+        assert_ok!(Compute::set_dispute_window(RuntimeOrigin::root(), 1));
+        run_to(contest_until - 1);
+        assert_noop!(Compute::expire_job(bob.clone(), id), Error::<Test>::DeadlineNotReached);
         run_to(contest_until);
         assert_noop!(
             Compute::contest_key(alice.clone(), id, USER_SECRET),
             Error::<Test>::DeadlinePassed
         );
+        let free_bob = free(Bob);
+        assert_ok!(Compute::expire_job(bob, id));
+        assert_eq!(free(Bob), free_bob + 300);
+        Compute::do_try_state().unwrap();
+    });
+}
 
-        // Root shortened the window after a reveal: the payment was released before the
-        // contest closed, so the refund comes from the bond after the slash.
-        let id = acknowledged();
-        let bad = seal_key(id + 1, &KEY, &[9; 32], &public_key(&USER_SECRET));
-        assert_ok!(Compute::reveal_key(bob.clone(), id, bad));
-        let mut e = escrow(Alice, Bob);
-        e.held_next_until = System::block_number();
-        e.held_until = System::block_number();
-        Escrows::<Test>::insert(account(Alice), account(Bob), e);
-        let bond = provider_info(Bob).bond;
-        assert_ok!(Compute::release(bob, vec![account(Alice)].try_into().unwrap()));
-        assert_ok!(Compute::contest_key(alice, id, USER_SECRET));
-        assert!(matches!(
-            ended(id),
-            Event::JobEnded { end: JobEnd::KeyContested, refunded: 300, from_bond: 300, .. }
+#[test]
+fn job_payments_never_reach_inference_disputes() {
+    new_test_ext().execute_with(|| {
+        // Bob serves chat too: Alice's settled inference is disputable while held, and a job's
+        // fee, kept by the job, neither extends nor feeds that.
+        offer();
+        register(Bob, 0);
+        settle(Bob, vec![claim(Alice, Bob, 1, 0, 100, 100)]);
+        run_to(1 + DISPUTE_WINDOW);
+        assert_ok!(Compute::release(
+            RuntimeOrigin::signed(account(Bob)),
+            vec![account(Alice)].try_into().unwrap()
         ));
-        assert_eq!(provider_info(Bob).bond, bond - 600 - 300);
+        let id = acknowledged();
+        let sealed = seal_key(id, &KEY, &[9; 32], &public_key(&USER_SECRET));
+        assert_ok!(Compute::reveal_key(RuntimeOrigin::signed(account(Bob)), id, sealed));
+        // An old receipt of the released settlement: nothing is locked for it.
+        let r = signed_receipt(receipt(Alice, Bob, 1, 10, 10), Bob);
+        assert_noop!(
+            Compute::dispute(RuntimeOrigin::signed(account(Alice)), account(Bob), r),
+            Error::<Test>::DisputeWindowClosed
+        );
+        assert_eq!(escrow(Alice, Bob).locked(System::block_number()), 0);
         Compute::do_try_state().unwrap();
     });
 }

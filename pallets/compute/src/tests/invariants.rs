@@ -499,7 +499,7 @@ impl Model {
                             self.jobs.insert(*id, *reserved);
                         }
                         Event::KeyRevealed { id, fee, refunded, .. } => {
-                            let reserved = self.jobs.insert(*id, 0).expect("created");
+                            let reserved = self.jobs.insert(*id, *fee).expect("created");
                             assert_eq!(
                                 fee + refunded,
                                 reserved,
@@ -515,24 +515,21 @@ impl Model {
                             paid,
                             penalty,
                             to_user,
-                            from_bond,
                         } => {
                             let reserved = self.jobs.remove(id).expect("created");
-                            if !matches!(end, JobEnd::KeyContested | JobEnd::Completed) {
-                                assert_eq!(
-                                    refunded + paid,
-                                    reserved,
-                                    "an ending moved other than the reserve"
-                                );
-                            } else {
-                                assert_eq!(*paid, 0);
+                            assert_eq!(
+                                refunded + paid,
+                                reserved,
+                                "an ending moved other than the reserve"
+                            );
+                            if matches!(end, JobEnd::KeyContested) {
+                                assert_eq!(*paid, 0, "a contested key pays nothing");
                             }
                             assert!(*to_user <= *penalty);
-                            self.books.entry(provider.clone()).or_default().bond -=
-                                penalty + from_bond;
+                            // What is paid comes with its `EarningsReleased` event.
+                            self.books.entry(provider.clone()).or_default().bond -= penalty;
                             self.books.entry(user.clone()).or_default().free += to_user;
                             self.issuance -= penalty - to_user;
-                            self.escrow_account += from_bond;
                         }
                         Event::Voted { id, verifier, vote } => {
                             self.votes.entry(*id).or_default().push((verifier.clone(), *vote));
@@ -829,6 +826,8 @@ fn apply(action: &Action, m: &mut Model) {
         Action::CreateJob { user, provider, tokens, epochs } => {
             let spec = JobSpec {
                 service_id: FT_SERVICE,
+                price_version: 0,
+                max_turnaround: 10,
                 dataset_hash: H256::repeat_byte(1),
                 dataset_tokens: tokens,
                 epochs,
@@ -927,6 +926,7 @@ fn check(m: &mut Model, events: &[Event<Test>]) -> Result<(), TestCaseError> {
         prop_assert!(job.reserved <= asked);
         if let JobState::Revealed { fee, delivery, .. } = job.state {
             prop_assert_eq!(fee, delivery.trained_tokens as Balance * job.price);
+            prop_assert_eq!(job.reserved, fee);
             prop_assert!(fee <= asked);
         }
     }
