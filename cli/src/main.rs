@@ -749,22 +749,6 @@ async fn dispute(ctx: &Ctx, provider: &AccountId) -> anyhow::Result<()> {
     Ok(())
 }
 
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn amounts() {
-        assert_eq!(parse_amount("5").unwrap(), 5);
-        assert_eq!(parse_amount("1unit").unwrap(), UNIT);
-        assert_eq!(parse_amount("0.5unit").unwrap(), UNIT / 2);
-        assert_eq!(parse_amount(".001UNIT").unwrap(), UNIT / 1000);
-        assert!(parse_amount("1.0000000000001unit").is_err());
-        assert!(parse_amount("lots").is_err());
-        assert_eq!(show(1_500_000_000_000), "1.500000000000 unit");
-    }
-}
-
 async fn finetune(ctx: &Ctx, cmd: FinetuneCmd) -> anyhow::Result<()> {
     use finetune::{Progress, Settings, Tuner};
     let provider = match &cmd {
@@ -926,4 +910,20 @@ async fn finetune(ctx: &Ctx, cmd: FinetuneCmd) -> anyhow::Result<()> {
         }
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn amounts() {
+        assert_eq!(parse_amount("5").unwrap(), 5);
+        assert_eq!(parse_amount("1unit").unwrap(), UNIT);
+        assert_eq!(parse_amount("0.5unit").unwrap(), UNIT / 2);
+        assert_eq!(parse_amount(".001UNIT").unwrap(), UNIT / 1000);
+        assert!(parse_amount("1.0000000000001unit").is_err());
+        assert!(parse_amount("lots").is_err());
+        assert_eq!(show(1_500_000_000_000), "1.500000000000 unit");
+    }
 }
