@@ -193,7 +193,7 @@ enum FinetuneCmd {
         /// LoRA rank.
         #[arg(long, default_value_t = 8)]
         rank: u32,
-        #[arg(long, default_value_t = 0.002)]
+        #[arg(long, default_value_t = 0.001)]
         learning_rate: f64,
         #[arg(long, default_value_t = 0)]
         seed: u64,

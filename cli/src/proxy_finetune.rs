@@ -34,7 +34,7 @@ use std::{
 };
 
 /// Base learning rate that OpenAI's `learning_rate_multiplier` scales.
-pub const BASE_LEARNING_RATE: f64 = 2e-3;
+pub const BASE_LEARNING_RATE: f64 = 1e-3;
 /// LoRA rank of jobs created through the proxy.
 pub const RANK: u32 = 8;
 /// Longest the proxy follows a job.
