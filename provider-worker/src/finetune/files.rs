@@ -10,6 +10,7 @@ use std::path::{Path, PathBuf};
 /// What is known of an uploaded file.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 pub struct FileMeta {
+    #[serde(with = "super::record::hex32")]
     pub hash: [u8; 32],
     pub filename: String,
     pub bytes: u64,

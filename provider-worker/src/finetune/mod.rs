@@ -154,6 +154,23 @@ impl FineTuner {
             .any(|r| &r.user == user && &r.dataset_hash == hash && !r.stage.is_final())
     }
 
+    /// Forget jobs that ended more than [`KEEP_ENDED`] ago and serve nothing: their records
+    /// and files (a flood of jobs cannot fill the disk for good).
+    pub fn prune(&self, now: u64) {
+        let mut records = self.records.lock().unwrap_or_else(|p| p.into_inner());
+        let old: Vec<JobId> = records
+            .values()
+            .filter(|r| r.stage.is_final() && r.service_id.is_none())
+            .filter(|r| r.finished_at.is_some_and(|at| now.saturating_sub(at) > KEEP_ENDED))
+            .map(|r| r.id)
+            .collect();
+        for id in old {
+            if std::fs::remove_dir_all(self.jobs.dir(id)).is_ok() {
+                records.remove(&id);
+            }
+        }
+    }
+
     /// Stop the training of `id`, if it is training.
     pub fn cancel_training(&self, id: JobId) {
         if let Some((training, flag)) =
@@ -185,6 +202,8 @@ pub fn spawn_driver(w: Arc<Worker>) {
 const TX_TIMEOUT: Duration = Duration::from_secs(120);
 /// Training attempts of one job (each after a failure halves the learning rate).
 const ATTEMPTS: u32 = 3;
+/// Ended jobs' files are kept this long (seconds), then removed; deployed ones are kept.
+const KEEP_ENDED: u64 = 30 * 24 * 3600;
 
 /// Submit a job transaction, bounded by [`TX_TIMEOUT`].
 async fn submit<F, T>(what: &str, tx: F) -> Result<T, ChainError>
@@ -265,6 +284,7 @@ async fn drive(w: &Arc<Worker>, ft: &Arc<FineTuner>) -> Result<(), ChainError> {
         });
         ft.event(id, "warn", "the job ended on chain (cancelled or expired)".into(), None);
     }
+    ft.prune(crate::store::now());
     Ok(())
 }
 

@@ -193,7 +193,7 @@ impl JobDir {
 }
 
 /// 32-byte hashes as hex in the record files.
-mod hex32 {
+pub(crate) mod hex32 {
     use serde::{de::Error, Deserialize, Deserializer, Serializer};
 
     pub fn serialize<S: Serializer>(v: &[u8; 32], s: S) -> Result<S::Ok, S::Error> {
