@@ -602,7 +602,10 @@ fn a_substitute_model_loses_its_challenge_and_an_honest_one_survives() {
 /// job created on chain reserves tokens × epochs × price, Bob's worker accepts, trains,
 /// delivers the encrypted adapter; the CLI checks it against the commitment, acknowledges,
 /// opens the sealed key and decrypts. The fee is exactly trained tokens × price, kept by the
-/// job for the contest window; the rest of the reserve is back on the escrow.
+/// job for the contest window; the rest of the reserve is back on the escrow. The adapter is
+/// deployed and paid for like any chat. Two more jobs: the second waits unaccepted while the
+/// first trains; stopping the first over HTTP alone is refused; cancelling it on chain pays Bob
+/// the abandonment share, stops its training and lets the second be accepted.
 #[test]
 fn a_finetuning_job_is_trained_delivered_and_paid_exactly() {
     use compute_client::Chain;
@@ -773,5 +776,55 @@ fn a_finetuning_job_is_trained_delivered_and_paid_exactly() {
         .unwrap();
     assert!(got.success());
     assert_eq!(compute_inference::weights::file_hash(&dir.join("got.gguf")).unwrap(), hash);
+
+    // Two more jobs at once: the worker accepts the second only when the first is trained.
+    let create = || {
+        let args = ["--json", "finetune", "create", BOB, data.to_str().unwrap(), "--epochs", "2"];
+        let out = ok(&within(charlie_cli(&args), 120));
+        let v: serde_json::Value = serde_json::from_str(out.trim()).unwrap();
+        v["compute"]["job_id"].as_u64().unwrap()
+    };
+    let (b, c) = (create(), create());
+    let stage = |id: u64| {
+        let out = within(charlie_cli(&["--json", "finetune", "status", BOB, &id.to_string()]), 60);
+        let v: serde_json::Value =
+            serde_json::from_str(String::from_utf8_lossy(&out.stdout).trim()).unwrap_or_default();
+        v["job"]["compute"]["stage"].as_str().unwrap_or_default().to_string()
+    };
+    while stage(b) != "training" {
+        assert!(Instant::now() < deadline + Duration::from_secs(600), "job {b} never trained");
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    let state = |id| rt.block_on(chain.job(id)).unwrap().map(|j| j.state);
+    assert!(matches!(state(c), Some(JobState::Created { .. })), "queued, not accepted");
+    // Stopping training over HTTP alone is refused while the chain expects a delivery.
+    let charlie_key = compute_client::Signer::from_uri("//Charlie").unwrap();
+    let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_secs();
+    let auth = compute_client::wire::SignedAuth::new(
+        &charlie_key,
+        bob.clone(),
+        now,
+        &chain.genesis_hash(),
+    );
+    let url = format!("http://127.0.0.1:{http}/v1/fine_tuning/jobs/ftjob-{b}/cancel");
+    let header =
+        format!("{}: {}", compute_client::wire::AUTH_HEADER, compute_client::wire::to_hex(&auth));
+    let out =
+        Command::new("curl").args(["-s", "-X", "POST", "-H", &header, &url]).output().unwrap();
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(v["error"]["code"], "cancel_on_chain", "{v}");
+    // Cancelled on chain after acceptance: Bob keeps the abandonment share, training stops and
+    // the queued job is accepted.
+    let reserve = rt.block_on(chain.job(b)).unwrap().unwrap().reserved;
+    let balance = || rt.block_on(chain.escrow(&charlie, &bob, None)).unwrap().unwrap().balance;
+    let before = balance();
+    ok(&within(charlie_cli(&["finetune", "cancel", BOB, &b.to_string()]), 60));
+    assert!(state(b).is_none());
+    assert_eq!(balance(), before + reserve - reserve / 5, "20 % of the reserve to Bob");
+    while !matches!(state(c), Some(JobState::Accepted { .. } | JobState::Delivered { .. })) {
+        assert!(Instant::now() < deadline + Duration::from_secs(600), "job {c} never accepted");
+        std::thread::sleep(Duration::from_millis(300));
+    }
+    assert_eq!(stage(b), "cancelled");
     let _ = std::fs::remove_dir_all(&dir);
 }
