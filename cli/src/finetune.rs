@@ -7,6 +7,7 @@
 
 use crate::{files, session::Session};
 use anyhow::{anyhow, bail, Context};
+use codec::{Decode, Encode};
 use compute_client::{
     finetune::OpenJob,
     finetune_api::{
@@ -15,7 +16,9 @@ use compute_client::{
     },
     wire, ComputeEvent, ServiceInfo,
 };
-use compute_primitives::{key_hash, public_key, unseal_key, JobId, JobSpec, JobState, ServiceKind};
+use compute_primitives::{
+    key_hash, public_key, unseal_key, Delivery, JobId, JobSpec, JobState, SealedKey, ServiceKind,
+};
 use polkadot_sdk::sp_core::H256;
 use std::{
     path::{Path, PathBuf},
@@ -257,8 +260,14 @@ impl<'a> Tuner<'a> {
     /// Download the encrypted adapter and keep it only if it is what the provider committed
     /// to on chain (hash and length).
     pub async fn download(&self, id: JobId) -> anyhow::Result<PathBuf> {
-        let job =
-            self.chain_job(id).await?.ok_or_else(|| anyhow!("job {id} is not open on chain"))?;
+        let Some(job) = self.chain_job(id).await? else {
+            // Completed: what was downloaded and checked while the chain kept the job.
+            let kept = self.dir(id).join("adapter.enc");
+            if kept.exists() && self.dir(id).join("delivery").exists() {
+                return Ok(kept);
+            }
+            bail!("job {id} is not open on chain");
+        };
         let delivery = match job.state {
             JobState::Delivered { delivery, .. }
             | JobState::Acknowledged { delivery, .. }
@@ -297,6 +306,8 @@ impl<'a> Tuner<'a> {
             bail!("the adapter the provider sends is not the one it committed to on chain; do not acknowledge");
         }
         files::write_private(&path, &bytes)?;
+        // The commitment, for opening the key after the chain's record of the job is gone.
+        files::write_private(&self.dir(id).join("delivery"), &delivery.encode())?;
         Ok(path)
     }
 
@@ -310,10 +321,29 @@ impl<'a> Tuner<'a> {
     /// Open the revealed key and decrypt the adapter. A key that does not open to the
     /// committed one is an error telling the user to contest it.
     pub async fn open(&self, id: JobId) -> anyhow::Result<PathBuf> {
-        let job =
-            self.chain_job(id).await?.ok_or_else(|| anyhow!("job {id} is not open on chain"))?;
-        let JobState::Revealed { delivery, key, .. } = job.state else {
-            bail!("job {id}'s key is not revealed yet");
+        // The commitment and the sealed key from the chain while it keeps the job; after the
+        // job completes, the commitment kept at download and the sealed key the provider keeps
+        // (both checked below: the key must hash to the commitment).
+        let (delivery, key) = match self.chain_job(id).await? {
+            Some(job) => {
+                let JobState::Revealed { delivery, key, .. } = job.state else {
+                    bail!("job {id}'s key is not revealed yet");
+                };
+                (delivery, key)
+            }
+            None => {
+                let kept = std::fs::read(self.dir(id).join("delivery"))
+                    .with_context(|| format!("job {id} ended before its adapter was downloaded"))?;
+                let delivery = Delivery::decode(&mut &kept[..])?;
+                let facts = self.status(id).await?.compute;
+                let (e, s) = facts
+                    .sealed_key
+                    .ok_or_else(|| anyhow!("the provider keeps no revealed key for job {id}"))?;
+                let bytes32 = |h: &str| -> anyhow::Result<[u8; 32]> {
+                    hex::decode(h)?.try_into().map_err(|_| anyhow!("malformed sealed key"))
+                };
+                (delivery, SealedKey { ephemeral: bytes32(&e)?, sealed: bytes32(&s)? })
+            }
         };
         let secret = self.secret(id)?;
         let opened = unseal_key(id, &key, &secret);
@@ -324,7 +354,11 @@ impl<'a> Tuner<'a> {
                 self.sess.provider
             );
         }
-        let ciphertext = std::fs::read(self.download(id).await?)?;
+        let path = self.dir(id).join("adapter.enc");
+        let ciphertext = std::fs::read(&path)?;
+        if polkadot_sdk::sp_io::hashing::blake2_256(&ciphertext) != delivery.adapter_hash.0 {
+            bail!("the kept ciphertext {} is not the committed one", path.display());
+        }
         let adapter = decrypt_adapter(&opened, id, &ciphertext)?;
         let path = self.dir(id).join("adapter.safetensors");
         files::write_private(&path, &adapter)?;
@@ -344,6 +378,12 @@ impl<'a> Tuner<'a> {
     pub async fn contest(&self, id: JobId) -> anyhow::Result<()> {
         let secret = self.secret(id)?;
         self.sess.chain.contest_key(&self.sess.signer, id, secret).await?;
+        Ok(())
+    }
+
+    /// End the job on chain whose current deadline has passed (`expire_job`).
+    pub async fn expire(&self, id: JobId) -> anyhow::Result<()> {
+        self.sess.chain.expire_job(&self.sess.signer, id).await?;
         Ok(())
     }
 
@@ -383,7 +423,14 @@ impl<'a> Tuner<'a> {
         if self.dir(id).join("adapter.safetensors").exists() {
             return Ok(Progress::Done(self.dir(id).join("adapter.safetensors")));
         }
-        let Some(job) = self.chain_job(id).await? else { return Ok(Progress::Ended) };
+        let Some(job) = self.chain_job(id).await? else {
+            // Completed while nobody looked: open the key the provider keeps, if this job's
+            // adapter was downloaded.
+            return Ok(match self.open(id).await {
+                Ok(path) => Progress::Done(path),
+                Err(_) => Progress::Ended,
+            });
+        };
         Ok(match job.state {
             JobState::Created { .. } => Progress::Waiting("acceptance"),
             JobState::Accepted { .. } => Progress::Waiting("training and delivery"),

@@ -232,6 +232,9 @@ enum FinetuneCmd {
     Cancel { provider: String, job: u64 },
     /// Prove on chain that the revealed key does not open the adapter (reveals the job's key).
     Contest { provider: String, job: u64 },
+    /// End the job whose current deadline passed: a refund (not accepted, not delivered), a
+    /// refund and slash (key withheld), or the provider's pay.
+    Expire { provider: String, job: u64 },
     /// Have PROVIDER serve the paid job's adapter as a chat service (its model name is printed;
     /// chat with it like any model: `compute chat PROVIDER --service ID`).
     Deploy { provider: String, job: u64 },
@@ -760,6 +763,7 @@ async fn finetune(ctx: &Ctx, cmd: FinetuneCmd) -> anyhow::Result<()> {
         | FinetuneCmd::Wait { provider, .. }
         | FinetuneCmd::Cancel { provider, .. }
         | FinetuneCmd::Contest { provider, .. }
+        | FinetuneCmd::Expire { provider, .. }
         | FinetuneCmd::Deploy { provider, .. } => provider.clone(),
     };
     let sess = ctx.session(&provider)?;
@@ -900,6 +904,10 @@ async fn finetune(ctx: &Ctx, cmd: FinetuneCmd) -> anyhow::Result<()> {
                 json!({ "job": job, "model": model, "service_id": service }),
                 format!("job {job} deployed: model `{model}`, service {service}"),
             );
+        }
+        FinetuneCmd::Expire { job, .. } => {
+            tuner.expire(job).await?;
+            ctx.out(json!({ "job": job, "expired": true }), format!("job {job} ended on chain"));
         }
         FinetuneCmd::Contest { job, .. } => {
             tuner.contest(job).await?;

@@ -826,5 +826,16 @@ fn a_finetuning_job_is_trained_delivered_and_paid_exactly() {
         std::thread::sleep(Duration::from_millis(300));
     }
     assert_eq!(stage(b), "cancelled");
+
+    // The first job's contest window (3 blocks on the dev chain) has passed with the blocks
+    // since: Bob's worker collected the fee. The key still opens from what Charlie kept and the
+    // sealed key Bob's worker keeps.
+    while state(id).is_some() {
+        assert!(Instant::now() < deadline + Duration::from_secs(600), "job {id} never completed");
+        std::thread::sleep(Duration::from_millis(300));
+    }
+    std::fs::remove_file(&adapter).unwrap();
+    ok(&within(charlie_cli(&["finetune", "download", BOB, &id.to_string()]), 60));
+    assert_eq!(std::fs::read(&adapter).unwrap(), bytes, "the same adapter, opened again");
     let _ = std::fs::remove_dir_all(&dir);
 }

@@ -177,6 +177,10 @@ pub struct JobFacts {
     pub adapter_len: Option<u64>,
     /// The deployed chat service's id, once deployed.
     pub service_id: Option<u32>,
+    /// The key as revealed on chain, hex (`ephemeral`, `sealed`): what opens the adapter with
+    /// the user's job secret, kept here after the chain's record of the job is gone.
+    #[serde(default)]
+    pub sealed_key: Option<(String, String)>,
 }
 
 /// One event of a job (OpenAI's `fine_tuning.job.event`).

@@ -86,11 +86,14 @@ impl<T: Config> Pallet<T> {
         Services::<T>::try_mutate(&provider, service_id, |maybe| {
             let service = maybe.as_mut().ok_or(Error::<T>::ServiceNotFound)?;
             // A fine-tuning service stays one while accepted jobs are open (it stays removable
-            // only once they end).
+            // only once they end),
+            // and keeps the model its jobs train.
             ensure!(
                 !jobs_open
                     || service.kind != ServiceKind::FineTune
-                    || terms.kind == ServiceKind::FineTune,
+                    || (terms.kind == ServiceKind::FineTune
+                        && terms.model == service.model
+                        && terms.model_hash == service.model_hash),
                 Error::<T>::JobsOpen
             );
             // The weights under challenge stay named, so verifiers can fetch them from the

@@ -227,18 +227,19 @@ impl<T: Config> Pallet<T> {
         Ok(())
     }
 
-    /// Pay `amount` of a job's reserve to its provider (counted as earned).
-    fn pay_provider(provider: &T::AccountId, amount: Balance) -> DispatchResult {
-        if amount.is_zero() {
-            return Ok(());
+    /// Pay `amount` of a job's reserve to its provider (counted as earned); returns what was
+    /// paid. A payment the provider's account cannot receive (an emptied account and an amount
+    /// below the existential deposit) is not paid, so that it never keeps the job from ending.
+    fn pay_provider(provider: &T::AccountId, amount: Balance) -> Balance {
+        if amount.is_zero() || Self::pay_out(provider, amount).is_err() {
+            return 0;
         }
-        Self::pay_out(provider, amount)?;
         Providers::<T>::mutate(provider, |p| {
             if let Some(p) = p.as_mut() {
                 p.earned = p.earned.saturating_add(amount);
             }
         });
-        Ok(())
+        amount
     }
 
     /// The user shows the key does not open: it reveals its secret for this job, the chain
@@ -313,13 +314,13 @@ impl<T: Config> Pallet<T> {
                 out.refunded = job.reserved;
             }
             JobEnd::Completed => {
-                out.paid = job.reserved;
-                Self::pay_provider(&job.provider, out.paid)?;
+                out.paid = Self::pay_provider(&job.provider, job.reserved);
+                out.refunded = job.reserved.saturating_sub(out.paid);
             }
             JobEnd::Abandoned => {
-                out.paid = T::AbandonShare::get().mul_floor(Self::priced(&job)).min(job.reserved);
+                let share = T::AbandonShare::get().mul_floor(Self::priced(&job)).min(job.reserved);
+                out.paid = Self::pay_provider(&job.provider, share);
                 out.refunded = job.reserved.saturating_sub(out.paid);
-                Self::pay_provider(&job.provider, out.paid)?;
             }
             JobEnd::NotDelivered => {
                 out.refunded = job.reserved;

@@ -169,6 +169,7 @@ fn job_object(w: &Worker, r: &JobRecord) -> FineTuningJob {
             adapter_hash: r.adapter_hash.map(hex::encode),
             adapter_len: r.adapter_len,
             service_id: r.service_id,
+            sealed_key: r.sealed_key.map(|(e, s)| (hex::encode(e), hex::encode(s))),
         },
     }
 }

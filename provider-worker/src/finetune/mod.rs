@@ -151,7 +151,7 @@ impl FineTuner {
             .lock()
             .unwrap_or_else(|p| p.into_inner())
             .values()
-            .any(|r| &r.user == user && &r.dataset_hash == hash && !r.stage.is_final())
+            .any(|r| &r.user == user && &r.dataset_hash == hash && !r.ended())
     }
 
     /// Forget jobs that ended more than [`KEEP_ENDED`] ago and serve nothing: their records
@@ -202,6 +202,8 @@ pub fn spawn_driver(w: Arc<Worker>) {
 const TX_TIMEOUT: Duration = Duration::from_secs(120);
 /// Training attempts of one job (each after a failure halves the learning rate).
 const ATTEMPTS: u32 = 3;
+/// Jobs rejected on chain in one pass (the others wait for the next, or expire unaccepted).
+const MAX_REJECTIONS: usize = 4;
 /// Ended jobs' files are kept this long (seconds), then removed; deployed ones are kept.
 const KEEP_ENDED: u64 = 30 * 24 * 3600;
 
@@ -230,6 +232,7 @@ fn urgency(job: &OpenJob) -> u8 {
 /// One pass over this provider's jobs on chain, the most urgent first.
 async fn drive(w: &Arc<Worker>, ft: &Arc<FineTuner>) -> Result<(), ChainError> {
     let mut open = w.chain.provider_jobs(&w.provider).await?;
+    let mut rejections = 0;
     open.sort_by_key(|(id, job)| (urgency(job), *id));
     let now = w.chain.block_number(None).await?;
     for (id, job) in &open {
@@ -253,6 +256,7 @@ async fn drive(w: &Arc<Worker>, ft: &Arc<FineTuner>) -> Result<(), ChainError> {
                 events: 0,
                 service_id: None,
                 attempts: 0,
+                sealed_key: None,
             };
             if let Err(e) = ft.jobs.save(&r) {
                 tracing::error!(job = id, error = %e, "cannot save the job record");
@@ -260,7 +264,7 @@ async fn drive(w: &Arc<Worker>, ft: &Arc<FineTuner>) -> Result<(), ChainError> {
             ft.records.lock().unwrap_or_else(|p| p.into_inner()).insert(*id, r);
             ft.event(*id, "info", format!("job {id} seen on chain"), None);
         }
-        if let Err(e) = step(w, ft, *id, job, now).await {
+        if let Err(e) = step(w, ft, *id, job, now, &mut rejections).await {
             tracing::warn!(job = id, error = %e, "fine-tuning step failed; retrying next pass");
         }
     }
@@ -304,6 +308,7 @@ async fn step(
     id: JobId,
     job: &OpenJob,
     now: u32,
+    rejections: &mut usize,
 ) -> Result<(), ChainError> {
     let Some(r) = ft.record(id) else { return Ok(()) };
     match (&job.state, r.stage) {
@@ -323,7 +328,10 @@ async fn step(
                     ft.event(id, "info", "accepted on chain".into(), None);
                     ft.nudge.notify_one();
                 }
+                Err(_) if *rejections >= MAX_REJECTIONS => {}
                 Err(reason) => {
+                    // Bounded per pass: jobs made to be rejected cannot hold the pass up.
+                    *rejections += 1;
                     submit("reject_job", w.chain.reject_job(&w.signer, id)).await?;
                     ft.update(id, |r| {
                         r.stage = Stage::Rejected;
@@ -346,7 +354,8 @@ async fn step(
             ft.update(id, |r| r.stage = Stage::Accepted);
             start_training(w, ft, id, job);
         }
-        (JobState::Accepted { deliver_by }, Stage::Trained) if now <= *deliver_by => {
+        // `now` is the head; the transaction lands in a later block.
+        (JobState::Accepted { deliver_by }, Stage::Trained) if now < *deliver_by => {
             let (Some(key), Some(r)) = (ft.jobs.key(id), ft.record(id)) else {
                 // The key was lost: train again.
                 ft.update(id, |r| r.stage = Stage::Accepted);
@@ -365,7 +374,7 @@ async fn step(
             ft.event(id, "info", "delivered on chain".into(), None);
         }
         (JobState::Acknowledged { reveal_by, .. }, Stage::Delivered | Stage::Trained)
-            if now <= *reveal_by =>
+            if now < *reveal_by =>
         {
             let Some(key) = ft.jobs.key(id) else {
                 tracing::error!(job = id, "the key of an acknowledged job is lost");
@@ -377,6 +386,7 @@ async fn step(
                 r.stage = Stage::Revealed;
                 r.finished_at = Some(crate::store::now());
             });
+            ft.update(id, |r| r.sealed_key = Some((sealed.ephemeral, sealed.sealed)));
             ft.event(
                 id,
                 "info",
@@ -384,11 +394,23 @@ async fn step(
                 None,
             );
         }
-        (JobState::Revealed { contest_until, .. }, _) => {
-            if r.stage != Stage::Revealed {
+        (JobState::Delivered { ack_by, .. }, s) => {
+            // A delivery submitted by a pass that stopped watching it: the chain is ahead.
+            if s == Stage::Trained {
+                ft.update(id, |r| r.stage = Stage::Delivered);
+            }
+            // Never acknowledged: collect the abandonment share and free the bond.
+            if now > *ack_by {
+                submit("expire_job", w.chain.expire_job(&w.signer, id)).await?;
+                ft.event(id, "warn", "not acknowledged in time: abandoned".into(), None);
+            }
+        }
+        (JobState::Revealed { contest_until, key, .. }, _) => {
+            if r.stage != Stage::Revealed || r.sealed_key.is_none() {
                 ft.update(id, |r| {
                     r.stage = Stage::Revealed;
                     r.finished_at.get_or_insert(crate::store::now());
+                    r.sealed_key = Some((key.ephemeral, key.sealed));
                 });
             }
             // The contest window closed: collect the fee.

@@ -81,6 +81,19 @@ pub struct JobRecord {
     /// Training attempts that failed.
     #[serde(default)]
     pub attempts: u32,
+    /// The key as revealed on chain (ephemeral key, sealed key): public, and served to the user
+    /// after the job's chain record is gone.
+    #[serde(default)]
+    pub sealed_key: Option<([u8; 32], [u8; 32])>,
+}
+
+impl JobRecord {
+    /// Whether the job is over for its dataset: paid, rejected, or ended on chain (a failed or
+    /// stopped training of a job the chain still expects is retried, with its dataset).
+    pub fn ended(&self) -> bool {
+        matches!(self.stage, Stage::Revealed | Stage::Rejected)
+            || (self.stage == Stage::Cancelled && self.finished_at.is_some())
+    }
 }
 
 /// The jobs directory.

@@ -582,8 +582,12 @@ fn a_stuck_job_blocks_no_other_and_keeps_the_providers_bond() {
         let sealed = seal_key(done, &KEY, &[9; 32], &public_key(&USER_SECRET));
         assert_ok!(Compute::reveal_key(bob.clone(), done, sealed));
         assert!(matches!(state(stuck), JobState::Accepted { .. }));
-        // The fine-tuning service and the bond stay while accepted jobs are open.
+        // The fine-tuning service, its model and the bond stay while accepted jobs are open.
         assert_noop!(Compute::remove_service(bob.clone(), SERVICE), Error::<Test>::JobsOpen);
+        let mut other =
+            terms(ServiceKind::FineTune, "SmolLM2-135M-Instruct", "http://w", PRICE, 0, "none");
+        other.model_hash = H256::repeat_byte(0x99);
+        assert_noop!(Compute::update_service(bob.clone(), SERVICE, other), Error::<Test>::JobsOpen);
         run_to(1 + 21);
         assert_ok!(Compute::expire_job(bob.clone(), stuck));
         let JobState::Revealed { contest_until, .. } = state(done) else { panic!() };
