@@ -71,6 +71,29 @@ impl<'a> Tuner<'a> {
         format!("{}{path}", self.service.url.trim_end_matches('/'))
     }
 
+    /// A request to the provider's fine-tuning API with our signed auth challenge, bounded by
+    /// `timeout`.
+    fn request(
+        &self,
+        method: reqwest::Method,
+        url: String,
+        timeout: Duration,
+    ) -> anyhow::Result<reqwest::RequestBuilder> {
+        Ok(self
+            .sess
+            .http
+            .request(method, url)
+            .header(wire::AUTH_HEADER, self.auth()?)
+            .timeout(timeout))
+    }
+
+    /// Send a request to the provider.
+    async fn send(&self, req: reqwest::RequestBuilder) -> anyhow::Result<reqwest::Response> {
+        req.send()
+            .await
+            .with_context(|| format!("cannot reach the provider at {}", self.service.url))
+    }
+
     fn auth(&self) -> anyhow::Result<String> {
         let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH)?.as_secs();
         let auth = wire::SignedAuth::new(
@@ -120,17 +143,11 @@ impl<'a> Tuner<'a> {
             ],
             &boundary,
         );
-        let resp = self
-            .sess
-            .http
-            .post(self.url("/v1/files"))
-            .header(wire::AUTH_HEADER, self.auth()?)
+        let req = self
+            .request(reqwest::Method::POST, self.url("/v1/files"), self.sess.timeout)?
             .header("content-type", format!("multipart/form-data; boundary={boundary}"))
-            .timeout(self.sess.timeout)
-            .body(body)
-            .send()
-            .await
-            .with_context(|| format!("cannot reach the provider at {}", self.service.url))?;
+            .body(body);
+        let resp = self.send(req).await?;
         let file: FileObject = self.answer(resp).await?;
         if file.compute.hash != hex::encode(hash) {
             bail!("the provider reports another hash for the dataset than its bytes have");
@@ -204,45 +221,24 @@ impl<'a> Tuner<'a> {
             suffix: None,
             compute_job_id: id,
         };
-        let resp = self
-            .sess
-            .http
-            .post(self.url("/v1/fine_tuning/jobs"))
-            .header(wire::AUTH_HEADER, self.auth()?)
-            .timeout(self.sess.timeout)
-            .json(&request)
-            .send()
-            .await
-            .with_context(|| format!("cannot reach the provider at {}", self.service.url))?;
+        let url = self.url("/v1/fine_tuning/jobs");
+        let req = self.request(reqwest::Method::POST, url, self.sess.timeout)?.json(&request);
+        let resp = self.send(req).await?;
         Ok((id, self.answer(resp).await?))
     }
 
     /// The provider's view of the job.
     pub async fn status(&self, id: JobId) -> anyhow::Result<FineTuningJob> {
-        let resp = self
-            .sess
-            .http
-            .get(self.url(&format!("/v1/fine_tuning/jobs/{}", api::job_api_id(id))))
-            .header(wire::AUTH_HEADER, self.auth()?)
-            .timeout(self.sess.timeout)
-            .send()
-            .await
-            .with_context(|| format!("cannot reach the provider at {}", self.service.url))?;
+        let url = self.url(&format!("/v1/fine_tuning/jobs/{}", api::job_api_id(id)));
+        let resp = self.send(self.request(reqwest::Method::GET, url, self.sess.timeout)?).await?;
         self.answer(resp).await
     }
 
     /// The job's latest events, newest first.
     pub async fn events(&self, id: JobId, limit: usize) -> anyhow::Result<EventList> {
         let path = format!("/v1/fine_tuning/jobs/{}/events?limit={limit}", api::job_api_id(id));
-        let resp = self
-            .sess
-            .http
-            .get(self.url(&path))
-            .header(wire::AUTH_HEADER, self.auth()?)
-            .timeout(self.sess.timeout)
-            .send()
-            .await
-            .with_context(|| format!("cannot reach the provider at {}", self.service.url))?;
+        let req = self.request(reqwest::Method::GET, self.url(&path), self.sess.timeout)?;
+        let resp = self.send(req).await?;
         self.answer(resp).await
     }
 
@@ -280,15 +276,9 @@ impl<'a> Tuner<'a> {
                 return Ok(path);
             }
         }
-        let resp = self
-            .sess
-            .http
-            .get(self.url(&format!("/v1/fine_tuning/jobs/{}/adapter", api::job_api_id(id))))
-            .header(wire::AUTH_HEADER, self.auth()?)
-            .timeout(self.sess.timeout.max(Duration::from_secs(600)))
-            .send()
-            .await
-            .with_context(|| format!("cannot reach the provider at {}", self.service.url))?;
+        let url = self.url(&format!("/v1/fine_tuning/jobs/{}/adapter", api::job_api_id(id)));
+        let timeout = self.sess.timeout.max(Duration::from_secs(600));
+        let resp = self.send(self.request(reqwest::Method::GET, url, timeout)?).await?;
         if !resp.status().is_success() {
             bail!("provider refused the download ({})", resp.status());
         }
@@ -391,29 +381,17 @@ impl<'a> Tuner<'a> {
     /// the provider's training.
     pub async fn cancel(&self, id: JobId) -> anyhow::Result<()> {
         self.sess.chain.cancel_job(&self.sess.signer, id).await?;
-        let _ = self
-            .sess
-            .http
-            .post(self.url(&format!("/v1/fine_tuning/jobs/{}/cancel", api::job_api_id(id))))
-            .header(wire::AUTH_HEADER, self.auth()?)
-            .timeout(self.sess.timeout)
-            .send()
-            .await;
+        let url = self.url(&format!("/v1/fine_tuning/jobs/{}/cancel", api::job_api_id(id)));
+        let _ = self.send(self.request(reqwest::Method::POST, url, self.sess.timeout)?).await;
         Ok(())
     }
 
     /// Ask the provider to serve the paid job's adapter as a chat service; returns the job with
     /// `fine_tuned_model` and `compute.service_id` set.
     pub async fn deploy(&self, id: JobId) -> anyhow::Result<FineTuningJob> {
-        let resp = self
-            .sess
-            .http
-            .post(self.url(&format!("/v1/fine_tuning/jobs/{}/deploy", api::job_api_id(id))))
-            .header(wire::AUTH_HEADER, self.auth()?)
-            .timeout(self.sess.timeout.max(Duration::from_secs(300)))
-            .send()
-            .await
-            .with_context(|| format!("cannot reach the provider at {}", self.service.url))?;
+        let url = self.url(&format!("/v1/fine_tuning/jobs/{}/deploy", api::job_api_id(id)));
+        let timeout = self.sess.timeout.max(Duration::from_secs(300));
+        let resp = self.send(self.request(reqwest::Method::POST, url, timeout)?).await?;
         self.answer(resp).await
     }
 

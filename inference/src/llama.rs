@@ -300,6 +300,21 @@ fn md<'a>(c: &'a gguf_file::Content, key: &str) -> Result<&'a gguf_file::Value> 
     c.metadata.get(key).ok_or_else(|| candle_core::Error::Msg(format!("GGUF metadata lacks {key}")))
 }
 
+/// The rotary tables (cos, sin) of every position of the context, `[context, rope_dim / 2]`:
+/// what serving and fine-tuning both rotate with.
+pub(crate) fn rope_tables(config: &Config, device: &Device) -> Result<(Tensor, Tensor)> {
+    let half = config.rope_dim / 2;
+    let inv: Vec<f32> = (0..half)
+        .map(|i| 1.0 / config.rope_base.powf(2.0 * i as f32 / config.rope_dim as f32))
+        .collect();
+    let inv = Tensor::from_vec(inv, (1, half), device)?;
+    let pos = Tensor::arange(0u32, config.context as u32, device)?
+        .to_dtype(DType::F32)?
+        .reshape((config.context, 1))?;
+    let angles = pos.broadcast_mul(&inv)?;
+    Ok((angles.cos()?, angles.sin()?))
+}
+
 impl Llama {
     /// Build from a GGUF's content and bytes (as read by [`super::read_gguf`]).
     pub fn from_gguf(content: &gguf_file::Content, bytes: &[u8], device: &Device) -> Result<Self> {
@@ -334,16 +349,7 @@ impl Llama {
             });
         }
         // RoPE tables for every position of the context.
-        let half = config.rope_dim / 2;
-        let inv: Vec<f32> = (0..half)
-            .map(|i| 1.0 / config.rope_base.powf(2.0 * i as f32 / config.rope_dim as f32))
-            .collect();
-        let inv = Tensor::from_vec(inv, (1, half), device)?;
-        let pos = Tensor::arange(0u32, config.context as u32, device)?
-            .to_dtype(DType::F32)?
-            .reshape((config.context, 1))?;
-        let angles = pos.broadcast_mul(&inv)?;
-        let (cos, sin) = (angles.cos()?, angles.sin()?);
+        let (cos, sin) = rope_tables(&config, device)?;
         let host = if device.is_cpu() {
             let flat = |t: &Tensor| t.flatten_all()?.to_vec1::<f32>();
             Some(HostParts {

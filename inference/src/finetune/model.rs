@@ -99,17 +99,8 @@ impl LoraModel {
                 proj,
             });
         }
-        // The serving pass's rotary tables, computed the same way.
-        let half = config.rope_dim / 2;
-        let inv: Vec<f32> = (0..half)
-            .map(|i| 1.0 / config.rope_base.powf(2.0 * i as f32 / config.rope_dim as f32))
-            .collect();
-        let inv = Tensor::from_vec(inv, (1, half), device)?;
-        let pos = Tensor::arange(0u32, config.context as u32, device)?
-            .to_dtype(DType::F32)?
-            .reshape((config.context, 1))?;
-        let angles = pos.broadcast_mul(&inv)?;
-        let (cos, sin) = (angles.cos()?, angles.sin()?);
+        // The serving pass's rotary tables.
+        let (cos, sin) = crate::llama::rope_tables(&config, device)?;
 
         // A uniform in ±1/√in (the usual LoRA initialisation), from the seed, layer by layer in
         // target order; B zero.
