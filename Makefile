@@ -26,8 +26,8 @@ demo: build
 	@scripts/demo.sh
 
 ## Every test: unit, property, runtime, node and worker end to end, bounded fuzzing of every
-## decoder and parser, the polkadot.js and OpenAI Python clients, and the 4-validator zombienet
-## smoke test.
+## decoder and parser, the polkadot.js and OpenAI Python clients, and the validator network test
+## (zombienet: a fifth validator joins and leaves, faults, a runtime upgrade, a settling provider).
 test: build
 	$(CARGO) test --workspace
 	FUZZ_SECONDS=10 scripts/fuzz.sh

@@ -11,11 +11,18 @@ use frame_support::{
         IdentityFee, Weight,
     },
 };
-use frame_system::limits::{BlockLength, BlockWeights};
+use frame_system::{
+    limits::{BlockLength, BlockWeights},
+    EnsureRoot,
+};
 use pallet_transaction_payment::{ConstFeeMultiplier, FungibleAdapter, Multiplier};
 use polkadot_sdk::{
+    pallet_authorship, pallet_collator_selection, pallet_session,
     sp_consensus_aura::sr25519::AuthorityId as AuraId,
-    sp_runtime::{traits::One, FixedU128, Perbill},
+    sp_runtime::{
+        traits::{One, OpaqueKeys},
+        FixedU128, Perbill,
+    },
 };
 
 const NORMAL_DISPATCH_RATIO: Perbill = Perbill::from_percent(75);
@@ -52,6 +59,62 @@ impl frame_system::Config for Runtime {
     type AccountData = pallet_balances::AccountData<Balance>;
     type SS58Prefix = SS58Prefix;
     type MaxConsumers = ConstU32<16>;
+}
+
+parameter_types! {
+    /// Blocks per session: validator-set changes (joins, leaves, key rotations) take effect at
+    /// session boundaries. Root may change it (`system.set_storage` of `:SessionLength:`); the
+    /// multi-validator tests set it to ten blocks.
+    pub storage SessionLength: BlockNumber = HOURS;
+    /// A bonded candidate that authored no block in two sessions is removed at the next one.
+    pub KickThreshold: BlockNumber = 2 * SessionLength::get();
+    /// Derives the account that collects authors' fee shares (`validators::FeesToAuthors`).
+    pub const PotId: frame_support::PalletId = frame_support::PalletId(*b"cmp/pot ");
+    pub const SessionOffset: BlockNumber = 0;
+}
+
+/// Bond a validator candidate holds while it is one.
+pub const CANDIDACY_BOND: Balance = 1_000 * UNIT;
+/// Held while an account has session keys set: keeps `KeyOwner` from being filled for free.
+pub const KEY_DEPOSIT: Balance = UNIT;
+/// Most bonded candidates; with `MAX_INVULNERABLES` within Aura's and GRANDPA's 32 authorities.
+pub const MAX_CANDIDATES: u32 = 16;
+/// Most invulnerable validators.
+pub const MAX_INVULNERABLES: u32 = 16;
+
+impl pallet_authorship::Config for Runtime {
+    type FindAuthor = pallet_session::FindAccountFromAuthorIndex<Self, Aura>;
+    type EventHandler = (CollatorSelection,);
+}
+
+impl pallet_session::Config for Runtime {
+    type RuntimeEvent = RuntimeEvent;
+    type ValidatorId = AccountId;
+    type ValidatorIdOf = pallet_collator_selection::IdentityCollator;
+    type ShouldEndSession = pallet_session::PeriodicSessions<SessionLength, SessionOffset>;
+    type NextSessionRotation = pallet_session::PeriodicSessions<SessionLength, SessionOffset>;
+    type SessionManager = crate::validators::NeverEmpty;
+    type SessionHandler = <opaque::SessionKeys as OpaqueKeys>::KeyTypeIdProviders;
+    type Keys = opaque::SessionKeys;
+    type DisablingStrategy = ();
+    type WeightInfo = pallet_session::weights::SubstrateWeight<Runtime>;
+    type Currency = Balances;
+    type KeyDeposit = ConstU128<KEY_DEPOSIT>;
+}
+
+impl pallet_collator_selection::Config for Runtime {
+    type RuntimeEvent = RuntimeEvent;
+    type Currency = Balances;
+    type UpdateOrigin = EnsureRoot<AccountId>;
+    type PotId = PotId;
+    type MaxCandidates = ConstU32<MAX_CANDIDATES>;
+    type MinEligibleCollators = ConstU32<1>;
+    type MaxInvulnerables = ConstU32<MAX_INVULNERABLES>;
+    type KickThreshold = KickThreshold;
+    type ValidatorId = AccountId;
+    type ValidatorIdOf = pallet_collator_selection::IdentityCollator;
+    type ValidatorRegistration = Session;
+    type WeightInfo = pallet_collator_selection::weights::SubstrateWeight<Runtime>;
 }
 
 impl pallet_aura::Config for Runtime {
@@ -102,7 +165,7 @@ parameter_types! {
 
 impl pallet_transaction_payment::Config for Runtime {
     type RuntimeEvent = RuntimeEvent;
-    type OnChargeTransaction = FungibleAdapter<Balances, ()>;
+    type OnChargeTransaction = FungibleAdapter<Balances, crate::validators::FeesToAuthors>;
     type OperationalFeeMultiplier = ConstU8<5>;
     type WeightToFee = IdentityFee<Balance>;
     type LengthToFee = IdentityFee<Balance>;

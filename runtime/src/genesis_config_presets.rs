@@ -1,12 +1,17 @@
-//! Genesis presets: `development` (one authority, short refund lock and dispute window so a
-//! demo completes in seconds) and `local_testnet` (four authorities).
+//! Genesis presets: `development` (one validator, short refund lock and dispute window so a
+//! demo completes in seconds) and `local_testnet` (four validators). The validators are the
+//! invulnerables of collator selection, each with its Aura and GRANDPA keys as session keys and
+//! its account being its Aura key's; Aura and GRANDPA take their authorities from the session.
 
 use crate::{
-    AccountId, Balance, BalancesConfig, ComputeConfig, RuntimeGenesisConfig, SudoConfig, UNIT,
+    configs::CANDIDACY_BOND,
+    opaque::SessionKeys,
+    validators::{account_of, safe_candidates},
+    AccountId, Balance, BalancesConfig, CollatorSelection, CollatorSelectionConfig, ComputeConfig,
+    RuntimeGenesisConfig, SessionConfig, SudoConfig, EXISTENTIAL_DEPOSIT, UNIT,
 };
 use alloc::{vec, vec::Vec};
 use polkadot_sdk::{
-    pallet_aura, pallet_grandpa,
     sp_consensus_aura::sr25519::AuthorityId as AuraId,
     sp_consensus_grandpa::AuthorityId as GrandpaId,
     sp_genesis_builder::{self, PresetId},
@@ -28,19 +33,27 @@ fn genesis(
     refund_lock: Option<u32>,
     dispute_window: Option<u32>,
 ) -> Value {
+    let validators: Vec<(AccountId, SessionKeys)> = authorities
+        .iter()
+        .map(|(a, g)| {
+            let aura = AuraId::from(a.public());
+            (account_of(&aura), SessionKeys { aura, grandpa: GrandpaId::from(g.public()) })
+        })
+        .collect();
+    let desired_candidates = safe_candidates(validators.len() as u32);
+    let mut balances: Vec<(AccountId, Balance)> =
+        endowed.into_iter().map(|a| (a, ENDOWMENT)).collect();
+    // The pot that pays block authors must exist before the first fee reaches it.
+    balances.push((CollatorSelection::account_id(), EXISTENTIAL_DEPOSIT));
     let config = RuntimeGenesisConfig {
-        balances: BalancesConfig {
-            balances: endowed.into_iter().map(|a| (a, ENDOWMENT)).collect(),
-            ..Default::default()
+        balances: BalancesConfig { balances, ..Default::default() },
+        collator_selection: CollatorSelectionConfig {
+            invulnerables: validators.iter().map(|(a, _)| a.clone()).collect(),
+            candidacy_bond: CANDIDACY_BOND,
+            desired_candidates,
         },
-        aura: pallet_aura::GenesisConfig {
-            authorities: authorities.iter().map(|(a, _)| AuraId::from(a.public())).collect(),
-        },
-        grandpa: pallet_grandpa::GenesisConfig {
-            authorities: authorities
-                .iter()
-                .map(|(_, g)| (GrandpaId::from(g.public()), 1))
-                .collect(),
+        session: SessionConfig {
+            keys: validators.into_iter().map(|(a, keys)| (a.clone(), a, keys)).collect(),
             ..Default::default()
         },
         sudo: SudoConfig { key: Some(root) },

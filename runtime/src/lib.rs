@@ -1,5 +1,6 @@
 //! Runtime of the compute marketplace appchain: system, timestamp, Aura, GRANDPA, balances,
-//! transaction payment, sudo and the compute pallet.
+//! transaction payment, sudo, the validator set (authorship, collator selection, session; see
+//! `validators`) and the compute pallet.
 
 #![cfg_attr(not(feature = "std"), no_std)]
 // `construct_runtime` and `impl_runtime_apis` expand to large types.
@@ -19,10 +20,12 @@ mod configs;
 pub mod genesis_config_presets;
 #[cfg(test)]
 mod tests;
+pub mod validators;
 
 use polkadot_sdk::{
-    frame_executive, frame_support, frame_system, pallet_aura, pallet_balances, pallet_grandpa,
-    pallet_sudo, pallet_timestamp, pallet_transaction_payment,
+    frame_executive, frame_support, frame_system, pallet_aura, pallet_authorship, pallet_balances,
+    pallet_collator_selection, pallet_grandpa, pallet_session, pallet_sudo, pallet_timestamp,
+    pallet_transaction_payment,
     sp_runtime::{
         generic, impl_opaque_keys,
         traits::{BlakeTwo256, IdentifyAccount, Verify},
@@ -85,17 +88,40 @@ pub mod opaque {
     }
 }
 
+/// This runtime's version. `spec_version` goes up with every change of behaviour or storage.
+#[cfg(not(feature = "upgrade-test"))]
 #[polkadot_sdk::sp_version::runtime_version]
 pub const VERSION: RuntimeVersion = RuntimeVersion {
     spec_name: alloc::borrow::Cow::Borrowed("compute-runtime"),
     impl_name: alloc::borrow::Cow::Borrowed("compute-runtime"),
     authoring_version: 1,
-    spec_version: 104,
+    spec_version: 105,
     impl_version: 1,
     apis: apis::RUNTIME_API_VERSIONS,
     transaction_version: 3,
     system_version: 1,
 };
+
+/// The same runtime one `spec_version` ahead: the upgrade the network test applies with
+/// `sudo.set_code` (built by `build.rs` as `UPGRADE_TEST_WASM`, never a chain's genesis).
+#[cfg(feature = "upgrade-test")]
+#[polkadot_sdk::sp_version::runtime_version]
+pub const VERSION: RuntimeVersion = RuntimeVersion {
+    spec_name: alloc::borrow::Cow::Borrowed("compute-runtime"),
+    impl_name: alloc::borrow::Cow::Borrowed("compute-runtime"),
+    authoring_version: 1,
+    spec_version: 106,
+    impl_version: 1,
+    apis: apis::RUNTIME_API_VERSIONS,
+    transaction_version: 3,
+    system_version: 1,
+};
+
+/// The upgrade-test runtime's wasm (see [`VERSION`]).
+#[cfg(feature = "std")]
+pub mod upgrade_test {
+    include!(concat!(env!("OUT_DIR"), "/upgrade_test_wasm.rs"));
+}
 
 #[frame_support::runtime]
 mod runtime {
@@ -128,6 +154,12 @@ mod runtime {
     pub type TransactionPayment = pallet_transaction_payment;
     #[runtime::pallet_index(6)]
     pub type Sudo = pallet_sudo;
+    #[runtime::pallet_index(7)]
+    pub type Authorship = pallet_authorship;
+    #[runtime::pallet_index(8)]
+    pub type CollatorSelection = pallet_collator_selection;
+    #[runtime::pallet_index(9)]
+    pub type Session = pallet_session;
     #[runtime::pallet_index(10)]
     pub type Compute = pallet_compute;
 }
@@ -154,10 +186,12 @@ pub type UncheckedExtrinsic =
     generic::UncheckedExtrinsic<Address, RuntimeCall, Signature, TxExtension>;
 /// What a transaction signer signs.
 pub type SignedPayload = generic::SignedPayload<RuntimeCall, TxExtension>;
-/// Storage migrations run at a runtime upgrade (each checks the storage version it expects).
+/// Storage migrations run at a runtime upgrade (each checks the state it expects and does
+/// nothing otherwise).
 type Migrations = (
     pallet_compute::migrations::MigrateV1ToV2<Runtime>,
     pallet_compute::migrations::MigrateV2ToV3<Runtime>,
+    validators::InitializeValidatorSet,
 );
 /// Dispatches extrinsics to the pallets.
 pub type RuntimeExecutive = frame_executive::Executive<

@@ -207,14 +207,21 @@ async fn submit(worker: &Worker, batch: &[(AccountId, PlannedClaim)]) -> Result<
                 worker.metrics.claims_rejected.fetch_add(1, Relaxed);
                 worker.invalidate(user);
                 tracing::error!(%user, nonce, ?reason, "claim rejected by the chain");
-                // The chain's escrow state is the truth: whatever it holds as settled is done;
+                // The chain's escrow state is the truth: whatever it holds as settled in a
+                // finalized block is done (a best block's settlement could still be reverted);
                 // a voucher it refuses for any other reason can never be paid.
                 let upto = if matches!(reason, compute_primitives::RejectReason::StaleNonce) {
-                    chain_timeout(worker.chain.escrow(user, &worker.provider, None))
-                        .await
-                        .ok()
-                        .flatten()
-                        .map(|e| e.settled_nonce)
+                    let finalized = chain_timeout(worker.chain.finalized_head()).await.ok();
+                    match finalized {
+                        Some(at) => {
+                            chain_timeout(worker.chain.escrow(user, &worker.provider, Some(at)))
+                                .await
+                                .ok()
+                                .flatten()
+                                .map(|e| e.settled_nonce)
+                        }
+                        None => None,
+                    }
                 } else {
                     Some(*nonce)
                 };
