@@ -4,7 +4,7 @@ CARGO ?= cargo
 NODE := target/debug/compute-node
 export PATH := $(CURDIR)/target/debug:$(PATH)
 
-.PHONY: setup model build demo test test-rust test-pallet test-bench test-worker test-clients bench-worker weights zombienet fuzz lint fmt clean
+.PHONY: setup model build demo test test-rust test-pallet test-bench test-worker test-clients test-web web bench-worker weights zombienet fuzz lint fmt clean
 
 setup:
 	@scripts/setup.sh
@@ -26,13 +26,15 @@ demo: build
 	@scripts/demo.sh
 
 ## Every test: unit, property, runtime, node and worker end to end, bounded fuzzing of every
-## decoder and parser, the polkadot.js and OpenAI Python clients, and the validator network test
+## decoder and parser, the polkadot.js and OpenAI Python clients, the web app in headless Chromium,
+## and the validator network test
 ## (zombienet: a fifth validator joins and leaves, faults, a runtime upgrade, a settling provider).
 test: build
 	$(CARGO) test --workspace
 	FUZZ_SECONDS=10 scripts/fuzz.sh
 	SKIP_WASM_BUILD=1 $(CARGO) test -p pallet-compute --features runtime-benchmarks
 	@scripts/test-clients.sh
+	@scripts/test-web.sh
 	@scripts/zombienet.sh
 
 test-rust: build
@@ -50,6 +52,15 @@ test-worker: build
 ## official OpenAI Python client through `compute proxy` to a worker serving SmolLM2.
 test-clients: build
 	@scripts/test-clients.sh
+
+## The marketplace web app in headless Chromium (Debian's) through puppeteer-core, against a dev
+## node, a worker serving SmolLM2 and a dishonest worker; screenshots in web/test-output/.
+test-web: build
+	@scripts/test-web.sh
+
+## Serve the marketplace web app (NODE_URL, WEB_PORT; default ws://127.0.0.1:9944, 5173).
+web:
+	@scripts/web.sh
 
 ## Worker overhead per request (criterion); figures in docs/benchmarks.md.
 bench-worker:

@@ -25,7 +25,9 @@ echo "==> Starting $NODE --dev (log: $LOG)"
 "$NODE" --dev --base-path "$BASE" --rpc-port "$RPC_PORT" --no-telemetry --no-mdns >"$LOG" 2>&1 &
 PID=$!
 WPID=""
+WEBPID=""
 cleanup() {
+    [ -n "$WEBPID" ] && kill -INT "$WEBPID" 2>/dev/null && wait "$WEBPID" 2>/dev/null
     [ -n "$WPID" ] && kill -INT "$WPID" 2>/dev/null && wait "$WPID" 2>/dev/null
     kill -INT "$PID" 2>/dev/null && wait "$PID" 2>/dev/null; rm -rf "$BASE"; }
 trap cleanup EXIT
@@ -96,6 +98,15 @@ for _ in $(seq 1 120); do
 done
 echo "==> The services on chain (registered by the worker at start-up)"
 compute services
+WEB_PORT=${WEB_PORT:-5173}
+NODE_URL="ws://127.0.0.1:$RPC_PORT" WEB_PORT="$WEB_PORT" scripts/web.sh >"$BASE/web.log" 2>&1 &
+WEBPID=$!
+for _ in $(seq 1 120); do
+    curl -sf "http://127.0.0.1:$WEB_PORT/" >/dev/null 2>&1 && break
+    kill -0 "$WEBPID" 2>/dev/null || { echo "web app exited:"; tail -5 "$BASE/web.log"; WEBPID=""; break; }
+    sleep 0.5
+done
+[ -n "$WEBPID" ] && echo "==> Marketplace web app: http://127.0.0.1:$WEB_PORT/ (explorer, account, chat; log: $BASE/web.log)"
 echo "==> Charlie's account"
 compute account
 echo "==> Charlie deposits 0.5 unit into escrow with Bob"

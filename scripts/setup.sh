@@ -18,6 +18,8 @@ command -v curl >/dev/null || need_apt+=(curl)
 command -v python3 >/dev/null || need_apt+=(python3)
 ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1 || need_apt+=(postgresql)
 command -v pip >/dev/null || command -v pip3 >/dev/null || need_apt+=(python3-pip)
+# Headless Chromium for the web app's browser test (scripts/test-web.sh, puppeteer-core).
+[ -x /usr/bin/chromium ] || need_apt+=(chromium)
 if [ ${#need_apt[@]} -gt 0 ]; then
     log "Installing Debian packages: ${need_apt[*]}"
     SUDO=""; [ "$(id -u)" -ne 0 ] && SUDO="sudo"
@@ -63,6 +65,10 @@ fi
 if [ "${SKIP_NPM:-0}" != "1" ] && [ ! -d clients/js/node_modules/@polkadot/api ]; then
     log "Installing the polkadot.js client's packages (clients/js)"
     (cd clients/js && npm ci --no-audit --no-fund --loglevel=error)
+fi
+if [ "${SKIP_NPM:-0}" != "1" ] && [ ! -d web/node_modules/esbuild ]; then
+    log "Installing the web app's packages (web/: esbuild, polkadot.js, puppeteer-core)"
+    (cd web && npm ci --no-audit --no-fund --loglevel=error)
 fi
 if [ ! -x clients/python/.venv/bin/python ] || ! clients/python/.venv/bin/python -c 'import openai, numpy, tokenizers' 2>/dev/null; then
     log "Installing the OpenAI Python client (clients/python/.venv)"

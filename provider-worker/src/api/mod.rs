@@ -6,6 +6,7 @@
 
 pub mod account;
 pub mod chat;
+pub mod cors;
 pub mod embeddings;
 pub mod error;
 pub mod finetune;
@@ -58,6 +59,9 @@ pub fn router(worker: Arc<Worker>) -> Router {
         .route("/v1/fine_tuning/jobs/{id}/adapter", get(finetune::adapter))
         .route("/v1/fine_tuning/jobs/{id}/deploy", post(finetune::deploy))
         .fallback(|| async { error::ApiError::not_found("no such endpoint") })
+        // Browser clients (web/) at another origin: preflights answered, the receipt header
+        // readable. Safe for any origin: see `cors`.
+        .layer(axum::middleware::from_fn(cors::cors))
         .with_state(worker)
 }
 
