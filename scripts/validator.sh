@@ -51,15 +51,19 @@ start() {
     [ -f "$BASE/node.pid" ] && kill -0 "$(cat "$BASE/node.pid")" 2>/dev/null &&
         die "a node is already running from $BASE (pid $(cat "$BASE/node.pid"))"
     mkdir -p "$BASE"
+    # A validator keeps its network identity across restarts (peers and authority discovery
+    # know it by it): make the node key once, beside the database.
+    "$NODE_BIN" key generate-node-key --chain "$CHAIN" --base-path "$BASE" 2>/dev/null || true
     local boot=()
     for b in ${BOOTNODES:-}; do boot+=(--bootnodes "$b"); done
     log "starting $NAME (log: $BASE/node.log)"
     # --validator: author and vote once the keys in this node's keystore are in the set.
-    # RPC on loopback only (unsafe methods for key rotation); P2P and Prometheus open.
+    # RPC on loopback only (unsafe methods for key rotation) and to no web page (no CORS);
+    # P2P and Prometheus open.
     "$NODE_BIN" --chain "$CHAIN" --base-path "$BASE" --name "$NAME" --validator \
-        --port "$P2P_PORT" --rpc-port "$RPC_PORT" --rpc-methods unsafe \
+        --port "$P2P_PORT" --rpc-port "$RPC_PORT" --rpc-methods unsafe --rpc-cors none \
         --prometheus-port "$PROMETHEUS_PORT" --prometheus-external \
-        --no-mdns --no-telemetry "${boot[@]}" >>"$BASE/node.log" 2>&1 &
+        --no-mdns --no-telemetry "${boot[@]}" </dev/null >>"$BASE/node.log" 2>&1 &
     echo $! >"$BASE/node.pid"
     for _ in $(seq 1 120); do
         rpc system_health | grep -q '"peers"' && break
@@ -84,9 +88,11 @@ stop() {
 case "${1:-}" in
     start) start ;;
     stop) stop ;;
-    join) [ -n "${KEY:-}" ] || die "set KEY to the validator account"; js --key "$KEY" join ;;
-    leave) [ -n "${KEY:-}" ] || die "set KEY to the validator account"; js --key "$KEY" leave ;;
-    purge-keys) [ -n "${KEY:-}" ] || die "set KEY to the validator account"; js --key "$KEY" purge-keys ;;
-    status) js ${KEY:+--key "$KEY"} status ;;
+    # The key goes to the client in its environment, never on a command line (`ps` shows those
+    # to every local user).
+    join | leave | purge-keys)
+        [ -n "${KEY:-}" ] || die "set KEY to the validator account"
+        COMPUTE_KEY="$KEY" js "$1" ;;
+    status) COMPUTE_KEY="${KEY:-}" js status ;;
     *) die "usage: scripts/validator.sh start|join|leave|purge-keys|status|stop (settings in the header)" ;;
 esac

@@ -22,8 +22,11 @@ trap cleanup EXIT
 export COMPUTE_LOCAL_SPEC="$COMPUTE_TEST_DIR/local-raw.json"
 compute-node build-spec --chain local --raw --disable-default-bootnode >"$COMPUTE_LOCAL_SPEC" 2>/dev/null
 # The runtime one spec_version ahead, built beside the node's (runtime/build.rs).
-COMPUTE_UPGRADE_WASM=$(ls "$ROOT"/target/debug/wbuild/compute-runtime/upgrade_test_wasm*.compact.compressed.wasm \
-    "$ROOT"/target/debug/wbuild/compute-runtime/upgrade_test_wasm*.wasm 2>/dev/null | head -1)
+COMPUTE_UPGRADE_WASM=""
+for f in "$ROOT"/target/debug/wbuild/compute-runtime/upgrade_test_wasm*.compact.compressed.wasm \
+    "$ROOT"/target/debug/wbuild/compute-runtime/upgrade_test_wasm*.wasm; do
+    [ -f "$f" ] && { COMPUTE_UPGRADE_WASM=$f; break; }
+done
 [ -n "$COMPUTE_UPGRADE_WASM" ] || { echo "no upgrade-test runtime in target/debug/wbuild: make build" >&2; exit 1; }
 export COMPUTE_UPGRADE_WASM
 echo "==> zombienet: validators join, leave, fail and upgrade (logs in $DIR while it runs)"

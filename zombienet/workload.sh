@@ -43,7 +43,7 @@ verifiability = "none"
 max_age_secs = 3
 tick_ms = 1000
 TOML
-    "$BIN/compute-worker" --config "$DIR/worker.toml" >>"$DIR/worker.log" 2>&1 &
+    "$BIN/compute-worker" --config "$DIR/worker.toml" </dev/null >>"$DIR/worker.log" 2>&1 &
     echo $! >"$DIR/worker.pid"
     for _ in $(seq 1 240); do
         curl -sf "http://127.0.0.1:$PORT/health" >/dev/null 2>&1 && break
@@ -68,7 +68,7 @@ TOML
             fi
             sleep 1
         done
-    ) &
+    ) </dev/null >/dev/null 2>&1 &
     echo $! >"$DIR/loop.pid"
     for _ in $(seq 1 120); do
         [ "$(settled)" != "0" ] && break

@@ -63,14 +63,27 @@ impl frame_system::Config for Runtime {
 
 parameter_types! {
     /// Blocks per session: validator-set changes (joins, leaves, key rotations) take effect at
-    /// session boundaries. Root may change it (`system.set_storage` of `:SessionLength:`); the
-    /// multi-validator tests set it to ten blocks.
+    /// session boundaries. Root may change it (`system.set_storage` of `:SessionLength:`; read
+    /// through `SessionPeriod`, never below `MIN_SESSION_LENGTH`); the multi-validator tests set
+    /// it to ten blocks.
     pub storage SessionLength: BlockNumber = HOURS;
     /// A bonded candidate that authored no block in two sessions is removed at the next one.
-    pub KickThreshold: BlockNumber = 2 * SessionLength::get();
+    pub KickThreshold: BlockNumber = 2 * <SessionPeriod as frame_support::traits::Get<BlockNumber>>::get();
     /// Derives the account that collects authors' fee shares (`validators::FeesToAuthors`).
     pub const PotId: frame_support::PalletId = frame_support::PalletId(*b"cmp/pot ");
     pub const SessionOffset: BlockNumber = 0;
+}
+
+/// Shortest session, whatever `SessionLength` holds: `PeriodicSessions` divides by the period,
+/// so a stored 0 would fail every block.
+pub const MIN_SESSION_LENGTH: BlockNumber = 10;
+
+/// The session length in use: `SessionLength`, at least `MIN_SESSION_LENGTH`.
+pub struct SessionPeriod;
+impl frame_support::traits::Get<BlockNumber> for SessionPeriod {
+    fn get() -> BlockNumber {
+        SessionLength::get().max(MIN_SESSION_LENGTH)
+    }
 }
 
 /// Bond a validator candidate holds while it is one.
@@ -91,8 +104,8 @@ impl pallet_session::Config for Runtime {
     type RuntimeEvent = RuntimeEvent;
     type ValidatorId = AccountId;
     type ValidatorIdOf = pallet_collator_selection::IdentityCollator;
-    type ShouldEndSession = pallet_session::PeriodicSessions<SessionLength, SessionOffset>;
-    type NextSessionRotation = pallet_session::PeriodicSessions<SessionLength, SessionOffset>;
+    type ShouldEndSession = pallet_session::PeriodicSessions<SessionPeriod, SessionOffset>;
+    type NextSessionRotation = pallet_session::PeriodicSessions<SessionPeriod, SessionOffset>;
     type SessionManager = crate::validators::NeverEmpty;
     type SessionHandler = <opaque::SessionKeys as OpaqueKeys>::KeyTypeIdProviders;
     type Keys = opaque::SessionKeys;

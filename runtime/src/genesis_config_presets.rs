@@ -6,7 +6,7 @@
 use crate::{
     configs::CANDIDACY_BOND,
     opaque::SessionKeys,
-    validators::{account_of, safe_candidates},
+    validators::{account_of, INITIAL_DESIRED_CANDIDATES},
     AccountId, Balance, BalancesConfig, CollatorSelection, CollatorSelectionConfig, ComputeConfig,
     RuntimeGenesisConfig, SessionConfig, SudoConfig, EXISTENTIAL_DEPOSIT, UNIT,
 };
@@ -40,7 +40,6 @@ fn genesis(
             (account_of(&aura), SessionKeys { aura, grandpa: GrandpaId::from(g.public()) })
         })
         .collect();
-    let desired_candidates = safe_candidates(validators.len() as u32);
     let mut balances: Vec<(AccountId, Balance)> =
         endowed.into_iter().map(|a| (a, ENDOWMENT)).collect();
     // The pot that pays block authors must exist before the first fee reaches it.
@@ -50,7 +49,7 @@ fn genesis(
         collator_selection: CollatorSelectionConfig {
             invulnerables: validators.iter().map(|(a, _)| a.clone()).collect(),
             candidacy_bond: CANDIDACY_BOND,
-            desired_candidates,
+            desired_candidates: INITIAL_DESIRED_CANDIDATES,
         },
         session: SessionConfig {
             keys: validators.into_iter().map(|(a, keys)| (a.clone(), a, keys)).collect(),

@@ -77,8 +77,8 @@ fn presets_are_listed_and_build() {
         assert_eq!(pallet_aura::Authorities::<Runtime>::get().len(), 4);
         assert_eq!(Grandpa::grandpa_authorities().len(), 4);
         assert_eq!(Session::validators().len(), 4);
-        // One stranger at most: the four invulnerables stay a supermajority of five.
-        assert_eq!(pallet_collator_selection::DesiredCandidates::<Runtime>::get(), 1);
+        // No stranger until root opens a slot.
+        assert_eq!(pallet_collator_selection::DesiredCandidates::<Runtime>::get(), 0);
         // Each validator's account is its Aura key's, in the order Aura uses.
         let aura = pallet_aura::Authorities::<Runtime>::get();
         for (i, v) in Session::validators().iter().enumerate() {
@@ -213,7 +213,7 @@ mod validator_set {
     /// Ends the current session at the next block and starts the next one.
     fn next_session() {
         let now = System::block_number();
-        let len = configs::SessionLength::get();
+        let len = <configs::SessionPeriod as frame_support::traits::Get<BlockNumber>>::get();
         let next = (now / len + 1) * len;
         System::set_block_number(next);
         <Session as Hooks<BlockNumber>>::on_initialize(next);
@@ -221,6 +221,8 @@ mod validator_set {
     }
 
     fn eve_joins() {
+        // Root opens one slot to a stranger.
+        assert_ok!(CollatorSelection::set_desired_candidates(RuntimeOrigin::root(), 1));
         let eve = Sr25519Keyring::Eve;
         let (keys, proof) = keys_for(eve, "//Eve");
         assert_eq!(keys.aura, AuraId::from(eve.public()));
@@ -373,6 +375,23 @@ mod validator_set {
     }
 
     #[test]
+    fn a_session_length_of_zero_is_read_as_the_minimum() {
+        preset_ext("local_testnet").execute_with(|| {
+            configs::SessionLength::set(&0);
+            assert_eq!(
+                <configs::SessionPeriod as frame_support::traits::Get<BlockNumber>>::get(),
+                configs::MIN_SESSION_LENGTH
+            );
+            let index = Session::current_index();
+            for n in 1..=configs::MIN_SESSION_LENGTH {
+                System::set_block_number(n);
+                <Session as Hooks<BlockNumber>>::on_initialize(n);
+            }
+            assert_eq!(Session::current_index(), index + 1);
+        });
+    }
+
+    #[test]
     fn block_authors_are_paid_half_the_pot() {
         preset_ext("local_testnet").execute_with(|| {
             let pot = CollatorSelection::account_id();
@@ -408,6 +427,24 @@ mod validator_set {
                 frame_support::traits::tokens::Fortitude::Force,
             );
             assert!(Session::validators().is_empty());
+            // Authorities in the order the former genesis wrote them (not sorted by account).
+            let order = [
+                (Sr25519Keyring::Alice, Ed25519Keyring::Alice),
+                (Sr25519Keyring::Bob, Ed25519Keyring::Bob),
+                (Sr25519Keyring::Charlie, Ed25519Keyring::Charlie),
+                (Sr25519Keyring::Dave, Ed25519Keyring::Dave),
+            ];
+            pallet_aura::Authorities::<Runtime>::put(
+                polkadot_sdk::frame_support::BoundedVec::truncate_from(
+                    order.iter().map(|(a, _)| AuraId::from(a.public())).collect::<Vec<_>>(),
+                ),
+            );
+            pallet_grandpa::Authorities::<Runtime>::put(
+                polkadot_sdk::frame_support::WeakBoundedVec::force_from(
+                    order.iter().map(|(_, g)| (GrandpaId::from(g.public()), 1)).collect::<Vec<_>>(),
+                    None,
+                ),
+            );
             System::set_block_number(1);
             let provider = Sr25519Keyring::Bob.to_account_id();
             assert_ok!(Compute::register_service(
@@ -450,18 +487,30 @@ mod validator_set {
             validators::InitializeValidatorSet::on_runtime_upgrade();
             assert_eq!(validators::checks::after(&again), Ok(()));
 
-            // The migrated validators keep authoring through session changes, and a candidate
-            // can join as on a new chain.
+            // The migrated validators keep their genesis order until collator selection's sorted
+            // set takes over at the second session change, Aura following the session's order
+            // (so the author of each slot is found), and a candidate can join as on a new chain.
             configs::SessionLength::set(&10);
-            let aura = pallet_aura::Authorities::<Runtime>::get();
+            let aura = pallet_aura::Authorities::<Runtime>::get().into_inner();
+            let in_order = || {
+                let aura = pallet_aura::Authorities::<Runtime>::get();
+                let set = Session::validators();
+                set.len() == aura.len()
+                    && set.iter().zip(aura.iter()).all(|(v, a)| *v == validators::account_of(a))
+            };
+            assert!(in_order());
             next_session();
+            assert!(in_order());
+            assert_eq!(pallet_aura::Authorities::<Runtime>::get().into_inner(), aura);
             next_session();
-            assert_eq!(Session::validators().len(), 4);
+            assert!(in_order());
             let mut now: Vec<_> = pallet_aura::Authorities::<Runtime>::get().into_inner();
-            let mut was: Vec<_> = aura.into_inner();
+            assert_ne!(now, aura, "the sorted set replaced the genesis order");
+            let mut was = aura.clone();
             now.sort();
             was.sort();
             assert_eq!(now, was);
+            assert_eq!(Grandpa::grandpa_authorities().len(), 4);
             eve_joins();
             next_session();
             next_session();

@@ -114,14 +114,12 @@ pub fn account_of(aura: &AuraId) -> AccountId {
 /// Candidacy bond a chain brought over by [`InitializeValidatorSet`] starts with.
 pub const INITIAL_CANDIDACY_BOND: Balance = configs::CANDIDACY_BOND;
 
-/// How many bonded candidates a set with `invulnerables` invulnerables may take so that the
-/// invulnerables alone stay a GRANDPA supermajority (more than two thirds): candidates are
-/// strangers, and enough of them idling or not voting would stall finality for the two sessions
-/// it takes to remove them, again and again, at the cost of fees only (the bond comes back).
-/// Root raises `DesiredCandidates` beyond this as the network trusts more operators.
-pub const fn safe_candidates(invulnerables: u32) -> u32 {
-    invulnerables.saturating_sub(1) / 2
-}
+/// Bonded candidates a new or brought-over chain starts with: none. Every stranger in the set
+/// costs fault tolerance: GRANDPA needs more than two thirds of the whole set, and a candidate
+/// that authors (so it is never removed) but never votes makes one more honest validator
+/// indispensable; with four invulnerables and one such candidate, any invulnerable's restart
+/// stops finality. Root opens slots (`setDesiredCandidates`) as it comes to trust operators.
+pub const INITIAL_DESIRED_CANDIDATES: u32 = 0;
 
 /// Brings a chain whose validators were fixed in the genesis (Aura and GRANDPA authorities, no
 /// session pallet) over to session-managed validators, leaving every other pallet's storage as
@@ -165,13 +163,13 @@ impl OnRuntimeUpgrade for InitializeValidatorSet {
         }
         let planned = Self::planned();
         let aura_len = pallet_aura::Authorities::<Runtime>::get().len();
-        if planned.len() != aura_len {
-            // GRANDPA has fewer authorities than Aura: pairing them by position would leave a
-            // validator without keys. Leave the chain as it is and say so.
+        let grandpa_len = Grandpa::grandpa_authorities().len();
+        if aura_len != grandpa_len {
+            // Pairing keys by position would leave a validator without keys, or drop a GRANDPA
+            // voter. Leave the chain as it is and say so.
             log::error!(
                 target: "runtime::validators",
-                "not migrating: {aura_len} Aura but {} GRANDPA authorities",
-                planned.len()
+                "not migrating: {aura_len} Aura but {grandpa_len} GRANDPA authorities"
             );
             return db.reads(2);
         }
@@ -196,9 +194,7 @@ impl OnRuntimeUpgrade for InitializeValidatorSet {
         let bounded = BoundedVec::truncate_from(invulnerables);
         pallet_collator_selection::Invulnerables::<Runtime>::put(bounded);
         pallet_collator_selection::CandidacyBond::<Runtime>::put(INITIAL_CANDIDACY_BOND);
-        pallet_collator_selection::DesiredCandidates::<Runtime>::put(safe_candidates(
-            accounts.len() as u32,
-        ));
+        pallet_collator_selection::DesiredCandidates::<Runtime>::put(INITIAL_DESIRED_CANDIDATES);
 
         let pot = CollatorSelection::account_id();
         if Balances::balance(&pot) < EXISTENTIAL_DEPOSIT {

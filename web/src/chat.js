@@ -217,7 +217,18 @@ export function chatPage(app) {
   }
 
   /** The closing ack: a voucher with cap 0 and no request that confirms the verified total. */
+  /** One voucher at a time: an ack racing a chat would sign the same nonce twice. */
   async function closeWithAck() {
+    if (busy) return setNotice('wait for the answer in progress, then close', 'error');
+    busy = true;
+    try {
+      await sendAck();
+    } finally {
+      busy = false;
+    }
+  }
+
+  async function sendAck() {
     const s = current();
     const a = app.account;
     if (!s || !a) return setNotice('choose an account and a service', 'error');

@@ -14,6 +14,9 @@ export function endpointBase(url) {
   try {
     const u = new URL(url);
     if (u.protocol !== 'http:' && u.protocol !== 'https:') return null;
+    // Anything beyond scheme, host and path would reach the endpoint from every visitor's
+    // browser as the registrant chose it (a query against a router on the visitor's network).
+    if (u.search || u.hash || u.username || u.password) return null;
     return u.href.replace(/\/+$/, '');
   } catch {
     return null;

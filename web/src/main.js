@@ -36,13 +36,19 @@ class App extends EventTarget {
 }
 
 async function nodeUrl() {
-  const q = new URLSearchParams(location.search).get('node');
-  if (q) return q;
+  let configured = 'ws://127.0.0.1:9944';
   try {
     const c = await (await fetch('config.json', { cache: 'no-store' })).json();
-    if (typeof c.nodeUrl === 'string') return c.nodeUrl;
+    if (typeof c.nodeUrl === 'string') configured = c.nodeUrl;
   } catch { /* no config: the default */ }
-  return 'ws://127.0.0.1:9944';
+  // The node decides what the page asks you to sign (its metadata maps calls to bytes), so a
+  // node named by a link is used only when the user says so: a link to a hostile node could
+  // otherwise dress a transfer up as a deposit.
+  const q = new URLSearchParams(location.search).get('node');
+  if (q && q !== configured && window.confirm(
+    `This link asks to use the node ${q} instead of ${configured}. The node tells this page `
+    + 'what you sign: connect only to a node you trust. Use it?')) return q;
+  return configured;
 }
 
 function show(page) {
