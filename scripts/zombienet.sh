@@ -1,9 +1,16 @@
 #!/usr/bin/env bash
-# The multi-validator network test (zombienet/validators.zndsl) with @zombienet/cli and its
-# native provider (local processes): four genesis validators, a fifth that joins and leaves, a
-# killed and two paused validators, and a runtime upgrade, all while a provider worker settles.
+# The multi-validator network tests with @zombienet/cli and its native provider (local
+# processes), all while a provider worker settles:
+#
+#   scripts/zombienet.sh            validators.zndsl (`make test-network`, about 10 min): four
+#                                   genesis validators, a fifth that joins and leaves, a killed and
+#                                   two paused validators, and a runtime upgrade
+#   scripts/zombienet.sh smoke      smoke.zndsl (`make test`, about 3 min): the four finalize with
+#                                   one paused, and a runtime upgrade
 set -euo pipefail
 cd "$(dirname "$0")/.."
+TEST=${1:-validators}
+[ -f "zombienet/$TEST.zndsl" ] || { echo "no zombienet/$TEST.zndsl" >&2; exit 1; }
 ROOT=$PWD
 export PATH="$ROOT/target/debug:$PATH"
 command -v compute-node >/dev/null || { echo "build the node first: make build" >&2; exit 1; }
@@ -29,8 +36,8 @@ for f in "$ROOT"/target/debug/wbuild/compute-runtime/upgrade_test_wasm*.compact.
 done
 [ -n "$COMPUTE_UPGRADE_WASM" ] || { echo "no upgrade-test runtime in target/debug/wbuild: make build" >&2; exit 1; }
 export COMPUTE_UPGRADE_WASM
-echo "==> zombienet: validators join, leave, fail and upgrade (logs in $DIR while it runs)"
+echo "==> zombienet: $TEST.zndsl (logs in $DIR while it runs)"
 start=$SECONDS
 (cd zombienet && FORCE_COLOR=0 node_modules/.bin/zombienet --provider native --spawn-concurrency 4 \
-    --dir "$DIR/network" --force test validators.zndsl)
-echo "==> zombienet test passed in $((SECONDS - start)) s"
+    --dir "$DIR/network" --force test "$TEST.zndsl")
+echo "==> zombienet $TEST.zndsl passed in $((SECONDS - start)) s"

@@ -17,6 +17,7 @@ const EVE = '5HGjWAeFDfFCWPsjFQdVV2Msvz2XtMktvgocEZcCj68kUMaw';
 const FERDIE = '5CiPPseXPECbkjWCa6MnjNokrgYjMqmKndv2rSnekmSK2DjL';
 const CHARLIE = '5FLSigC9HGRKVhB9FiEo4Y3koPsNmBmLJbpXg2mp1hXcS59Y';
 const SESSION_LENGTH = 10;
+const IDLE_SESSIONS = 6;
 
 const sleep = (ms) => new Promise((r) => setTimeout(r, ms));
 const say = (...a) => console.log('    [steps]', ...a);
@@ -141,12 +142,20 @@ const steps = {
   async 'open-network'(alice) {
     const { Keyring, util } = zombie;
     const sudo = new Keyring({ type: 'sr25519' }).addFromUri('//Alice');
-    const key = `0x${Buffer.from(util.xxhashAsU8a(':SessionLength:', 128)).toString('hex')}`;
-    const value = `0x${Buffer.from(new Uint32Array([SESSION_LENGTH]).buffer).toString('hex')}`;
-    await submit(alice, alice.tx.sudo.sudo(alice.tx.system.setStorage([[key, value]])), sudo);
-    const stored = (await alice.rpc.state.getStorage(key)).toHex();
-    if (!stored.endsWith(value.slice(2))) throw new Error(`session length is ${stored}`);
-    say(`sessions are ${SESSION_LENGTH} blocks`);
+    const item = (name, v) => [
+      `0x${Buffer.from(util.xxhashAsU8a(`:${name}:`, 128)).toString('hex')}`,
+      `0x${Buffer.from(new Uint32Array([v]).buffer).toString('hex')}`,
+    ];
+    // Short sessions so that set changes take a minute; a long grace for an idle candidate so
+    // that Eve's restart on a busy machine does not cost her the candidacy (the runtime's tests
+    // cover the removal itself).
+    const items = [item('SessionLength', SESSION_LENGTH), item('IdleSessions', IDLE_SESSIONS)];
+    await submit(alice, alice.tx.sudo.sudo(alice.tx.system.setStorage(items)), sudo);
+    for (const [key, value] of items) {
+      const stored = (await alice.rpc.state.getStorage(key)).toHex();
+      if (!stored.endsWith(value.slice(2))) throw new Error(`${key} holds ${stored}`);
+    }
+    say(`sessions are ${SESSION_LENGTH} blocks; an idle candidate is removed after ${IDLE_SESSIONS}`);
     // The network starts permissioned: root opens one slot to a bonded stranger.
     await submit(alice, alice.tx.sudo.sudo(alice.tx.collatorSelection.setDesiredCandidates(1)), sudo);
     say('one candidate slot open');
@@ -192,6 +201,8 @@ const steps = {
       say(`Eve caught up: finalized #${await finalized(eve)}, best #${await best(eve)}`);
       await waitForEveToAuthor(alice, 180_000);
       say('Eve authored again');
+      const candidates = (await alice.query.collatorSelection.candidateList()).map((c) => c.who.toString());
+      if (!candidates.includes(EVE)) throw new Error('Eve lost her candidacy while her node was down');
     } finally {
       await eve.disconnect();
     }

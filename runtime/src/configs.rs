@@ -67,8 +67,15 @@ parameter_types! {
     /// through `SessionPeriod`, never below `MIN_SESSION_LENGTH`); the multi-validator tests set
     /// it to ten blocks.
     pub storage SessionLength: BlockNumber = HOURS;
-    /// A bonded candidate that authored no block in two sessions is removed at the next one.
-    pub KickThreshold: BlockNumber = 2 * <SessionPeriod as frame_support::traits::Get<BlockNumber>>::get();
+    /// Sessions a bonded candidate may go without authoring a block before it is removed (at
+    /// the next session change): the grace an operator has to restart or move a node. Root
+    /// may change it (`system.set_storage` of `:IdleSessions:`; never below one session); the
+    /// multi-validator tests raise it so that a node restarted on a busy machine is not removed.
+    pub storage IdleSessions: BlockNumber = 2;
+    /// `IdleSessions` in blocks.
+    pub KickThreshold: BlockNumber = IdleSessions::get()
+        .max(1)
+        .saturating_mul(<SessionPeriod as frame_support::traits::Get<BlockNumber>>::get());
     /// Derives the account that collects authors' fee shares (`validators::FeesToAuthors`).
     pub const PotId: frame_support::PalletId = frame_support::PalletId(*b"cmp/pot ");
     pub const SessionOffset: BlockNumber = 0;

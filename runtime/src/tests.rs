@@ -308,6 +308,33 @@ mod validator_set {
     }
 
     #[test]
+    fn root_can_lengthen_the_grace_of_an_idle_candidate() {
+        preset_ext("local_testnet").execute_with(|| {
+            configs::SessionLength::set(&10);
+            configs::IdleSessions::set(&6);
+            assert_eq!(configs::KickThreshold::get(), 60);
+            System::set_block_number(1);
+            let eve = Sr25519Keyring::Eve.to_account_id();
+            eve_joins();
+            // A new candidate's clock starts one threshold after registering (block 61), so
+            // with two idle sessions she would be gone by block 50 (the test above); with six
+            // she is still a candidate, and in the set, at block 120.
+            for _ in 0..12 {
+                next_session();
+            }
+            assert_eq!(System::block_number(), 120);
+            assert_eq!(pallet_collator_selection::CandidateList::<Runtime>::get().len(), 1);
+            assert!(Session::validators().contains(&eve));
+            // Six sessions idle after that: removed.
+            next_session();
+            assert!(pallet_collator_selection::CandidateList::<Runtime>::get().is_empty());
+            // A stored zero is one session, never a removal at every session change.
+            configs::IdleSessions::set(&0);
+            assert_eq!(configs::KickThreshold::get(), 10);
+        });
+    }
+
+    #[test]
     fn keys_another_validator_holds_or_an_unkeyed_candidate_are_refused() {
         preset_ext("local_testnet").execute_with(|| {
             let eve = Sr25519Keyring::Eve.to_account_id();
