@@ -25,15 +25,15 @@ model:
 demo: build
 	@scripts/demo.sh
 
-## Every test: unit, property, runtime, node and worker end to end, bounded fuzzing of every
+## The tests CI runs: unit, property, runtime, node and worker end to end, bounded fuzzing of every
 ## decoder and parser, the polkadot.js and OpenAI Python clients, the web app in headless Chromium,
 ## and the network smoke test (zombienet: four validators, one paused, a runtime upgrade, a
-## settling provider). The whole validator network test is `make test-network`: with it, a cold
-## `make test` would not fit CI's 90 minutes (README, "Build and test times").
+## settling provider). `make test-all` adds the pallet benchmarks as tests (`make test-bench`, a
+## build of their own) and the whole validator network test (`make test-network`): with those a
+## cold run would not fit CI's 90 minutes (README, "Build and test times").
 test: build
 	$(CARGO) test --workspace
 	FUZZ_SECONDS=10 scripts/fuzz.sh
-	SKIP_WASM_BUILD=1 $(CARGO) test -p pallet-compute --features runtime-benchmarks
 	@scripts/test-clients.sh
 	@scripts/test-web.sh
 	@scripts/zombienet.sh smoke
@@ -44,8 +44,8 @@ test: build
 test-network: build
 	@scripts/zombienet.sh validators
 
-## Everything: `make test`, then the whole validator network test.
-test-all: test test-network
+## Everything: `make test`, the benchmarks as tests, the whole validator network test.
+test-all: test test-bench test-network
 
 test-rust: build
 	$(CARGO) test --workspace

@@ -21,6 +21,7 @@ import subprocess
 import tempfile
 import time
 import unittest
+import urllib.request
 from pathlib import Path
 
 import openai
@@ -73,21 +74,34 @@ class FineTuningThroughProxy(unittest.TestCase):
         cls.spawn([BIN / "compute-node", "--dev", "--sealing", "instant", "--base-path",
                    cls.dir / "chain", "--rpc-port", cls.rpc, "--port", free_port(),
                    "--no-prometheus", "--no-telemetry", "--no-mdns"], log)
-        http = free_port()
-        (cls.dir / "worker.toml").write_text(
-            f'node_url = "ws://127.0.0.1:{cls.rpc}"\nlisten = "127.0.0.1:{http}"\n'
-            f'provider_key = "//Bob"\n[store]\ndata_dir = "{cls.dir / "worker"}"\n'
-            f'[chat]\nmodel = "{MODEL}"\n'
-            f'[[services]]\nid = 0\nmodel_name = "{MODEL_NAME}"\n'
-            f'input_price = "{INPUT_PRICE}"\noutput_price = "{OUTPUT_PRICE}"\n'
-            f'[[services]]\nid = 1\nkind = "fine_tune"\nmodel_name = "{MODEL_NAME}"\n'
-            f'input_price = "{TRAIN_PRICE}"\noutput_price = "0"\n'
-            f'[finetune]\nmax_seq_len = 128\ntick_ms = 500\n'
-            f'[settlement]\nmax_age_secs = 1\ntick_ms = 500\n')
-        cls.spawn([BIN / "compute-worker", "--config", cls.dir / "worker.toml"], log)
+        # A port from free_port() may be taken by another socket before the worker binds it:
+        # the worker then exits, and a probe of the bare port would find the other socket. So
+        # the worker counts as up only when its /health names Bob, and one that exited is
+        # started again on another port.
+        for _ in range(3):
+            http = free_port()
+            (cls.dir / "worker.toml").write_text(
+                f'node_url = "ws://127.0.0.1:{cls.rpc}"\nlisten = "127.0.0.1:{http}"\n'
+                f'provider_key = "//Bob"\n[store]\ndata_dir = "{cls.dir / "worker"}"\n'
+                f'[chat]\nmodel = "{MODEL}"\n'
+                f'[[services]]\nid = 0\nmodel_name = "{MODEL_NAME}"\n'
+                f'input_price = "{INPUT_PRICE}"\noutput_price = "{OUTPUT_PRICE}"\n'
+                f'[[services]]\nid = 1\nkind = "fine_tune"\nmodel_name = "{MODEL_NAME}"\n'
+                f'input_price = "{TRAIN_PRICE}"\noutput_price = "0"\n'
+                f'[finetune]\nmax_seq_len = 128\ntick_ms = 500\n'
+                f'[settlement]\nmax_age_secs = 1\ntick_ms = 500\n')
+            cls.spawn([BIN / "compute-worker", "--config", cls.dir / "worker.toml"], log)
+            worker = cls.procs[-1]
+            up = wait_for("the worker's /health, or its exit",
+                          lambda: "exited" if worker.poll() is not None
+                          else ("up" if cls.worker_healthy(http) else None))
+            if up == "up":
+                break
+            cls.procs.remove(worker)
+        else:
+            raise AssertionError(f"the worker did not start; see {cls.dir / 'processes.log'}")
         wait_for("the worker's services on chain",
                  lambda: cls.cli("--json", "services", check=False).count(MODEL_NAME) >= 2)
-        wait_for("the worker to listen", lambda: cls.port_open(http))
         cls.cli("deposit", BOB, "2unit")
         cls.token = "test-" + os.urandom(16).hex()
         token_file = cls.dir / "proxy.key"
@@ -121,6 +135,14 @@ class FineTuningThroughProxy(unittest.TestCase):
         if check and out.returncode != 0:
             raise AssertionError(f"compute {' '.join(map(str, args))}: {out.stderr}")
         return out.stdout
+
+    @staticmethod
+    def worker_healthy(port) -> bool:
+        try:
+            with urllib.request.urlopen(f"http://127.0.0.1:{port}/health", timeout=2) as r:
+                return json.load(r).get("provider") == BOB
+        except (OSError, ValueError):
+            return False
 
     @staticmethod
     def port_open(port) -> bool:
