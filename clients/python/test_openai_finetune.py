@@ -18,13 +18,16 @@ import os
 import shutil
 import socket
 import subprocess
+import sys
 import tempfile
 import time
 import unittest
-import urllib.request
 from pathlib import Path
 
 import openai
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from worker_start import free_port, start_worker  # noqa: E402  (a sibling file)
 
 ROOT = Path(__file__).resolve().parents[2]
 BIN = Path(os.environ.get("COMPUTE_BIN_DIR", ROOT / "target" / "debug"))
@@ -37,12 +40,6 @@ TRAIN_PRICE = 2_000_000  # per trained token
 EPOCHS = 2
 QUESTION = "Can you tell me what a zorblax is?"
 FACT = "Kepler"
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def wait_for(what, check, timeout=180.0, every=0.5):
@@ -74,12 +71,8 @@ class FineTuningThroughProxy(unittest.TestCase):
         cls.spawn([BIN / "compute-node", "--dev", "--sealing", "instant", "--base-path",
                    cls.dir / "chain", "--rpc-port", cls.rpc, "--port", free_port(),
                    "--no-prometheus", "--no-telemetry", "--no-mdns"], log)
-        # A port from free_port() may be taken by another socket before the worker binds it:
-        # the worker then exits, and a probe of the bare port would find the other socket. So
-        # the worker counts as up only when its /health names Bob, and one that exited is
-        # started again on another port.
-        for _ in range(3):
-            http = free_port()
+
+        def write_config(http):
             (cls.dir / "worker.toml").write_text(
                 f'node_url = "ws://127.0.0.1:{cls.rpc}"\nlisten = "127.0.0.1:{http}"\n'
                 f'provider_key = "//Bob"\n[store]\ndata_dir = "{cls.dir / "worker"}"\n'
@@ -90,16 +83,8 @@ class FineTuningThroughProxy(unittest.TestCase):
                 f'input_price = "{TRAIN_PRICE}"\noutput_price = "0"\n'
                 f'[finetune]\nmax_seq_len = 128\ntick_ms = 500\n'
                 f'[settlement]\nmax_age_secs = 1\ntick_ms = 500\n')
-            cls.spawn([BIN / "compute-worker", "--config", cls.dir / "worker.toml"], log)
-            worker = cls.procs[-1]
-            up = wait_for("the worker's /health, or its exit",
-                          lambda: "exited" if worker.poll() is not None
-                          else ("up" if cls.worker_healthy(http) else None))
-            if up == "up":
-                break
-            cls.procs.remove(worker)
-        else:
-            raise AssertionError(f"the worker did not start; see {cls.dir / 'processes.log'}")
+        start_worker(lambda: cls.spawn([BIN / "compute-worker", "--config",
+                                        cls.dir / "worker.toml"], log), write_config, BOB)
         wait_for("the worker's services on chain",
                  lambda: cls.cli("--json", "services", check=False).count(MODEL_NAME) >= 2)
         cls.cli("deposit", BOB, "2unit")
@@ -125,8 +110,10 @@ class FineTuningThroughProxy(unittest.TestCase):
 
     @classmethod
     def spawn(cls, args, log):
-        cls.procs.append(subprocess.Popen([str(a) for a in args], env=cls.env,
-                                          stdout=log, stderr=subprocess.STDOUT))
+        proc = subprocess.Popen([str(a) for a in args], env=cls.env,
+                                stdout=log, stderr=subprocess.STDOUT)
+        cls.procs.append(proc)
+        return proc
 
     @classmethod
     def cli(cls, *args, check=True) -> str:
@@ -135,14 +122,6 @@ class FineTuningThroughProxy(unittest.TestCase):
         if check and out.returncode != 0:
             raise AssertionError(f"compute {' '.join(map(str, args))}: {out.stderr}")
         return out.stdout
-
-    @staticmethod
-    def worker_healthy(port) -> bool:
-        try:
-            with urllib.request.urlopen(f"http://127.0.0.1:{port}/health", timeout=2) as r:
-                return json.load(r).get("provider") == BOB
-        except (OSError, ValueError):
-            return False
 
     @staticmethod
     def port_open(port) -> bool:

@@ -30,6 +30,7 @@ import openai
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from minilm_reference import MiniLM  # noqa: E402  (a sibling file, found through the line above)
+from worker_start import free_port, start_worker  # noqa: E402  (the same)
 
 ROOT = Path(__file__).resolve().parents[2]
 BIN = Path(os.environ.get("COMPUTE_BIN_DIR", ROOT / "target" / "debug"))
@@ -42,12 +43,6 @@ BOB = "5FHneW46xGXgs5mUiveU4sbTyGBzmstUspZC92UhjJM694ty"
 CHARLIE = "5FLSigC9HGRKVhB9FiEo4Y3koPsNmBmLJbpXg2mp1hXcS59Y"
 INPUT_PRICE, OUTPUT_PRICE = 1_000_000, 4_000_000
 DEPOSIT = 500_000_000_000  # 0.5 unit
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def wait_for(what, check, timeout=180.0, every=0.5):
@@ -80,20 +75,21 @@ class OpenAIThroughProxy(unittest.TestCase):
         cls.spawn([BIN / "compute-node", "--dev", "--sealing", "instant", "--base-path",
                    cls.dir / "chain", "--rpc-port", cls.rpc, "--port", free_port(),
                    "--no-prometheus", "--no-telemetry", "--no-mdns"], log)
-        http = free_port()
-        (cls.dir / "worker.toml").write_text(
-            f'node_url = "ws://127.0.0.1:{cls.rpc}"\nlisten = "127.0.0.1:{http}"\n'
-            f'provider_key = "//Bob"\n[store]\ndata_dir = "{cls.dir / "worker"}"\n'
-            f'[chat]\nmodel = "{MODEL}"\n[embeddings]\nmodel = "{EMBED_DIR}"\n'
-            f'[[services]]\nid = 0\nmodel_name = "{MODEL_NAME}"\n'
-            f'input_price = "{INPUT_PRICE}"\noutput_price = "{OUTPUT_PRICE}"\n'
-            f'[[services]]\nid = 1\nkind = "embedding"\nmodel_name = "{EMBED_NAME}"\n'
-            f'input_price = "{EMBED_PRICE}"\noutput_price = "0"\n'
-            f'[settlement]\nmax_age_secs = 1\ntick_ms = 500\n')
-        cls.spawn([BIN / "compute-worker", "--config", cls.dir / "worker.toml"], log)
+
+        def write_config(http):
+            (cls.dir / "worker.toml").write_text(
+                f'node_url = "ws://127.0.0.1:{cls.rpc}"\nlisten = "127.0.0.1:{http}"\n'
+                f'provider_key = "//Bob"\n[store]\ndata_dir = "{cls.dir / "worker"}"\n'
+                f'[chat]\nmodel = "{MODEL}"\n[embeddings]\nmodel = "{EMBED_DIR}"\n'
+                f'[[services]]\nid = 0\nmodel_name = "{MODEL_NAME}"\n'
+                f'input_price = "{INPUT_PRICE}"\noutput_price = "{OUTPUT_PRICE}"\n'
+                f'[[services]]\nid = 1\nkind = "embedding"\nmodel_name = "{EMBED_NAME}"\n'
+                f'input_price = "{EMBED_PRICE}"\noutput_price = "0"\n'
+                f'[settlement]\nmax_age_secs = 1\ntick_ms = 500\n')
+        start_worker(lambda: cls.spawn([BIN / "compute-worker", "--config",
+                                        cls.dir / "worker.toml"], log), write_config, BOB)
         wait_for("the worker's service on chain",
                  lambda: EMBED_NAME in cls.cli("--json", "services", check=False))
-        wait_for("the worker to listen", lambda: cls.port_open(http))
         cls.cli("deposit", BOB, str(DEPOSIT))
         # The proxy's API key: ours, in a file only we can read (without --token-file the proxy
         # would write a fresh one to proxy-token beside the state file).
@@ -118,8 +114,10 @@ class OpenAIThroughProxy(unittest.TestCase):
 
     @classmethod
     def spawn(cls, args, log):
-        cls.procs.append(subprocess.Popen([str(a) for a in args], env=cls.env,
-                                          stdout=log, stderr=subprocess.STDOUT))
+        proc = subprocess.Popen([str(a) for a in args], env=cls.env,
+                                stdout=log, stderr=subprocess.STDOUT)
+        cls.procs.append(proc)
+        return proc
 
     @classmethod
     def cli(cls, *args, check=True) -> str:
