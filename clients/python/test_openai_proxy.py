@@ -75,19 +75,14 @@ class OpenAIThroughProxy(unittest.TestCase):
         cls.spawn([BIN / "compute-node", "--dev", "--sealing", "instant", "--base-path",
                    cls.dir / "chain", "--rpc-port", cls.rpc, "--port", free_port(),
                    "--no-prometheus", "--no-telemetry", "--no-mdns"], log)
-
-        def write_config(http):
-            (cls.dir / "worker.toml").write_text(
-                f'node_url = "ws://127.0.0.1:{cls.rpc}"\nlisten = "127.0.0.1:{http}"\n'
-                f'provider_key = "//Bob"\n[store]\ndata_dir = "{cls.dir / "worker"}"\n'
-                f'[chat]\nmodel = "{MODEL}"\n[embeddings]\nmodel = "{EMBED_DIR}"\n'
-                f'[[services]]\nid = 0\nmodel_name = "{MODEL_NAME}"\n'
-                f'input_price = "{INPUT_PRICE}"\noutput_price = "{OUTPUT_PRICE}"\n'
-                f'[[services]]\nid = 1\nkind = "embedding"\nmodel_name = "{EMBED_NAME}"\n'
-                f'input_price = "{EMBED_PRICE}"\noutput_price = "0"\n'
-                f'[settlement]\nmax_age_secs = 1\ntick_ms = 500\n')
         start_worker(lambda: cls.spawn([BIN / "compute-worker", "--config",
-                                        cls.dir / "worker.toml"], log), write_config, BOB)
+                                        cls.dir / "worker.toml"], log),
+                     cls.dir / "worker.toml", cls.rpc, cls.dir / "worker",
+                     f'[chat]\nmodel = "{MODEL}"\n[embeddings]\nmodel = "{EMBED_DIR}"\n'
+                     f'[[services]]\nid = 0\nmodel_name = "{MODEL_NAME}"\n'
+                     f'input_price = "{INPUT_PRICE}"\noutput_price = "{OUTPUT_PRICE}"\n'
+                     f'[[services]]\nid = 1\nkind = "embedding"\nmodel_name = "{EMBED_NAME}"\n'
+                     f'input_price = "{EMBED_PRICE}"\noutput_price = "0"\n', BOB)
         wait_for("the worker's service on chain",
                  lambda: EMBED_NAME in cls.cli("--json", "services", check=False))
         cls.cli("deposit", BOB, str(DEPOSIT))

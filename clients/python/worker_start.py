@@ -26,12 +26,17 @@ def healthy(port: int, provider: str) -> bool:
         return False
 
 
-def start_worker(spawn, write_config, provider: str, attempts: int = 3, timeout: float = 180.0):
-    """`write_config(port)` writes the worker's config for `port`; `spawn()` starts the worker
-    and returns its `subprocess.Popen`. Returns the port the worker serves on."""
+def start_worker(spawn, config, rpc: int, data_dir, body: str, provider: str,
+                 attempts: int = 3, timeout: float = 180.0) -> int:
+    """Write the config of a worker run by //Bob (`provider` is its address) to `config`: the
+    node at `rpc`, the store in `data_dir`, a free port, then `body` (its models and services).
+    Then `spawn()` it (`spawn` returns the `subprocess.Popen`). Returns the worker's port."""
     for _ in range(attempts):
         port = free_port()
-        write_config(port)
+        config.write_text(
+            f'node_url = "ws://127.0.0.1:{rpc}"\nlisten = "127.0.0.1:{port}"\n'
+            f'provider_key = "//Bob"\n[store]\ndata_dir = "{data_dir}"\n{body}'
+            f'[settlement]\nmax_age_secs = 1\ntick_ms = 500\n')
         worker = spawn()
         deadline = time.monotonic() + timeout
         while worker.poll() is None and time.monotonic() < deadline:
